@@ -1,0 +1,310 @@
+"""Model and training configuration.
+
+`Config` keeps matterport/Mask_RCNN's UPPERCASE field names and defaults so that existing
+`Config` subclasses move over unchanged: subclass it, override class attributes, instantiate.
+
+    class ShapesConfig(Config):
+        NAME = "shapes"
+        NUM_CLASSES = 1 + 3
+        IMAGE_MIN_DIM = 128
+        IMAGE_MAX_DIM = 128
+
+    config = ShapesConfig()      # derived values are computed and the config is validated here
+    config.display()
+
+Derived values (BATCH_SIZE, IMAGE_SHAPE, IMAGE_META_SIZE) are computed on construction. A config
+round-trips through JSON with `to_dict()` / `from_dict()` so it can be saved beside its weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESIZE_MODES = ("none", "square", "pad64", "crop")
+POOLING_MODES = ("roi_align", "roi_align_max", "roi_pool", "roi_warp", "crop_and_resize")
+BACKBONES = ("resnet50", "resnet101")
+DERIVED_FIELDS = ("BATCH_SIZE", "IMAGE_SHAPE", "IMAGE_META_SIZE")
+
+
+class Config:
+    """Base configuration; subclass and override attributes.
+
+    Every UPPERCASE class attribute is a field. The defaults are matterport's (COCO-sized); see
+    README "Configuration" for what each one does. Fields added by this package beyond matterport's:
+
+    * ``POOLING_MODE``: how RoI features are pooled: ``"roi_align"`` (the paper's, average of
+      bilinear samples; default), ``"roi_align_max"``, ``"roi_pool"``, ``"roi_warp"`` or
+      ``"crop_and_resize"`` (matterport's approximation, to reproduce its weights exactly).
+    * ``ROI_ALIGN_SAMPLING_RATIO``: bilinear samples per bin and axis (paper: 2); <= 0 adaptive.
+    * ``ROI_ALIGN_ALIGNED``: half-pixel shift of the box (detectron2 "ROIAlignV2"); default True.
+    * ``ROI_LEVEL_MODE``: FPN level assignment, ``"matterport"`` (round, relative to image area)
+      or ``"paper"`` (floor(4 + log2(sqrt(wh)/224)), detectron2/torchvision).
+    * ``SEED``: seed for data shuffling/augmentation; None for nondeterministic.
+    """
+
+    NAME: str | None = None
+    GPU_COUNT: int = 1
+    IMAGES_PER_GPU: int = 2
+    STEPS_PER_EPOCH: int = 1000
+    VALIDATION_STEPS: int = 50
+
+    BACKBONE: str | Callable = "resnet101"
+    COMPUTE_BACKBONE_SHAPE: Callable | None = None
+    BACKBONE_STRIDES: list[int] = [4, 8, 16, 32, 64]
+    FPN_CLASSIF_FC_LAYERS_SIZE: int = 1024
+    TOP_DOWN_PYRAMID_SIZE: int = 256
+
+    NUM_CLASSES: int = 1
+
+    RPN_ANCHOR_SCALES: tuple[int, ...] = (32, 64, 128, 256, 512)
+    RPN_ANCHOR_RATIOS: list[float] = [0.5, 1, 2]
+    RPN_ANCHOR_STRIDE: int = 1
+    RPN_NMS_THRESHOLD: float = 0.7
+    RPN_TRAIN_ANCHORS_PER_IMAGE: int = 256
+    PRE_NMS_LIMIT: int = 6000
+    POST_NMS_ROIS_TRAINING: int = 2000
+    POST_NMS_ROIS_INFERENCE: int = 1000
+
+    USE_MINI_MASK: bool = True
+    MINI_MASK_SHAPE: tuple[int, int] = (56, 56)
+
+    IMAGE_RESIZE_MODE: str = "square"
+    IMAGE_MIN_DIM: int = 800
+    IMAGE_MAX_DIM: int = 1024
+    IMAGE_MIN_SCALE: float = 0
+    IMAGE_CHANNEL_COUNT: int = 3
+    MEAN_PIXEL: np.ndarray = np.array([123.7, 116.8, 103.9])
+
+    TRAIN_ROIS_PER_IMAGE: int = 200
+    ROI_POSITIVE_RATIO: float = 0.33
+    POOL_SIZE: int = 7
+    MASK_POOL_SIZE: int = 14
+    MASK_SHAPE: list[int] = [28, 28]
+    MAX_GT_INSTANCES: int = 100
+
+    RPN_BBOX_STD_DEV: np.ndarray = np.array([0.1, 0.1, 0.2, 0.2])
+    BBOX_STD_DEV: np.ndarray = np.array([0.1, 0.1, 0.2, 0.2])
+
+    DETECTION_MAX_INSTANCES: int = 100
+    DETECTION_MIN_CONFIDENCE: float = 0.7
+    DETECTION_NMS_THRESHOLD: float = 0.3
+
+    LEARNING_RATE: float = 0.001
+    LEARNING_MOMENTUM: float = 0.9
+    WEIGHT_DECAY: float = 0.0001
+    LOSS_WEIGHTS: dict[str, float] = {
+        "rpn_class_loss": 1.0,
+        "rpn_bbox_loss": 1.0,
+        "mrcnn_class_loss": 1.0,
+        "mrcnn_bbox_loss": 1.0,
+        "mrcnn_mask_loss": 1.0,
+    }
+    USE_RPN_ROIS: bool = True
+    TRAIN_BN: bool | None = False
+    GRADIENT_CLIP_NORM: float = 5.0
+
+    # Fields beyond matterport's (see class docstring).
+    POOLING_MODE: str = "roi_align"
+    ROI_ALIGN_SAMPLING_RATIO: int = 2
+    ROI_ALIGN_ALIGNED: bool = True
+    ROI_LEVEL_MODE: str = "matterport"
+    SEED: int | None = None
+
+    def __init__(self) -> None:
+        # Copy mutable class-level defaults so instances never share (and mutate) them.
+        for name in self.field_names():
+            value = getattr(self, name)
+            if isinstance(value, (list, dict, np.ndarray)):
+                setattr(self, name, _copy_value(value))
+        self._compute_derived()
+        self.validate()
+
+    # ----------------------------------------------------------------------------------------
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """All UPPERCASE fields of this config class (inherited ones included), sorted."""
+        names = set()
+        for klass in cls.__mro__:
+            # Methods are lowercase, so every UPPERCASE attribute is a field (a callable
+            # BACKBONE included); derived values are instance attributes set on construction.
+            names.update(n for n in vars(klass) if n.isupper() and n not in DERIVED_FIELDS)
+        return sorted(names)
+
+    def _compute_derived(self) -> None:
+        self.BATCH_SIZE = self.IMAGES_PER_GPU * self.GPU_COUNT
+        channels = self.IMAGE_CHANNEL_COUNT
+        if self.IMAGE_RESIZE_MODE == "crop":
+            self.IMAGE_SHAPE = np.array([self.IMAGE_MIN_DIM, self.IMAGE_MIN_DIM, channels])
+        else:
+            self.IMAGE_SHAPE = np.array([self.IMAGE_MAX_DIM, self.IMAGE_MAX_DIM, channels])
+        # image_id(1) + original_image_shape(3) + image_shape(3) + window(4) + scale(1) + active_class_ids
+        self.IMAGE_META_SIZE = 1 + 3 + 3 + 4 + 1 + self.NUM_CLASSES
+
+    def validate(self) -> None:
+        """Checks field values and their consistency.
+
+        Raises:
+            ValueError: naming the offending field and its value.
+        """
+        if not isinstance(self.NUM_CLASSES, (int, np.integer)) or self.NUM_CLASSES < 2:
+            raise ValueError(
+                f"NUM_CLASSES must be an int >= 2 (background + at least one class), got {self.NUM_CLASSES!r}"
+            )
+        for name in ("GPU_COUNT", "IMAGES_PER_GPU", "STEPS_PER_EPOCH", "IMAGE_CHANNEL_COUNT",
+                     "TRAIN_ROIS_PER_IMAGE", "MAX_GT_INSTANCES", "DETECTION_MAX_INSTANCES",
+                     "RPN_TRAIN_ANCHORS_PER_IMAGE", "POST_NMS_ROIS_TRAINING", "POST_NMS_ROIS_INFERENCE",
+                     "PRE_NMS_LIMIT", "POOL_SIZE", "MASK_POOL_SIZE", "RPN_ANCHOR_STRIDE"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.IMAGE_RESIZE_MODE not in RESIZE_MODES:
+            raise ValueError(f"IMAGE_RESIZE_MODE must be one of {RESIZE_MODES}, got {self.IMAGE_RESIZE_MODE!r}")
+        if self.IMAGE_RESIZE_MODE in ("square", "pad64", "crop"):
+            dim_name = "IMAGE_MIN_DIM" if self.IMAGE_RESIZE_MODE == "crop" else "IMAGE_MAX_DIM"
+            dim = getattr(self, dim_name)
+            # Five FPN levels with stride up to 64: every level must divide the input evenly.
+            if self.IMAGE_RESIZE_MODE != "pad64" and dim % 64 != 0:
+                raise ValueError(
+                    f"{dim_name}={dim} must be divisible by 64 in '{self.IMAGE_RESIZE_MODE}' mode "
+                    "(the FPN downsamples by up to 64); use e.g. "
+                    f"{max(64, int(round(dim / 64)) * 64)}"
+                )
+        if self.IMAGE_MIN_DIM > self.IMAGE_MAX_DIM and self.IMAGE_RESIZE_MODE != "crop":
+            raise ValueError(f"IMAGE_MIN_DIM ({self.IMAGE_MIN_DIM}) must not exceed IMAGE_MAX_DIM ({self.IMAGE_MAX_DIM})")
+        if len(self.RPN_ANCHOR_SCALES) != len(self.BACKBONE_STRIDES):
+            raise ValueError(
+                f"RPN_ANCHOR_SCALES has {len(self.RPN_ANCHOR_SCALES)} scales but BACKBONE_STRIDES has "
+                f"{len(self.BACKBONE_STRIDES)} strides: one anchor scale per pyramid level is required"
+            )
+        if len(self.RPN_ANCHOR_RATIOS) < 1 or any(r <= 0 for r in self.RPN_ANCHOR_RATIOS):
+            raise ValueError(f"RPN_ANCHOR_RATIOS must be positive numbers, got {self.RPN_ANCHOR_RATIOS!r}")
+        if isinstance(self.BACKBONE, str) and self.BACKBONE not in BACKBONES:
+            raise ValueError(f"BACKBONE must be one of {BACKBONES} or a callable, got {self.BACKBONE!r}")
+        if callable(self.BACKBONE) and self.COMPUTE_BACKBONE_SHAPE is None:
+            raise ValueError("a callable BACKBONE needs COMPUTE_BACKBONE_SHAPE to give the feature map shapes")
+        if not 0.0 < self.ROI_POSITIVE_RATIO <= 1.0:
+            raise ValueError(f"ROI_POSITIVE_RATIO must be in (0, 1], got {self.ROI_POSITIVE_RATIO!r}")
+        if len(self.MEAN_PIXEL) != self.IMAGE_CHANNEL_COUNT:
+            raise ValueError(
+                f"MEAN_PIXEL has {len(self.MEAN_PIXEL)} values but IMAGE_CHANNEL_COUNT is {self.IMAGE_CHANNEL_COUNT}"
+            )
+        if len(self.MASK_SHAPE) != 2 or self.MASK_SHAPE[0] != 2 * self.MASK_POOL_SIZE or self.MASK_SHAPE[1] != 2 * self.MASK_POOL_SIZE:
+            raise ValueError(
+                f"MASK_SHAPE {list(self.MASK_SHAPE)} must be twice MASK_POOL_SIZE ({self.MASK_POOL_SIZE}): "
+                "the mask head upsamples its pooled features once by 2"
+            )
+        if self.POOLING_MODE not in POOLING_MODES:
+            raise ValueError(f"POOLING_MODE must be one of {POOLING_MODES}, got {self.POOLING_MODE!r}")
+        if self.ROI_LEVEL_MODE not in ("matterport", "paper"):
+            raise ValueError(f"ROI_LEVEL_MODE must be 'matterport' or 'paper', got {self.ROI_LEVEL_MODE!r}")
+        unknown = set(self.LOSS_WEIGHTS) - set(Config.LOSS_WEIGHTS)
+        if unknown:
+            raise ValueError(f"LOSS_WEIGHTS has unknown losses {sorted(unknown)}; known: {sorted(Config.LOSS_WEIGHTS)}")
+        for name in ("RPN_NMS_THRESHOLD", "DETECTION_NMS_THRESHOLD", "DETECTION_MIN_CONFIDENCE"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+
+    # ----------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict of all fields, derived ones included (numpy arrays become lists).
+
+        A callable BACKBONE is stored by its qualified name, for information only.
+        """
+        out: dict[str, Any] = {}
+        for name in self.field_names() + list(DERIVED_FIELDS):
+            out[name] = _to_jsonable(getattr(self, name))
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        """Builds a config of this class with `values` overriding its defaults.
+
+        Derived fields in `values` are ignored and recomputed.
+
+        Raises:
+            ValueError: for a key that is not a field of this config class.
+        """
+        known = set(cls.field_names())
+        unknown = [k for k in values if k not in known and k not in DERIVED_FIELDS]
+        if unknown:
+            raise ValueError(f"unknown config fields {sorted(unknown)} for {cls.__name__}")
+        config = cls.__new__(cls)
+        for name in cls.field_names():
+            setattr(config, name, _copy_value(getattr(cls, name)))
+        for name, value in values.items():
+            if name in DERIVED_FIELDS:
+                continue
+            default = getattr(cls, name)
+            if isinstance(default, np.ndarray):
+                value = np.array(value, dtype=default.dtype)
+            elif isinstance(default, tuple) and isinstance(value, list):
+                value = tuple(value)
+            elif (name in ("BACKBONE", "COMPUTE_BACKBONE_SHAPE")) and callable(default) and isinstance(value, str):
+                value = default  # a callable cannot come back from JSON; keep the class's own
+            setattr(config, name, value)
+        config._compute_derived()
+        config.validate()
+        return config
+
+    def save(self, path: str | Path) -> None:
+        """Writes `to_dict()` as JSON to `path`."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        """Reads a config written by `save()`.
+
+        Raises:
+            FileNotFoundError: naming `path` when it does not exist.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        return cls.from_dict(json.loads(path.read_text()))
+
+    def display(self) -> None:
+        """Prints every field, one per line, as matterport's `display()` does."""
+        print("\nConfigurations:")
+        for name in self.field_names() + list(DERIVED_FIELDS):
+            print(f"{name:30} {getattr(self, name)}")
+        print("\n")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} NAME={self.NAME!r} NUM_CLASSES={self.NUM_CLASSES}>"
+
+
+def _copy_value(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, list):
+        return list(value)
+    if isinstance(value, dict):
+        return dict(value)
+    return value
+
+
+def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, tuple):
+        return [_to_jsonable(v) for v in value]
+    if isinstance(value, list):
+        return [_to_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_jsonable(v) for k, v in value.items()}
+    if callable(value):
+        return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', repr(value))}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
