@@ -1,0 +1,224 @@
+"""Tests for mrcnn.visualize: headless drawing, input validation, pure helpers."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+import skimage.io
+
+from mrcnn import visualize
+
+CLASS_NAMES = ["BG", "square", "circle"]
+
+
+def _instances(n=2, h=40, w=50):
+    image = np.full((h, w, 3), 100, np.uint8)
+    masks = np.zeros((h, w, n), bool)
+    boxes = np.zeros((n, 4), np.int32)
+    for i in range(n):
+        y1, x1 = 5 + 10 * i, 5 + 12 * i
+        masks[y1:y1 + 8, x1:x1 + 9, i] = True
+        boxes[i] = (y1, x1, y1 + 8, x1 + 9)
+    class_ids = np.array([1 + i % 2 for i in range(n)], np.int32)
+    return image, boxes, masks, class_ids
+
+
+def _png_ok(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = skimage.io.imread(str(path))
+    assert pixels.shape[0] > 50 and pixels.shape[1] > 50
+    return pixels
+
+
+def test_display_instances_writes_png(tmp_path):
+    image, boxes, masks, class_ids = _instances()
+    path = tmp_path / "inst.png"
+    ax = visualize.display_instances(image, boxes, masks, class_ids, CLASS_NAMES, scores=np.array([0.9, 0.8]),
+                                     figsize=(3, 3), title="t", save_path=path)
+    pixels = _png_ok(path)
+    # The red-ish/coloured masks make the picture more than one grey level.
+    assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 5
+    assert ax.get_title() == "t"
+    # One box patch and at least one outline per instance.
+    assert len(ax.patches) >= 4
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == ["square 0.900", "circle 0.800"]
+
+
+def test_display_instances_zero_instances(tmp_path):
+    image = np.zeros((20, 30, 3), np.uint8)
+    path = tmp_path / "none.png"
+    visualize.display_instances(image, np.zeros((0, 4)), np.zeros((20, 30, 0), bool), np.zeros((0,), np.int32),
+                                CLASS_NAMES, figsize=(2, 2), save_path=path)
+    _png_ok(path)
+
+
+def test_display_instances_into_given_axes():
+    from matplotlib.figure import Figure
+
+    image, boxes, masks, class_ids = _instances(1)
+    fig = Figure()
+    ax = fig.add_subplot()
+    out = visualize.display_instances(image, boxes, masks, class_ids, CLASS_NAMES, ax=ax, captions=["hello"])
+    assert out is ax
+    assert [t.get_text() for t in ax.texts] == ["hello"]
+    assert len(ax.images) == 1
+
+
+def test_display_instances_crowd_caption():
+    from matplotlib.figure import Figure
+
+    image, boxes, masks, _ = _instances(1)
+    ax = Figure().add_subplot()
+    visualize.display_instances(image, boxes, masks, np.array([-2]), CLASS_NAMES, ax=ax)
+    assert ax.texts[0].get_text() == "crowd:circle"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"boxes": np.zeros((3, 4))},
+        {"masks": np.zeros((40, 50, 1), bool)},
+        {"class_ids": np.array([1])},
+        {"scores": np.array([0.5, 0.4, 0.3])},
+    ],
+)
+def test_display_instances_mismatched_counts(change):
+    image, boxes, masks, class_ids = _instances(2)
+    kwargs = {"boxes": boxes, "masks": masks, "class_ids": class_ids, "scores": None}
+    kwargs.update(change)
+    name = next(iter(change))
+    with pytest.raises(ValueError, match=name):
+        visualize.display_instances(image, kwargs["boxes"], kwargs["masks"], kwargs["class_ids"], CLASS_NAMES,
+                                    scores=kwargs["scores"], save_path="/nonexistent/never-written.png")
+
+
+def test_display_instances_mask_size_mismatch():
+    image, boxes, _, class_ids = _instances(2)
+    with pytest.raises(ValueError, match=r"\(10, 10, 2\)"):
+        visualize.display_instances(image, boxes, np.zeros((10, 10, 2), bool), class_ids, CLASS_NAMES)
+
+
+def test_display_instances_unknown_class():
+    image, boxes, masks, _ = _instances(2)
+    with pytest.raises(ValueError, match=r"\[7\]"):
+        visualize.display_instances(image, boxes, masks, np.array([1, 7]), CLASS_NAMES)
+
+
+def test_plot_precision_recall(tmp_path):
+    path = tmp_path / "pr.png"
+    ax = visualize.plot_precision_recall(0.75, np.array([1, 1, 0.5, 0.5, 0]), np.array([0, 0.5, 0.5, 1, 1]),
+                                         save_path=path)
+    _png_ok(path)
+    assert "0.750" in ax.get_title()
+    with pytest.raises(ValueError, match="recalls"):
+        visualize.plot_precision_recall(0.5, np.zeros(3), np.zeros(4))
+
+
+def test_plot_overlaps(tmp_path):
+    path = tmp_path / "ov.png"
+    overlaps = np.array([[0.9, 0.0], [0.1, 0.6], [0.0, 0.7]])
+    ax = visualize.plot_overlaps(np.array([1, 2]), np.array([1, 2, 1]), np.array([0.9, 0.8, 0.7]), overlaps,
+                                 CLASS_NAMES, save_path=path)
+    _png_ok(path)
+    labels = [t.get_text() for t in ax.texts]
+    assert labels[0] == "0.900\nmatch" and labels[3] == "0.600\nmatch" and labels[5] == "0.700\nwrong"
+    with pytest.raises(ValueError, match="overlaps"):
+        visualize.plot_overlaps(np.array([1]), np.array([1]), np.array([0.9]), np.zeros((2, 2)), CLASS_NAMES)
+    # No predictions: compute_matches-style empty overlaps are accepted.
+    visualize.plot_overlaps(np.array([1]), np.zeros(0), np.zeros(0), np.zeros((0, 1)), CLASS_NAMES,
+                            save_path=tmp_path / "empty.png")
+
+
+def test_draw_boxes_and_top_masks_and_images(tmp_path):
+    image, boxes, masks, class_ids = _instances(3)
+    visualize.draw_boxes(image, boxes=boxes, refined_boxes=boxes + 1, masks=masks, captions=["a", "b", "c"],
+                         visibilities=[0, 1, 2], save_path=tmp_path / "boxes.png")
+    _png_ok(tmp_path / "boxes.png")
+    with pytest.raises(ValueError, match="captions=2"):
+        visualize.draw_boxes(image, boxes=boxes, captions=["a", "b"])
+    fig = visualize.display_top_masks(image, masks, class_ids, CLASS_NAMES, limit=2, save_path=tmp_path / "top.png")
+    _png_ok(tmp_path / "top.png")
+    assert [ax.get_title() for ax in fig.axes][:3] == ["H x W=40x50", "square", "circle"]
+    visualize.display_images([image, image[..., 0]], titles=["rgb", "gray"], save_path=tmp_path / "grid.png")
+    _png_ok(tmp_path / "grid.png")
+
+
+def test_random_colors():
+    colors = visualize.random_colors(5, seed=1)
+    assert len(colors) == 5 and len(set(colors)) == 5
+    assert all(0 <= c <= 1 for color in colors for c in color)
+    assert colors == visualize.random_colors(5, seed=1)
+    assert max(max(c) for c in visualize.random_colors(4, bright=False)) == pytest.approx(0.7)
+
+
+def test_apply_mask_blends_inside_only():
+    image = np.full((2, 2, 3), 100, np.uint8)
+    mask = np.array([[True, False], [False, False]])
+    out = visualize.apply_mask(image, mask, (1.0, 0.0, 0.0), alpha=0.5)
+    np.testing.assert_array_equal(out[0, 0], [178, 50, 50])  # 100*0.5 + 0.5*255 = 177.5 -> 178
+    np.testing.assert_array_equal(out[1, 1], [100, 100, 100])
+    assert (image == 100).all(), "input must not be modified"
+    with pytest.raises(ValueError, match="mask shape"):
+        visualize.apply_mask(image, np.zeros((3, 3), bool), (1, 0, 0))
+
+
+def test_color_splash():
+    image = np.zeros((2, 2, 3), np.uint8)
+    image[..., 0] = 200
+    masks = np.zeros((2, 2, 1), bool)
+    masks[0, 0, 0] = True
+    out = visualize.color_splash(image, masks)
+    np.testing.assert_array_equal(out[0, 0], [200, 0, 0])
+    np.testing.assert_array_equal(out[1, 1], [60, 60, 60])  # 0.299 * 200 = 59.8
+    assert (visualize.color_splash(image, np.zeros((2, 2, 0), bool)) == 60).all()
+
+
+def test_display_table_text(capsys):
+    text = visualize.display_table([["a", "bb"], ["ccc", "d"]])
+    assert text == "a    bb\nccc  d"
+    assert "ccc  d" in capsys.readouterr().out
+
+
+def test_weight_stats_flags():
+    class W:
+        def __init__(self, path, values):
+            self.path, self._values = path, np.asarray(values, np.float32)
+
+        def numpy(self):
+            return self._values
+
+    model = types.SimpleNamespace(weights=[
+        W("conv/kernel", [[1.0, -1.0]]),
+        W("dead/kernel", np.zeros((3, 3))),
+        W("bn/gamma", np.ones(4)),
+        W("big/kernel", [0.0, 5000.0]),
+        W("nan/kernel", [np.nan, 1.0]),
+    ])
+    rows = visualize.weight_stats(model)
+    assert rows[0] == ["WEIGHT NAME", "SHAPE", "MIN", "MAX", "STD"]
+    names = [r[0] for r in rows[1:]]
+    assert names == ["conv/kernel", "dead/kernel  *** dead?", "bn/gamma", "big/kernel  *** overflow?",
+                     "nan/kernel  *** nan/inf"]
+    assert rows[1][1] == "(1, 2)" and float(rows[1][2]) == -1.0 and float(rows[1][4]) == 1.0
+
+
+def test_display_weight_stats_keras_model(capsys):
+    keras = pytest.importorskip("keras")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="fc")])
+    text = visualize.display_weight_stats(model)
+    assert "fc/kernel" in text and "(3, 2)" in text and "fc/bias" in text
+
+
+def test_display_differences(tmp_path):
+    image, boxes, masks, class_ids = _instances(2)
+    pred_boxes = boxes[::-1].copy()
+    ax = visualize.display_differences(image, boxes, class_ids, masks, pred_boxes, class_ids[::-1],
+                                       np.array([0.6, 0.9]), masks[..., ::-1], CLASS_NAMES,
+                                       save_path=tmp_path / "diff.png")
+    _png_ok(tmp_path / "diff.png")
+    # Two GT (empty captions) then predictions by descending score, both matched with IoU 1.
+    assert [t.get_text() for t in ax.texts] == ["", "", "0.90 / 1.00", "0.60 / 1.00"]
