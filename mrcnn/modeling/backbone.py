@@ -1,0 +1,335 @@
+"""ResNet-50/101 backbone (C2..C5) and the Feature Pyramid Network (P2..P6).
+
+Every weight-bearing sublayer carries matterport/Mask_RCNN's layer name (``conv1``, ``bn_conv1``,
+``res2a_branch2a``, ``bn2a_branch2a``, ..., ``fpn_c5p5``, ``fpn_p2``, ...), so that
+``mask_rcnn_coco.h5`` and fchollet's ImageNet ResNet h5 files load by name through
+:func:`mrcnn.weights.load_weights_by_name`. The sublayers are attributes (or list items) of their
+parent layer, so Keras tracks them and ``layer._flatten_layers()`` reaches every one of them.
+
+Architecture (He et al., "Deep Residual Learning", as in the Caffe release and matterport):
+stem 7x7/2 conv + BN + ReLU + 3x3/2 max-pool ("same" padding), then bottleneck stages with the
+stride 2 on the first 1x1 convolution of the first block of stages 3-5 ("Caffe style"; torchvision
+puts it on the 3x3 instead). Output strides: C2 4, C3 8, C4 16, C5 32; P6 64.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+# Blocks per stage (stages 2, 3, 4, 5) and the bottleneck filters (1x1 in, 3x3, 1x1 out) of each.
+STAGE_BLOCKS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
+STAGE_FILTERS = ((64, 64, 256), (128, 128, 512), (256, 256, 1024), (512, 512, 2048))
+BN_EPSILON = 1e-3  # Keras' default, as in matterport and fchollet's original ResNet50
+
+
+def block_letter(index: int) -> str:
+    """Block suffix used in layer names: 0 -> "a", 1 -> "b", ..., 22 -> "w" (ResNet-101 stage 4)."""
+    if not 0 <= index < 26:
+        raise ValueError(f"block index must be in [0, 26) to map to a letter, got {index}")
+    return chr(ord("a") + index)
+
+
+def backbone_layer_names(architecture: str = "resnet50", stage5: bool = True) -> list[str]:
+    """The weight-bearing layer names of `ResNet(architecture)`, in forward order.
+
+    Args:
+        architecture: "resnet50" or "resnet101".
+        stage5: whether stage 5 is included.
+
+    Returns:
+        Names such as ["conv1", "bn_conv1", "res2a_branch2a", "bn2a_branch2a", ...].
+    """
+    _check_architecture(architecture)
+    names = ["conv1", "bn_conv1"]
+    blocks = STAGE_BLOCKS[architecture] if stage5 else STAGE_BLOCKS[architecture][:3]
+    for stage, count in zip(range(2, 6), blocks):
+        for index in range(count):
+            tag = f"{stage}{block_letter(index)}"
+            for branch in ("2a", "2b", "2c"):
+                names += [f"res{tag}_branch{branch}", f"bn{tag}_branch{branch}"]
+            if index == 0:
+                names += [f"res{tag}_branch1", f"bn{tag}_branch1"]
+    return names
+
+
+def _check_architecture(architecture: str) -> None:
+    if architecture not in STAGE_BLOCKS:
+        raise ValueError(f"architecture must be one of {sorted(STAGE_BLOCKS)}, got {architecture!r}")
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class BatchNorm(keras.layers.BatchNormalization):
+    """BatchNormalization whose statistics are frozen unless `train_bn` is set.
+
+    Mask R-CNN trains with small batches (1-2 images per GPU), too small for batch statistics, so
+    matterport (TRAIN_BN=False) runs every BatchNorm in inference mode: the moving mean/variance
+    from ImageNet are used and never updated. gamma/beta stay trainable (unless the trainer freezes
+    the layer), exactly as in matterport.
+
+    Args:
+        train_bn: False (default): always inference mode, whatever `training` says. True or None:
+            follow the `training` argument (batch statistics while training, moving statistics in
+            inference). Unlike matterport, True does not force batch statistics at inference.
+        **kwargs: passed to `keras.layers.BatchNormalization` (epsilon defaults to 1e-3).
+    """
+
+    def __init__(self, train_bn: bool | None = False, **kwargs: Any) -> None:
+        kwargs.setdefault("epsilon", BN_EPSILON)
+        super().__init__(**kwargs)
+        self.train_bn = train_bn
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None, mask: Any = None) -> tf.Tensor:
+        if self.train_bn is False:
+            training = False
+        return super().call(inputs, training=training, mask=mask)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config["train_bn"] = self.train_bn
+        return config
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class BottleneckBlock(keras.layers.Layer):
+    """One ResNet bottleneck block: 1x1 -> 3x3 -> 1x1 convolutions plus a shortcut.
+
+    The sublayers are named res{stage}{block}_branch2a/2b/2c and bn{stage}{block}_branch2a/2b/2c;
+    a block with `conv_shortcut` (matterport's "conv_block", the first of each stage) also has
+    res{stage}{block}_branch1 / bn{stage}{block}_branch1 on the shortcut. `strides` applies to the
+    first 1x1 convolution and to the shortcut convolution (Caffe style).
+
+    Args:
+        stage: stage number, 2..5.
+        block: block letter, "a", "b", ...
+        filters: (f1, f2, f3) output channels of the three convolutions.
+        strides: stride of the first 1x1 convolution (and the shortcut).
+        conv_shortcut: projection shortcut (needed when channels or resolution change).
+        train_bn: see `BatchNorm`.
+        bn_epsilon: BatchNorm epsilon.
+
+    Call:
+        inputs: [B, H, W, C] -> [B, ceil(H / strides), ceil(W / strides), f3].
+    """
+
+    def __init__(self, stage: int, block: str, filters: tuple[int, int, int] | list[int], strides: int = 1,
+                 conv_shortcut: bool = False, train_bn: bool | None = False, bn_epsilon: float = BN_EPSILON,
+                 **kwargs: Any) -> None:
+        kwargs.setdefault("name", f"res{stage}{block}")
+        super().__init__(**kwargs)
+        if len(filters) != 3:
+            raise ValueError(f"filters must have 3 values (1x1, 3x3, 1x1), got {filters!r}")
+        self.stage = int(stage)
+        self.block = str(block)
+        self.filters = tuple(int(f) for f in filters)
+        self.strides = int(strides)
+        self.conv_shortcut = bool(conv_shortcut)
+        self.train_bn = train_bn
+        self.bn_epsilon = float(bn_epsilon)
+        f1, f2, f3 = self.filters
+        tag = f"{stage}{block}"
+        self.conv2a = keras.layers.Conv2D(f1, 1, strides=self.strides, use_bias=True, name=f"res{tag}_branch2a")
+        self.bn2a = BatchNorm(train_bn, epsilon=self.bn_epsilon, name=f"bn{tag}_branch2a")
+        self.conv2b = keras.layers.Conv2D(f2, 3, padding="same", use_bias=True, name=f"res{tag}_branch2b")
+        self.bn2b = BatchNorm(train_bn, epsilon=self.bn_epsilon, name=f"bn{tag}_branch2b")
+        self.conv2c = keras.layers.Conv2D(f3, 1, use_bias=True, name=f"res{tag}_branch2c")
+        self.bn2c = BatchNorm(train_bn, epsilon=self.bn_epsilon, name=f"bn{tag}_branch2c")
+        if self.conv_shortcut:
+            self.conv1 = keras.layers.Conv2D(f3, 1, strides=self.strides, use_bias=True, name=f"res{tag}_branch1")
+            self.bn1 = BatchNorm(train_bn, epsilon=self.bn_epsilon, name=f"bn{tag}_branch1")
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        if input_shape[-1] is None:
+            raise ValueError(f"{self.name}: the channel dimension of the input must be known, got {input_shape}")
+        if not self.conv_shortcut and input_shape[-1] != self.filters[2]:
+            raise ValueError(
+                f"{self.name}: an identity shortcut needs {self.filters[2]} input channels, got {input_shape[-1]}; "
+                "use conv_shortcut=True")
+        shape = tuple(input_shape)
+        for conv, bn in ((self.conv2a, self.bn2a), (self.conv2b, self.bn2b), (self.conv2c, self.bn2c)):
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)
+            bn.build(shape)
+        if self.conv_shortcut:
+            self.conv1.build(tuple(input_shape))
+            self.bn1.build(self.conv1.compute_output_shape(tuple(input_shape)))
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        shape = tuple(input_shape)
+        for conv in (self.conv2a, self.conv2b, self.conv2c):
+            shape = conv.compute_output_shape(shape)
+        return shape
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        x = keras.ops.relu(self.bn2a(self.conv2a(inputs), training=training))
+        x = keras.ops.relu(self.bn2b(self.conv2b(x), training=training))
+        x = self.bn2c(self.conv2c(x), training=training)
+        shortcut = self.bn1(self.conv1(inputs), training=training) if self.conv_shortcut else inputs
+        return keras.ops.relu(x + shortcut)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(stage=self.stage, block=self.block, filters=list(self.filters), strides=self.strides,
+                      conv_shortcut=self.conv_shortcut, train_bn=self.train_bn, bn_epsilon=self.bn_epsilon)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class ResNet(keras.layers.Layer):
+    """ResNet-50/101 feature extractor with matterport's layer names.
+
+    Args:
+        architecture: "resnet50" (stage 4 blocks a..f) or "resnet101" (stage 4 blocks a..w).
+        train_bn: see `BatchNorm`; False (matterport's default) freezes the BN statistics.
+        stage5: build stage 5 (C5). Without it, C5 is returned as None (matterport's option).
+        bn_epsilon: BatchNorm epsilon. 1e-3 (Keras' default) is what matterport and fchollet's
+            ImageNet h5 use; keras.applications' ResNet uses 1.001e-5.
+
+    Call:
+        images: [B, H, W, 3] float, molded (mean pixel subtracted).
+        Returns [C2, C3, C4, C5] with strides 4, 8, 16, 32 and 256, 512, 1024, 2048 channels;
+        e.g. a 64x64 input gives 16x16, 8x8, 4x4, 2x2 maps.
+
+    Attributes:
+        conv1, bn_conv1, pool: the stem layers (ZeroPadding 3 is applied in `call`).
+        blocks: every `BottleneckBlock`, in forward order; `stages` groups them per stage.
+    """
+
+    def __init__(self, architecture: str = "resnet50", train_bn: bool | None = False, stage5: bool = True,
+                 bn_epsilon: float = BN_EPSILON, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        _check_architecture(architecture)
+        self.architecture = architecture
+        self.train_bn = train_bn
+        self.stage5 = bool(stage5)
+        self.bn_epsilon = float(bn_epsilon)
+        self.conv1_pad = keras.layers.ZeroPadding2D(3, name="conv1_pad")
+        self.conv1 = keras.layers.Conv2D(64, 7, strides=2, padding="valid", use_bias=True, name="conv1")
+        self.bn_conv1 = BatchNorm(train_bn, epsilon=self.bn_epsilon, name="bn_conv1")
+        # "same" padding (asymmetric: extra row/column at the end) as in matterport; keras.applications
+        # pads 1 on both sides and pools "valid", which shifts the pooling grid by one pixel.
+        self.pool = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")
+        counts = STAGE_BLOCKS[architecture] if self.stage5 else STAGE_BLOCKS[architecture][:3]
+        blocks = []
+        self._stage_sizes = tuple(counts)
+        for stage, count, filters in zip(range(2, 6), counts, STAGE_FILTERS):
+            for index in range(count):
+                blocks.append(BottleneckBlock(
+                    stage, block_letter(index), filters, strides=1 if (stage == 2 or index > 0) else 2,
+                    conv_shortcut=index == 0, train_bn=train_bn, bn_epsilon=self.bn_epsilon))
+        # A flat list: Keras tracks the layers of a list attribute.
+        self.blocks = blocks
+
+    @property
+    def stages(self) -> list[list[BottleneckBlock]]:
+        """The blocks grouped per stage: [[res2a, res2b, res2c], [res3a, ...], ...]."""
+        out, start = [], 0
+        for size in self._stage_sizes:
+            out.append(list(self.blocks[start:start + size]))
+            start += size
+        return out
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        if len(input_shape) != 4:
+            raise ValueError(f"{self.name}: expected images [B, H, W, C], got shape {input_shape}")
+        shape = self.conv1_pad.compute_output_shape(tuple(input_shape))
+        self.conv1.build(shape)
+        shape = self.conv1.compute_output_shape(shape)
+        self.bn_conv1.build(shape)
+        shape = self.pool.compute_output_shape(shape)
+        for block in self.blocks:
+            block.build(shape)
+            shape = block.compute_output_shape(shape)
+
+    def call_stem(self, images: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        """conv1 + bn_conv1 + ReLU + max-pool: [B, H, W, 3] -> [B, H/4, W/4, 64]."""
+        x = self.conv1(self.conv1_pad(images))
+        x = keras.ops.relu(self.bn_conv1(x, training=training))
+        return self.pool(x)
+
+    def call_stages(self, x: tf.Tensor, training: bool | None = None) -> list[tf.Tensor | None]:
+        """Stages 2-5 on the stem output: [B, h, w, 64] -> [C2, C3, C4, C5] (C5 None without stage 5)."""
+        outputs: list[tf.Tensor | None] = []
+        for stage in self.stages:
+            for block in stage:
+                x = block(x, training=training)
+            outputs.append(x)
+        if not self.stage5:
+            outputs.append(None)
+        return outputs
+
+    def call(self, images: tf.Tensor, training: bool | None = None) -> list[tf.Tensor | None]:
+        return self.call_stages(self.call_stem(images, training=training), training=training)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(architecture=self.architecture, train_bn=self.train_bn, stage5=self.stage5,
+                      bn_epsilon=self.bn_epsilon)
+        return config
+
+
+def _crop_like(x: tf.Tensor, reference: tf.Tensor) -> tf.Tensor:
+    """Crops x [B, H, W, C] to reference's H, W.
+
+    Needed when a finer level has an odd size (the coarser one is its ceil / 2, so upsampling gives
+    one row/column too many). Skipped when the static shapes already agree, which keeps them static.
+    """
+    if x.shape[1] is not None and x.shape[1] == reference.shape[1] and x.shape[2] == reference.shape[2]:
+        return x
+    return x[:, :tf.shape(reference)[1], :tf.shape(reference)[2], :]
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class FPN(keras.layers.Layer):
+    """Feature Pyramid Network top-down path (Lin et al.), matterport's layer names.
+
+    P5 = fpn_c5p5(C5); P4 = up2(P5) + fpn_c4p4(C4); P3 = up2(P4) + fpn_c3p3(C3);
+    P2 = up2(P3) + fpn_c2p2(C2); then a 3x3 conv (fpn_p2..fpn_p5) on each, and P6 is a
+    1x1 max-pool with stride 2 of P5 (subsampling, as in the FPN paper).
+
+    Args:
+        pyramid_size: channels of every P level (TOP_DOWN_PYRAMID_SIZE, 256).
+
+    Call:
+        inputs: [C2, C3, C4, C5], each [B, h_i, w_i, c_i] with h_i = ceil(h_{i-1} / 2).
+        Returns [P2, P3, P4, P5, P6], each [B, h, w, pyramid_size], strides 4..64.
+    """
+
+    def __init__(self, pyramid_size: int = 256, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pyramid_size = int(pyramid_size)
+        size = self.pyramid_size
+        # Lateral 1x1 convolutions, C5 first.
+        self.lateral = [keras.layers.Conv2D(size, 1, name=f"fpn_c{i}p{i}") for i in (5, 4, 3, 2)]
+        # 3x3 output convolutions, P5 first.
+        self.output_convs = [keras.layers.Conv2D(size, 3, padding="same", name=f"fpn_p{i}") for i in (5, 4, 3, 2)]
+        self.upsample = [keras.layers.UpSampling2D(2, interpolation="nearest", name=f"fpn_p{i}upsampled")
+                         for i in (5, 4, 3)]
+        self.p6_pool = keras.layers.MaxPooling2D(1, strides=2, name="fpn_p6")
+
+    def build(self, input_shape: list[tuple[int | None, ...]]) -> None:
+        if len(input_shape) != 4:
+            raise ValueError(f"{self.name}: expected [C2, C3, C4, C5], got {len(input_shape)} inputs")
+        shapes = [tuple(s) for s in reversed(input_shape)]  # C5, C4, C3, C2
+        for lateral, out_conv, shape in zip(self.lateral, self.output_convs, shapes):
+            lateral.build(shape)
+            out_conv.build(lateral.compute_output_shape(shape))
+
+    def call(self, inputs: list[tf.Tensor], training: bool | None = None) -> list[tf.Tensor]:
+        if len(inputs) != 4 or any(c is None for c in inputs):
+            raise ValueError(f"{self.name}: expected [C2, C3, C4, C5] tensors, got {inputs!r}")
+        c_maps = list(reversed(inputs))  # C5, C4, C3, C2
+        merged = [self.lateral[0](c_maps[0])]
+        for lateral, upsample, c in zip(self.lateral[1:], self.upsample, c_maps[1:]):
+            top_down = upsample(merged[-1])
+            top_down = _crop_like(top_down, c)
+            merged.append(top_down + lateral(c))
+        p5, p4, p3, p2 = (conv(m) for conv, m in zip(self.output_convs, merged))
+        return [p2, p3, p4, p5, self.p6_pool(p5)]
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(pyramid_size=self.pyramid_size)
+        return config

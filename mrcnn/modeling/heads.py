@@ -1,0 +1,158 @@
+"""Per-RoI heads of Mask R-CNN (FPN variant): box/class head and mask head.
+
+matterport wraps each layer in TimeDistributed over the RoI axis; here the RoI axis is folded
+into the batch ([B, N, ...] -> [B*N, ...]) around plain layers, which is the same computation with
+the same weights. Sublayers keep matterport's names (mrcnn_class_conv1, mrcnn_mask, ...), so
+``mask_rcnn_coco.h5`` loads by name. Outputs are float32 even under a mixed-precision policy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from mrcnn.modeling.backbone import BatchNorm
+
+
+def _static_or_dynamic_shape(x: tf.Tensor) -> list[int | tf.Tensor]:
+    """x's shape with static dimensions as ints and unknown ones as scalar tensors."""
+    dynamic = tf.shape(x)
+    return [dim if dim is not None else dynamic[i] for i, dim in enumerate(x.shape)]
+
+
+def _fold_rois(pooled: tf.Tensor, name: str) -> tuple[tf.Tensor, list[int | tf.Tensor]]:
+    """[B, N, h, w, C] -> ([B*N, h, w, C], [B, N])."""
+    if pooled.shape.rank != 5:
+        raise ValueError(f"{name}: expected pooled RoI features [B, N, h, w, C], got shape {pooled.shape}")
+    dims = _static_or_dynamic_shape(pooled)
+    return tf.reshape(pooled, [-1] + dims[2:]), dims[:2]
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class BoxHead(keras.layers.Layer):
+    """Classifier and box-regression head ("2-fc" head built as convolutions, as matterport).
+
+    mrcnn_class_conv1 (pool_size x pool_size valid conv = fc) -> mrcnn_class_bn1 -> ReLU ->
+    mrcnn_class_conv2 (1x1 = fc) -> mrcnn_class_bn2 -> ReLU -> mrcnn_class_logits Dense(K) and
+    mrcnn_bbox_fc Dense(4K).
+
+    Args:
+        num_classes: K, background included.
+        pool_size: RoI feature size p (POOL_SIZE, 7).
+        fc_layers_size: width of the two fc layers (FPN_CLASSIF_FC_LAYERS_SIZE, 1024).
+        train_bn: see `mrcnn.modeling.backbone.BatchNorm`.
+
+    Call:
+        pooled: [B, N, p, p, C] RoI features.
+        Returns (mrcnn_class_logits [B, N, K], mrcnn_probs [B, N, K] softmax,
+        mrcnn_bbox [B, N, K, 4] per-class deltas (dy, dx, log(dh), log(dw)) / BBOX_STD_DEV), float32.
+    """
+
+    def __init__(self, num_classes: int, pool_size: int = 7, fc_layers_size: int = 1024,
+                 train_bn: bool | None = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
+        self.num_classes = int(num_classes)
+        self.pool_size = int(pool_size)
+        self.fc_layers_size = int(fc_layers_size)
+        self.train_bn = train_bn
+        self.class_conv1 = keras.layers.Conv2D(self.fc_layers_size, self.pool_size, padding="valid",
+                                               name="mrcnn_class_conv1")
+        self.class_bn1 = BatchNorm(train_bn, name="mrcnn_class_bn1")
+        self.class_conv2 = keras.layers.Conv2D(self.fc_layers_size, 1, name="mrcnn_class_conv2")
+        self.class_bn2 = BatchNorm(train_bn, name="mrcnn_class_bn2")
+        self.class_logits = keras.layers.Dense(self.num_classes, name="mrcnn_class_logits")
+        self.bbox_fc = keras.layers.Dense(4 * self.num_classes, name="mrcnn_bbox_fc")
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        if len(input_shape) != 5:
+            raise ValueError(f"{self.name}: expected [B, N, p, p, C], got shape {tuple(input_shape)}")
+        if any(dim is not None and dim != self.pool_size for dim in input_shape[2:4]):
+            raise ValueError(f"{self.name}: expected {self.pool_size}x{self.pool_size} RoI features "
+                             f"(pool_size), got shape {tuple(input_shape)}")
+        shape = (None,) + tuple(input_shape[2:])
+        self.class_conv1.build(shape)
+        shape = self.class_conv1.compute_output_shape(shape)
+        self.class_bn1.build(shape)
+        self.class_conv2.build(shape)
+        self.class_bn2.build(shape)
+        flat = (None, self.fc_layers_size)
+        self.class_logits.build(flat)
+        self.bbox_fc.build(flat)
+
+    def call(self, pooled: tf.Tensor, training: bool | None = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        x, (batch, rois) = _fold_rois(pooled, self.name)
+        x = keras.ops.relu(self.class_bn1(self.class_conv1(x), training=training))
+        x = keras.ops.relu(self.class_bn2(self.class_conv2(x), training=training))
+        shared = tf.reshape(x, [-1, self.fc_layers_size])  # [B*N, 1, 1, F] -> [B*N, F]
+        logits = tf.cast(self.class_logits(shared), tf.float32)
+        bbox = tf.cast(self.bbox_fc(shared), tf.float32)
+        logits = tf.reshape(logits, [batch, rois, self.num_classes])
+        bbox = tf.reshape(bbox, [batch, rois, self.num_classes, 4])
+        return logits, tf.nn.softmax(logits, axis=-1), bbox
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(num_classes=self.num_classes, pool_size=self.pool_size, fc_layers_size=self.fc_layers_size,
+                      train_bn=self.train_bn)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class MaskHead(keras.layers.Layer):
+    """FCN mask head: 4 x (3x3 conv + BN + ReLU), 2x2 stride-2 deconv + ReLU, 1x1 conv to K sigmoids.
+
+    One mask per class; the loss only looks at the ground-truth class's channel (the paper's
+    decoupling of mask and class prediction).
+
+    Args:
+        num_classes: K, background included.
+        conv_channels: channels of the four convolutions and the deconvolution (256).
+        train_bn: see `mrcnn.modeling.backbone.BatchNorm`.
+
+    Call:
+        pooled: [B, N, m, m, C] RoI features (m = MASK_POOL_SIZE).
+        Returns masks [B, N, 2m, 2m, K], probabilities in [0, 1], float32.
+    """
+
+    def __init__(self, num_classes: int, conv_channels: int = 256, train_bn: bool | None = False,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
+        self.num_classes = int(num_classes)
+        self.conv_channels = int(conv_channels)
+        self.train_bn = train_bn
+        self.convs = [keras.layers.Conv2D(self.conv_channels, 3, padding="same", name=f"mrcnn_mask_conv{i}")
+                      for i in range(1, 5)]
+        self.bns = [BatchNorm(train_bn, name=f"mrcnn_mask_bn{i}") for i in range(1, 5)]
+        self.deconv = keras.layers.Conv2DTranspose(self.conv_channels, 2, strides=2, activation="relu",
+                                                   name="mrcnn_mask_deconv")
+        self.mask = keras.layers.Conv2D(self.num_classes, 1, activation="sigmoid", name="mrcnn_mask")
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        if len(input_shape) != 5:
+            raise ValueError(f"{self.name}: expected [B, N, m, m, C], got shape {tuple(input_shape)}")
+        shape = (None,) + tuple(input_shape[2:])
+        for conv, bn in zip(self.convs, self.bns):
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)
+            bn.build(shape)
+        self.deconv.build(shape)
+        self.mask.build(self.deconv.compute_output_shape(shape))
+
+    def call(self, pooled: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        x, (batch, rois) = _fold_rois(pooled, self.name)
+        for conv, bn in zip(self.convs, self.bns):
+            x = keras.ops.relu(bn(conv(x), training=training))
+        masks = tf.cast(self.mask(self.deconv(x)), tf.float32)
+        dims = _static_or_dynamic_shape(masks)
+        return tf.reshape(masks, [batch, rois] + dims[1:])
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(num_classes=self.num_classes, conv_channels=self.conv_channels, train_bn=self.train_bn)
+        return config

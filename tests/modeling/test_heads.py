@@ -1,0 +1,120 @@
+"""RPN head, box head and mask head: shapes, output order, names, dtypes, configs."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mrcnn.modeling.heads import BoxHead, MaskHead
+from mrcnn.modeling.rpn import RPNHead
+from mrcnn.weights import find_weight_layers
+
+
+def test_rpn_shapes_and_names() -> None:
+    head = RPNHead(3, anchor_stride=1, depth=32)
+    logits, probs, bbox = head(tf.random.stateless_normal([2, 8, 6, 32], seed=(1, 1)))
+    assert tuple(logits.shape) == (2, 8 * 6 * 3, 2)
+    assert tuple(probs.shape) == (2, 144, 2) and tuple(bbox.shape) == (2, 144, 4)
+    np.testing.assert_allclose(probs.numpy().sum(-1), 1.0, rtol=1e-6)
+    layers = find_weight_layers(head)
+    assert head.name == "rpn_model"
+    assert {n: tuple(layer.kernel.shape) for n, layer in layers.items()} == {
+        "rpn_conv_shared": (3, 3, 32, 512), "rpn_class_raw": (1, 1, 512, 6), "rpn_bbox_pred": (1, 1, 512, 12)}
+
+
+def test_rpn_row_order_is_y_x_anchor() -> None:
+    head = RPNHead(3, depth=8)
+    features = tf.random.stateless_normal([2, 4, 5, 8], seed=(2, 2))
+    logits, _, bbox = head(features)
+    shared = head.conv_shared(features)
+    raw_class = head.class_raw(shared).numpy()  # [B, H, W, 2A]
+    raw_bbox = head.bbox_pred(shared).numpy()  # [B, H, W, 4A]
+    for b, y, x, a in [(0, 0, 0, 0), (0, 0, 1, 2), (1, 3, 4, 1), (1, 2, 0, 2)]:
+        row = (y * 5 + x) * 3 + a
+        np.testing.assert_allclose(logits.numpy()[b, row], raw_class[b, y, x, 2 * a:2 * a + 2], rtol=1e-6)
+        np.testing.assert_allclose(bbox.numpy()[b, row], raw_bbox[b, y, x, 4 * a:4 * a + 4], rtol=1e-6)
+
+
+def test_rpn_anchor_stride_and_depth_check() -> None:
+    logits, _, _ = RPNHead(3, anchor_stride=2, depth=8)(tf.zeros([1, 8, 8, 8]))
+    assert tuple(logits.shape) == (1, 4 * 4 * 3, 2)
+    with pytest.raises(ValueError, match="depth=16"):
+        RPNHead(3, depth=16)(tf.zeros([1, 8, 8, 8]))
+
+
+def test_rpn_shared_over_levels_symbolic() -> None:
+    head = RPNHead(3, depth=16)
+    outs = [head(keras.Input((s, s, 16))) for s in (8, 4)]
+    assert [tuple(o[0].shape) for o in outs] == [(None, 192, 2), (None, 48, 2)]
+    assert len(head.weights) == 6  # one set of weights for every level
+
+
+def test_box_head_shapes_and_names() -> None:
+    head = BoxHead(num_classes=4, pool_size=7, fc_layers_size=32)
+    logits, probs, bbox = head(tf.random.stateless_normal([2, 5, 7, 7, 16], seed=(3, 3)))
+    assert tuple(logits.shape) == (2, 5, 4) and tuple(probs.shape) == (2, 5, 4)
+    assert tuple(bbox.shape) == (2, 5, 4, 4)
+    np.testing.assert_allclose(probs.numpy().sum(-1), 1.0, rtol=1e-6)
+    shapes = {n: tuple(layer.weights[0].shape) for n, layer in find_weight_layers(head).items()}
+    assert shapes == {"mrcnn_class_conv1": (7, 7, 16, 32), "mrcnn_class_bn1": (32,),
+                      "mrcnn_class_conv2": (1, 1, 32, 32), "mrcnn_class_bn2": (32,),
+                      "mrcnn_class_logits": (32, 4), "mrcnn_bbox_fc": (32, 16)}
+
+
+def test_box_head_rois_are_independent() -> None:
+    # Folding RoIs into the batch must not mix them: RoI (1, 2) alone gives the same output.
+    head = BoxHead(num_classes=3, pool_size=7, fc_layers_size=16)
+    pooled = tf.random.stateless_normal([2, 3, 7, 7, 8], seed=(4, 4))
+    logits, _, bbox = head(pooled)
+    single_logits, _, single_bbox = head(pooled[1:2, 2:3])
+    np.testing.assert_allclose(logits.numpy()[1, 2], single_logits.numpy()[0, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bbox.numpy()[1, 2], single_bbox.numpy()[0, 0], rtol=1e-5, atol=1e-6)
+
+
+def test_box_head_wrong_pool_size() -> None:
+    with pytest.raises(ValueError, match="7x7"):
+        BoxHead(3, pool_size=7, fc_layers_size=8)(tf.zeros([1, 2, 5, 5, 4]))
+
+
+def test_mask_head_shapes_and_names() -> None:
+    head = MaskHead(num_classes=3, conv_channels=16)
+    masks = head(tf.random.stateless_normal([2, 4, 14, 14, 8], seed=(5, 5)))
+    assert tuple(masks.shape) == (2, 4, 28, 28, 3)
+    assert masks.dtype == tf.float32
+    assert float(tf.reduce_min(masks)) >= 0.0 and float(tf.reduce_max(masks)) <= 1.0
+    shapes = {n: tuple(layer.weights[0].shape) for n, layer in find_weight_layers(head).items()}
+    expected = {f"mrcnn_mask_conv{i}": (3, 3, 8 if i == 1 else 16, 16) for i in range(1, 5)}
+    expected.update({f"mrcnn_mask_bn{i}": (16,) for i in range(1, 5)})
+    expected.update(mrcnn_mask_deconv=(2, 2, 16, 16), mrcnn_mask=(1, 1, 16, 3))
+    assert shapes == expected
+
+
+def test_heads_symbolic_dynamic_roi_count() -> None:
+    logits, _, bbox = BoxHead(3, 7, 16)(keras.Input((None, 7, 7, 8)))
+    assert tuple(logits.shape) == (None, None, 3) and tuple(bbox.shape) == (None, None, 3, 4)
+    masks = MaskHead(3, conv_channels=8)(keras.Input((6, 14, 14, 8)))
+    assert tuple(masks.shape) == (None, 6, 28, 28, 3)
+
+
+def test_outputs_float32_under_mixed_precision() -> None:
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        box = BoxHead(3, 7, 16)
+        mask = MaskHead(3, conv_channels=8)
+        rpn = RPNHead(3, depth=8)
+        outputs = list(box(tf.zeros([1, 2, 7, 7, 8]))) + [mask(tf.zeros([1, 2, 14, 14, 8]))]
+        outputs += list(rpn(tf.zeros([1, 4, 4, 8])))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert all(o.dtype == tf.float32 for o in outputs)
+
+
+def test_head_configs_round_trip() -> None:
+    for layer in (RPNHead(5, anchor_stride=2, depth=64), BoxHead(7, 5, 128, train_bn=True, name="box"),
+                  MaskHead(9, conv_channels=32, name="mask")):
+        clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+        assert type(clone) is type(layer)
+        assert clone.get_config() == layer.get_config()
