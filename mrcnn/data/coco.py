@@ -1,0 +1,356 @@
+"""COCO-format instance data as a `Dataset`: polygons, RLE (compressed and uncompressed), crowd.
+
+Two ways in:
+
+    # Standard COCO layout: <dir>/annotations/instances_val2017.json + <dir>/val2017/*.jpg
+    dataset = CocoDataset()
+    coco = dataset.load_coco("/data/coco", "val", year="2017", return_coco=True)
+    dataset.prepare()
+
+    # Any COCO-format JSON + image folder (e.g. `mrcnn.data.shapes.export_coco` output)
+    dataset = CocoDataset()
+    dataset.load_coco_json("export/annotations.json", "export/images", source="coco")
+    dataset.prepare()
+
+Ids: classes are registered as ``(source, COCO category id)``, images as ``(source, COCO image
+id)``. After `prepare()`, ``dataset.map_source_class_id("coco.18")`` gives the internal class id of
+COCO category 18 and ``dataset.get_source_class_id(internal_id, "coco")`` goes back;
+``dataset.image_info[i]["id"]`` is the COCO image id of internal image ``i``.
+
+Masks: `load_mask` decodes each annotation at the image's full size. Crowd annotations
+(``iscrowd=1``) come back with NEGATIVE class ids (as in matterport), so training targets can
+exclude them; annotations that decode to no pixel at all are skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pycocotools.mask as mask_util
+from pycocotools.coco import COCO
+
+from mrcnn.data.dataset import Dataset
+
+COCO_DOWNLOAD_PAGE = "https://cocodataset.org/#download"
+COCO_IMAGES_URL = "http://images.cocodataset.org/zips/{subset}{year}.zip"
+COCO_ANNOTATIONS_URL = "http://images.cocodataset.org/annotations/annotations_trainval{year}.zip"
+# matterport's 2014 splits: val2014 minus 5k "minival" images; both read their images from val2014.
+_VAL_SUBSETS = ("minival", "valminusminival")
+
+
+def coco_paths(dataset_dir: str | Path, subset: str, year: str = "2017") -> tuple[Path, Path]:
+    """Annotation file and image folder of a subset in the standard COCO layout.
+
+    Returns:
+        (``<dir>/annotations/instances_<subset><year>.json``, ``<dir>/<subset><year>``); the
+        image folder of "minival" and "valminusminival" is ``<dir>/val<year>``.
+    """
+    root = Path(dataset_dir)
+    image_subset = "val" if subset in _VAL_SUBSETS else subset
+    return root / "annotations" / f"instances_{subset}{year}.json", root / f"{image_subset}{year}"
+
+
+class CocoDataset(Dataset):
+    """Images and instance masks from COCO-format annotations.
+
+    Each image added by `load_coco` / `load_coco_json` carries in ``image_info``: ``id`` (COCO
+    image id), ``path``, ``width``, ``height``, ``file_name``, ``coco_url`` (may be None),
+    ``annotations`` (the COCO annotation dicts of the selected categories) and ``coco_file``
+    (the JSON it came from, for error messages).
+    """
+
+    def load_coco(
+        self,
+        dataset_dir: str | Path,
+        subset: str,
+        year: str = "2017",
+        class_ids: Sequence[int] | None = None,
+        class_map: dict | None = None,
+        return_coco: bool = False,
+        auto_download: bool = False,
+    ) -> COCO | None:
+        """Adds a subset of the COCO dataset in its standard layout (source "coco").
+
+        Args:
+            dataset_dir: folder holding ``annotations/`` and ``<subset><year>/``.
+            subset: "train", "val" (or matterport's 2014 "minival" / "valminusminival").
+            year: "2014" or "2017".
+            class_ids: COCO category ids to load (default: all). With a subset of categories,
+                only images holding at least one of them are added.
+            class_map: accepted for compatibility with matterport; unused.
+            return_coco: also return the pycocotools COCO object (needed by `evaluate_coco`).
+            auto_download: fetch missing files with `download_coco` first.
+
+        Returns:
+            The COCO object if `return_coco`, else None.
+
+        Raises:
+            FileNotFoundError: naming the annotation file or image folder that is missing.
+        """
+        del class_map  # matterport accepts and ignores it too
+        if auto_download:
+            download_coco(dataset_dir, subset, year)
+        json_path, image_dir = coco_paths(dataset_dir, subset, year)
+        return self.load_coco_json(json_path, image_dir, class_ids=class_ids, return_coco=return_coco, source="coco")
+
+    def load_coco_json(
+        self,
+        json_path: str | Path,
+        image_dir: str | Path,
+        class_ids: Sequence[int] | None = None,
+        return_coco: bool = False,
+        source: str = "coco",
+    ) -> COCO | None:
+        """Adds the images and categories of any COCO-format annotation file.
+
+        Args:
+            json_path: COCO instances JSON (``images``, ``categories``, ``annotations``).
+            image_dir: folder the images' ``file_name`` entries are relative to.
+            class_ids: COCO category ids to load (default: all categories of the file). With a
+                subset, only images holding at least one of these categories are added and
+                annotations of other categories are left out.
+            return_coco: also return the pycocotools COCO object.
+            source: source name for the classes and images (no "."); use different names to
+                combine files whose ids mean different things.
+
+        Returns:
+            The COCO object if `return_coco`, else None.
+
+        Raises:
+            FileNotFoundError: naming the annotation file or image folder that is missing.
+            ValueError: naming the file when it is not COCO-format JSON, or the class ids that
+                it does not define.
+        """
+        json_path, image_dir = Path(json_path), Path(image_dir)
+        if not json_path.is_file():
+            raise FileNotFoundError(f"COCO annotation file not found: {json_path}")
+        if not image_dir.is_dir():
+            raise FileNotFoundError(f"COCO image folder not found: {image_dir}")
+        coco = _read_coco(json_path)
+
+        all_class_ids = sorted(coco.getCatIds())
+        if class_ids is None:
+            class_ids = all_class_ids
+            # No category filter on annotations: one with an undeclared category then fails
+            # loudly in load_mask instead of vanishing here.
+            ann_filter: list[int] = []
+            # Every image, including those without any annotation (pure negatives).
+            image_ids = sorted(coco.imgs)
+        else:
+            class_ids = sorted({int(c) for c in class_ids})
+            unknown = sorted(set(class_ids) - set(all_class_ids))
+            if not class_ids or unknown:
+                raise ValueError(
+                    f"class_ids {unknown or '[] (empty)'} not among the categories of {json_path}: "
+                    f"{all_class_ids} (pass class_ids=None for all)"
+                )
+            ann_filter = class_ids
+            image_ids = sorted({i for c in class_ids for i in coco.getImgIds(catIds=[c])})
+
+        for class_id in class_ids:
+            self.add_class(source, class_id, coco.loadCats(class_id)[0]["name"])
+        for image_id in image_ids:
+            info = coco.imgs[image_id]
+            if "file_name" not in info:
+                raise ValueError(f"image {image_id} in {json_path} has no 'file_name'")
+            self.add_image(
+                source,
+                image_id=image_id,
+                path=image_dir / info["file_name"],
+                width=info.get("width"),
+                height=info.get("height"),
+                file_name=info["file_name"],
+                coco_url=info.get("coco_url"),
+                annotations=coco.loadAnns(coco.getAnnIds(imgIds=[image_id], catIds=ann_filter, iscrowd=None)),
+                coco_file=str(json_path),
+            )
+        return coco if return_coco else None
+
+    def load_mask(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """Instance masks of an image, decoded from its COCO annotations at full image size.
+
+        Annotations whose mask has no pixel (degenerate polygons, empty RLE) are skipped.
+
+        Returns:
+            masks: [H, W, N] bool.
+            class_ids: [N] int32 internal class ids, negative for crowd annotations (iscrowd=1).
+            An image without annotations gives [H, W, 0] and [0].
+
+        Raises:
+            RuntimeError: if `prepare()` was not called (category ids map to internal ids then).
+            ValueError: naming the image and annotation ids when a segmentation is malformed,
+                decodes to a mask of another size than the image, or has an unknown category.
+        """
+        info = self.image_info[image_id]
+        if "coco_file" not in info:
+            return super().load_mask(image_id)
+        self._check_prepared()  # internal class ids exist only after prepare()
+        height, width = info["height"], info["width"]
+        if height is None or width is None:
+            # Some COCO-style exporters leave the size out; the image file knows it.
+            height, width = self.load_image(image_id).shape[:2]
+        height, width = int(height), int(width)
+
+        masks, class_ids = [], []
+        for ann in info["annotations"]:
+            where = f"annotation {ann.get('id')} of image {info['id']} ({info['file_name']}) in {info['coco_file']}"
+            mask = decode_segmentation(ann.get("segmentation"), height, width, where)
+            if not mask.any():
+                continue
+            key = f"{info['source']}.{ann['category_id']}"
+            if key not in self.class_from_source_map:
+                raise ValueError(f"{where}: category {ann['category_id']} is not a loaded class")
+            class_id = int(self.map_source_class_id(key))
+            masks.append(mask)
+            class_ids.append(-class_id if ann.get("iscrowd", 0) else class_id)
+        if not masks:
+            return np.zeros((height, width, 0), dtype=bool), np.zeros((0,), dtype=np.int32)
+        return np.stack(masks, axis=-1), np.array(class_ids, dtype=np.int32)
+
+    def image_reference(self, image_id: int) -> str:
+        """The image's COCO URL when the file gives one, else its file name."""
+        info = self.image_info[image_id]
+        if "coco_file" not in info:
+            return super().image_reference(image_id)
+        return info.get("coco_url") or info["file_name"]
+
+
+# ----------------------------------------------------------------------------------------------
+def _read_coco(json_path: Path) -> COCO:
+    """A pycocotools COCO object for a file, with errors that name the file and pycocotools quiet."""
+    try:
+        with open(json_path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{json_path} is not valid JSON: {error}") from error
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ValueError(f"{json_path} is not a COCO annotation file: expected an object with an 'images' list")
+    data.setdefault("annotations", [])
+    data.setdefault("categories", [])
+    coco = COCO()
+    coco.dataset = data
+    # createIndex prints progress lines; they add nothing for files this package loads.
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def decode_segmentation(segmentation: Any, height: int, width: int, where: str = "segmentation") -> np.ndarray:
+    """Decodes a COCO segmentation (polygons, uncompressed or compressed RLE) to a [H, W] bool mask.
+
+    Args:
+        segmentation: list of polygons ``[[x1, y1, x2, y2, ...], ...]`` in pixel-edge
+            coordinates, or RLE ``{"counts": [int, ...] | str | bytes, "size": [H, W]}``.
+        height, width: image size; polygons are rasterized at this size.
+        where: description of the annotation for error messages.
+
+    Returns:
+        [height, width] bool. Empty polygon lists and polygons with fewer than 3 points give an
+        all-False mask.
+
+    Raises:
+        ValueError: naming `where` for a malformed segmentation or an RLE whose size is not
+            (height, width).
+    """
+    if isinstance(segmentation, list):
+        polygons = []
+        for polygon in segmentation:
+            if not isinstance(polygon, list | tuple) or len(polygon) % 2:
+                raise ValueError(f"{where}: a polygon must be a flat list [x1, y1, x2, y2, ...], got {polygon!r:.80}")
+            # < 3 points has no area; pycocotools would also read a 4-number polygon as a box.
+            if len(polygon) >= 6:
+                polygons.append([float(v) for v in polygon])
+        if not polygons:
+            return np.zeros((height, width), dtype=bool)
+        rle = mask_util.merge(mask_util.frPyObjects(polygons, height, width))
+    elif isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
+        size = [int(s) for s in segmentation["size"]]
+        if size != [height, width]:
+            raise ValueError(f"{where}: RLE size {size} does not match the image size [{height}, {width}]")
+        counts = segmentation["counts"]
+        if isinstance(counts, list):
+            if sum(counts) != height * width:
+                raise ValueError(
+                    f"{where}: uncompressed RLE counts sum to {sum(counts)}, expected {height} * {width} = {height * width}"
+                )
+            rle = mask_util.frPyObjects({"counts": [int(c) for c in counts], "size": size}, height, width)
+        elif isinstance(counts, str | bytes):
+            rle = {"counts": counts.encode("ascii") if isinstance(counts, str) else counts, "size": size}
+        else:
+            raise ValueError(f"{where}: RLE counts must be a list of ints or a string, got {type(counts).__name__}")
+    else:
+        raise ValueError(f"{where}: segmentation must be a list of polygons or an RLE dict, got {segmentation!r:.80}")
+    try:
+        mask = mask_util.decode(rle)
+    except ValueError as error:  # pycocotools: "Invalid RLE mask representation"
+        raise ValueError(f"{where}: cannot decode RLE: {error}") from error
+    if mask.shape != (height, width):
+        raise ValueError(f"{where}: decodes to a {mask.shape} mask, but the image is {height}x{width}")
+    return mask.astype(bool)
+
+
+# ----------------------------------------------------------------------------------------------
+def download_coco(dataset_dir: str | Path, subset: str, year: str = "2017", verbose: int = 1) -> Path:
+    """Downloads and unpacks a COCO subset and its annotations into the standard layout.
+
+    Skips whatever is already there. Only "train" and "val" (2014, 2017) are on COCO's server.
+
+    Args:
+        dataset_dir: target folder; receives ``<subset><year>/`` and ``annotations/``.
+        subset: "train" or "val".
+        year: "2014" or "2017".
+        verbose: 1 prints what is fetched.
+
+    Returns:
+        `dataset_dir` as a Path.
+
+    Raises:
+        ValueError: for a subset/year COCO does not serve.
+        RuntimeError: when a download fails (e.g. offline), saying where to get the files.
+    """
+    if subset not in ("train", "val") or str(year) not in ("2014", "2017"):
+        raise ValueError(
+            f"download_coco serves subset 'train'/'val' and year '2014'/'2017', got {subset!r}, {year!r}; "
+            f"get other files from {COCO_DOWNLOAD_PAGE}"
+        )
+    root = Path(dataset_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    json_path, image_dir = coco_paths(root, subset, year)
+    jobs = []
+    if not image_dir.is_dir():
+        jobs.append(COCO_IMAGES_URL.format(subset=subset, year=year))
+    if not json_path.is_file():
+        jobs.append(COCO_ANNOTATIONS_URL.format(year=year))
+    for url in jobs:
+        zip_path = root / url.rsplit("/", 1)[-1]
+        partial = zip_path.with_suffix(".zip.part")
+        if verbose:
+            print(f"downloading {url} -> {zip_path}")
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+                shutil.copyfileobj(response, out, length=1 << 20)
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+            partial.unlink(missing_ok=True)
+            reason = getattr(error, "reason", error)
+            raise RuntimeError(
+                f"could not download {url} ({reason}). Get the COCO {subset}{year} images and "
+                f"annotations_trainval{year}.zip from {COCO_DOWNLOAD_PAGE} and unpack them so that "
+                f"{image_dir} and {json_path} exist"
+            ) from error
+        partial.replace(zip_path)
+        if verbose:
+            print(f"unpacking {zip_path}")
+        with zipfile.ZipFile(zip_path) as archive:
+            archive.extractall(root)
+        zip_path.unlink()
+    return root

@@ -1,0 +1,334 @@
+"""COCO-style evaluation (pycocotools COCOeval) of a model's detections on a COCO-format dataset.
+
+    dataset = CocoDataset()
+    coco = dataset.load_coco("/data/coco", "val", return_coco=True)
+    dataset.prepare()
+    metrics = evaluate_coco(model, dataset, coco, limit=500)
+    metrics["segm"]["AP"], metrics["bbox"]["AP50"]
+
+Results follow COCO's result format: one dict per detection with the COCO ``image_id``, the COCO
+``category_id``, ``bbox`` ``[x, y, w, h]`` in pixels, ``score`` and ``segmentation`` as
+compressed RLE (counts as str so the list can be written as JSON).
+
+The 12 numbers per type are COCO's usual summary (AP over IoU .50:.95, AP50, AP75, AP by object
+size, AR at 1 / 10 / `max_dets` detections per image, AR by size), computed here from COCOeval's
+accumulated arrays rather than by `COCOeval.summarize()`: summarize() hard-codes 100 detections
+for its first AP line, which gives -1 (or the wrong number) when `max_dets` is not 100, and
+microscopy images with hundreds of nuclei need more than 100.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pycocotools.mask as mask_util
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+EVAL_TYPES = ("bbox", "segm")
+STAT_NAMES = (
+    "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
+    "AR1", "AR10", "AR_max", "AR_small", "AR_medium", "AR_large",
+)
+
+
+def build_coco_results(
+    dataset: Any,
+    image_ids: Sequence[int],
+    rois: np.ndarray | Sequence[np.ndarray],
+    class_ids: np.ndarray | Sequence[np.ndarray],
+    scores: np.ndarray | Sequence[np.ndarray],
+    masks: np.ndarray | Sequence[np.ndarray | None] | None = None,
+) -> list[dict[str, Any]]:
+    """Converts detections to COCO result dicts.
+
+    Either one image in matterport's call style (`image_ids` of length 1 and plain arrays), or
+    lists of per-image arrays parallel to `image_ids`.
+
+    Args:
+        dataset: prepared Dataset whose images came from a COCO file (e.g. `CocoDataset`):
+            ``image_info[i]["id"]`` is the COCO image id and classes map back to COCO category
+            ids through ``get_source_class_id(class_id, image_info[i]["source"])``.
+        image_ids: internal image ids.
+        rois: [N, (y1, x1, y2, x2)] pixel boxes of the original image, y2/x2 exclusive (as
+            `MaskRCNN.detect` returns them), per image.
+        class_ids: [N] internal class ids (> 0), per image.
+        scores: [N] scores, per image.
+        masks: [H, W, N] bool masks at the original image size, per image; None (or None for an
+            image) leaves ``segmentation`` out.
+
+    Returns:
+        list of dicts ``{"image_id", "category_id", "bbox": [x, y, w, h], "score",
+        "segmentation": {"size": [H, W], "counts": str}}``.
+
+    Raises:
+        ValueError: naming the image when the arrays disagree in length or masks do not have the
+            image's size, or the class id that is not a class of the image's source.
+    """
+    image_ids = [int(i) for i in image_ids]
+    if isinstance(rois, np.ndarray):
+        # matterport style: a single image's arrays.
+        if len(image_ids) != 1:
+            raise ValueError(
+                f"rois is one array but {len(image_ids)} image ids were given; pass lists of per-image arrays"
+            )
+        rois, class_ids, scores, masks = [rois], [class_ids], [scores], [masks]
+    elif masks is None:
+        masks = [None] * len(image_ids)
+    lengths = {"rois": len(rois), "class_ids": len(class_ids), "scores": len(scores), "masks": len(masks)}
+    if any(n != len(image_ids) for n in lengths.values()):
+        raise ValueError(f"need one entry per image id ({len(image_ids)} image ids), got lengths {lengths}")
+
+    results = []
+    for image_id, image_rois, image_class_ids, image_scores, image_masks in zip(
+        image_ids, rois, class_ids, scores, masks
+    ):
+        info = dataset.image_info[image_id]
+        where = f"image {image_id} (COCO id {info['id']})"
+        image_rois = np.asarray(image_rois, dtype=np.float64).reshape(-1, 4)
+        image_class_ids = np.asarray(image_class_ids).reshape(-1)
+        image_scores = np.asarray(image_scores, dtype=np.float64).reshape(-1)
+        n = len(image_rois)
+        if len(image_class_ids) != n or len(image_scores) != n:
+            raise ValueError(
+                f"{where}: {n} rois but {len(image_class_ids)} class ids and {len(image_scores)} scores"
+            )
+        if image_masks is not None:
+            image_masks = np.asarray(image_masks)
+            expected = (info.get("height"), info.get("width"))
+            if image_masks.ndim != 3 or image_masks.shape[-1] != n or (
+                None not in expected and tuple(image_masks.shape[:2]) != tuple(int(v) for v in expected)
+            ):
+                raise ValueError(
+                    f"{where}: masks of shape {image_masks.shape} do not fit {n} detections on a "
+                    f"{expected[0]}x{expected[1]} image; expected [H, W, N] at the original size"
+                )
+        for k in range(n):
+            class_id = int(image_class_ids[k])
+            if class_id <= 0:
+                raise ValueError(f"{where}: detection {k} has class id {class_id}; detections need ids > 0")
+            y1, x1, y2, x2 = image_rois[k]
+            result = {
+                "image_id": info["id"],
+                "category_id": dataset.get_source_class_id(class_id, info["source"]),
+                "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+                "score": float(image_scores[k]),
+            }
+            if image_masks is not None:
+                rle = mask_util.encode(np.asfortranarray(image_masks[..., k].astype(np.uint8)))
+                result["segmentation"] = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+            results.append(result)
+    return results
+
+
+def evaluate_coco(
+    model: Any,
+    dataset: Any,
+    coco: COCO,
+    eval_types: Sequence[str] | str = EVAL_TYPES,
+    image_ids: Sequence[int] | None = None,
+    limit: int = 0,
+    max_dets: int = 100,
+    results_path: str | Path | None = None,
+    verbose: int = 1,
+) -> dict[str, Any]:
+    """Runs `model.detect` over a COCO-format dataset and scores it with pycocotools' COCOeval.
+
+    Args:
+        model: a MaskRCNN, or anything with ``detect(images, verbose=0)`` returning per image a
+            dict with ``rois``, ``class_ids``, ``scores``, ``masks`` and ``config.BATCH_SIZE``.
+        dataset: prepared Dataset loaded from `coco` (e.g. `CocoDataset.load_coco_json`).
+        coco: the ground truth COCO object (``return_coco=True`` when loading).
+        eval_types: any of "bbox", "segm".
+        image_ids: internal image ids to evaluate (default: all).
+        limit: if > 0, only the first `limit` of those images.
+        max_dets: detections per image that count (COCOeval ``maxDets = [1, 10, max_dets]``);
+            raise it above 100 for images with many instances (microscopy).
+        results_path: where to write the results JSON (COCO result format), if given.
+        verbose: 1 shows a progress bar and pycocotools' output plus a summary; 0 is silent.
+
+    Returns:
+        ``{"bbox": {name: float}, "segm": {name: float}}`` for the requested types with the
+        names in `STAT_NAMES` (-1 where the images hold no ground truth of that kind, as in
+        COCO), plus ``seconds_per_image`` (time in `model.detect`), ``num_images``,
+        ``num_detections``, ``max_dets`` and, when the model found nothing, a ``note``.
+
+    Raises:
+        ValueError: for unknown eval types, max_dets < 10, no images, or images that are not
+            in `coco`.
+    """
+    eval_types = (eval_types,) if isinstance(eval_types, str) else tuple(eval_types)
+    unknown = [t for t in eval_types if t not in EVAL_TYPES]
+    if unknown or not eval_types:
+        raise ValueError(f"eval_types must be a non-empty subset of {EVAL_TYPES}, got {eval_types}")
+    if int(max_dets) < 10:
+        raise ValueError(f"max_dets must be >= 10 (COCO reports AR at 1 and 10 detections too), got {max_dets}")
+    image_ids = [int(i) for i in (dataset.image_ids if image_ids is None else image_ids)]
+    if limit:
+        image_ids = image_ids[:limit]
+    if not image_ids:
+        raise ValueError("evaluate_coco needs at least one image")
+    coco_image_ids = [dataset.image_info[i]["id"] for i in image_ids]
+    missing = [c for c in coco_image_ids if c not in coco.imgs]
+    if missing:
+        raise ValueError(f"COCO image ids {missing[:10]} of the dataset are not in the given COCO ground truth")
+
+    results: list[dict[str, Any]] = []
+    detect_seconds = 0.0
+    batch = max(1, int(model.config.BATCH_SIZE))
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(image_ids), desc="evaluate_coco", unit="image", disable=not verbose) as progress:
+        for start in range(0, len(image_ids), batch):
+            ids = image_ids[start:start + batch]
+            images = [dataset.load_image(i) for i in ids]
+            tic = time.perf_counter()
+            detections = model.detect(images, verbose=0)
+            detect_seconds += time.perf_counter() - tic
+            results.extend(build_coco_results(
+                dataset, ids,
+                [r["rois"] for r in detections], [r["class_ids"] for r in detections],
+                [r["scores"] for r in detections], [r.get("masks") for r in detections],
+            ))
+            progress.update(len(ids))
+    if results_path is not None:
+        Path(results_path).write_text(json.dumps(results))
+
+    # Only the dataset's categories count: a dataset loaded with class_ids=[...] is not
+    # blamed for missing the other categories of the file.
+    source = dataset.image_info[image_ids[0]]["source"]
+    cat_ids = sorted(
+        dataset.get_source_class_id(c, source) for c in dataset.source_class_ids.get(source, []) if c != 0
+    )
+    metrics: dict[str, Any] = {}
+    for eval_type in eval_types:
+        metrics[eval_type] = coco_eval_stats(coco, results, eval_type, coco_image_ids, max_dets=max_dets,
+                                             cat_ids=cat_ids or None, verbose=verbose)
+    metrics["seconds_per_image"] = detect_seconds / len(image_ids)
+    metrics["num_images"] = len(image_ids)
+    metrics["num_detections"] = len(results)
+    metrics["max_dets"] = int(max_dets)
+    if not results:
+        metrics["note"] = (
+            "the model returned no detections: AP and AR are 0 wherever there is ground truth "
+            "(COCO.loadRes cannot load an empty result list, so an empty result set was scored)"
+        )
+    return metrics
+
+
+def coco_eval_stats(
+    coco: COCO,
+    results: list[dict[str, Any]],
+    eval_type: str,
+    image_ids: Sequence[int] | None = None,
+    max_dets: int = 100,
+    cat_ids: Sequence[int] | None = None,
+    verbose: int = 0,
+) -> dict[str, float]:
+    """Scores COCO results against ground truth with COCOeval.
+
+    Args:
+        coco: ground truth.
+        results: COCO result dicts (as `build_coco_results` makes); may be empty.
+        eval_type: "bbox" or "segm".
+        image_ids: COCO image ids to evaluate (default: all of `coco`).
+        max_dets: COCOeval ``maxDets = [1, 10, max_dets]``.
+        cat_ids: COCO category ids to evaluate (default: all of `coco`).
+        verbose: 1 lets pycocotools print and prints the 12-line summary.
+
+    Returns:
+        dict of the 12 `STAT_NAMES` (floats; -1 where no ground truth exists).
+    """
+    if eval_type not in EVAL_TYPES:
+        raise ValueError(f"eval_type must be one of {EVAL_TYPES}, got {eval_type!r}")
+    # Each type sees only its own geometry: loadRes derives a detection's area from "bbox" when
+    # present, and segm needs the mask area (COCO's small/medium/large split uses it).
+    drop = "segmentation" if eval_type == "bbox" else "bbox"
+    typed = [{k: v for k, v in r.items() if k != drop} for r in results]
+    if eval_type == "segm" and any("segmentation" not in r for r in typed):
+        raise ValueError("segm evaluation needs a 'segmentation' in every result (the model returned no masks)")
+    output = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    with output:
+        detections = coco.loadRes(typed) if typed else _empty_results(coco)
+        evaluator = COCOeval(coco, detections, iouType=eval_type)
+        if image_ids is not None:
+            evaluator.params.imgIds = sorted(int(i) for i in image_ids)
+        if cat_ids is not None:
+            evaluator.params.catIds = sorted(int(c) for c in cat_ids)
+        evaluator.params.maxDets = [1, 10, int(max_dets)]
+        evaluator.evaluate()
+        evaluator.accumulate()
+    stats = summarize_coco_eval(evaluator)
+    evaluator.stats = np.array([stats[name] for name in STAT_NAMES])
+    if verbose:
+        print(format_stats(stats, eval_type, evaluator.params))
+    return stats
+
+
+def summarize_coco_eval(evaluator: COCOeval) -> dict[str, float]:
+    """The 12 COCO summary numbers of an accumulated COCOeval, at ``params.maxDets`` (see module doc).
+
+    AP lines and the last four AR lines use ``maxDets[-1]``; AR1 / AR10 use ``maxDets[0]`` /
+    ``maxDets[1]``. A number is the mean over the entries that are not -1 (COCO's marker for "no
+    ground truth"), or -1 when none is left.
+    """
+    params = evaluator.params
+    precision = evaluator.eval["precision"]  # [T iou thresholds, R recall points, K cats, A areas, M maxDets]
+    recall = evaluator.eval["recall"]  # [T, K, A, M]
+    area = {label: i for i, label in enumerate(params.areaRngLbl)}
+    iou_index = {round(float(t), 2): i for i, t in enumerate(params.iouThrs)}
+
+    def mean(values: np.ndarray) -> float:
+        valid = values[values > -1]
+        return float(np.mean(valid)) if valid.size else -1.0
+
+    def ap(area_label: str = "all", iou: float | None = None) -> float:
+        values = precision[..., area[area_label], -1]
+        return mean(values if iou is None else values[iou_index[iou]])
+
+    def ar(area_label: str = "all", m: int = -1) -> float:
+        return mean(recall[..., area[area_label], m])
+
+    return {
+        "AP": ap(), "AP50": ap(iou=0.5), "AP75": ap(iou=0.75),
+        "AP_small": ap("small"), "AP_medium": ap("medium"), "AP_large": ap("large"),
+        "AR1": ar(m=0), "AR10": ar(m=1), "AR_max": ar(),
+        "AR_small": ar("small"), "AR_medium": ar("medium"), "AR_large": ar("large"),
+    }
+
+
+def format_stats(stats: dict[str, float], eval_type: str, params: Any) -> str:
+    """COCO's 12 summary lines with the real maxDets of each line."""
+    thresholds = f"{params.iouThrs[0]:0.2f}:{params.iouThrs[-1]:0.2f}"
+    lines = [f"COCO {eval_type}:"]
+    rows = [
+        ("AP", thresholds, "all", 2), ("AP50", "0.50", "all", 2), ("AP75", "0.75", "all", 2),
+        ("AP_small", thresholds, "small", 2), ("AP_medium", thresholds, "medium", 2),
+        ("AP_large", thresholds, "large", 2), ("AR1", thresholds, "all", 0), ("AR10", thresholds, "all", 1),
+        ("AR_max", thresholds, "all", 2), ("AR_small", thresholds, "small", 2),
+        ("AR_medium", thresholds, "medium", 2), ("AR_large", thresholds, "large", 2),
+    ]
+    for name, iou, area, m in rows:
+        title = "Average Precision  (AP)" if name.startswith("AP") else "Average Recall     (AR)"
+        lines.append(f" {title} @[ IoU={iou:<9} | area={area:>6s} | maxDets={params.maxDets[m]:>3d} ] = {stats[name]:0.3f}")
+    return "\n".join(lines)
+
+
+def _empty_results(coco: COCO) -> COCO:
+    """A results COCO object without detections (COCO.loadRes rejects an empty list)."""
+    empty = COCO()
+    empty.dataset = {
+        "images": list(coco.dataset.get("images", [])),
+        "categories": copy.deepcopy(coco.dataset.get("categories", [])),
+        "annotations": [],
+    }
+    empty.createIndex()
+    return empty
