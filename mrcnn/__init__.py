@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "Config": ("mrcnn.config", "Config"),
     "Dataset": ("mrcnn.data.dataset", "Dataset"),
+    "CocoDataset": ("mrcnn.data.coco", "CocoDataset"),
     "DataGenerator": ("mrcnn.data.generator", "DataGenerator"),
     "MaskRCNN": ("mrcnn.model", "MaskRCNN"),
     "utils": ("mrcnn.utils", None),
