@@ -1,0 +1,348 @@
+"""Training targets in numpy: one image's ground truth (`load_image_gt`) and RPN targets.
+
+Coordinates: pixel boxes ``(y1, x1, y2, x2)`` with exclusive ``y2``/``x2`` in the molded (resized and
+padded) image; deltas ``(dy, dx, log(dh), log(dw))`` with ``h = y2 - y1`` (docs/interfaces.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from mrcnn import utils
+from mrcnn.data.augment import Augmenter
+
+# matterport's RPN labelling thresholds (Faster R-CNN paper, section 3.1.2).
+RPN_POSITIVE_IOU = 0.7
+RPN_NEGATIVE_IOU = 0.3
+# Anchors whose IoU with a crowd box reaches this are never negatives (matterport: IoU < 0.001 is "no crowd").
+RPN_CROWD_IOU = 0.001
+# Anchors per block and (block, box) pairs per chunk in _match_anchors: small blocks prune well
+# (a block of one pyramid row covers a small image region); chunks bound the memory.
+_ANCHOR_BLOCK = 64
+_MAX_PAIRS = 8192
+
+
+def load_image_gt(
+    dataset: Any,
+    config: Any,
+    image_id: int,
+    augmentation: Augmenter | None = None,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Loads one image with its ground truth, resized (and augmented) for training.
+
+    Steps: load image and masks; augment them together (before resizing, so shape-changing
+    augmenters work in every resize mode); resize + pad/crop per IMAGE_RESIZE_MODE, IMAGE_MIN_DIM,
+    IMAGE_MAX_DIM, IMAGE_MIN_SCALE; drop instances whose mask vanished (cropped away or too thin to
+    survive the resize); boxes from the masks; mini masks when USE_MINI_MASK.
+
+    Args:
+        dataset: a prepared `mrcnn.data.dataset.Dataset`.
+        config: a `Config`.
+        image_id: internal image id.
+        augmentation: optional augmenter ``(image, masks, rng) -> (image, masks)`` (see augment.py).
+        rng: random generator for augmentation and the "crop" resize mode; a fresh unseeded one when None.
+
+    Returns:
+        image: [H, W, 3] uint8, the molded size (config.IMAGE_SHAPE except in "none"/"pad64" modes).
+        image_meta: [IMAGE_META_SIZE] float32 (`utils.compose_image_meta`); its original_image_shape
+            is the shape after augmentation and before resizing (the frame window/scale refer to).
+        class_ids: [N] int32 internal class ids (negative for crowd instances).
+        bbox: [N, (y1, x1, y2, x2)] int32 pixel boxes in the molded image.
+        mask: [mh, mw, N] bool mini masks (MINI_MASK_SHAPE) when USE_MINI_MASK, else [H, W, N] bool.
+
+    Raises:
+        ValueError: when the dataset returns inconsistent shapes (naming the image).
+    """
+    if rng is None:
+        rng = np.random.default_rng()
+    image = np.asarray(dataset.load_image(image_id))
+    mask, class_ids = dataset.load_mask(image_id)
+    mask = np.asarray(mask)
+    class_ids = np.asarray(class_ids).astype(np.int32).reshape(-1)
+    if image.ndim != 3 or mask.ndim != 3 or image.shape[:2] != mask.shape[:2] or mask.shape[-1] != class_ids.shape[0]:
+        raise ValueError(
+            f"image {image_id} ({dataset.image_reference(image_id)}): load_image gave {image.shape}, load_mask gave "
+            f"masks {mask.shape} and class_ids {class_ids.shape}; expected [H, W, 3], [H, W, N] and [N]"
+        )
+    if mask.dtype != np.bool_:
+        mask = mask > 0
+
+    if augmentation is not None:
+        image, mask = augmentation(image, mask, rng)
+        if image.ndim != 3 or mask.ndim != 3 or image.shape[:2] != mask.shape[:2] or mask.shape[-1] != class_ids.shape[0]:
+            raise ValueError(
+                f"augmentation {augmentation!r} returned image {image.shape} and masks {mask.shape} for image "
+                f"{image_id}; expected [H, W, C] and [H, W, {class_ids.shape[0]}]"
+            )
+    original_shape = image.shape
+
+    image, window, scale, padding, crop = utils.resize_image(
+        image,
+        min_dim=config.IMAGE_MIN_DIM,
+        max_dim=config.IMAGE_MAX_DIM,
+        min_scale=config.IMAGE_MIN_SCALE,
+        mode=config.IMAGE_RESIZE_MODE,
+        rng=rng,
+    )
+    if config.USE_MINI_MASK:
+        # Same result as resize_mask + extract_bboxes + minimize_mask, without full-size masks.
+        bbox, mask = utils.resize_and_minimize_mask(mask, scale, padding, crop, config.MINI_MASK_SHAPE)
+        keep = bbox[:, 2] > bbox[:, 0]
+    else:
+        mask = utils.resize_mask(mask, scale, padding, crop)
+        keep = mask.any(axis=(0, 1))
+        bbox = None
+    if not keep.all():
+        mask = mask[:, :, keep]
+        class_ids = class_ids[keep]
+        bbox = None if bbox is None else bbox[keep]
+    if bbox is None:
+        bbox = utils.extract_bboxes(mask)
+
+    active_class_ids = np.zeros([dataset.num_classes], dtype=np.int32)
+    source = dataset.image_info[image_id]["source"]
+    active_class_ids[dataset.source_class_ids[source]] = 1
+
+    image_meta = utils.compose_image_meta(image_id, original_shape, image.shape, window, scale, active_class_ids)
+    return np.ascontiguousarray(image), image_meta, class_ids, bbox, mask
+
+
+# ------------------------------------------------------------------------------------------------
+def _as_boxes(name: str, boxes: np.ndarray) -> np.ndarray:
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if boxes.size == 0:
+        boxes = boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{name} must be [N, 4] (y1, x1, y2, x2), got shape {boxes.shape}")
+    return boxes
+
+
+class _Matches(NamedTuple):
+    anchor_max: np.ndarray  # [A] best IoU of each anchor over the boxes (0 if none overlaps)
+    anchor_arg: np.ndarray  # [A] index of that box (lowest on ties), -1 where anchor_max is 0
+    box_best: np.ndarray  # [A] bool: anchor tied at the maximum IoU of some box (a box whose maximum is > 0)
+
+
+def _pair_iou(
+    coords: np.ndarray, areas: np.ndarray, pair_block: np.ndarray, box_coords: np.ndarray, box_areas: np.ndarray,
+    pair_box: np.ndarray,
+) -> np.ndarray:
+    """IoU of each (anchor block, box) pair -> [P, block].
+
+    coords: [4, nb, block] anchor coordinates by block; areas: [nb, block]; box_coords: [4, N];
+    box_areas: [N]. Same formula, operation order and float64 rounding as utils.compute_overlaps
+    (the tie-breaking rules compare IoUs for equality). Coordinate-major arrays and in-place updates
+    keep every operation on contiguous memory.
+    """
+    anchor = coords[:, pair_block]  # [4, P, block]
+    box = box_coords[:, pair_box, None]  # [4, P, 1]
+    height = np.minimum(anchor[2], box[2])
+    height -= np.maximum(anchor[0], box[0])
+    np.maximum(height, 0, out=height)
+    width = np.minimum(anchor[3], box[3])
+    width -= np.maximum(anchor[1], box[1])
+    np.maximum(width, 0, out=width)
+    intersection = height
+    intersection *= width
+    union = areas[pair_block]
+    union += box_areas[pair_box, None]
+    union -= intersection
+    width.fill(0)  # reused as the output: 0 where the union is empty
+    return np.divide(intersection, union, out=width, where=union > 0)
+
+
+def _match_anchors(anchors: np.ndarray, boxes: np.ndarray) -> _Matches:
+    """Exact anchor/box IoU statistics without the dense [A, N] IoU matrix.
+
+    Anchors are cut into blocks of _ANCHOR_BLOCK consecutive anchors. Consecutive anchors of a
+    pyramid level are neighbours in the image, so a block covers a small region, and only the
+    (block, box) pairs whose extents intersect can have a non-zero IoU. IoUs are computed for those
+    pairs only, in chunks of at most _MAX_PAIRS pairs (bounded memory); the result is the same as
+    from the dense matrix whatever the anchor order (only the speed depends on it).
+    """
+    num_anchors, num_boxes = anchors.shape[0], boxes.shape[0]
+    block = _ANCHOR_BLOCK
+    num_blocks = -(-num_anchors // block)
+    # Pad with copies of the last anchor (same extents); padded slots are cut off at the end.
+    padded = np.concatenate([anchors, np.repeat(anchors[-1:], num_blocks * block - num_anchors, axis=0)])
+    anchor_max = np.zeros((num_blocks, block))
+    anchor_arg = np.full((num_blocks, block), -1, dtype=np.int64)
+    box_best = np.zeros(num_blocks * block, dtype=bool)
+    if num_anchors == 0 or num_boxes == 0:
+        return _Matches(anchor_max.ravel()[:num_anchors], anchor_arg.ravel()[:num_anchors], box_best[:num_anchors])
+
+    # Coordinate-major copies [4, nb, block]: reductions and gathers then run over contiguous memory.
+    coords = np.ascontiguousarray(padded.T).reshape(4, num_blocks, block)
+    areas = np.maximum(coords[2] - coords[0], 0) * np.maximum(coords[3] - coords[1], 0)
+    box_coords = np.ascontiguousarray(boxes.T)
+    box_areas = np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0)
+    y1, x1 = coords[0].min(axis=1), coords[1].min(axis=1)
+    y2, x2 = coords[2].max(axis=1), coords[3].max(axis=1)
+    crossing = (
+        (boxes[None, :, 0] < y2[:, None]) & (boxes[None, :, 2] > y1[:, None])
+        & (boxes[None, :, 1] < x2[:, None]) & (boxes[None, :, 3] > x1[:, None])
+    )
+    pair_block, pair_box = np.nonzero(crossing)  # sorted by block, then box
+    if pair_block.size == 0:
+        return _Matches(anchor_max.ravel()[:num_anchors], anchor_arg.ravel()[:num_anchors], box_best[:num_anchors])
+
+    # Chunks end at block boundaries so that every anchor's pairs are in one chunk.
+    per_block_end = np.cumsum(crossing.sum(axis=1))
+    box_max = np.zeros(num_boxes)
+    pair_max = np.empty(pair_block.size)
+    start = 0
+    while start < pair_block.size:
+        last = np.searchsorted(per_block_end, start + _MAX_PAIRS, side="right") - 1
+        stop = int(per_block_end[last]) if last >= 0 else 0
+        if stop <= start:  # one block alone has more pairs than _MAX_PAIRS
+            stop = int(per_block_end[pair_block[start]])
+        chunk_block, chunk_box = pair_block[start:stop], pair_box[start:stop]
+        iou = _pair_iou(coords, areas, chunk_block, box_coords, box_areas, chunk_box)  # [P, block]
+        segments = np.flatnonzero(np.r_[True, chunk_block[1:] != chunk_block[:-1]])  # first pair of each block
+        segment_id = np.repeat(np.arange(segments.size), np.diff(np.r_[segments, chunk_block.size]))
+        best = np.maximum.reduceat(iou, segments, axis=0)  # [S, block] per-anchor maximum
+        # Lowest box index among the boxes tied at the maximum (pairs are sorted by box).
+        tied_box = np.where(iou == best[segment_id], chunk_box[:, None], num_boxes)
+        best_box = np.minimum.reduceat(tied_box, segments, axis=0)
+        segment_blocks = chunk_block[segments]
+        anchor_max[segment_blocks] = best
+        anchor_arg[segment_blocks] = np.where(best > 0, best_box, -1)
+        pair_max[start:stop] = iou.max(axis=1)
+        np.maximum.at(box_max, chunk_box, pair_max[start:stop])
+        start = stop
+
+    # Each box's best anchors: only the pairs that reach the box's maximum hold them; recompute those.
+    top = (pair_max == box_max[pair_box]) & (box_max[pair_box] > 0)
+    top_block, top_box = pair_block[top], pair_box[top]
+    iou = _pair_iou(coords, areas, top_block, box_coords, box_areas, top_box)
+    rows, cols = np.nonzero(iou == box_max[top_box][:, None])
+    box_best[top_block[rows] * block + cols] = True
+    return _Matches(anchor_max.ravel()[:num_anchors], anchor_arg.ravel()[:num_anchors], box_best[:num_anchors])
+
+
+def label_anchors(
+    anchors: np.ndarray,
+    gt_class_ids: np.ndarray,
+    gt_boxes: np.ndarray,
+    positive_iou: float = RPN_POSITIVE_IOU,
+    negative_iou: float = RPN_NEGATIVE_IOU,
+    crowd_iou: float = RPN_CROWD_IOU,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels anchors positive / negative / neutral, before any subsampling.
+
+    Rules (matterport / Faster R-CNN):
+      * GT entries with class id 0 are padding and ignored; negative class ids are crowd boxes,
+        which are removed from the GT.
+      * anchor negative (-1) if its best IoU with the (non-crowd) GT is < `negative_iou` and its
+        best IoU with any crowd box is < `crowd_iou`;
+      * anchor positive (+1) if its best IoU is >= `positive_iou`, or if it is the best anchor of
+        some GT box (all anchors tied at that GT's maximum). Unlike matterport, a GT box that
+        overlaps no anchor at all (maximum IoU 0) makes no anchor positive;
+      * neutral (0) otherwise.
+
+    Args:
+        anchors: [A, (y1, x1, y2, x2)] pixel anchors.
+        gt_class_ids: [N] int class ids (0 padding, < 0 crowd).
+        gt_boxes: [N, (y1, x1, y2, x2)] pixel boxes.
+        positive_iou, negative_iou, crowd_iou: thresholds (see above).
+
+    Returns:
+        rpn_match: [A] int32 in {-1, 0, 1}.
+        gt_index: [A] int64 index into `gt_boxes` of each anchor's best non-crowd GT box (lowest
+            index on ties); -1 for anchors that overlap none.
+
+    Raises:
+        ValueError: on malformed shapes.
+    """
+    anchors = _as_boxes("anchors", anchors)
+    gt_boxes = _as_boxes("gt_boxes", gt_boxes)
+    gt_class_ids = np.asarray(gt_class_ids).reshape(-1)
+    if gt_class_ids.shape[0] != gt_boxes.shape[0]:
+        raise ValueError(
+            f"gt_class_ids has {gt_class_ids.shape[0]} entries but gt_boxes has {gt_boxes.shape[0]} boxes"
+        )
+    num_anchors = anchors.shape[0]
+
+    # Crowd boxes only protect anchors from becoming negatives.
+    crowd = _match_anchors(anchors, gt_boxes[gt_class_ids < 0])
+    no_crowd = crowd.anchor_max < crowd_iou
+
+    valid = np.flatnonzero(gt_class_ids > 0)
+    matches = _match_anchors(anchors, gt_boxes[valid])
+    rpn_match = np.zeros(num_anchors, dtype=np.int32)
+    rpn_match[(matches.anchor_max < negative_iou) & no_crowd] = -1
+    rpn_match[matches.box_best] = 1
+    rpn_match[matches.anchor_max >= positive_iou] = 1
+
+    gt_index = np.full(num_anchors, -1, dtype=np.int64)
+    matched = matches.anchor_arg >= 0
+    gt_index[matched] = valid[matches.anchor_arg[matched]]
+    return rpn_match, gt_index
+
+
+def subsample_anchors(rpn_match: np.ndarray, num_anchors: int, rng: np.random.Generator) -> np.ndarray:
+    """Keeps at most `num_anchors` labelled anchors, at most half of them positive.
+
+    Surplus positives, then surplus negatives, are drawn uniformly with `rng` and set neutral.
+
+    Args:
+        rpn_match: [A] int32 in {-1, 0, 1} (not modified).
+        num_anchors: RPN_TRAIN_ANCHORS_PER_IMAGE.
+        rng: random generator.
+
+    Returns:
+        [A] int32 subsampled copy.
+    """
+    rpn_match = np.array(rpn_match, dtype=np.int32, copy=True)
+    positives = np.flatnonzero(rpn_match == 1)
+    extra = positives.size - num_anchors // 2
+    if extra > 0:
+        rpn_match[rng.choice(positives, extra, replace=False)] = 0
+    negatives = np.flatnonzero(rpn_match == -1)
+    extra = negatives.size - (num_anchors - int(np.count_nonzero(rpn_match == 1)))
+    if extra > 0:
+        rpn_match[rng.choice(negatives, extra, replace=False)] = 0
+    return rpn_match
+
+
+def build_rpn_targets(
+    anchors: np.ndarray,
+    gt_class_ids: np.ndarray,
+    gt_boxes: np.ndarray,
+    config: Any,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """RPN training targets of one image: anchor labels and box deltas of the positives.
+
+    Labels as `label_anchors`, then `subsample_anchors` to RPN_TRAIN_ANCHORS_PER_IMAGE.
+
+    Args:
+        anchors: [A, (y1, x1, y2, x2)] pixel anchors (`utils.generate_pyramid_anchors`).
+        gt_class_ids: [N] int class ids (0 padding, < 0 crowd).
+        gt_boxes: [N, (y1, x1, y2, x2)] pixel boxes in the same image as the anchors.
+        config: reads RPN_TRAIN_ANCHORS_PER_IMAGE and RPN_BBOX_STD_DEV.
+        rng: random generator for the subsampling; a fresh unseeded one when None.
+
+    Returns:
+        rpn_match: [A] int32, 1 positive, -1 negative, 0 neutral.
+        rpn_bbox: [RPN_TRAIN_ANCHORS_PER_IMAGE, (dy, dx, log(dh), log(dw))] float32: deltas from
+            each positive anchor to its best GT box, divided by RPN_BBOX_STD_DEV, in the order the
+            positives appear in `rpn_match`; zero rows after.
+    """
+    if rng is None:
+        rng = np.random.default_rng()
+    num_train = int(config.RPN_TRAIN_ANCHORS_PER_IMAGE)
+    rpn_match, gt_index = label_anchors(anchors, gt_class_ids, gt_boxes)
+    rpn_match = subsample_anchors(rpn_match, num_train, rng)
+
+    rpn_bbox = np.zeros((num_train, 4), dtype=np.float32)
+    positives = np.flatnonzero(rpn_match == 1)
+    if positives.size:
+        anchors = np.asarray(anchors, dtype=np.float64)
+        gt_boxes = np.asarray(gt_boxes, dtype=np.float64)
+        deltas = utils.box_refinement(anchors[positives], gt_boxes[gt_index[positives]])
+        rpn_bbox[: positives.size] = deltas / np.asarray(config.RPN_BBOX_STD_DEV, dtype=np.float32)
+    return rpn_match, rpn_bbox

@@ -1,0 +1,280 @@
+"""Tests of mrcnn.data.targets: RPN anchor labelling/targets and load_image_gt."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mrcnn import utils
+from mrcnn.config import Config
+from mrcnn.data import augment, targets
+
+_REFERENCE = str(Path(__file__).resolve().parents[1] / "reference")
+if _REFERENCE not in sys.path:
+    sys.path.insert(0, _REFERENCE)
+
+from rpn_targets_ref import iou as ref_iou  # noqa: E402
+from rpn_targets_ref import label_anchors_ref  # noqa: E402
+from toy_datasets import SquaresDataset  # noqa: E402
+
+
+class TinyConfig(Config):
+    NAME = "tiny"
+    NUM_CLASSES = 4
+    IMAGE_MIN_DIM = 64
+    IMAGE_MAX_DIM = 128
+    RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
+    MAX_GT_INSTANCES = 6
+
+
+def tiny_anchors(config=None):
+    config = config or TinyConfig()
+    shapes = utils.compute_backbone_shapes(config, config.IMAGE_SHAPE)
+    return utils.generate_pyramid_anchors(config.RPN_ANCHOR_SCALES, config.RPN_ANCHOR_RATIOS, shapes,
+                                          config.BACKBONE_STRIDES, config.RPN_ANCHOR_STRIDE)
+
+
+def random_gt(rng, count, size=128, allow_crowd=True, allow_padding=True):
+    y1 = rng.integers(-10, size - 4, count)
+    x1 = rng.integers(-10, size - 4, count)
+    boxes = np.stack([y1, x1, y1 + rng.integers(2, 70, count), x1 + rng.integers(2, 70, count)], axis=1)
+    choices = [1, 2, 3] + ([-1, -2] if allow_crowd else []) + ([0] if allow_padding else [])
+    return rng.choice(choices, count).astype(np.int32), boxes
+
+
+# ------------------------------------------------------------------------------------------------
+# Labelling before subsampling, against the per-anchor reference
+@given(st.integers(0, 2**31 - 1), st.integers(0, 7), st.sampled_from([None, 1, 7, 64, 100000]),
+       st.sampled_from([None, 1, 5, 100000]), st.booleans())
+@settings(max_examples=15, deadline=None)
+def test_label_anchors_matches_reference(seed, count, block, max_pairs, shuffle_anchors):
+    rng = np.random.default_rng(seed)
+    anchors = tiny_anchors()
+    if shuffle_anchors:  # blocks are then not spatially coherent: pruning must still be exact
+        anchors = anchors[rng.permutation(len(anchors))]
+    gt_class_ids, gt_boxes = random_gt(rng, count)
+    saved = targets._ANCHOR_BLOCK, targets._MAX_PAIRS
+    try:
+        targets._ANCHOR_BLOCK = block or saved[0]
+        targets._MAX_PAIRS = max_pairs or saved[1]
+        match, gt_index = targets.label_anchors(anchors, gt_class_ids, gt_boxes)
+    finally:
+        targets._ANCHOR_BLOCK, targets._MAX_PAIRS = saved
+    ref_match, ref_index = label_anchors_ref(anchors.tolist(), gt_class_ids.tolist(), gt_boxes.tolist())
+    assert match.dtype == np.int32 and match.shape == (len(anchors),)
+    np.testing.assert_array_equal(match, ref_match)
+    np.testing.assert_array_equal(gt_index, ref_index)
+
+
+def test_label_anchors_exact_thresholds_and_ties():
+    # Hand-made anchors with IoUs exactly 0.7 (positive), 0.3 (neutral) and a tie for the best anchor.
+    gt = np.array([[0, 0, 10, 10]])
+    anchors = np.array([
+        [0, 0, 10, 7],  # IoU 0.7 -> positive
+        [0, 0, 10, 3],  # IoU 0.3 -> neutral (not < 0.3)
+        [0, 0, 10, 2.9],  # IoU 0.29 -> negative
+        [50, 50, 60, 60],  # no overlap -> negative
+    ], dtype=np.float64)
+    match, index = targets.label_anchors(anchors, [1], gt)
+    assert match.tolist() == [1, 0, -1, -1]
+    assert index.tolist() == [0, 0, 0, -1]
+    # Two anchors tied as the GT's best (IoU 0.5 each): both positive.
+    tied = np.array([[0, 0, 10, 5], [0, 5, 10, 10], [0, 0, 10, 1]], dtype=np.float64)
+    assert targets.label_anchors(tied, [1], gt)[0].tolist() == [1, 1, -1]
+
+
+def test_gt_overlapping_no_anchor_makes_no_positive():
+    # matterport would mark every anchor with IoU 0 "best" for such a GT; we do not.
+    anchors = tiny_anchors()
+    match, _ = targets.label_anchors(anchors, [1], np.array([[1000, 1000, 1010, 1010]]))
+    assert not np.any(match == 1) and np.all(match == -1)
+
+
+def test_no_gt_gives_all_negative_and_crowd_protects():
+    anchors = tiny_anchors()
+    match, index = targets.label_anchors(anchors, np.zeros([0], np.int32), np.zeros([0, 4]))
+    assert np.all(match == -1) and np.all(index == -1)
+    crowd = np.array([[20, 20, 60, 90]])
+    match, _ = targets.label_anchors(anchors, [-1], crowd)
+    crowd_iou = utils.compute_overlaps(anchors, crowd)[:, 0]
+    assert np.all(match[crowd_iou >= 0.001] == 0)
+    assert np.all(match[crowd_iou < 0.001] == -1)
+    assert not np.any(match == 1)
+
+
+def test_padding_entries_are_ignored():
+    anchors = tiny_anchors()
+    rng = np.random.default_rng(4)
+    class_ids, boxes = random_gt(rng, 5, allow_crowd=False, allow_padding=False)
+    padded_ids = np.concatenate([class_ids, [0, 0]])
+    padded_boxes = np.concatenate([boxes, [[0, 0, 0, 0], [10, 10, 50, 50]]])
+    a = targets.label_anchors(anchors, class_ids, boxes)
+    b = targets.label_anchors(anchors, padded_ids, padded_boxes)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+# ------------------------------------------------------------------------------------------------
+# build_rpn_targets
+class NoSubsampling(TinyConfig):
+    RPN_TRAIN_ANCHORS_PER_IMAGE = 100000
+
+
+def test_build_rpn_targets_without_subsampling_and_deltas():
+    config = NoSubsampling()
+    anchors = tiny_anchors(config)
+    rng = np.random.default_rng(11)
+    class_ids, boxes = random_gt(rng, 6)
+    rpn_match, rpn_bbox = targets.build_rpn_targets(anchors, class_ids, boxes, config, rng=rng)
+    ref_match, ref_index = label_anchors_ref(anchors.tolist(), class_ids.tolist(), boxes.tolist())
+    np.testing.assert_array_equal(rpn_match, ref_match)
+    assert rpn_bbox.shape == (config.RPN_TRAIN_ANCHORS_PER_IMAGE, 4) and rpn_bbox.dtype == np.float32
+    positives = np.flatnonzero(rpn_match == 1)
+    assert positives.size > 0
+    # Deltas in positive order, times the std dev, turn each positive anchor into its best GT box.
+    deltas = rpn_bbox[: positives.size] * config.RPN_BBOX_STD_DEV
+    refined = utils.apply_box_deltas(anchors[positives], deltas)
+    expected = boxes[np.asarray(ref_index)[positives]]
+    np.testing.assert_allclose(refined, expected, atol=1e-3)
+    assert not rpn_bbox[positives.size :].any()
+    # The best GT of each positive really has the anchor's best IoU.
+    for i in positives[:20]:
+        best = max(ref_iou(anchors[i], b) for c, b in zip(class_ids, boxes) if c > 0)
+        assert ref_iou(anchors[i], boxes[ref_index[i]]) == best
+
+
+@given(st.integers(0, 2**31 - 1), st.integers(1, 12), st.sampled_from([8, 32, 256]))
+@settings(max_examples=15, deadline=None)
+def test_subsampling_limits_counts_and_keeps_labels(seed, count, per_image):
+    class Config_(TinyConfig):
+        RPN_TRAIN_ANCHORS_PER_IMAGE = per_image
+
+    config = Config_()
+    anchors = tiny_anchors(config)
+    rng = np.random.default_rng(seed)
+    class_ids, boxes = random_gt(rng, count)
+    full, _ = targets.label_anchors(anchors, class_ids, boxes)
+    match, bbox = targets.build_rpn_targets(anchors, class_ids, boxes, config, rng=np.random.default_rng(seed))
+    positives, negatives = np.sum(match == 1), np.sum(match == -1)
+    assert positives <= per_image // 2
+    assert positives + negatives <= per_image
+    assert positives == min(np.sum(full == 1), per_image // 2)
+    assert negatives == min(np.sum(full == -1), per_image - positives)
+    # Subsampling only turns labels neutral, never flips them.
+    assert np.all((match == full) | (match == 0))
+    # Crowd-overlapping anchors are never negative.
+    crowd = boxes[class_ids < 0]
+    if len(crowd):
+        crowd_iou = utils.compute_overlaps(anchors, crowd).max(axis=1)
+        assert not np.any(match[crowd_iou >= 0.001] == -1)
+    assert np.count_nonzero(bbox.any(axis=1)) <= positives
+    # Same rng seed -> same result.
+    again, _ = targets.build_rpn_targets(anchors, class_ids, boxes, config, rng=np.random.default_rng(seed))
+    np.testing.assert_array_equal(match, again)
+
+
+def test_rpn_targets_no_instances():
+    config = TinyConfig()
+    match, bbox = targets.build_rpn_targets(tiny_anchors(config), np.zeros([0], np.int32), np.zeros([0, 4]), config,
+                                            rng=np.random.default_rng(0))
+    assert not np.any(match == 1)
+    assert np.sum(match == -1) == config.RPN_TRAIN_ANCHORS_PER_IMAGE
+    assert not bbox.any()
+
+
+def test_label_anchors_shape_errors():
+    with pytest.raises(ValueError, match="gt_class_ids"):
+        targets.label_anchors(tiny_anchors(), [1, 2], np.zeros((1, 4)))
+    with pytest.raises(ValueError, match="anchors"):
+        targets.label_anchors(np.zeros((5, 3)), [1], np.zeros((1, 4)))
+
+
+# ------------------------------------------------------------------------------------------------
+# load_image_gt
+@pytest.mark.parametrize("use_mini_mask", [True, False])
+def test_load_image_gt_shapes_and_alignment(use_mini_mask):
+    class Cfg(TinyConfig):
+        USE_MINI_MASK = use_mini_mask
+        MINI_MASK_SHAPE = (28, 28)
+
+    config = Cfg()
+    dataset = SquaresDataset(3, 96, 128, instances=(2, 4), seed=5)
+    for image_id in dataset.image_ids:
+        image, meta, class_ids, bbox, mask = targets.load_image_gt(dataset, config, image_id,
+                                                                   rng=np.random.default_rng(0))
+        assert image.shape == (128, 128, 3) and image.dtype == np.uint8
+        assert meta.shape == (config.IMAGE_META_SIZE,) and meta.dtype == np.float32
+        parsed = utils.parse_image_meta(meta)
+        assert parsed["image_id"] == image_id
+        assert parsed["original_image_shape"].tolist() == [96, 128, 3]
+        assert parsed["window"].tolist() == [16, 0, 112, 128]  # 96 x 128 fits at scale 1, padded to 128
+        assert parsed["active_class_ids"].tolist() == [1, 1, 1, 1]
+        assert class_ids.dtype == np.int32 and bbox.dtype == np.int32
+        assert mask.dtype == bool
+        assert mask.shape == ((28, 28) if use_mini_mask else (128, 128)) + (len(class_ids),)
+        # Boxes match the (unoccluded) coloured rectangles, shifted by the padding.
+        expected = [tuple(b) for b in utils.extract_bboxes(dataset.load_mask(image_id)[0])]
+        assert [tuple(b) for b in bbox - [16, 0, 16, 0]] == expected
+        if not use_mini_mask:
+            np.testing.assert_array_equal(utils.extract_bboxes(mask), bbox)
+
+
+def test_load_image_gt_drops_vanished_instances_and_marks_active_classes():
+    dataset = SquaresDataset(1, 96, 128, instances=2, seed=1)
+    dataset.add_class("other", 1, "other thing")  # a class the image's source does not have
+    # One instance with an empty mask: it must disappear.
+    dataset.image_info[0]["shapes"].append((2, (255, 255, 255), (5, 5, 5, 9)))
+    dataset.prepare()
+    config = TinyConfig()
+    _, meta, class_ids, bbox, mask = targets.load_image_gt(dataset, config, 0, rng=np.random.default_rng(0))
+    assert len(class_ids) == 2 and mask.shape[-1] == 2 and bbox.shape == (2, 4)
+    # Classes: BG, 3 toy classes, 1 "other" -> NUM_CLASSES of the dataset is 5.
+    assert utils.parse_image_meta(meta[None])["active_class_ids"].tolist() == [[1, 1, 1, 1, 0]]
+
+
+def test_load_image_gt_crop_mode_and_determinism():
+    class CropConfig(TinyConfig):
+        IMAGE_RESIZE_MODE = "crop"
+        IMAGE_MIN_DIM = 64
+        USE_MINI_MASK = False
+
+    config = CropConfig()
+    dataset = SquaresDataset(2, 96, 128, instances=(3, 5), seed=2)
+    a = targets.load_image_gt(dataset, config, 1, rng=np.random.default_rng(9))
+    b = targets.load_image_gt(dataset, config, 1, rng=np.random.default_rng(9))
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    image, meta, class_ids, bbox, mask = a
+    assert image.shape == (64, 64, 3) and mask.shape[:2] == (64, 64)
+    assert np.all(mask.any(axis=(0, 1)))  # cropped-away instances were dropped
+    np.testing.assert_array_equal(utils.extract_bboxes(mask), bbox)
+
+
+def test_load_image_gt_with_augmentation_keeps_alignment():
+    # Flips and quarter turns at scale 1 are pixel-exact: every mask must cover exactly the pixels of
+    # one colour, and that colour must appear nowhere else.
+    class Cfg(TinyConfig):
+        USE_MINI_MASK = False
+
+    config = Cfg()
+    dataset = SquaresDataset(4, 96, 128, instances=(1, 3), seed=3)
+    augmentation = augment.Compose([augment.HorizontalFlip(0.5), augment.VerticalFlip(0.5), augment.Rot90()])
+    shapes_seen = set()
+    for image_id in dataset.image_ids:
+        for seed in range(4):
+            image, meta, _, bbox, mask = targets.load_image_gt(dataset, config, image_id, augmentation=augmentation,
+                                                               rng=np.random.default_rng(seed))
+            shapes_seen.add(tuple(utils.parse_image_meta(meta)["original_image_shape"]))
+            assert mask.shape[-1] > 0
+            for i in range(mask.shape[-1]):
+                colours = np.unique(image[mask[:, :, i]].reshape(-1, 3), axis=0)
+                assert len(colours) == 1
+                same_colour = np.all(image == colours[0], axis=-1)
+                np.testing.assert_array_equal(same_colour, mask[:, :, i])
+            np.testing.assert_array_equal(utils.extract_bboxes(mask), bbox)
+    assert shapes_seen == {(96, 128, 3), (128, 96, 3)}  # rot90 turned some images
