@@ -1,0 +1,373 @@
+// RoIAlign forward/backward math, independent of TensorFlow.
+//
+// This header holds everything that computes numbers: the RoI geometry, the per-axis bilinear
+// taps, the CPU loops (over a range of boxes / channels, so a caller can thread them) and the
+// CUDA kernels plus their launchers (under __CUDACC__). The TensorFlow op
+// (roi_align_kernels.cc / .cu.cc) only validates inputs, allocates and shards. Because nothing
+// here includes TF, the same kernels can be driven from a plain nvcc program or CuPy
+// (RawModule with -D MRCNN_ROI_ALIGN_NO_LAUNCHERS) on a machine without TensorFlow.
+//
+// Layout and coordinates:
+//   features      [N, H, W, C]  NHWC, row-major
+//   boxes         [K, 4]        (y1, x1, y2, x2) in input-image pixels
+//   box_indices   [K]           int32 image of each box
+//   output        [K, PH, PW, C]
+// Semantics (detectron2 / torchvision RoIAlign; see mrcnn/ops/roi_align.py for the prose):
+//   offset = aligned ? 0.5 : 0;  start = y1 * scale - offset;  roi = y2 * scale - offset - start
+//   aligned == false: roi = max(roi, 1)
+//   bin = roi / PH;  grid = sampling_ratio > 0 ? sampling_ratio : ceil(roi / PH)
+//   sample y = start + p * bin + (iy + 0.5) * bin / grid
+//   a sample with y < -1 or y > H (x alike) contributes 0; otherwise clamp to [0, H - 1],
+//   interpolate between floor(y) and floor(y) + 1; output = sum / max(grid_h * grid_w, 1).
+// Bilinear weights and the validity rule are separable, so a sample's weight at (row, col) is
+// wy(row) * wx(col); the 1 / count factor is folded into the row weights. The operation order
+// matches the pure-TF fallback, so float32 forward results agree with it bit for bit when the
+// fallback runs op by op (no FMA contraction on the default x86-64 target); inside a graph
+// Grappler may reorder its arithmetic (differences of a few float32 ulps).
+
+#ifndef MRCNN_CUSTOM_OPS_ROI_ALIGN_KERNELS_ROI_ALIGN_H_
+#define MRCNN_CUSTOM_OPS_ROI_ALIGN_KERNELS_ROI_ALIGN_H_
+
+#if !defined(__CUDACC_RTC__)
+#include <cstdint>
+#include <vector>
+#endif
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define MRCNN_HD __host__ __device__ __forceinline__
+#else
+#define MRCNN_HD inline
+#endif
+
+namespace mrcnn {
+namespace roi_align {
+
+#if defined(__CUDACC_RTC__)
+typedef long long index_t;
+#else
+typedef std::int64_t index_t;
+#endif
+
+// Sizes of one call. All counts are >= 0; pooled sizes >= 1.
+struct Shape {
+  index_t batch;      // N
+  index_t height;     // H
+  index_t width;      // W
+  index_t channels;   // C
+  index_t num_boxes;  // K
+  int pooled_h;       // PH
+  int pooled_w;       // PW
+};
+
+struct Attrs {
+  float spatial_scale;  // feature size / input size
+  int sampling_ratio;   // samples per bin per axis; <= 0: adaptive
+  bool aligned;         // half-pixel shift
+};
+
+// Geometry of one RoI in feature coordinates.
+template <typename T>
+struct Roi {
+  T start_y, start_x;  // first feature coordinate (after the aligned shift)
+  T bin_h, bin_w;      // bin size in feature pixels
+  int grid_h, grid_w;  // samples per bin and axis (may be <= 0 for degenerate adaptive boxes)
+  T inv_count;         // 1 / max(grid_h * grid_w, 1)
+};
+
+// ceil() for the adaptive grid without <cmath> (usable in NVRTC). NaN and huge values give an
+// implementation-defined int; a non-positive grid simply means "no samples" (output 0).
+template <typename T>
+MRCNN_HD int CeilToInt(T value) {
+  int truncated = static_cast<int>(value);
+  return (static_cast<T>(truncated) < value) ? truncated + 1 : truncated;
+}
+
+template <typename T>
+MRCNN_HD Roi<T> MakeRoi(const T* box, const Attrs& attrs, int pooled_h, int pooled_w) {
+  const T scale = static_cast<T>(attrs.spatial_scale);
+  const T offset = attrs.aligned ? static_cast<T>(0.5) : static_cast<T>(0);
+  Roi<T> roi;
+  roi.start_y = box[0] * scale - offset;
+  roi.start_x = box[1] * scale - offset;
+  T roi_h = (box[2] * scale - offset) - roi.start_y;
+  T roi_w = (box[3] * scale - offset) - roi.start_x;
+  if (!attrs.aligned) {  // legacy op: every RoI is at least one feature pixel
+    roi_h = roi_h > static_cast<T>(1) ? roi_h : static_cast<T>(1);
+    roi_w = roi_w > static_cast<T>(1) ? roi_w : static_cast<T>(1);
+  }
+  roi.bin_h = roi_h / static_cast<T>(pooled_h);
+  roi.bin_w = roi_w / static_cast<T>(pooled_w);
+  roi.grid_h = attrs.sampling_ratio > 0 ? attrs.sampling_ratio
+                                        : CeilToInt(roi_h / static_cast<T>(pooled_h));
+  roi.grid_w = attrs.sampling_ratio > 0 ? attrs.sampling_ratio
+                                        : CeilToInt(roi_w / static_cast<T>(pooled_w));
+  const long long count = static_cast<long long>(roi.grid_h) * roi.grid_w;
+  roi.inv_count = static_cast<T>(1) / static_cast<T>(count > 1 ? count : 1);
+  return roi;
+}
+
+// Coordinate of sample `step` (of `grid`) in bin `bin_index`; same operation order as the TF code.
+template <typename T>
+MRCNN_HD T SamplePos(T start, T bin, int bin_index, int step, int grid) {
+  return (start + static_cast<T>(bin_index) * bin) +
+         (static_cast<T>(step) + static_cast<T>(0.5)) * bin / static_cast<T>(grid);
+}
+
+// Interpolation taps of one coordinate along an axis of length `size`.
+// Returns false (both weights 0) when the sample is outside [-1, size] (or NaN): it contributes 0.
+template <typename T>
+MRCNN_HD bool AxisTaps(T pos, index_t size, index_t* low, index_t* high, T* w_low, T* w_high) {
+  if (!(pos >= static_cast<T>(-1) && pos <= static_cast<T>(size)) || size <= 0) {
+    *low = 0;
+    *high = 0;
+    *w_low = static_cast<T>(0);
+    *w_high = static_cast<T>(0);
+    return false;
+  }
+  if (pos <= static_cast<T>(0)) pos = static_cast<T>(0);
+  index_t lo = static_cast<index_t>(pos);  // pos in [0, size]: truncation is floor, no overflow
+  index_t hi;
+  if (lo >= size - 1) {  // at (or past) the last pixel: use it alone
+    lo = size - 1;
+    hi = lo;
+    pos = static_cast<T>(lo);
+  } else {
+    hi = lo + 1;
+  }
+  const T frac = pos - static_cast<T>(lo);
+  *low = lo;
+  *high = hi;
+  *w_low = static_cast<T>(1) - frac;
+  *w_high = frac;
+  return true;
+}
+
+#if !defined(__CUDACC_RTC__)
+// ---------------------------------------------------------------------------------------------
+// CPU. Taps of one box along one axis: [pooled][grid][2] (index, weight), weight 0 = skip.
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+struct AxisTapTable {
+  std::vector<index_t> index;
+  std::vector<T> weight;
+  int grid = 0;
+
+  // scale multiplies every weight (used to fold 1 / count into the rows).
+  void Build(T start, T bin, int grid_size, int pooled, index_t size, T scale) {
+    grid = grid_size > 0 ? grid_size : 0;
+    const size_t n = static_cast<size_t>(pooled) * grid * 2;
+    index.assign(n, 0);
+    weight.assign(n, static_cast<T>(0));
+    for (int p = 0; p < pooled; ++p) {
+      for (int i = 0; i < grid; ++i) {
+        const size_t at = (static_cast<size_t>(p) * grid + i) * 2;
+        T w_low, w_high;
+        AxisTaps(SamplePos(start, bin, p, i, grid), size, &index[at], &index[at + 1], &w_low,
+                 &w_high);
+        weight[at] = w_low * scale;
+        weight[at + 1] = w_high * scale;
+      }
+    }
+  }
+  // Number of taps (2 per sample) of one bin.
+  int taps() const { return 2 * grid; }
+};
+
+// Forward for boxes [box_begin, box_end). Boxes must have valid image indices (checked by the
+// caller). Writes every output element of those boxes.
+template <typename T>
+void ForwardBoxesCpu(const Shape& shape, const Attrs& attrs, const T* features, const T* boxes,
+                     const std::int32_t* box_indices, T* output, index_t box_begin,
+                     index_t box_end) {
+  const index_t C = shape.channels;
+  const int PH = shape.pooled_h, PW = shape.pooled_w;
+  AxisTapTable<T> rows, cols;
+  for (index_t k = box_begin; k < box_end; ++k) {
+    const Roi<T> roi = MakeRoi(boxes + 4 * k, attrs, PH, PW);
+    rows.Build(roi.start_y, roi.bin_h, roi.grid_h, PH, shape.height, roi.inv_count);
+    cols.Build(roi.start_x, roi.bin_w, roi.grid_w, PW, shape.width, static_cast<T>(1));
+    const T* image = features + static_cast<index_t>(box_indices[k]) * shape.height * shape.width * C;
+    const int ta = rows.taps(), tb = cols.taps();
+    for (int p = 0; p < PH; ++p) {
+      for (int q = 0; q < PW; ++q) {
+        T* __restrict__ out = output + ((k * PH + p) * PW + q) * C;
+        for (index_t c = 0; c < C; ++c) out[c] = static_cast<T>(0);
+        for (int a = 0; a < ta; ++a) {
+          const T wy = rows.weight[static_cast<size_t>(p) * ta + a];
+          if (wy == static_cast<T>(0)) continue;
+          const index_t row = rows.index[static_cast<size_t>(p) * ta + a] * shape.width;
+          for (int b = 0; b < tb; ++b) {
+            const T wx = cols.weight[static_cast<size_t>(q) * tb + b];
+            if (wx == static_cast<T>(0)) continue;
+            const T w = wy * wx;
+            const T* __restrict__ in = image + (row + cols.index[static_cast<size_t>(q) * tb + b]) * C;
+            for (index_t c = 0; c < C; ++c) out[c] += w * in[c];
+          }
+        }
+      }
+    }
+  }
+}
+
+// Backward for channels [c_begin, c_end) of all boxes: grad_features[.., c] += w * grad[.., c].
+// Threads own disjoint channel ranges, so there are no races and the result is deterministic.
+// grad_features must be zeroed by the caller.
+template <typename T>
+void BackwardChannelsCpu(const Shape& shape, const Attrs& attrs, const T* grad, const T* boxes,
+                         const std::int32_t* box_indices, T* grad_features, index_t c_begin,
+                         index_t c_end) {
+  const index_t C = shape.channels;
+  const int PH = shape.pooled_h, PW = shape.pooled_w;
+  AxisTapTable<T> rows, cols;
+  for (index_t k = 0; k < shape.num_boxes; ++k) {
+    const Roi<T> roi = MakeRoi(boxes + 4 * k, attrs, PH, PW);
+    rows.Build(roi.start_y, roi.bin_h, roi.grid_h, PH, shape.height, roi.inv_count);
+    cols.Build(roi.start_x, roi.bin_w, roi.grid_w, PW, shape.width, static_cast<T>(1));
+    T* image = grad_features + static_cast<index_t>(box_indices[k]) * shape.height * shape.width * C;
+    const int ta = rows.taps(), tb = cols.taps();
+    for (int p = 0; p < PH; ++p) {
+      for (int q = 0; q < PW; ++q) {
+        const T* __restrict__ g = grad + ((k * PH + p) * PW + q) * C;
+        for (int a = 0; a < ta; ++a) {
+          const T wy = rows.weight[static_cast<size_t>(p) * ta + a];
+          if (wy == static_cast<T>(0)) continue;
+          const index_t row = rows.index[static_cast<size_t>(p) * ta + a] * shape.width;
+          for (int b = 0; b < tb; ++b) {
+            const T wx = cols.weight[static_cast<size_t>(q) * tb + b];
+            if (wx == static_cast<T>(0)) continue;
+            const T w = wy * wx;
+            T* __restrict__ dst = image + (row + cols.index[static_cast<size_t>(q) * tb + b]) * C;
+            for (index_t c = c_begin; c < c_end; ++c) dst[c] += w * g[c];
+          }
+        }
+      }
+    }
+  }
+}
+#endif  // !__CUDACC_RTC__
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+// ---------------------------------------------------------------------------------------------
+// CUDA: one thread per output element (k, p, q, c); consecutive threads take consecutive
+// channels, so feature reads are coalesced in NHWC. Grid-stride loops.
+// ---------------------------------------------------------------------------------------------
+
+// Visits the taps of output bin (k, p, q) in the CPU / fallback order and calls
+// fn(pixel_offset_in_image, weight) for each non-zero one.
+template <typename T, typename Fn>
+__device__ __forceinline__ void ForEachTap(const Shape& shape, const Roi<T>& roi, int p, int q,
+                                           Fn fn) {
+  for (int iy = 0; iy < roi.grid_h; ++iy) {
+    index_t y_idx[2];
+    T y_w[2];
+    AxisTaps(SamplePos(roi.start_y, roi.bin_h, p, iy, roi.grid_h), shape.height, &y_idx[0],
+             &y_idx[1], &y_w[0], &y_w[1]);
+    for (int cy = 0; cy < 2; ++cy) {
+      const T wy = y_w[cy] * roi.inv_count;
+      if (wy == static_cast<T>(0)) continue;
+      for (int ix = 0; ix < roi.grid_w; ++ix) {
+        index_t x_idx[2];
+        T x_w[2];
+        AxisTaps(SamplePos(roi.start_x, roi.bin_w, q, ix, roi.grid_w), shape.width, &x_idx[0],
+                 &x_idx[1], &x_w[0], &x_w[1]);
+        for (int cx = 0; cx < 2; ++cx) {
+          if (x_w[cx] == static_cast<T>(0)) continue;
+          fn(y_idx[cy] * shape.width + x_idx[cx], wy * x_w[cx]);
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+__global__ void RoiAlignForwardKernel(Shape shape, Attrs attrs, const T* __restrict__ features,
+                                      const T* __restrict__ boxes,
+                                      const int* __restrict__ box_indices, T* __restrict__ output) {
+  const index_t C = shape.channels;
+  const index_t total = shape.num_boxes * shape.pooled_h * shape.pooled_w * C;
+  for (index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<index_t>(blockDim.x) * gridDim.x) {
+    const index_t c = i % C;
+    const int q = static_cast<int>((i / C) % shape.pooled_w);
+    const int p = static_cast<int>((i / C / shape.pooled_w) % shape.pooled_h);
+    const index_t k = i / C / shape.pooled_w / shape.pooled_h;
+    const int b = box_indices[k];
+    T sum = static_cast<T>(0);
+    if (b >= 0 && b < shape.batch) {  // out-of-range indices are rejected on the CPU; here: 0
+      const Roi<T> roi = MakeRoi(boxes + 4 * k, attrs, shape.pooled_h, shape.pooled_w);
+      const T* image = features + static_cast<index_t>(b) * shape.height * shape.width * C + c;
+      ForEachTap(shape, roi, p, q, [&](index_t pixel, T w) { sum += w * image[pixel * C]; });
+    }
+    output[i] = sum;
+  }
+}
+
+template <typename T>
+__global__ void RoiAlignBackwardKernel(Shape shape, Attrs attrs, const T* __restrict__ grad,
+                                       const T* __restrict__ boxes,
+                                       const int* __restrict__ box_indices,
+                                       T* __restrict__ grad_features) {
+  const index_t C = shape.channels;
+  const index_t total = shape.num_boxes * shape.pooled_h * shape.pooled_w * C;
+  for (index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<index_t>(blockDim.x) * gridDim.x) {
+    const index_t c = i % C;
+    const int q = static_cast<int>((i / C) % shape.pooled_w);
+    const int p = static_cast<int>((i / C / shape.pooled_w) % shape.pooled_h);
+    const index_t k = i / C / shape.pooled_w / shape.pooled_h;
+    const int b = box_indices[k];
+    if (b < 0 || b >= shape.batch) continue;
+    const T g = grad[i];
+    if (g == static_cast<T>(0)) continue;
+    const Roi<T> roi = MakeRoi(boxes + 4 * k, attrs, shape.pooled_h, shape.pooled_w);
+    T* image = grad_features + static_cast<index_t>(b) * shape.height * shape.width * C + c;
+    // Many bins touch the same pixel: atomics (float and double are native on sm_60+).
+    ForEachTap(shape, roi, p, q, [&](index_t pixel, T w) { atomicAdd(image + pixel * C, w * g); });
+  }
+}
+
+#if !defined(__CUDACC_RTC__) && !defined(MRCNN_ROI_ALIGN_NO_LAUNCHERS)
+// Host launchers (plain CUDA runtime). Return the launch error, cudaSuccess when fine.
+inline int RoiAlignBlocks(index_t total, int threads) {
+  index_t blocks = (total + threads - 1) / threads;
+  const index_t max_blocks = 65535LL * 8;  // grid-stride loops cover the rest
+  if (blocks > max_blocks) blocks = max_blocks;
+  return static_cast<int>(blocks < 1 ? 1 : blocks);
+}
+
+template <typename T>
+cudaError_t LaunchRoiAlignForward(const Shape& shape, const Attrs& attrs, const T* features,
+                                  const T* boxes, const int* box_indices, T* output,
+                                  cudaStream_t stream) {
+  const index_t total = shape.num_boxes * shape.pooled_h * shape.pooled_w * shape.channels;
+  if (total == 0) return cudaSuccess;
+  const int threads = 256;
+  RoiAlignForwardKernel<T><<<RoiAlignBlocks(total, threads), threads, 0, stream>>>(
+      shape, attrs, features, boxes, box_indices, output);
+  return cudaGetLastError();
+}
+
+// Zeroes grad_features ([N, H, W, C]) and accumulates into it.
+template <typename T>
+cudaError_t LaunchRoiAlignBackward(const Shape& shape, const Attrs& attrs, const T* grad,
+                                   const T* boxes, const int* box_indices, T* grad_features,
+                                   cudaStream_t stream) {
+  const index_t feature_count = shape.batch * shape.height * shape.width * shape.channels;
+  if (feature_count > 0) {
+    cudaError_t status = cudaMemsetAsync(grad_features, 0, sizeof(T) * feature_count, stream);
+    if (status != cudaSuccess) return status;
+  }
+  const index_t total = shape.num_boxes * shape.pooled_h * shape.pooled_w * shape.channels;
+  if (total == 0) return cudaSuccess;
+  const int threads = 256;
+  RoiAlignBackwardKernel<T><<<RoiAlignBlocks(total, threads), threads, 0, stream>>>(
+      shape, attrs, grad, boxes, box_indices, grad_features);
+  return cudaGetLastError();
+}
+#endif  // launchers
+#endif  // __CUDACC__
+
+}  // namespace roi_align
+}  // namespace mrcnn
+
+#endif  // MRCNN_CUSTOM_OPS_ROI_ALIGN_KERNELS_ROI_ALIGN_H_
