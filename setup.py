@@ -9,7 +9,7 @@ import runpy
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Distribution, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
@@ -30,4 +30,12 @@ class BuildRoiAlignOp(build_ext):
                   file=sys.stderr)
 
 
-setup(cmdclass={"build_ext": BuildRoiAlignOp})
+class DistributionWithOp(Distribution):
+    """setuptools runs build_ext only for distributions with extension modules; ours has a TF op
+    built by its own script, so it declares one (this also marks the wheel platform-specific)."""
+
+    def has_ext_modules(self) -> bool:
+        return True
+
+
+setup(cmdclass={"build_ext": BuildRoiAlignOp}, distclass=DistributionWithOp)

@@ -45,6 +45,14 @@ class Config:
     * ``ROI_ALIGN_ALIGNED``: half-pixel shift of the box (detectron2 "ROIAlignV2"); default True.
     * ``ROI_LEVEL_MODE``: FPN level assignment, ``"matterport"`` (round, relative to image area)
       or ``"paper"`` (floor(4 + log2(sqrt(wh)/224)), detectron2/torchvision).
+    * ``ADD_GT_TO_PROPOSALS``: append GT boxes to the RPN proposals when sampling training RoIs
+      (Detectron/torchvision; default True). matterport did not (set False to reproduce it).
+    * ``OPTIMIZER``: ``"sgd"`` (momentum LEARNING_MOMENTUM; the paper's and matterport's), ``"adam"``
+      or ``"adamw"`` (Keras' own; weight decay stays the L2 term of the loss). All clip gradients
+      at GRADIENT_CLIP_NORM.
+    * ``BN_MOMENTUM``: momentum of the BatchNorm moving statistics when TRAIN_BN lets them learn
+      (Keras/matterport 0.99). Short from-scratch runs want ~0.9: with 0.99 the statistics used
+      at inference are still mostly their initial values after a few hundred steps.
     * ``SEED``: seed for data shuffling/augmentation; None for nondeterministic.
     """
 
@@ -114,6 +122,9 @@ class Config:
     ROI_ALIGN_SAMPLING_RATIO: int = 2
     ROI_ALIGN_ALIGNED: bool = True
     ROI_LEVEL_MODE: str = "matterport"
+    ADD_GT_TO_PROPOSALS: bool = True
+    OPTIMIZER: str = "sgd"
+    BN_MOMENTUM: float = 0.99
     SEED: int | None = None
 
     def __init__(self) -> None:
@@ -201,6 +212,10 @@ class Config:
             )
         if self.POOLING_MODE not in POOLING_MODES:
             raise ValueError(f"POOLING_MODE must be one of {POOLING_MODES}, got {self.POOLING_MODE!r}")
+        if not 0.0 <= self.BN_MOMENTUM < 1.0:
+            raise ValueError(f"BN_MOMENTUM must be in [0, 1), got {self.BN_MOMENTUM!r}")
+        if self.OPTIMIZER not in ("sgd", "adam", "adamw"):
+            raise ValueError(f"OPTIMIZER must be 'sgd', 'adam' or 'adamw', got {self.OPTIMIZER!r}")
         if self.ROI_LEVEL_MODE not in ("matterport", "paper"):
             raise ValueError(f"ROI_LEVEL_MODE must be 'matterport' or 'paper', got {self.ROI_LEVEL_MODE!r}")
         unknown = set(self.LOSS_WEIGHTS) - set(Config.LOSS_WEIGHTS)
@@ -210,6 +225,23 @@ class Config:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+
+    def update(self, **fields: Any) -> Config:
+        """Sets fields on this instance, recomputes derived values and validates; returns self.
+
+        Raises:
+            ValueError: for an unknown field, a derived field, or an invalid value.
+        """
+        known = set(self.field_names())
+        bad = sorted(name for name in fields if name not in known)
+        if bad:
+            raise ValueError(f"cannot update {bad}: not settable fields of {type(self).__name__} "
+                             f"(derived fields {list(DERIVED_FIELDS)} are computed)")
+        for name, value in fields.items():
+            setattr(self, name, value)
+        self._compute_derived()
+        self.validate()
+        return self
 
     # ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -102,6 +102,9 @@ class DetectionTargetLayer(keras.layers.Layer):
         bbox_std_dev: 4 std-devs the deltas are divided by (BBOX_STD_DEV).
         mask_shape: ``(mh, mw)`` of the mask targets (MASK_SHAPE).
         use_mini_mask: whether ``gt_masks`` are mini masks (USE_MINI_MASK).
+        add_gt_boxes: append each image's GT boxes to its proposals before sampling
+            (Detectron/torchvision; ADD_GT_TO_PROPOSALS), so every GT yields at least one
+            positive even while the RPN is still untrained. matterport did not.
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class DetectionTargetLayer(keras.layers.Layer):
         bbox_std_dev: Sequence[float] = (0.1, 0.1, 0.2, 0.2),
         mask_shape: Sequence[int] = (28, 28),
         use_mini_mask: bool = True,
+        add_gt_boxes: bool = False,
         **kwargs: Any,
     ) -> None:
         # Box coordinates must not be cast to float16 under a mixed-precision policy (0.5 px
@@ -131,6 +135,7 @@ class DetectionTargetLayer(keras.layers.Layer):
         self.bbox_std_dev = [float(v) for v in std]
         self.mask_shape = [int(v) for v in mask_shape]
         self.use_mini_mask = bool(use_mini_mask)
+        self.add_gt_boxes = bool(add_gt_boxes)
 
     # ------------------------------------------------------------------------------------------
     def call(self, inputs: Sequence[tf.Tensor]) -> list[tf.Tensor]:
@@ -171,6 +176,8 @@ class DetectionTargetLayer(keras.layers.Layer):
         gt_boxes = tf.gather(gt_boxes, object_ix)
         gt_class_ids = tf.gather(gt_class_ids, object_ix)
         gt_masks = tf.gather(gt_masks, object_ix, axis=2)
+        if self.add_gt_boxes:
+            proposals = tf.concat([proposals, gt_boxes], axis=0)
 
         # IoU of each proposal with every object GT / crowd region. The max over an empty GT set
         # is -inf (reduce_max identity), which classifies every proposal as a negative.
@@ -271,5 +278,6 @@ class DetectionTargetLayer(keras.layers.Layer):
             bbox_std_dev=list(self.bbox_std_dev),
             mask_shape=list(self.mask_shape),
             use_mini_mask=self.use_mini_mask,
+            add_gt_boxes=self.add_gt_boxes,
         )
         return config

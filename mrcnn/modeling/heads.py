@@ -30,6 +30,29 @@ def _fold_rois(pooled: tf.Tensor, name: str) -> tuple[tf.Tensor, list[int | tf.T
     return tf.reshape(pooled, [-1] + dims[2:]), dims[:2]
 
 
+def _full_window_conv(conv: keras.layers.Conv2D, x: tf.Tensor) -> tf.Tensor:
+    """A 'valid' conv whose kernel covers the whole input, computed as one matmul.
+
+    Same numbers and the same (p, p, C, F) kernel as ``conv(x)`` (so h5 weights still load), but
+    TF's CPU gradient of a 7x7 conv over a 7x7 input is ~70x slower than that of the equivalent
+    matmul (16 s vs 0.22 s for 256 RoIs at 1024 channels, measured on 2 cores); the 1x1 conv
+    over the resulting 1x1 map has the same problem (0.5 s per step for 128 RoIs).
+
+    Args:
+        conv: a built Conv2D with kernel [p, p, C, F], 'valid' padding, stride 1.
+        x: [M, p, p, C].
+    Returns:
+        [M, 1, 1, F].
+    """
+    kernel = tf.cast(conv.kernel, x.dtype)
+    window = kernel.shape[0] * kernel.shape[1] * kernel.shape[2]
+    # Row-major flattening of [p, p, C] matches the HWIO kernel reshaped to [p*p*C, F].
+    y = tf.matmul(tf.reshape(x, [-1, window]), tf.reshape(kernel, [window, kernel.shape[3]]))
+    if conv.use_bias:
+        y = tf.nn.bias_add(y, tf.cast(conv.bias, x.dtype))
+    return tf.reshape(y, [-1, 1, 1, kernel.shape[3]])
+
+
 @keras.saving.register_keras_serializable(package="mrcnn")
 class BoxHead(keras.layers.Layer):
     """Classifier and box-regression head ("2-fc" head built as convolutions, as matterport).
@@ -85,8 +108,8 @@ class BoxHead(keras.layers.Layer):
 
     def call(self, pooled: tf.Tensor, training: bool | None = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         x, (batch, rois) = _fold_rois(pooled, self.name)
-        x = keras.ops.relu(self.class_bn1(self.class_conv1(x), training=training))
-        x = keras.ops.relu(self.class_bn2(self.class_conv2(x), training=training))
+        x = keras.ops.relu(self.class_bn1(_full_window_conv(self.class_conv1, x), training=training))
+        x = keras.ops.relu(self.class_bn2(_full_window_conv(self.class_conv2, x), training=training))
         shared = tf.reshape(x, [-1, self.fc_layers_size])  # [B*N, 1, 1, F] -> [B*N, F]
         logits = tf.cast(self.class_logits(shared), tf.float32)
         bbox = tf.cast(self.bbox_fc(shared), tf.float32)

@@ -211,3 +211,21 @@ def test_negative_count_follows_positive_ratio():
     np.testing.assert_array_equal(class_ids, [1] + [0] * 9)
     assert np.all(np.any(rois[:4] != 0, axis=1))
     np.testing.assert_array_equal(rois[4:], 0.0)
+
+
+def test_add_gt_boxes_gives_a_positive_without_matching_proposals():
+    # Only background proposals: matterport sampling gives nothing; with GT added, the GT box
+    # itself is a positive whose target mask is the whole GT and whose deltas are zero.
+    proposals = _pad(np.stack([_norm([0, 0, 4, 4]), _norm([26, 26, 32, 32])]), 6)
+    gt_boxes = _pad(_norm(GT_PX)[None], 3)
+    masks = _full_mask([GT_PX, [0, 0, 1, 1], [0, 0, 1, 1]])
+    plain = DetectionTargetLayer(8, 0.5, STD, (16, 16), use_mini_mask=False)
+    _, class_ids, _, _ = _run(plain, proposals, [2, 0, 0], gt_boxes, masks)
+    assert not (class_ids > 0).any()
+    with_gt = DetectionTargetLayer(8, 0.5, STD, (16, 16), use_mini_mask=False, add_gt_boxes=True)
+    rois, class_ids, deltas, target_masks = _run(with_gt, proposals, [2, 0, 0], gt_boxes, masks)
+    row = _row_index(rois, _norm(GT_PX))
+    assert class_ids[row] == 2
+    np.testing.assert_allclose(deltas[row], 0.0, atol=1e-6)
+    np.testing.assert_array_equal(target_masks[row], np.ones((16, 16), np.float32))
+    assert with_gt.get_config()["add_gt_boxes"] is True

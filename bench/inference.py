@@ -1,0 +1,84 @@
+"""Benchmark: `MaskRCNN.detect` latency per image, ResNet-50-FPN, COCO-sized heads (81 classes).
+
+Writes bench/results/inference.json: for each input size, the median (and all) latencies of >= 5
+timed single-image `detect` calls after warm-up, and the process's peak RSS. Weights are random:
+latency does not depend on them except through the number of detections, so the mask head runs on
+all DETECTION_MAX_INSTANCES slots either way (the graph has static shapes).
+
+800 px is not a multiple of 64, so it runs in `pad64` mode (800x800 padded to 832x832), as a
+matterport config with IMAGE_MIN_DIM = IMAGE_MAX_DIM = 800 would.
+
+    python bench/inference.py [--sizes 512 800 1024] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from mrcnn.config import Config  # noqa: E402
+from mrcnn.model import MaskRCNN  # noqa: E402
+from mrcnn.ops.roi_align import active_implementation  # noqa: E402
+
+
+def make_config(size: int) -> Config:
+    mode = "square" if size % 64 == 0 else "pad64"
+    attrs = dict(NAME="bench", NUM_CLASSES=81, BACKBONE="resnet50", IMAGES_PER_GPU=1,
+                 IMAGE_MIN_DIM=size, IMAGE_MAX_DIM=size, IMAGE_RESIZE_MODE=mode, DETECTION_MIN_CONFIDENCE=0.0)
+    return type("BenchConfig", (Config,), attrs)()
+
+
+def bench_size(size: int, repeats: int) -> dict:
+    model = MaskRCNN(mode="inference", config=make_config(size))
+    image = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    tic = time.perf_counter()
+    model.detect([image])  # builds and traces
+    first = time.perf_counter() - tic
+    model.detect([image])  # second warm-up
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        model.detect([image])
+        times.append(time.perf_counter() - tic)
+    return {"size": size, "molded": int(model.mold_inputs([image])[0].shape[1]),
+            "median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4),
+            "all_s": [round(t, 4) for t in times], "first_call_s": round(first, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 800, 1024])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "inference.json"))
+    args = parser.parse_args()
+    results = []
+    for size in args.sizes:
+        result = bench_size(size, args.repeats)
+        print(json.dumps(result))
+        results.append(result)
+    report = {
+        "benchmark": "detect latency per image, ResNet-50-FPN, 81 classes, random weights",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "tensorflow": tf.__version__, "roi_align": active_implementation(),
+        "results": results,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "reference_torchvision_s": {"800": 3.0, "1024": 4.0},
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Evaluate a model over a `Dataset` with VOC-style AP (mrcnn.evaluation.ap).
+
+For COCO-style evaluation through pycocotools see mrcnn.evaluation.coco_eval.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from mrcnn.evaluation.ap import compute_ap
+
+DEFAULT_IOU_THRESHOLDS = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2))
+
+
+def evaluate_dataset(model: Any, dataset: Any, image_ids: Sequence[int] | None = None,
+                     iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS, verbose: int = 1
+                     ) -> dict[str, float]:
+    """Runs `model.detect` over images of `dataset` and averages per-image AP.
+
+    Ground truth comes from `dataset.load_mask` at the original image resolution; crowd instances
+    (negative class ids) are left out. Images without ground truth are skipped (their AP is
+    undefined) and counted in ``images_without_gt``.
+
+    Args:
+        model: a MaskRCNN (anything with `detect(images)` and `config.BATCH_SIZE`).
+        dataset: a prepared mrcnn Dataset.
+        image_ids: which images (default: all).
+        iou_thresholds: thresholds averaged for mAP@[.5:.95]; 0.5 must be among them.
+        verbose: 1 shows a progress bar.
+    Returns:
+        dict with box_mAP50, box_mAP, mask_mAP50, mask_mAP (means over images), num_images,
+        images_without_gt, seconds_per_image (detection only).
+    """
+    if 0.5 not in [round(float(t), 2) for t in iou_thresholds]:
+        raise ValueError(f"iou_thresholds must include 0.5, got {list(iou_thresholds)}")
+    image_ids = list(dataset.image_ids if image_ids is None else image_ids)
+    if not image_ids:
+        raise ValueError("evaluate_dataset needs at least one image id")
+    per_image: dict[str, list[float]] = {"box": [], "mask": []}
+    per_image_50: dict[str, list[float]] = {"box": [], "mask": []}
+    detect_seconds = 0.0
+    skipped = 0
+    batch = max(1, int(model.config.BATCH_SIZE))
+    progress = _progress(len(image_ids), verbose)
+    for start in range(0, len(image_ids), batch):
+        ids = image_ids[start:start + batch]
+        images = [dataset.load_image(i) for i in ids]
+        tic = time.perf_counter()
+        results = model.detect(images, verbose=0)
+        detect_seconds += time.perf_counter() - tic
+        for image_id, result in zip(ids, results):
+            gt_masks, gt_class_ids = dataset.load_mask(image_id)
+            keep = gt_class_ids > 0
+            gt_masks, gt_class_ids = gt_masks[..., keep], gt_class_ids[keep]
+            if gt_class_ids.size == 0:
+                skipped += 1
+                continue
+            gt_boxes = _boxes_from_masks(gt_masks)
+            for kind, use_masks in (("box", False), ("mask", True)):
+                aps = [compute_ap(gt_boxes, gt_class_ids, gt_masks, result["rois"], result["class_ids"],
+                                  result["scores"], result["masks"], iou_threshold=float(t), use_masks=use_masks)[0]
+                       for t in iou_thresholds]
+                per_image[kind].append(float(np.mean(aps)))
+                per_image_50[kind].append(float(aps[[round(float(t), 2) for t in iou_thresholds].index(0.5)]))
+        if progress is not None:
+            progress.update(len(ids))
+    if progress is not None:
+        progress.close()
+    evaluated = len(per_image["box"])
+    return {
+        "box_mAP50": _mean(per_image_50["box"]),
+        "box_mAP": _mean(per_image["box"]),
+        "mask_mAP50": _mean(per_image_50["mask"]),
+        "mask_mAP": _mean(per_image["mask"]),
+        "num_images": evaluated,
+        "images_without_gt": skipped,
+        "seconds_per_image": detect_seconds / len(image_ids),
+    }
+
+
+def _boxes_from_masks(masks: np.ndarray) -> np.ndarray:
+    from mrcnn.utils import extract_bboxes
+
+    return extract_bboxes(masks)
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _progress(total: int, verbose: int):
+    if not verbose:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="evaluate", unit="image")

@@ -1,0 +1,624 @@
+"""The Mask R-CNN model: one Keras 3 `Model` subclass for training and inference.
+
+    model = MaskRCNN(mode="training", config=config, model_dir="logs")
+    model.train(train_ds, val_ds, learning_rate=config.LEARNING_RATE, epochs=10, layers="heads")
+    results = model.detect([image])          # list of dicts: rois, class_ids, scores, masks
+
+Graph (ARCHITECTURE.md): ResNet -> FPN -> shared RPN head over P2..P6 -> ProposalLayer ->
+(training) DetectionTargetLayer -> PyramidROIAlign -> box head + mask head -> losses;
+(inference) PyramidROIAlign -> box head -> DetectionLayer -> PyramidROIAlign -> mask head.
+`call()` picks the training graph when the inputs carry ground truth (``input_gt_class_ids``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mrcnn import utils
+from mrcnn.config import Config
+from mrcnn.layers import DetectionLayer, DetectionTargetLayer, ProposalLayer, PyramidROIAlign
+from mrcnn.modeling import losses as loss_fns
+from mrcnn.modeling.backbone import FPN, ResNet
+from mrcnn.modeling.heads import BoxHead, MaskHead
+from mrcnn.modeling.rpn import RPNHead
+from mrcnn.ops.boxes import norm_boxes
+
+LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss", "mrcnn_mask_loss")
+
+# Regular expressions over layer names selecting what `train(layers=...)` trains (matterport's sets).
+_HEADS = r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)"
+LAYER_REGEX = {
+    "heads": _HEADS,
+    "3+": r"(res3.*)|(bn3.*)|(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|" + _HEADS,
+    "4+": r"(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|" + _HEADS,
+    "5+": r"(res5.*)|(bn5.*)|" + _HEADS,
+    "all": ".*",
+}
+
+# Names `run_graph()` understands (see its docstring).
+GRAPH_OUTPUTS = (
+    "anchors", "C2", "C3", "C4", "C5", "P2", "P3", "P4", "P5", "P6",
+    "rpn_class_logits", "rpn_class", "rpn_bbox", "proposals",
+    "mrcnn_class", "mrcnn_bbox", "detections", "mrcnn_mask",
+)
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class MaskRCNN(keras.Model):
+    """Mask R-CNN built from a `Config`.
+
+    Args:
+        mode: "training" or "inference". Kept for matterport compatibility: one model serves both,
+            the mode only sets the default of `detect`'s and `train`'s checks.
+        config: the model's `Config` (subclass).
+        model_dir: directory under which `train()` makes a log dir per run.
+
+    Inputs (a dict, as `DataGenerator` yields; docs/interfaces.md):
+        input_image [B,H,W,3] float32 molded; input_image_meta [B,META] float32; for training also
+        input_rpn_match [B,A,1], input_rpn_bbox [B,R,4], input_gt_class_ids [B,G],
+        input_gt_boxes [B,G,4] pixels, input_gt_masks [B,h,w,G] bool.
+    """
+
+    def __init__(self, mode: str | Config = "training", config: Config | None = None,
+                 model_dir: str | os.PathLike = "logs", **kwargs: Any) -> None:
+        if isinstance(mode, Config):  # MaskRCNN(config) positional
+            mode, config = "training", mode
+        if mode not in ("training", "inference"):
+            raise ValueError(f"mode must be 'training' or 'inference', got {mode!r}")
+        if not isinstance(config, Config):
+            raise TypeError(f"config must be an mrcnn.Config instance, got {type(config).__name__}")
+        super().__init__(name=kwargs.pop("name", "mask_rcnn"), **kwargs)
+        config.validate()
+        self.mode = mode
+        self.config = config
+        self.model_dir = str(model_dir)
+        self.epoch = 0
+        self.log_dir: str | None = None
+        self.checkpoint_path: str | None = None
+        self._anchor_cache: dict[tuple[int, int], np.ndarray] = {}
+        self._build_layers()
+        self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in ("loss",) + LOSS_NAMES}
+
+    # ------------------------------------------------------------------------------------------
+    # Graph
+    def _build_layers(self) -> None:
+        c = self.config
+        train_bn = c.TRAIN_BN  # None: BatchNorm follows `training` (matterport); False: frozen
+        if callable(c.BACKBONE):
+            self.backbone = c.BACKBONE()
+        else:
+            self.backbone = ResNet(c.BACKBONE, train_bn=train_bn, name="resnet")
+        self.fpn = FPN(c.TOP_DOWN_PYRAMID_SIZE, name="fpn")
+        self.rpn = RPNHead(len(c.RPN_ANCHOR_RATIOS), c.RPN_ANCHOR_STRIDE, depth=c.TOP_DOWN_PYRAMID_SIZE,
+                           name="rpn_model")
+        self.proposal_training = ProposalLayer(c.POST_NMS_ROIS_TRAINING, c.RPN_NMS_THRESHOLD, c.PRE_NMS_LIMIT,
+                                               c.RPN_BBOX_STD_DEV, name="ROI")
+        self.proposal_inference = ProposalLayer(c.POST_NMS_ROIS_INFERENCE, c.RPN_NMS_THRESHOLD, c.PRE_NMS_LIMIT,
+                                                c.RPN_BBOX_STD_DEV, name="ROI_inference")
+        self.detection_target = DetectionTargetLayer(
+            c.TRAIN_ROIS_PER_IMAGE, c.ROI_POSITIVE_RATIO, c.BBOX_STD_DEV, tuple(c.MASK_SHAPE),
+            c.USE_MINI_MASK, add_gt_boxes=c.ADD_GT_TO_PROPOSALS, name="proposal_targets")
+        pooling = dict(pooling_mode=c.POOLING_MODE, sampling_ratio=c.ROI_ALIGN_SAMPLING_RATIO,
+                       aligned=c.ROI_ALIGN_ALIGNED, level_mode=c.ROI_LEVEL_MODE)
+        self.roi_align_classifier = PyramidROIAlign(c.POOL_SIZE, name="roi_align_classifier", **pooling)
+        self.roi_align_mask = PyramidROIAlign(c.MASK_POOL_SIZE, name="roi_align_mask", **pooling)
+        self.box_head = BoxHead(c.NUM_CLASSES, c.POOL_SIZE, c.FPN_CLASSIF_FC_LAYERS_SIZE, train_bn=train_bn,
+                                name="box_head")
+        self.mask_head = MaskHead(c.NUM_CLASSES, train_bn=train_bn, name="mask_head")
+        self.detection = DetectionLayer(c.DETECTION_MAX_INSTANCES, c.DETECTION_MIN_CONFIDENCE,
+                                        c.DETECTION_NMS_THRESHOLD, c.BBOX_STD_DEV, name="mrcnn_detection")
+        # One setting for every BatchNorm of the model (backbone and heads); Keras reads it at call time.
+        for layer in self._flatten_layers(include_self=False):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = float(c.BN_MOMENTUM)
+
+    def build(self, input_shape: Any = None) -> None:
+        # Sublayers create their weights on the first call (`ensure_built`); nothing to do here.
+        self.built = True
+
+    def get_anchors(self, image_shape: Sequence[int]) -> np.ndarray:
+        """Anchors for a molded image shape, normalized, cached per shape.
+
+        Returns:
+            [A, (y1, x1, y2, x2)] float32 normalized to the molded image, in the RPN's output order.
+        """
+        key = (int(image_shape[0]), int(image_shape[1]))
+        if key not in self._anchor_cache:
+            backbone_shapes = utils.compute_backbone_shapes(self.config, key)
+            anchors = utils.generate_pyramid_anchors(
+                self.config.RPN_ANCHOR_SCALES, self.config.RPN_ANCHOR_RATIOS, backbone_shapes,
+                self.config.BACKBONE_STRIDES, self.config.RPN_ANCHOR_STRIDE)
+            self._anchor_cache[key] = utils.norm_boxes(anchors, key).astype(np.float32)
+        return self._anchor_cache[key]
+
+    def _features(self, images: tf.Tensor, training: bool) -> dict[str, Any]:
+        """Backbone, FPN and RPN over every level. Returns a dict of named tensors."""
+        c_maps = self.backbone(images, training=training)
+        p_maps = self.fpn(c_maps, training=training)
+        level_outputs = [self.rpn(p, training=training) for p in p_maps]
+        rpn_class_logits, rpn_class, rpn_bbox = (tf.concat(list(o), axis=1) for o in zip(*level_outputs))
+        height, width = images.shape[1], images.shape[2]
+        if height is None or width is None:
+            raise ValueError("MaskRCNN needs a static image height and width to place its anchors; "
+                             f"got input_image shape {images.shape}")
+        anchors = tf.constant(self.get_anchors((height, width)))
+        batch_anchors = tf.broadcast_to(anchors[None], [tf.shape(images)[0], anchors.shape[0], 4])
+        out = {f"C{i + 2}": t for i, t in enumerate(c_maps)}
+        out.update({f"P{i + 2}": t for i, t in enumerate(p_maps)})
+        out.update(anchors=batch_anchors, rpn_class_logits=rpn_class_logits, rpn_class=rpn_class, rpn_bbox=rpn_bbox)
+        return out
+
+    def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
+        """Runs the training graph when `inputs` has ground truth, else the inference graph.
+
+        Returns:
+            training graph: rpn_class_logits [B,A,2], rpn_bbox [B,A,4], rois [B,T,4] normalized,
+                target_class_ids [B,T], target_deltas [B,T,4], target_masks [B,T,h,w],
+                mrcnn_class_logits [B,T,K], mrcnn_bbox [B,T,K,4], mrcnn_mask [B,T,h,w,K].
+            inference graph: the names in GRAPH_OUTPUTS; detections [B,D,6] (y1,x1,y2,x2 normalized,
+                class_id, score), mrcnn_mask [B,D,h,w,K].
+        """
+        if "input_gt_class_ids" in inputs:
+            return self._training_graph(inputs, training)
+        return self._inference_graph(inputs, training)
+
+    def _training_graph(self, inputs: dict[str, tf.Tensor], training: bool) -> dict[str, tf.Tensor]:
+        images = inputs["input_image"]
+        meta = inputs["input_image_meta"]
+        feats = self._features(images, training)
+        pyramid = [feats[f"P{i}"] for i in range(2, 6)]
+        proposals = self.proposal_training([feats["rpn_class"], feats["rpn_bbox"], feats["anchors"]])
+        gt_boxes = norm_boxes(tf.cast(inputs["input_gt_boxes"], tf.float32), tf.shape(images)[1:3])
+        rois, target_class_ids, target_deltas, target_masks = self.detection_target(
+            [proposals, tf.cast(inputs["input_gt_class_ids"], tf.int32), gt_boxes,
+             tf.cast(inputs["input_gt_masks"], tf.float32)])
+        class_logits, _, bbox = self.box_head(self.roi_align_classifier([rois, meta] + pyramid, training=training),
+                                              training=training)
+        # The mask loss reads positive RoIs only, and DetectionTargetLayer puts them first (at most
+        # int(T * ROI_POSITIVE_RATIO) per image): the mask branch runs on those slots alone, as in
+        # Detectron. Same loss, a third of the mask-head cost.
+        positive_slots = self.max_positive_rois
+        mask_rois = rois[:, :positive_slots]
+        masks = self.mask_head(self.roi_align_mask([mask_rois, meta] + pyramid, training=training),
+                               training=training)
+        return dict(rpn_class_logits=feats["rpn_class_logits"], rpn_bbox=feats["rpn_bbox"], rois=rois,
+                    target_class_ids=target_class_ids, target_deltas=target_deltas,
+                    target_masks=target_masks[:, :positive_slots],
+                    mrcnn_class_logits=class_logits, mrcnn_bbox=bbox, mrcnn_mask=masks)
+
+    @property
+    def max_positive_rois(self) -> int:
+        """Most positive RoIs DetectionTargetLayer samples per image (its leading slots)."""
+        return max(1, int(self.config.TRAIN_ROIS_PER_IMAGE * self.config.ROI_POSITIVE_RATIO))
+
+    def _inference_graph(self, inputs: dict[str, tf.Tensor], training: bool) -> dict[str, tf.Tensor]:
+        images = inputs["input_image"]
+        meta = inputs["input_image_meta"]
+        feats = self._features(images, training)
+        pyramid = [feats[f"P{i}"] for i in range(2, 6)]
+        proposals = self.proposal_inference([feats["rpn_class"], feats["rpn_bbox"], feats["anchors"]])
+        _, mrcnn_class, mrcnn_bbox = self.box_head(
+            self.roi_align_classifier([proposals, meta] + pyramid, training=training), training=training)
+        detections = self.detection([proposals, mrcnn_class, mrcnn_bbox, meta])
+        # Masks only for the final detections (the paper's inference: mask branch on the top boxes).
+        detection_boxes = tf.stop_gradient(detections[..., :4])
+        masks = self.mask_head(self.roi_align_mask([detection_boxes, meta] + pyramid, training=training),
+                               training=training)
+        feats.update(proposals=proposals, mrcnn_class=mrcnn_class, mrcnn_bbox=mrcnn_bbox,
+                     detections=detections, mrcnn_mask=masks)
+        return feats
+
+    # ------------------------------------------------------------------------------------------
+    # Losses and the Keras training protocol
+    def compute_losses(self, inputs: dict[str, tf.Tensor], outputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """The five Mask R-CNN losses (scalars, finite without GT or positives)."""
+        active_class_ids = _active_class_ids(inputs["input_image_meta"], self.config.NUM_CLASSES)
+        rpn_match = tf.cast(inputs["input_rpn_match"], tf.int32)
+        return {
+            "rpn_class_loss": loss_fns.rpn_class_loss(rpn_match, outputs["rpn_class_logits"]),
+            "rpn_bbox_loss": loss_fns.rpn_bbox_loss(tf.cast(inputs["input_rpn_bbox"], tf.float32), rpn_match,
+                                                    outputs["rpn_bbox"]),
+            "mrcnn_class_loss": loss_fns.mrcnn_class_loss(outputs["target_class_ids"],
+                                                          outputs["mrcnn_class_logits"], active_class_ids),
+            "mrcnn_bbox_loss": loss_fns.mrcnn_bbox_loss(outputs["target_deltas"], outputs["target_class_ids"],
+                                                        outputs["mrcnn_bbox"]),
+            "mrcnn_mask_loss": loss_fns.mrcnn_mask_loss(
+                outputs["target_masks"], outputs["target_class_ids"][:, :outputs["mrcnn_mask"].shape[1]],
+                outputs["mrcnn_mask"]),
+        }
+
+    def _total_loss(self, losses: dict[str, tf.Tensor]) -> tf.Tensor:
+        total = tf.add_n([tf.cast(self.config.LOSS_WEIGHTS.get(name, 1.0), tf.float32) * tf.cast(value, tf.float32)
+                          for name, value in losses.items()])
+        if self.config.WEIGHT_DECAY:
+            total += loss_fns.l2_weight_decay(self.trainable_weights, self.config.WEIGHT_DECAY)
+        return total
+
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        return list(self.loss_trackers.values())
+
+    def _update_trackers(self, total: tf.Tensor, losses: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        self.loss_trackers["loss"].update_state(total)
+        for name, value in losses.items():
+            self.loss_trackers[name].update_state(value)
+        return {name: tracker.result() for name, tracker in self.loss_trackers.items()}
+
+    @staticmethod
+    def _unpack(data: Any) -> dict[str, tf.Tensor]:
+        # Keras hands the PyDataset's dict through as is; accept (x,) tuples too.
+        while isinstance(data, (tuple, list)):
+            data = data[0]
+        return data
+
+    def train_step(self, data: Any) -> dict[str, tf.Tensor]:
+        inputs = self._unpack(data)
+        with tf.GradientTape() as tape:
+            outputs = self(inputs, training=True)
+            losses = self.compute_losses(inputs, outputs)
+            total = self._total_loss(losses)
+        variables = self.trainable_variables
+        gradients = tape.gradient(total, variables)
+        # Layers outside the path (e.g. the inference-only DetectionLayer) have no gradient.
+        pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
+        self.optimizer.apply_gradients(pairs)
+        return self._update_trackers(total, losses)
+
+    def test_step(self, data: Any) -> dict[str, tf.Tensor]:
+        inputs = self._unpack(data)
+        outputs = self(inputs, training=False)
+        losses = self.compute_losses(inputs, outputs)
+        return self._update_trackers(self._total_loss(losses), losses)
+
+    def predict_step(self, data: Any) -> dict[str, tf.Tensor]:
+        inputs = self._unpack(data)
+        outputs = self(inputs, training=False)
+        return {"detections": outputs["detections"], "mrcnn_mask": outputs["mrcnn_mask"]}
+
+    def compile(self, optimizer: keras.optimizers.Optimizer | None = None, learning_rate: float | None = None,
+                **kwargs: Any) -> None:
+        """Compiles with the config's OPTIMIZER unless an optimizer is given.
+
+        Default: SGD(LEARNING_RATE, momentum=LEARNING_MOMENTUM, clipnorm=GRADIENT_CLIP_NORM), as
+        matterport. XLA stays off: the compiled RoIAlign op has no XLA kernel.
+        """
+        if optimizer is None:
+            optimizer = make_optimizer(self.config, learning_rate)
+        kwargs.setdefault("jit_compile", False)
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"mode": self.mode, "config": self.config.to_dict(), "model_dir": self.model_dir, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> MaskRCNN:
+        values = dict(config["config"])
+        base = Config.from_dict(values)
+        return cls(mode=config.get("mode", "inference"), config=base, model_dir=config.get("model_dir", "logs"),
+                   name=config.get("name", "mask_rcnn"))
+
+    # ------------------------------------------------------------------------------------------
+    # Building, trainability, weights
+    def ensure_built(self) -> None:
+        """Creates every weight by running the inference graph once on a small zero image."""
+        if self.built and self.box_head.built and self.mask_head.built:
+            return
+        size = 64 * max(1, int(np.ceil(max(self.config.BACKBONE_STRIDES) / 64)))
+        images, metas, _ = self.mold_inputs([np.zeros((size, size, self.config.IMAGE_CHANNEL_COUNT), np.uint8)],
+                                            target_shape=(size, size))
+        self({"input_image": tf.constant(images), "input_image_meta": tf.constant(metas)}, training=False)
+
+    def all_layers(self) -> list[keras.layers.Layer]:
+        """Every layer of the model, nested ones included (the model itself excluded)."""
+        return list(self._flatten_layers(include_self=False))
+
+    def set_trainable(self, layer_regex: str, verbose: int = 0) -> list[str]:
+        """Makes weight-bearing layers whose name fully matches `layer_regex` trainable, the rest frozen.
+
+        Returns:
+            The names of the trainable layers.
+        """
+        self.ensure_built()
+        pattern = re.compile(layer_regex)
+        trainable = []
+        for layer in self.all_layers():
+            if not layer.weights or _has_sublayers(layer):
+                continue
+            layer.trainable = bool(pattern.fullmatch(layer.name))
+            if layer.trainable:
+                trainable.append(layer.name)
+        if verbose:
+            print(f"Training {len(trainable)} layers matching {layer_regex!r}")
+        return trainable
+
+    def load_weights(self, filepath: str | os.PathLike, by_name: bool = False,
+                     exclude: Sequence[str] | None = None, skip_mismatch: bool = False) -> dict[str, Any] | None:
+        """Loads weights.
+
+        A Keras 3 `.weights.h5` file loads by structure (as saved by `save_weights`). With
+        `by_name=True` (or any legacy Keras-2 `.h5`, e.g. matterport's `mask_rcnn_coco.h5`),
+        weights load by layer name and layers named in `exclude` are skipped, so heads for a
+        different class count can be left out. Loading a checkpoint from a run's log dir also
+        sets the epoch counter so that training continues at the next epoch.
+
+        Raises:
+            FileNotFoundError: naming the missing file.
+            ValueError: for a wrong format or a shape mismatch of a layer that is not excluded.
+        """
+        from mrcnn import weights as weights_io
+
+        path = Path(filepath)
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file not found: {path}")
+        self.ensure_built()
+        report = None
+        if by_name or exclude or not str(path).endswith(".weights.h5"):
+            report = weights_io.load_weights_by_name(self, str(path), exclude=exclude, skip_mismatch=skip_mismatch)
+        else:
+            super().load_weights(str(path))
+        self.set_log_dir(str(path))
+        return report
+
+    # ------------------------------------------------------------------------------------------
+    # Logs, checkpoints, training
+    def set_log_dir(self, model_path: str | None = None) -> None:
+        """Sets the log dir and epoch counter; from a checkpoint path of ours, continues its run."""
+        self.epoch = 0
+        now = datetime.datetime.now()
+        name = (self.config.NAME or "mrcnn").lower()
+        if model_path:
+            match = re.search(r"[/\\]([\w-]+)(\d{8}T\d{4,6})[/\\]mask_rcnn_[\w-]+_(\d{4})\.weights\.h5$",
+                              str(model_path))
+            if match:
+                self.epoch = int(match.group(3))  # continue at the next epoch (1-based names)
+                self.log_dir = str(Path(model_path).parent)
+                self.checkpoint_path = os.path.join(self.log_dir, f"mask_rcnn_{name}_{{epoch:04d}}.weights.h5")
+                return
+        self.log_dir = os.path.join(self.model_dir, f"{name}{now:%Y%m%dT%H%M%S}")
+        self.checkpoint_path = os.path.join(self.log_dir, f"mask_rcnn_{name}_{{epoch:04d}}.weights.h5")
+
+    def find_last(self) -> str:
+        """Path of the newest checkpoint of the newest run of this config's NAME in model_dir.
+
+        Raises:
+            FileNotFoundError: when there is no run or no checkpoint.
+        """
+        name = (self.config.NAME or "mrcnn").lower()
+        model_dir = Path(self.model_dir)
+        runs = sorted(d for d in model_dir.glob(f"{name}*") if d.is_dir()) if model_dir.is_dir() else []
+        for run in reversed(runs):
+            checkpoints = sorted(run.glob(f"mask_rcnn_{name}_*.weights.h5"))
+            if checkpoints:
+                return str(checkpoints[-1])
+        raise FileNotFoundError(f"no checkpoint of '{name}' found under {model_dir}")
+
+    def train(self, train_dataset: Any, val_dataset: Any, learning_rate: float, epochs: int,
+              layers: str = "heads", augmentation: Any = None, custom_callbacks: list | None = None,
+              no_augmentation_sources: list[str] | None = None, verbose: int = 1,
+              workers: int = 1, use_multiprocessing: bool = False) -> keras.callbacks.History:
+        """matterport's training convenience over `fit`.
+
+        Args:
+            train_dataset, val_dataset: prepared `Dataset`s.
+            learning_rate: SGD learning rate for this stage.
+            epochs: the epoch to train UP TO (stages continue the count: heads to 20, then all to 40).
+            layers: "heads", "3+", "4+", "5+", "all", or a regex over layer names.
+            augmentation: an augmenter from mrcnn.data.augment applied to training images.
+            custom_callbacks: extra Keras callbacks.
+            no_augmentation_sources: dataset sources never augmented.
+        Returns:
+            The Keras History of this stage.
+        """
+        from mrcnn.callbacks import training_callbacks
+        from mrcnn.data.generator import DataGenerator
+
+        layer_regex = LAYER_REGEX.get(layers, layers)
+        if self.log_dir is None:
+            self.set_log_dir()
+        os.makedirs(self.log_dir, exist_ok=True)
+        self.config.save(os.path.join(self.log_dir, "config.json"))
+        seed = self.config.SEED
+        gen_kwargs = dict(workers=workers, use_multiprocessing=use_multiprocessing)
+        train_gen = DataGenerator(train_dataset, self.config, shuffle=True, augmentation=augmentation, seed=seed,
+                                  steps=self.config.STEPS_PER_EPOCH,
+                                  no_augmentation_sources=no_augmentation_sources, **gen_kwargs)
+        val_gen = None
+        if val_dataset is not None and self.config.VALIDATION_STEPS:
+            val_gen = DataGenerator(val_dataset, self.config, shuffle=False, seed=seed,
+                                    steps=self.config.VALIDATION_STEPS, **gen_kwargs)
+        self.set_trainable(layer_regex, verbose=verbose)
+        self.compile(learning_rate=learning_rate)
+        callbacks = training_callbacks(self, self.log_dir, self.checkpoint_path) + list(custom_callbacks or [])
+        if verbose:
+            print(f"\nStarting at epoch {self.epoch}. LR={learning_rate}\nCheckpoint path: {self.checkpoint_path}")
+        history = self.fit(train_gen, initial_epoch=self.epoch, epochs=epochs,
+                           steps_per_epoch=self.config.STEPS_PER_EPOCH, validation_data=val_gen,
+                           validation_steps=self.config.VALIDATION_STEPS if val_gen is not None else None,
+                           callbacks=callbacks, verbose=verbose)
+        self.epoch = max(self.epoch, epochs)
+        return history
+
+    # ------------------------------------------------------------------------------------------
+    # Inference
+    def mold_inputs(self, images: Sequence[np.ndarray], target_shape: tuple[int, int] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Resizes and normalizes images as in training.
+
+        Args:
+            images: list of [H,W,C] arrays (uint8 or float in [0,255]; grayscale or RGBA accepted).
+            target_shape: force this molded (H, W) (used to build the model); default: the config's
+                resize mode decides.
+        Returns:
+            molded [N,h,w,3] float32, metas [N,META] float32, windows [N,4] int32 pixel windows.
+        """
+        c = self.config
+        molded, metas, windows = [], [], []
+        for i, image in enumerate(images):
+            image = _as_rgb(np.asarray(image), c.IMAGE_CHANNEL_COUNT, index=i)
+            if target_shape is not None:
+                resized, window, scale, _, _ = utils.resize_image(image, min_dim=min(target_shape),
+                                                                  max_dim=max(target_shape), mode="square")
+            else:
+                mode = "square" if c.IMAGE_RESIZE_MODE == "crop" else c.IMAGE_RESIZE_MODE
+                # Crop mode trains on crops; at test time the whole image is seen, padded to square.
+                max_dim = c.IMAGE_MAX_DIM if c.IMAGE_RESIZE_MODE != "crop" else max(c.IMAGE_MAX_DIM, c.IMAGE_MIN_DIM)
+                resized, window, scale, _, _ = utils.resize_image(image, min_dim=c.IMAGE_MIN_DIM, max_dim=max_dim,
+                                                                  min_scale=c.IMAGE_MIN_SCALE, mode=mode)
+            molded.append(utils.mold_image(resized.astype(np.float32), c))
+            metas.append(utils.compose_image_meta(0, image.shape, resized.shape, window, scale,
+                                                  np.ones(c.NUM_CLASSES, np.int32)))
+            windows.append(window)
+        return np.stack(molded).astype(np.float32), np.stack(metas).astype(np.float32), np.array(windows, np.int32)
+
+    @tf.function(reduce_retracing=True)
+    def _infer(self, images: tf.Tensor, metas: tf.Tensor) -> dict[str, tf.Tensor]:
+        outputs = self({"input_image": images, "input_image_meta": metas}, training=False)
+        return {"detections": outputs["detections"], "mrcnn_mask": outputs["mrcnn_mask"]}
+
+    def detect(self, images: Sequence[np.ndarray], verbose: int = 0) -> list[dict[str, np.ndarray]]:
+        """Detects instances in any number of images of any size.
+
+        Args:
+            images: list of [H,W,3] RGB (or [H,W] grayscale / [H,W,4] RGBA) images.
+            verbose: 1 shows a progress bar over batches.
+        Returns:
+            One dict per image: rois [N,(y1,x1,y2,x2)] int32 pixels of the original image (y2/x2
+            exclusive), class_ids [N] int32, scores [N] float32, masks [H,W,N] bool.
+        """
+        if isinstance(images, np.ndarray) and images.ndim in (2, 3):
+            raise TypeError("detect() takes a list of images; wrap a single image as [image]")
+        images = list(images)
+        results: list[dict[str, np.ndarray]] = [None] * len(images)  # type: ignore[list-item]
+        molded, metas, windows = self.mold_inputs(images) if images else (None, None, None)
+        # Images of equal molded shape are batched together (always the case in square mode).
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i in range(len(images)):
+            groups.setdefault(molded[i].shape, []).append(i)
+        batch = self.config.BATCH_SIZE
+        batches = [ids[k:k + batch] for ids in groups.values() for k in range(0, len(ids), batch)]
+        progress = _progress(batches, verbose, "detect")
+        for ids in progress:
+            out = self._infer(tf.constant(molded[ids]), tf.constant(metas[ids]))
+            detections, masks = out["detections"].numpy(), out["mrcnn_mask"].numpy()
+            for j, i in enumerate(ids):
+                results[i] = self.unmold_detections(detections[j], masks[j], images[i].shape, molded[i].shape,
+                                                    windows[i])
+        return results
+
+    def detect_molded(self, molded_images: np.ndarray, image_metas: np.ndarray, verbose: int = 0
+                      ) -> list[dict[str, np.ndarray]]:
+        """Detects on already molded images (as DataGenerator produces); results in original pixels."""
+        results = []
+        for k in range(0, len(molded_images), self.config.BATCH_SIZE):
+            out = self._infer(tf.constant(molded_images[k:k + self.config.BATCH_SIZE], tf.float32),
+                              tf.constant(image_metas[k:k + self.config.BATCH_SIZE], tf.float32))
+            parsed = utils.parse_image_meta(image_metas[k:k + self.config.BATCH_SIZE])
+            for j in range(out["detections"].shape[0]):
+                results.append(self.unmold_detections(
+                    out["detections"][j].numpy(), out["mrcnn_mask"][j].numpy(),
+                    tuple(int(v) for v in parsed["original_image_shape"][j]), molded_images[k + j].shape,
+                    parsed["window"][j].astype(np.int32)))
+        return results
+
+    def unmold_detections(self, detections: np.ndarray, mrcnn_mask: np.ndarray, original_image_shape: Sequence[int],
+                          image_shape: Sequence[int], window: np.ndarray) -> dict[str, np.ndarray]:
+        """Maps one image's detections from the molded image back to the original.
+
+        Args:
+            detections: [D,6] (y1,x1,y2,x2 normalized, class_id, score), zero padded.
+            mrcnn_mask: [D,h,w,K] mask probabilities.
+            original_image_shape: (H, W[, C]) of the image before molding.
+            image_shape: (h, w[, c]) of the molded image.
+            window: (y1,x1,y2,x2) pixel window of the real image inside the molded one.
+        """
+        keep = np.where(detections[:, 4] > 0)[0]
+        boxes_norm = detections[keep, :4]
+        class_ids = detections[keep, 4].astype(np.int32)
+        scores = detections[keep, 5].astype(np.float32)
+        masks = mrcnn_mask[keep, :, :, class_ids] if keep.size else np.zeros((0,) + mrcnn_mask.shape[1:3])
+        # Normalized molded coords -> molded pixels -> original pixels.
+        boxes = boxes_norm * np.array([image_shape[0], image_shape[1]] * 2, np.float32)
+        wy1, wx1, wy2, wx2 = np.asarray(window, np.float32)
+        scale_y = (wy2 - wy1) / original_image_shape[0]
+        scale_x = (wx2 - wx1) / original_image_shape[1]
+        boxes = (boxes - np.array([wy1, wx1, wy1, wx1])) / np.array([scale_y, scale_x, scale_y, scale_x])
+        height, width = int(original_image_shape[0]), int(original_image_shape[1])
+        boxes = np.round(boxes).astype(np.int32)
+        boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, height)
+        boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, width)
+        valid = np.where((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))[0]
+        boxes, class_ids, scores, masks = boxes[valid], class_ids[valid], scores[valid], masks[valid]
+        full_masks = np.zeros((height, width, len(valid)), dtype=bool)
+        for n in range(len(valid)):
+            full_masks[:, :, n] = utils.unmold_mask(masks[n], boxes[n], (height, width))
+        return {"rois": boxes, "class_ids": class_ids, "scores": scores, "masks": full_masks}
+
+    def run_graph(self, images: Sequence[np.ndarray], outputs: Sequence[str] | dict[str, str]
+                  ) -> dict[str, np.ndarray]:
+        """Runs the inference graph and returns named intermediate tensors (for the notebooks).
+
+        Args:
+            images: list of BATCH_SIZE-or-fewer images.
+            outputs: names from GRAPH_OUTPUTS, or a dict {your_name: graph_name}.
+        Returns:
+            dict of numpy arrays, batch first.
+        """
+        mapping = dict(outputs) if isinstance(outputs, dict) else {name: name for name in outputs}
+        unknown = sorted(set(mapping.values()) - set(GRAPH_OUTPUTS))
+        if unknown:
+            raise ValueError(f"unknown graph outputs {unknown}; known: {list(GRAPH_OUTPUTS)}")
+        molded, metas, _ = self.mold_inputs(images)
+        result = self({"input_image": tf.constant(molded), "input_image_meta": tf.constant(metas)}, training=False)
+        return {mine: np.asarray(result[graph]) for mine, graph in mapping.items()}
+
+
+def make_optimizer(config: Config, learning_rate: float | None = None) -> keras.optimizers.Optimizer:
+    """The optimizer named by config.OPTIMIZER, clipping each gradient at GRADIENT_CLIP_NORM."""
+    lr = learning_rate if learning_rate is not None else config.LEARNING_RATE
+    clip = config.GRADIENT_CLIP_NORM or None
+    if config.OPTIMIZER == "adam":
+        return keras.optimizers.Adam(learning_rate=lr, clipnorm=clip)
+    if config.OPTIMIZER == "adamw":
+        # Decoupled decay off: WEIGHT_DECAY already enters the loss as an L2 term.
+        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=0.0, clipnorm=clip)
+    return keras.optimizers.SGD(learning_rate=lr, momentum=config.LEARNING_MOMENTUM, clipnorm=clip)
+
+
+def _active_class_ids(meta: tf.Tensor, num_classes: int) -> tf.Tensor:
+    """active_class_ids [B,K] from image metas [B,META] (the last K entries, see compose_image_meta)."""
+    return meta[:, -num_classes:]
+
+
+def _has_sublayers(layer: keras.layers.Layer) -> bool:
+    return any(True for _ in layer._flatten_layers(include_self=False, recursive=False))
+
+
+def _as_rgb(image: np.ndarray, channels: int, index: int) -> np.ndarray:
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    if image.ndim != 3:
+        raise ValueError(f"image {index} must be [H,W] or [H,W,C], got shape {image.shape}")
+    if image.shape[-1] == 4 and channels == 3:
+        image = image[..., :3]
+    elif image.shape[-1] == 1 and channels == 3:
+        image = np.repeat(image, 3, axis=-1)
+    if image.shape[-1] != channels:
+        raise ValueError(f"image {index} has {image.shape[-1]} channels, the config expects {channels}")
+    return image
+
+
+def _progress(items: list, verbose: int, description: str):
+    if not verbose:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=description, unit="batch")

@@ -1,0 +1,228 @@
+"""Mask R-CNN on the embedded synthetic shapes data (squares, circles, triangles).
+
+No files are needed: images are generated from a seed (mrcnn.data.shapes).
+
+    python samples/shapes/shapes.py demo                      # train from scratch, evaluate, draw
+    python samples/shapes/shapes.py train --epochs 8 --logs runs/shapes
+    python samples/shapes/shapes.py evaluate --weights runs/shapes/shapes.weights.h5
+    python samples/shapes/shapes.py detect --weights last --count 4 --out detections.png
+
+`demo` is what `make demo` runs: it trains a ResNet-50-FPN from scratch on CPU within the time
+budget given by --minutes, evaluates mask and box mAP on 50 held-out images, and writes
+metrics.json, the weights, config.json and detections.png into --logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mrcnn import visualize  # noqa: E402
+from mrcnn.data.augment import Compose, HorizontalFlip, VerticalFlip  # noqa: E402
+from mrcnn.data.shapes import ShapesConfig, ShapesDataset  # noqa: E402
+from mrcnn.evaluation.evaluate import evaluate_dataset  # noqa: E402
+from mrcnn.model import MaskRCNN  # noqa: E402
+
+TRAIN_SEED, VAL_SEED, TEST_SEED = 1, 2, 3
+
+
+class DemoConfig(ShapesConfig):
+    """The shapes config `make demo` trains from scratch on 2 CPU cores."""
+
+    NAME = "shapes"
+    IMAGES_PER_GPU = 4
+    IMAGE_MIN_DIM = 128
+    IMAGE_MAX_DIM = 128
+    TRAIN_BN = True  # from scratch: BatchNorm must learn its statistics...
+    BN_MOMENTUM = 0.9  # ...and its moving averages must catch up within a short run
+    TRAIN_ROIS_PER_IMAGE = 16  # at most 4 shapes per image: 5 positive slots are plenty
+    LEARNING_RATE = 0.02
+    STEPS_PER_EPOCH = 50
+    VALIDATION_STEPS = 2
+    DETECTION_MIN_CONFIDENCE = 0.7
+    SEED = 0
+
+
+class InferenceConfig(DemoConfig):
+    IMAGES_PER_GPU = 1
+
+
+def _dataset(count: int, seed: int, size: int) -> ShapesDataset:
+    dataset = ShapesDataset()
+    dataset.load_shapes(count, size, size, seed=seed)
+    dataset.prepare()
+    return dataset
+
+
+def _resolve_weights(model: MaskRCNN, weights: str | None) -> None:
+    if not weights:
+        return
+    path = model.find_last() if weights == "last" else weights
+    print(f"Loading weights {path}")
+    model.load_weights(path)
+
+
+def train(args: argparse.Namespace) -> MaskRCNN:
+    """Trains heads+backbone from scratch (or continues from --weights) for --epochs epochs."""
+    overrides = {"STEPS_PER_EPOCH": args.steps, "IMAGES_PER_GPU": args.batch, "OPTIMIZER": args.optimizer,
+                 "LEARNING_RATE": args.lr}
+    config = DemoConfig().update(**{name: value for name, value in overrides.items() if value})
+    keras.utils.set_random_seed(config.SEED)
+    size = config.IMAGE_MAX_DIM
+    train_set = _dataset(args.train_images, TRAIN_SEED, size)
+    val_set = _dataset(args.val_images, VAL_SEED, size)
+    model = MaskRCNN(mode="training", config=config, model_dir=args.logs)
+    _resolve_weights(model, args.weights)
+    augmentation = Compose([HorizontalFlip(0.5), VerticalFlip(0.5)])
+    callbacks = [_TimeBudget(args.minutes * 60)] if args.minutes else []
+    model.train(train_set, val_set, learning_rate=config.LEARNING_RATE, epochs=args.epochs, layers="all",
+                augmentation=augmentation, custom_callbacks=callbacks, verbose=args.verbose)
+    return model
+
+
+class _TimeBudget(keras.callbacks.Callback):
+    """Trains for a wall-clock budget with the paper's step schedule scaled to it.
+
+    The learning rate drops 10x once `decay_at` of the budget has passed (the paper drops it at
+    120k of 160k iterations: 0.75) and training stops after the batch that passes the budget.
+    """
+
+    def __init__(self, seconds: float, decay_at: float = 0.75) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.decay_at = decay_at
+        self.start = time.monotonic()
+        self.decayed = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        elapsed = time.monotonic() - self.start
+        if not self.decayed and elapsed > self.decay_at * self.seconds:
+            self.decayed = True
+            self.model.optimizer.learning_rate.assign(self.model.optimizer.learning_rate * 0.1)
+            print(f"\nLearning rate dropped to {float(self.model.optimizer.learning_rate.numpy()):g}")
+        if elapsed > self.seconds:
+            print("\nTime budget reached: stopping training.")
+            self.model.stop_training = True
+
+
+def evaluate(model: MaskRCNN, count: int, verbose: int = 1) -> dict:
+    """mAP@0.5 and mAP@[.5:.95] (boxes and masks) on `count` held-out images."""
+    config = model.config
+    test_set = _dataset(count, TEST_SEED, config.IMAGE_MAX_DIM)
+    return evaluate_dataset(model, test_set, verbose=verbose)
+
+
+def draw(model: MaskRCNN, count: int, out: str) -> str:
+    """Draws detections on `count` held-out images into one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dataset = _dataset(count, TEST_SEED + 100, model.config.IMAGE_MAX_DIM)
+    images = [dataset.load_image(i) for i in dataset.image_ids]
+    results = model.detect(images)
+    cols = min(count, 4)
+    rows = int(np.ceil(count / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
+    for ax, image, r in zip(axes.ravel(), images, results):
+        visualize.display_instances(image, r["rois"], r["masks"], r["class_ids"], dataset.class_names,
+                                    r["scores"], ax=ax, title=f"{len(r['class_ids'])} found")
+    for ax in axes.ravel()[len(images):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
+def demo(args: argparse.Namespace) -> dict:
+    """Train from scratch, evaluate on 50 held-out images, write metrics.json + weights + picture."""
+    logs = Path(args.logs)
+    logs.mkdir(parents=True, exist_ok=True)
+    tic = time.monotonic()
+    model = train(args)
+    train_seconds = time.monotonic() - tic
+    weights_path = logs / "shapes.weights.h5"
+    model.save_weights(str(weights_path))
+    model.config.save(logs / "config.json")
+    inference = MaskRCNN(mode="inference", config=InferenceConfig(), model_dir=args.logs)
+    inference.load_weights(str(weights_path))
+    metrics = evaluate(inference, args.eval_images, verbose=args.verbose)
+    metrics.update(train_seconds=round(train_seconds, 1), epochs_trained=model.epoch,
+                   train_images=args.train_images, eval_images=args.eval_images)
+    (logs / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    picture = draw(inference, 4, str(logs / "detections.png"))
+    print("\nHeld-out shapes ({} images): mask mAP@0.5 = {:.3f}, mask mAP@[.5:.95] = {:.3f}, "
+          "box mAP@0.5 = {:.3f}".format(args.eval_images, metrics["mask_mAP50"], metrics["mask_mAP"],
+                                         metrics["box_mAP50"]))
+    print(f"Training took {train_seconds / 60:.1f} min.")
+    print(f"Wrote {logs / 'metrics.json'}, {weights_path}, {logs / 'config.json'} and {picture}")
+    return metrics
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--logs", default="runs/shapes", help="log/checkpoint directory (default runs/shapes)")
+        p.add_argument("--verbose", type=int, default=1, help="0 silent, 1 progress bars")
+
+    def training(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--epochs", type=int, default=12, help="train up to this epoch")
+        p.add_argument("--steps", type=int, default=0, help="steps per epoch (default: the config's)")
+        p.add_argument("--minutes", type=float, default=12.0, help="stop training after this many minutes")
+        p.add_argument("--train-images", type=int, default=2000, help="generated training images")
+        p.add_argument("--val-images", type=int, default=50, help="generated validation images")
+        p.add_argument("--weights", default=None, help="start from: a path, or 'last'")
+        p.add_argument("--batch", type=int, default=0, help="images per step (default: the config's)")
+        p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default=None, help="default: the config's")
+        p.add_argument("--lr", type=float, default=0.0, help="learning rate (default: the config's)")
+
+    p = sub.add_parser("demo", help="train from scratch, evaluate on held-out images, draw detections")
+    common(p)
+    training(p)
+    p.add_argument("--eval-images", type=int, default=50, help="held-out images for evaluation")
+    p = sub.add_parser("train", help="train on generated shapes")
+    common(p)
+    training(p)
+    p = sub.add_parser("evaluate", help="mAP on held-out shapes")
+    common(p)
+    p.add_argument("--weights", required=True, help="a weights path, or 'last'")
+    p.add_argument("--eval-images", type=int, default=50)
+    p = sub.add_parser("detect", help="draw detections on generated images")
+    common(p)
+    p.add_argument("--weights", required=True, help="a weights path, or 'last'")
+    p.add_argument("--count", type=int, default=4)
+    p.add_argument("--out", default="detections.png")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "demo":
+        demo(args)
+    elif args.command == "train":
+        train(args)
+    else:
+        model = MaskRCNN(mode="inference", config=InferenceConfig(), model_dir=args.logs)
+        _resolve_weights(model, args.weights)
+        if args.command == "evaluate":
+            print(json.dumps(evaluate(model, args.eval_images, verbose=args.verbose), indent=2))
+        else:
+            print(f"Wrote {draw(model, args.count, args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Tests for mrcnn/evaluation/evaluate.py with a stand-in model."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from mrcnn.data.shapes import ShapesDataset
+from mrcnn.evaluation.evaluate import evaluate_dataset
+from mrcnn.utils import extract_bboxes
+
+
+class OracleModel:
+    """Returns the ground truth as detections, optionally shifted by `shift` pixels."""
+
+    def __init__(self, dataset, shift: int = 0, batch_size: int = 2):
+        self.dataset = dataset
+        self.shift = shift
+        self.config = SimpleNamespace(BATCH_SIZE=batch_size)
+        self.calls = 0
+
+    def detect(self, images, verbose=0):
+        results = []
+        for image in images:
+            image_id = next(i for i in self.dataset.image_ids if np.array_equal(self.dataset.load_image(i), image))
+            masks, class_ids = self.dataset.load_mask(image_id)
+            masks = np.roll(masks, self.shift, axis=1)
+            results.append({"rois": extract_bboxes(masks), "class_ids": class_ids.astype(np.int32),
+                            "scores": np.linspace(1.0, 0.5, len(class_ids)).astype(np.float32), "masks": masks})
+        self.calls += 1
+        return results
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    d = ShapesDataset()
+    d.load_shapes(5, 64, 64, seed=11)
+    d.prepare()
+    return d
+
+
+def test_ground_truth_scores_one(dataset):
+    metrics = evaluate_dataset(OracleModel(dataset), dataset, verbose=0)
+    for key in ("box_mAP50", "box_mAP", "mask_mAP50", "mask_mAP"):
+        assert metrics[key] == pytest.approx(1.0), key
+    assert metrics["num_images"] == 5
+
+
+def test_shifted_predictions_score_lower(dataset):
+    metrics = evaluate_dataset(OracleModel(dataset, shift=4), dataset, verbose=0)
+    assert metrics["mask_mAP"] < 0.9
+    assert metrics["mask_mAP50"] >= metrics["mask_mAP"]
+
+
+def test_batches_follow_the_models_batch_size(dataset):
+    model = OracleModel(dataset, batch_size=2)
+    evaluate_dataset(model, dataset, image_ids=[0, 1, 2], verbose=0)
+    assert model.calls == 2
+
+
+def test_thresholds_must_include_half(dataset):
+    with pytest.raises(ValueError, match="0.5"):
+        evaluate_dataset(OracleModel(dataset), dataset, iou_thresholds=[0.75], verbose=0)

@@ -1,0 +1,108 @@
+"""Tests for mrcnn/config.py."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mrcnn.config import Config
+
+
+class TinyConfig(Config):
+    NAME = "tiny"
+    NUM_CLASSES = 4
+    IMAGE_MIN_DIM = 128
+    IMAGE_MAX_DIM = 128
+    IMAGES_PER_GPU = 3
+    GPU_COUNT = 2
+
+
+def test_derived_values_are_computed_on_construction():
+    config = TinyConfig()
+    assert config.BATCH_SIZE == 6
+    assert config.IMAGE_SHAPE.tolist() == [128, 128, 3]
+    assert config.IMAGE_META_SIZE == 1 + 3 + 3 + 4 + 1 + 4
+
+
+def test_crop_mode_image_shape_uses_min_dim():
+    class Crop(TinyConfig):
+        IMAGE_RESIZE_MODE = "crop"
+        IMAGE_MIN_DIM = 64
+
+    assert Crop().IMAGE_SHAPE.tolist() == [64, 64, 3]
+
+
+def test_matterport_defaults():
+    assert Config.RPN_ANCHOR_SCALES == (32, 64, 128, 256, 512)
+    assert Config.DETECTION_MIN_CONFIDENCE == 0.7
+    assert Config.MASK_SHAPE == [28, 28]
+    assert Config.MEAN_PIXEL.tolist() == [123.7, 116.8, 103.9]
+
+
+def test_instances_do_not_share_mutable_defaults():
+    a, b = TinyConfig(), TinyConfig()
+    a.LOSS_WEIGHTS["rpn_class_loss"] = 5.0
+    a.MEAN_PIXEL[0] = 0.0
+    assert b.LOSS_WEIGHTS["rpn_class_loss"] == 1.0
+    assert TinyConfig.MEAN_PIXEL[0] == pytest.approx(123.7)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"NUM_CLASSES": 1}, "NUM_CLASSES"),
+        ({"IMAGE_MAX_DIM": 100, "IMAGE_MIN_DIM": 100}, "divisible by 64"),
+        ({"RPN_ANCHOR_SCALES": (32, 64)}, "RPN_ANCHOR_SCALES"),
+        ({"IMAGE_RESIZE_MODE": "stretch"}, "IMAGE_RESIZE_MODE"),
+        ({"BACKBONE": "vgg16"}, "BACKBONE"),
+        ({"MASK_SHAPE": [14, 14]}, "MASK_SHAPE"),
+        ({"POOLING_MODE": "avg"}, "POOLING_MODE"),
+        ({"IMAGES_PER_GPU": 0}, "IMAGES_PER_GPU"),
+        ({"LOSS_WEIGHTS": {"mask": 1.0}}, "LOSS_WEIGHTS"),
+        ({"MEAN_PIXEL": np.array([1.0, 2.0])}, "MEAN_PIXEL"),
+    ],
+)
+def test_validate_names_the_bad_field(overrides, message):
+    bad = type("Bad", (TinyConfig,), overrides)
+    with pytest.raises(ValueError, match=message):
+        bad()
+
+
+def test_json_round_trip(tmp_path):
+    config = TinyConfig()
+    config.DETECTION_MIN_CONFIDENCE = 0.5
+    path = tmp_path / "config.json"
+    config.save(path)
+    json.loads(path.read_text())  # plain JSON
+    loaded = TinyConfig.load(path)
+    assert loaded.to_dict() == config.to_dict()
+    assert isinstance(loaded.MEAN_PIXEL, np.ndarray)
+    assert isinstance(loaded.RPN_ANCHOR_SCALES, tuple)
+    # A base Config can reload a subclass's file too (all fields are stored).
+    assert Config.from_dict(config.to_dict()).NUM_CLASSES == 4
+
+
+def test_from_dict_rejects_unknown_fields():
+    with pytest.raises(ValueError, match="NOT_A_FIELD"):
+        TinyConfig.from_dict({"NOT_A_FIELD": 1})
+
+
+def test_load_missing_file_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        TinyConfig.load(tmp_path / "nope.json")
+
+
+def test_display_prints_every_field(capsys):
+    TinyConfig().display()
+    out = capsys.readouterr().out
+    for name in ("NUM_CLASSES", "BATCH_SIZE", "IMAGE_META_SIZE", "POOLING_MODE"):
+        assert name in out
+
+
+def test_update_recomputes_derived_values_and_validates():
+    config = TinyConfig().update(IMAGES_PER_GPU=5, OPTIMIZER="adam")
+    assert config.BATCH_SIZE == 10 and config.OPTIMIZER == "adam"
+    with pytest.raises(ValueError, match="BATCH_SIZE"):
+        config.update(BATCH_SIZE=3)
+    with pytest.raises(ValueError, match="OPTIMIZER"):
+        config.update(OPTIMIZER="rmsprop")

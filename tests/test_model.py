@@ -1,0 +1,306 @@
+"""Tests for mrcnn/model.py: a tiny config trained for a few steps, detect, save/load."""
+
+from __future__ import annotations
+
+import math
+
+import h5py
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mrcnn.config import Config
+from mrcnn.data.generator import DataGenerator
+from mrcnn.data.shapes import ShapesDataset
+from mrcnn.model import MaskRCNN
+
+
+class TinyConfig(Config):
+    NAME = "tiny"
+    NUM_CLASSES = 4
+    BACKBONE = "resnet50"
+    IMAGES_PER_GPU = 2
+    IMAGE_MIN_DIM = 64
+    IMAGE_MAX_DIM = 64
+    RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
+    RPN_TRAIN_ANCHORS_PER_IMAGE = 32
+    PRE_NMS_LIMIT = 200
+    POST_NMS_ROIS_TRAINING = 48
+    POST_NMS_ROIS_INFERENCE = 32
+    TRAIN_ROIS_PER_IMAGE = 16
+    MAX_GT_INSTANCES = 4
+    DETECTION_MAX_INSTANCES = 8
+    DETECTION_MIN_CONFIDENCE = 0.0
+    MINI_MASK_SHAPE = (16, 16)
+    TOP_DOWN_PYRAMID_SIZE = 32
+    FPN_CLASSIF_FC_LAYERS_SIZE = 64
+    STEPS_PER_EPOCH = 2
+    VALIDATION_STEPS = 1
+    SEED = 3
+
+
+def _shapes(count: int, seed: int) -> ShapesDataset:
+    dataset = ShapesDataset()
+    dataset.load_shapes(count, 64, 64, seed=seed)
+    dataset.prepare()
+    return dataset
+
+
+class _EmptyDataset(ShapesDataset):
+    """Shapes images whose masks are all dropped: images without instances."""
+
+    def load_mask(self, image_id):
+        masks, _ = super().load_mask(image_id)
+        return np.zeros(masks.shape[:2] + (0,), bool), np.zeros((0,), np.int32)
+
+
+@pytest.fixture(scope="module")
+def config() -> TinyConfig:
+    return TinyConfig()
+
+
+@pytest.fixture(scope="module")
+def trained(config, tmp_path_factory):
+    """A tiny model after a few SGD steps, with its loss history and weights before/after."""
+    keras.utils.set_random_seed(0)
+    model = MaskRCNN(mode="training", config=config, model_dir=str(tmp_path_factory.mktemp("logs")))
+    model.ensure_built()
+    model.set_trainable(".*")
+    model.compile(learning_rate=0.01)
+    batch = DataGenerator(_shapes(4, seed=1), config, shuffle=False, seed=0)[0]
+    before = {v.path: v.numpy().copy() for v in model.trainable_variables}
+    first = model.test_on_batch(batch, return_dict=True)["loss"]
+    for _ in range(3):
+        model.train_on_batch(batch, return_dict=True)
+    last = model.test_on_batch(batch, return_dict=True)["loss"]
+    after = {v.path: v.numpy() for v in model.trainable_variables}
+    return model, first, last, before, after
+
+
+def test_three_fit_steps_lower_the_loss(trained):
+    _, first, last, _, _ = trained
+    assert math.isfinite(first) and math.isfinite(last)
+    assert last < first
+
+
+@pytest.mark.parametrize("head", ["rpn_", "fpn_", "mrcnn_class_", "mrcnn_bbox_fc", "mrcnn_mask", "res2a_branch2a"])
+def test_every_head_moves(trained, head):
+    _, _, _, before, after = trained
+    moved = [p for p in before if head in p and not np.allclose(before[p], after[p])]
+    assert moved, f"no weight of {head!r} changed in 3 steps"
+
+
+def test_losses_are_reported_as_metrics(trained):
+    model = trained[0]
+    names = {m.name for m in model.metrics}
+    assert {"loss", "rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss",
+            "mrcnn_mask_loss"} <= names
+
+
+def test_no_nan_without_instances(config):
+    model = MaskRCNN(mode="training", config=config, model_dir="unused")
+    model.compile(learning_rate=0.01)
+    dataset = _EmptyDataset()
+    dataset.load_shapes(2, 64, 64, seed=5)
+    dataset.prepare()
+    batch = DataGenerator(dataset, config, shuffle=False, seed=0)[0]
+    assert batch["input_gt_class_ids"].sum() == 0
+    logs = model.train_on_batch(batch, return_dict=True)
+    for name, value in logs.items():
+        assert math.isfinite(value), f"{name} is {value} with zero GT"
+    assert all(np.isfinite(v.numpy()).all() for v in model.trainable_variables)
+
+
+def test_fit_with_data_generator(config, tmp_path):
+    model = MaskRCNN(mode="training", config=config, model_dir=str(tmp_path))
+    history = model.train(_shapes(4, seed=2), _shapes(2, seed=3), learning_rate=0.01, epochs=1,
+                          layers="heads", verbose=0)
+    assert set(history.history) >= {"loss", "mrcnn_mask_loss", "val_loss"}
+    checkpoint = model.find_last()
+    assert checkpoint.endswith("_0001.weights.h5")
+    assert (tmp_path / model.log_dir.split("/")[-1] / "config.json").is_file()
+    # Resuming from the checkpoint continues at the next epoch.
+    resumed = MaskRCNN(mode="training", config=config, model_dir=str(tmp_path))
+    resumed.load_weights(checkpoint)
+    assert resumed.epoch == 1
+    resumed.train(_shapes(4, seed=2), None, learning_rate=0.01, epochs=2, layers="heads", verbose=0)
+    assert resumed.find_last().endswith("_0002.weights.h5")
+
+
+def test_heads_stage_freezes_the_backbone(config):
+    model = MaskRCNN(mode="training", config=config)
+    names = model.set_trainable(r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)")
+    assert "res2a_branch2a" not in names and "conv1" not in names
+    assert {"rpn_conv_shared", "fpn_c5p5", "mrcnn_mask", "mrcnn_class_logits"} <= set(names)
+
+
+def _check_detections(results, images, config):
+    assert len(results) == len(images)
+    for result, image in zip(results, images):
+        n = len(result["class_ids"])
+        assert result["rois"].dtype == np.int32 and result["rois"].shape == (n, 4)
+        assert result["class_ids"].dtype == np.int32
+        assert result["scores"].dtype == np.float32 and result["scores"].shape == (n,)
+        assert result["masks"].dtype == bool and result["masks"].shape == image.shape[:2] + (n,)
+        if n:
+            rois = result["rois"]
+            assert (rois[:, 0] >= 0).all() and (rois[:, 1] >= 0).all()
+            assert (rois[:, 2] <= image.shape[0]).all() and (rois[:, 3] <= image.shape[1]).all()
+            assert ((result["class_ids"] >= 1) & (result["class_ids"] < config.NUM_CLASSES)).all()
+            for k in range(n):
+                ys, xs = np.nonzero(result["masks"][..., k])
+                y1, x1, y2, x2 = rois[k]
+                assert ys.size == 0 or (ys.min() >= y1 and ys.max() < y2 and xs.min() >= x1 and xs.max() < x2)
+
+
+def test_detect_any_number_and_size_of_images(trained, config):
+    model = trained[0]
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (50, 90, 3), dtype=np.uint8),
+              rng.integers(0, 255, (64, 64), dtype=np.uint8),          # grayscale
+              rng.integers(0, 255, (70, 40, 4), dtype=np.uint8)]       # RGBA
+    results = model.detect(images)
+    _check_detections(results, images, config)
+    assert sum(len(r["class_ids"]) for r in results) > 0, "min confidence 0 must give detections"
+
+
+def test_detect_rejects_a_bare_image(trained):
+    with pytest.raises(TypeError, match="list of images"):
+        trained[0].detect(np.zeros((64, 64, 3), np.uint8))
+
+
+def test_save_load_gives_identical_detections(trained, config, tmp_path):
+    model = trained[0]
+    images = [_shapes(1, seed=9).load_image(0)]
+    path = str(tmp_path / "tiny.weights.h5")
+    model.save_weights(path)
+    other = MaskRCNN(mode="inference", config=config)
+    other.load_weights(path)
+    a, b = model.detect(images)[0], other.detect(images)[0]
+    for key in ("rois", "class_ids", "masks"):
+        np.testing.assert_array_equal(a[key], b[key])
+    np.testing.assert_allclose(a["scores"], b["scores"], rtol=1e-6)
+
+
+def _legacy_h5_from_model(model: MaskRCNN, path: str, shape_override: dict | None = None) -> dict:
+    """Writes a Keras-2-style h5 (layer_names / weight_names attributes) from the model's layers."""
+    written = {}
+    with h5py.File(path, "w") as f:
+        names = []
+        for layer in model.all_layers():
+            if not layer.weights or any(True for _ in layer._flatten_layers(include_self=False, recursive=False)):
+                continue
+            group = f.create_group(layer.name)
+            weight_names = []
+            for w in layer.weights:
+                value = np.random.default_rng(len(names)).normal(size=w.shape).astype(np.float32)
+                if shape_override and layer.name in shape_override:
+                    value = np.zeros(shape_override[layer.name], np.float32)
+                    shape_override = None
+                wname = f"{layer.name}/{w.name}:0"
+                group.create_dataset(wname, data=value)
+                weight_names.append(wname.encode())
+                written[(layer.name, w.name)] = value
+            group.attrs["weight_names"] = weight_names
+            names.append(layer.name.encode())
+        f.attrs["layer_names"] = names
+    return written
+
+
+def test_by_name_h5_loading_with_exclude(config, tmp_path):
+    model = MaskRCNN(mode="inference", config=config)
+    model.ensure_built()
+    path = str(tmp_path / "legacy.h5")
+    written = _legacy_h5_from_model(model, path)
+    keep = {layer.name: [w.numpy().copy() for w in layer.weights] for layer in model.all_layers()
+            if layer.name == "mrcnn_mask"}
+    model.load_weights(path, by_name=True, exclude=["mrcnn_mask"])
+    layers = {layer.name: layer for layer in model.all_layers()}
+    for (layer_name, weight_name), value in written.items():
+        weight = next(w for w in layers[layer_name].weights if w.name == weight_name)
+        if layer_name == "mrcnn_mask":
+            np.testing.assert_array_equal(weight.numpy(), keep["mrcnn_mask"][[w.name for w in layers[layer_name].weights].index(weight_name)])
+        else:
+            np.testing.assert_array_equal(weight.numpy(), value, err_msg=f"{layer_name}/{weight_name}")
+
+
+def test_by_name_shape_mismatch_names_layer_and_shapes(config, tmp_path):
+    model = MaskRCNN(mode="inference", config=config)
+    model.ensure_built()
+    path = str(tmp_path / "bad.h5")
+    _legacy_h5_from_model(model, path, shape_override={"mrcnn_class_logits": (64, 81)})
+    with pytest.raises(ValueError, match=r"mrcnn_class_logits.*81"):
+        model.load_weights(path, by_name=True)
+    # Excluding the mismatched layer (the fine-tuning idiom) loads the rest.
+    model.load_weights(path, by_name=True, exclude=["mrcnn_class_logits"])
+
+
+def test_load_weights_missing_file(config):
+    with pytest.raises(FileNotFoundError, match="nowhere.h5"):
+        MaskRCNN(mode="inference", config=config).load_weights("nowhere.h5", by_name=True)
+
+
+def test_run_graph_returns_named_intermediates(trained, config):
+    out = trained[0].run_graph([np.zeros((64, 64, 3), np.uint8)], ["anchors", "proposals", "detections", "P2"])
+    assert out["proposals"].shape == (1, config.POST_NMS_ROIS_INFERENCE, 4)
+    assert out["detections"].shape == (1, config.DETECTION_MAX_INSTANCES, 6)
+    assert out["P2"].shape[1:3] == (16, 16)
+    with pytest.raises(ValueError, match="unknown graph outputs"):
+        trained[0].run_graph([np.zeros((64, 64, 3), np.uint8)], ["nonsense"])
+
+
+def test_config_type_is_checked():
+    with pytest.raises(TypeError, match="Config"):
+        MaskRCNN(mode="training", config={"NUM_CLASSES": 2})
+    with pytest.raises(ValueError, match="mode"):
+        MaskRCNN(mode="train", config=TinyConfig())
+
+
+def test_training_graph_is_used_only_with_gt(trained, config):
+    model = trained[0]
+    images, metas, _ = model.mold_inputs([np.zeros((64, 64, 3), np.uint8)])
+    out = model({"input_image": tf.constant(images), "input_image_meta": tf.constant(metas)})
+    assert "detections" in out and "target_class_ids" not in out
+
+
+def _losses_and_grads(model, batch):
+    tf.random.set_seed(7)  # DetectionTargetLayer samples RoIs at random: same draws on both paths
+    with tf.GradientTape() as tape:
+        outputs = model(batch, training=True)
+        losses = model.compute_losses(batch, outputs)
+        total = tf.add_n(list(losses.values()))
+    grads = tape.gradient(total, model.trainable_variables)
+    return {k: float(v) for k, v in losses.items()}, [None if g is None else tf.convert_to_tensor(g).numpy()
+                                                      for g in grads]
+
+
+def test_op_and_fallback_train_and_detect_the_same(trained, config, monkeypatch):
+    from mrcnn.ops.roi_align import load_op_library
+
+    if load_op_library() is None:
+        pytest.skip("compiled RoIAlign op not built")
+    model = trained[0]
+    batch = {k: tf.constant(v) for k, v in DataGenerator(_shapes(2, seed=4), config, shuffle=False, seed=0)[0].items()}
+    images, metas, _ = model.mold_inputs([_shapes(1, seed=9).load_image(0)])
+    results = {}
+    for path in ("op", "tf"):
+        monkeypatch.setenv("MRCNN_ROI_ALIGN", path)
+        detections = model({"input_image": tf.constant(images), "input_image_meta": tf.constant(metas)})
+        results[path] = (detections["detections"].numpy(), detections["mrcnn_mask"].numpy(),
+                         *_losses_and_grads(model, batch))
+    op, fallback = results["op"], results["tf"]
+    np.testing.assert_allclose(op[0], fallback[0], atol=1e-4)
+    np.testing.assert_allclose(op[1], fallback[1], atol=1e-4)
+    for name in op[2]:
+        assert op[2][name] == pytest.approx(fallback[2][name], rel=1e-4, abs=1e-5), name
+    for g_op, g_tf in zip(op[3], fallback[3]):
+        if g_op is not None:
+            np.testing.assert_allclose(g_op, g_tf, rtol=1e-3, atol=1e-4)
+
+
+def test_bn_momentum_reaches_every_batchnorm():
+    model = MaskRCNN(mode="training", config=TinyConfig().update(BN_MOMENTUM=0.9))
+    norms = [layer for layer in model.all_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) > 50  # backbone + both heads
+    assert {layer.momentum for layer in norms} == {0.9}
