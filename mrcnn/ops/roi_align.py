@@ -29,9 +29,11 @@ input-pixel terms when aligned).
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +154,9 @@ def _axis_taps(start: tf.Tensor, roi_size: tf.Tensor, grid: tf.Tensor, max_grid:
     keep = tf.cast(inside & in_grid, dtype)
     index = tf.stack([low, high], axis=-1)                                # [K, pooled, G, 2]
     weight = tf.stack([(1.0 - frac) * keep, frac * keep], axis=-1)
-    shape = tf.stack([tf.shape(start)[0], pooled, -1])
+    # Explicit last dimension: inferring -1 on an empty box list divides by zero (SIGFPE in
+    # Grappler's constant folding when K is a static 0).
+    shape = tf.stack([tf.shape(start)[0], pooled, 2 * tf.cast(max_grid, tf.int32)])
     return tf.reshape(index, shape), tf.reshape(weight, shape)
 
 
@@ -204,9 +208,12 @@ def _tap_loop(num_a, num_b, body, init):
     A sequential loop keeps the peak memory at one [K, ph, pw, C] gather instead of all 4 * s * s.
     """
     total = num_a * num_b
+    # With an empty box list the tap counts can be static zeros; Grappler then constant-folds
+    # t // 0 and the process dies of SIGFPE. total is 0 then, so the divisor's value is moot.
+    divisor = tf.maximum(num_b, 1)
 
     def step(t, acc):
-        return t + 1, body(t // num_b, t % num_b, acc)
+        return t + 1, body(t // divisor, t % divisor, acc)
 
     _, acc = tf.while_loop(lambda t, _: t < total, step, (tf.constant(0), init), parallel_iterations=1)
     return acc
@@ -274,6 +281,29 @@ _roi_align_tf_traced = tf.function(_roi_align_tf_core, reduce_retracing=True, au
 
 
 @tf.autograph.experimental.do_not_convert
+def handles_empty_boxes(pooler: Callable[..., tf.Tensor]) -> Callable[..., tf.Tensor]:
+    """Returns [0, ph, pw, C] at once for a box list that is statically empty.
+
+    With a static K of 0 (an eager call on an empty box list) Grappler constant-folds the tap
+    arithmetic of the traced fallback with zero-sized dimensions and the process dies of SIGFPE;
+    inside the model K is dynamic and the normal path handles it.
+    """
+
+    @functools.wraps(pooler)
+    def wrapper(features, boxes, box_indices, output_size, *args, **kwargs):
+        boxes = tf.convert_to_tensor(boxes)
+        if boxes.shape.rank == 2 and boxes.shape[0] == 0:
+            features = tf.convert_to_tensor(features)
+            _check_inputs(features, boxes, tf.convert_to_tensor(box_indices))
+            ph, pw = _pooled_size(output_size)
+            # A zero-length slice of the features, so that the gradient to them exists (zeros).
+            return tf.reshape(tf.reshape(features, [-1])[:0], tf.stack([0, ph, pw, tf.shape(features)[3]]))
+        return pooler(features, boxes, box_indices, output_size, *args, **kwargs)
+
+    return wrapper
+
+
+@handles_empty_boxes
 def roi_align_tf(features, boxes, box_indices, output_size, spatial_scale: float,
                  sampling_ratio: int = 2, aligned: bool = True) -> tf.Tensor:
     """Pure-TF RoIAlign (the fallback). Same arguments and result as `roi_align`.
@@ -428,6 +458,7 @@ except KeyError:  # module re-imported (importlib.reload): the first registratio
 
 
 @tf.autograph.experimental.do_not_convert
+@handles_empty_boxes
 def roi_align(features, boxes, box_indices, output_size, spatial_scale: float,
               sampling_ratio: int = 2, aligned: bool = True, *, implementation: str | None = None
               ) -> tf.Tensor:

@@ -32,6 +32,7 @@ from mrcnn.ops.roi_align import (
     _float32_attr,
     _pooled_size,
     _taps,
+    handles_empty_boxes,
     roi_align,
 )
 
@@ -78,6 +79,7 @@ def _masked_max(num_i, num_j, values: Callable, out_shape, dtype) -> tf.Tensor:
     return tf.where(acc > lowest, acc, tf.zeros_like(acc))
 
 
+@handles_empty_boxes
 def roi_align_max(features, boxes, box_indices, output_size, spatial_scale: float,
                   sampling_ratio: int = 2, aligned: bool = True) -> tf.Tensor:
     """RoIAlign with max instead of average over each bin's bilinear samples.
@@ -120,6 +122,7 @@ def _round_half_away(x: tf.Tensor) -> tf.Tensor:
     return tf.sign(x) * tf.floor(tf.abs(x) + 0.5)
 
 
+@handles_empty_boxes
 def roi_pool(features, boxes, box_indices, output_size, spatial_scale: float,
              sampling_ratio: int = 2, aligned: bool = True) -> tf.Tensor:
     """RoIPool of Fast R-CNN (Caffe / torchvision.ops.roi_pool semantics): quantize, then max.
@@ -169,6 +172,7 @@ def roi_pool(features, boxes, box_indices, output_size, spatial_scale: float,
     return tf.cast(tf.ensure_shape(out, [None, ph, pw, features.shape[-1]]), in_dtype)
 
 
+@handles_empty_boxes
 def roi_warp(features, boxes, box_indices, output_size, spatial_scale: float,
              sampling_ratio: int = 2, aligned: bool = True) -> tf.Tensor:
     """RoIWarp (the paper's ablation, after Dai et al.): quantized box, then bilinear bins.
@@ -192,6 +196,7 @@ def roi_warp(features, boxes, box_indices, output_size, spatial_scale: float,
     return tf.cast(out, in_dtype)
 
 
+@handles_empty_boxes
 def crop_and_resize_pool(features, boxes, box_indices, output_size, spatial_scale: float,
                          sampling_ratio: int = 2, aligned: bool = True) -> tf.Tensor:
     """matterport's PyramidROIAlign pooling: tf.image.crop_and_resize, bilinear, one point per bin.

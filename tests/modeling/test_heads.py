@@ -125,10 +125,11 @@ def test_full_window_conv_matches_the_conv_it_replaces():
 
     conv = keras.layers.Conv2D(16, 7, padding="valid")
     x = tf.random.normal([5, 7, 7, 8], seed=1)
-    expected = conv(x)  # builds the layer and computes the reference
-    conv.bias.assign(tf.random.normal([16], seed=2))
+    conv.build(x.shape)
+    conv.bias.assign(tf.random.normal([16], seed=2))  # a non-zero bias must be applied too
     expected = conv(x)
     np.testing.assert_allclose(_full_window_conv(conv, x).numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
     pointwise = keras.layers.Conv2D(4, 1)
     x1 = tf.random.normal([5, 1, 1, 16], seed=3)
-    np.testing.assert_allclose(_full_window_conv(pointwise, x1).numpy(), pointwise(x1).numpy(), rtol=1e-5, atol=1e-5)
+    expected = pointwise(x1)  # builds the layer
+    np.testing.assert_allclose(_full_window_conv(pointwise, x1).numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)

@@ -151,3 +151,31 @@ def test_get_pooler():
     assert set(rp.POOLERS) == {"roi_align", "roi_align_max", "roi_pool", "roi_warp", "crop_and_resize"}
     with pytest.raises(ValueError, match="'roi_bogus'"):
         rp.get_pooler("roi_bogus")
+
+
+def test_statically_empty_box_list_first_call_does_not_crash():
+    # Regression: with K statically 0 on the FIRST (eager) call, Grappler constant-folded the
+    # fallback's tap arithmetic with zero-sized dimensions and the process died of SIGFPE. The
+    # order matters (an earlier trace generalizes K), so this runs in a fresh interpreter.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import os
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        import tensorflow as tf
+        from mrcnn.ops.roi_align import roi_align
+        from mrcnn.ops.roi_pooling import POOLERS
+        features = tf.random.normal([1, 16, 16, 8])
+        for impl in ("tf", "op"):
+            os.environ["MRCNN_ROI_ALIGN"] = impl if impl == "tf" else "auto"
+            out = roi_align(features, tf.zeros([0, 4]), tf.zeros([0], tf.int32), (7, 7), 0.25)
+            assert out.shape == (0, 7, 7, 8), out.shape
+        for name, pooler in POOLERS.items():
+            out = pooler(features, tf.zeros([0, 4]), tf.zeros([0], tf.int32), (7, 7), 0.25)
+            assert out.shape == (0, 7, 7, 8), (name, out.shape)
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, (result.returncode, result.stderr[-2000:])
