@@ -5,8 +5,8 @@ timed single-image `detect` calls after warm-up, and the process's peak RSS. Wei
 latency does not depend on them except through the number of detections, so the mask head runs on
 all DETECTION_MAX_INSTANCES slots either way (the graph has static shapes).
 
-800 px is not a multiple of 64, so it runs in `pad64` mode (800x800 padded to 832x832), as a
-matterport config with IMAGE_MIN_DIM = IMAGE_MAX_DIM = 800 would.
+800 px is not a multiple of 64, so it runs in `pad64` mode: the 800x800 image is kept at its size
+and zero-padded to 832x832.
 
     python bench/inference.py [--sizes 512 800 1024] [--repeats 5]
 """
@@ -33,9 +33,12 @@ from mrcnn.ops.roi_align import active_implementation  # noqa: E402
 
 
 def make_config(size: int) -> Config:
-    mode = "square" if size % 64 == 0 else "pad64"
+    if size % 64 == 0:
+        dims = dict(IMAGE_RESIZE_MODE="square", IMAGE_MIN_DIM=size, IMAGE_MAX_DIM=size)
+    else:  # pad64 keeps the image at its size (no upscaling: MIN_DIM 64) and pads to a multiple of 64
+        dims = dict(IMAGE_RESIZE_MODE="pad64", IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64 * -(-size // 64))
     attrs = dict(NAME="bench", NUM_CLASSES=81, BACKBONE="resnet50", IMAGES_PER_GPU=1,
-                 IMAGE_MIN_DIM=size, IMAGE_MAX_DIM=size, IMAGE_RESIZE_MODE=mode, DETECTION_MIN_CONFIDENCE=0.0)
+                 DETECTION_MIN_CONFIDENCE=0.0, **dims)
     return type("BenchConfig", (Config,), attrs)()
 
 

@@ -562,6 +562,37 @@ class MaskRCNN(keras.Model):
             full_masks[:, :, n] = utils.unmold_mask(masks[n], boxes[n], (height, width))
         return {"rois": boxes, "class_ids": class_ids, "scores": scores, "masks": full_masks}
 
+    def recalibrate_batchnorm(self, images: Sequence[np.ndarray], batch_size: int | None = None,
+                              passes: int = 1, verbose: int = 0) -> int:
+        """Re-estimates BatchNorm moving statistics on inference-time inputs ("PreciseBN").
+
+        With TRAIN_BN the heads' BatchNorms learn their moving statistics from the sampled
+        training RoIs (zero-padded slots included), while detection feeds them all proposals;
+        after a short from-scratch run the backbone's averages also lag its weights. Both make
+        inference-mode outputs wrong although batch-statistics outputs are right. This runs
+        the inference graph over `images` with batch statistics, so every moving average is
+        updated (at BN_MOMENTUM) from the inputs it will see. Weights are not changed.
+
+        Args:
+            images: training images ([H,W,3]); a few hundred are plenty.
+            batch_size: images per forward pass (default BATCH_SIZE; at least 2 is best).
+            passes: times to go over `images`.
+            verbose: 1 shows a progress bar.
+        Returns:
+            The number of forward passes run.
+        """
+        batch = int(batch_size or self.config.BATCH_SIZE)
+        molded, metas, _ = self.mold_inputs(list(images))
+        starts = [k for _ in range(passes) for k in range(0, len(molded), batch)]
+        for k in _progress(starts, verbose, "recalibrate BN"):
+            self._calibrate(tf.constant(molded[k:k + batch]), tf.constant(metas[k:k + batch]))
+        return len(starts)
+
+    @tf.function(reduce_retracing=True)
+    def _calibrate(self, images: tf.Tensor, metas: tf.Tensor) -> tf.Tensor:
+        outputs = self({"input_image": images, "input_image_meta": metas}, training=True)
+        return outputs["detections"]
+
     def run_graph(self, images: Sequence[np.ndarray], outputs: Sequence[str] | dict[str, str]
                   ) -> dict[str, np.ndarray]:
         """Runs the inference graph and returns named intermediate tensors (for the notebooks).

@@ -304,3 +304,16 @@ def test_bn_momentum_reaches_every_batchnorm():
     norms = [layer for layer in model.all_layers() if isinstance(layer, keras.layers.BatchNormalization)]
     assert len(norms) > 50  # backbone + both heads
     assert {layer.momentum for layer in norms} == {0.9}
+
+
+def test_recalibrate_batchnorm_updates_statistics_not_weights():
+    model = MaskRCNN(mode="inference", config=TinyConfig().update(TRAIN_BN=True))
+    model.ensure_built()
+    norms = [layer for layer in model.all_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    stats_before = [layer.moving_mean.numpy().copy() for layer in norms]
+    weights_before = [v.numpy().copy() for v in model.trainable_variables]
+    images = [_shapes(4, seed=6).load_image(i) for i in range(4)]
+    assert model.recalibrate_batchnorm(images, batch_size=2) == 2
+    assert all(not np.allclose(a, layer.moving_mean.numpy()) for a, layer in zip(stats_before, norms))
+    for before, variable in zip(weights_before, model.trainable_variables):
+        np.testing.assert_array_equal(before, variable.numpy())
