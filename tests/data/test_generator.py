@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -12,12 +9,7 @@ from mrcnn import utils
 from mrcnn.config import Config
 from mrcnn.data import augment, targets
 from mrcnn.data.generator import DataGenerator
-
-_REFERENCE = str(Path(__file__).resolve().parents[1] / "reference")
-if _REFERENCE not in sys.path:
-    sys.path.insert(0, _REFERENCE)
-
-from toy_datasets import SquaresDataset  # noqa: E402
+from tests.reference.toy_datasets import SquaresDataset
 
 
 class TinyConfig(Config):

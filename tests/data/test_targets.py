@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -13,14 +10,9 @@ from hypothesis import strategies as st
 from mrcnn import utils
 from mrcnn.config import Config
 from mrcnn.data import augment, targets
-
-_REFERENCE = str(Path(__file__).resolve().parents[1] / "reference")
-if _REFERENCE not in sys.path:
-    sys.path.insert(0, _REFERENCE)
-
-from rpn_targets_ref import iou as ref_iou  # noqa: E402
-from rpn_targets_ref import label_anchors_ref  # noqa: E402
-from toy_datasets import SquaresDataset  # noqa: E402
+from tests.reference.rpn_targets_ref import iou as ref_iou
+from tests.reference.rpn_targets_ref import label_anchors_ref
+from tests.reference.toy_datasets import SquaresDataset
 
 
 class TinyConfig(Config):
