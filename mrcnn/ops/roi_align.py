@@ -281,6 +281,20 @@ _roi_align_tf_traced = tf.function(_roi_align_tf_core, reduce_retracing=True, au
 
 
 @tf.autograph.experimental.do_not_convert
+def _prepare_inputs(features, boxes, box_indices, output_size):
+    """Converts, checks and picks the compute dtype (float32 for float16/bfloat16)."""
+    features = tf.convert_to_tensor(features)
+    boxes = tf.convert_to_tensor(boxes)
+    box_indices = tf.convert_to_tensor(box_indices)
+    _check_inputs(features, boxes, box_indices)
+    ph, pw = _pooled_size(output_size)
+    compute = features.dtype if features.dtype in _OP_DTYPES else tf.float32
+    # Gradients go to the features only (as roi_align's); autodiff would also reach the boxes.
+    boxes = tf.stop_gradient(tf.cast(boxes, compute))
+    return (tf.cast(features, compute), boxes, tf.cast(box_indices, tf.int32),
+            ph, pw, features.dtype)
+
+
 def handles_empty_boxes(pooler: Callable[..., tf.Tensor]) -> Callable[..., tf.Tensor]:
     """Returns [0, ph, pw, C] at once for a box list that is statically empty.
 
@@ -313,18 +327,12 @@ def roi_align_tf(features, boxes, box_indices, output_size, spatial_scale: float
     gradient (to features only) scatter-adds the same weights; boxes and box_indices get None.
     float16/bfloat16 are computed in float32 and cast back.
     """
-    features = tf.convert_to_tensor(features)
-    boxes = tf.convert_to_tensor(boxes)
-    box_indices = tf.convert_to_tensor(box_indices)
-    _check_inputs(features, boxes, box_indices)
-    ph, pw = _pooled_size(output_size)
-    in_dtype = features.dtype
-    compute = in_dtype if in_dtype in _OP_DTYPES else tf.float32
+    features, boxes, box_indices, ph, pw, in_dtype = _prepare_inputs(features, boxes, box_indices, output_size)
     # Eagerly, run the core as a traced function: its tap loop is ~200 small ops, which cost
     # ~50 ms per call one by one; inside a graph it is inlined as is.
     core = _roi_align_tf_traced if tf.executing_eagerly() else _roi_align_tf_core
-    out = core(tf.cast(features, compute), tf.cast(boxes, compute), box_indices,
-               ph, pw, _float32_attr(spatial_scale), int(sampling_ratio), bool(aligned))
+    out = core(features, boxes, box_indices, ph, pw, _float32_attr(spatial_scale), int(sampling_ratio),
+               bool(aligned))
     return tf.cast(out, in_dtype)
 
 
@@ -423,15 +431,8 @@ def roi_align_op(features, boxes, box_indices, output_size, spatial_scale: float
     library = load_op_library()
     if library is None:
         raise RuntimeError(f"RoIAlign op unavailable: {_load_error}")
-    features = tf.convert_to_tensor(features)
-    boxes = tf.convert_to_tensor(boxes)
-    box_indices = tf.convert_to_tensor(box_indices)
-    _check_inputs(features, boxes, box_indices)
-    ph, pw = _pooled_size(output_size)
-    in_dtype = features.dtype
-    compute = in_dtype if in_dtype in _OP_DTYPES else tf.float32
-    out = library.roi_align(tf.cast(features, compute), tf.cast(boxes, compute),
-                            tf.cast(box_indices, tf.int32), pooled_height=ph, pooled_width=pw,
+    features, boxes, box_indices, ph, pw, in_dtype = _prepare_inputs(features, boxes, box_indices, output_size)
+    out = library.roi_align(features, boxes, box_indices, pooled_height=ph, pooled_width=pw,
                             spatial_scale=_float32_attr(spatial_scale), sampling_ratio=int(sampling_ratio),
                             aligned=bool(aligned))
     return tf.cast(out, in_dtype)

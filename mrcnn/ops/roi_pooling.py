@@ -27,30 +27,14 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from mrcnn.ops.roi_align import (
-    _OP_DTYPES,
-    _check_inputs,
     _float32_attr,
-    _pooled_size,
+    _prepare_inputs,
     _taps,
     handles_empty_boxes,
     roi_align,
 )
 
 __all__ = ["roi_align_max", "roi_pool", "roi_warp", "crop_and_resize_pool", "POOLERS", "get_pooler"]
-
-
-def _prepare(features, boxes, box_indices, output_size):
-    """Converts, checks and picks the compute dtype (float32 for float16/bfloat16)."""
-    features = tf.convert_to_tensor(features)
-    boxes = tf.convert_to_tensor(boxes)
-    box_indices = tf.convert_to_tensor(box_indices)
-    _check_inputs(features, boxes, box_indices)
-    ph, pw = _pooled_size(output_size)
-    compute = features.dtype if features.dtype in _OP_DTYPES else tf.float32
-    # Gradients go to the features only (as roi_align's); autodiff would also reach the boxes.
-    boxes = tf.stop_gradient(tf.cast(boxes, compute))
-    return (tf.cast(features, compute), boxes, tf.cast(box_indices, tf.int32),
-            ph, pw, features.dtype)
 
 
 def _check_box_indices(box_indices: tf.Tensor, batch: tf.Tensor) -> list[tf.Operation]:
@@ -91,7 +75,7 @@ def roi_align_max(features, boxes, box_indices, output_size, spatial_scale: floa
 
     Args/Returns: as `mrcnn.ops.roi_align.roi_align`.
     """
-    features, boxes, box_indices, ph, pw, in_dtype = _prepare(features, boxes, box_indices, output_size)
+    features, boxes, box_indices, ph, pw, in_dtype = _prepare_inputs(features, boxes, box_indices, output_size)
     dtype = features.dtype
     fshape = tf.shape(features)
     with tf.control_dependencies(_check_box_indices(box_indices, fshape[0])):
@@ -136,7 +120,7 @@ def roi_pool(features, boxes, box_indices, output_size, spatial_scale: float,
     Args/Returns: as `mrcnn.ops.roi_align.roi_align`.
     """
     del sampling_ratio, aligned  # quantized pooling has neither
-    features, boxes, box_indices, ph, pw, in_dtype = _prepare(features, boxes, box_indices, output_size)
+    features, boxes, box_indices, ph, pw, in_dtype = _prepare_inputs(features, boxes, box_indices, output_size)
     dtype = features.dtype
     fshape = tf.shape(features)
     height, width = fshape[1], fshape[2]
@@ -186,7 +170,7 @@ def roi_warp(features, boxes, box_indices, output_size, spatial_scale: float,
     Args/Returns: as `mrcnn.ops.roi_align.roi_align`.
     """
     del aligned
-    features, boxes, box_indices, ph, pw, in_dtype = _prepare(features, boxes, box_indices, output_size)
+    features, boxes, box_indices, ph, pw, in_dtype = _prepare_inputs(features, boxes, box_indices, output_size)
     scale = _float32_attr(spatial_scale)
     quantized = _round_half_away(boxes * tf.cast(scale, boxes.dtype))
     # Back to input pixels for roi_align, which multiplies by spatial_scale again; the product
@@ -217,7 +201,7 @@ def crop_and_resize_pool(features, boxes, box_indices, output_size, spatial_scal
     Args/Returns: as `mrcnn.ops.roi_align.roi_align`.
     """
     del sampling_ratio, aligned
-    features, boxes, box_indices, ph, pw, in_dtype = _prepare(features, boxes, box_indices, output_size)
+    features, boxes, box_indices, ph, pw, in_dtype = _prepare_inputs(features, boxes, box_indices, output_size)
     dtype = features.dtype
     fshape = tf.shape(features)
     size = tf.cast(tf.stack([fshape[1], fshape[2], fshape[1], fshape[2]]), dtype)
