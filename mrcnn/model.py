@@ -327,12 +327,12 @@ class MaskRCNN(keras.Model):
         Returns:
             The names of the trainable layers.
         """
+        from mrcnn.weights import find_weight_layers
+
         self.ensure_built()
         pattern = re.compile(layer_regex)
         trainable = []
-        for layer in self.all_layers():
-            if not layer.weights or _has_sublayers(layer):
-                continue
+        for layer in find_weight_layers(self).values():
             layer.trainable = bool(pattern.fullmatch(layer.name))
             if layer.trainable:
                 trainable.append(layer.name)
@@ -627,10 +627,6 @@ def make_optimizer(config: Config, learning_rate: float | None = None) -> keras.
 def _active_class_ids(meta: tf.Tensor, num_classes: int) -> tf.Tensor:
     """active_class_ids [B,K] from image metas [B,META] (the last K entries, see compose_image_meta)."""
     return meta[:, -num_classes:]
-
-
-def _has_sublayers(layer: keras.layers.Layer) -> bool:
-    return any(True for _ in layer._flatten_layers(include_self=False, recursive=False))
 
 
 def _as_rgb(image: np.ndarray, channels: int, index: int) -> np.ndarray:

@@ -184,6 +184,13 @@ def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, threshold: float)
     return np.asarray(keep, dtype=np.int32)
 
 
+def _center_size(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """[N, (y1, x1, y2, x2)] -> (center_y, center_x, height, width), each [N]; h = y2 - y1."""
+    height = boxes[:, 2] - boxes[:, 0]
+    width = boxes[:, 3] - boxes[:, 1]
+    return boxes[:, 0] + 0.5 * height, boxes[:, 1] + 0.5 * width, height, width
+
+
 def box_refinement(box: np.ndarray, gt_box: np.ndarray) -> np.ndarray:
     """Deltas that turn each `box` into its `gt_box`.
 
@@ -198,14 +205,8 @@ def box_refinement(box: np.ndarray, gt_box: np.ndarray) -> np.ndarray:
     gt_box = _check_boxes("gt_box", gt_box).astype(np.float64)
     if box.shape != gt_box.shape:
         raise ValueError(f"box and gt_box must have the same shape, got {box.shape} and {gt_box.shape}")
-    height = box[:, 2] - box[:, 0]
-    width = box[:, 3] - box[:, 1]
-    center_y = box[:, 0] + 0.5 * height
-    center_x = box[:, 1] + 0.5 * width
-    gt_height = gt_box[:, 2] - gt_box[:, 0]
-    gt_width = gt_box[:, 3] - gt_box[:, 1]
-    gt_center_y = gt_box[:, 0] + 0.5 * gt_height
-    gt_center_x = gt_box[:, 1] + 0.5 * gt_width
+    center_y, center_x, height, width = _center_size(box)
+    gt_center_y, gt_center_x, gt_height, gt_width = _center_size(gt_box)
     deltas = np.stack(
         [
             (gt_center_y - center_y) / height,
@@ -232,10 +233,9 @@ def apply_box_deltas(boxes: np.ndarray, deltas: np.ndarray) -> np.ndarray:
     deltas = _check_boxes("deltas", deltas).astype(np.float64)
     if boxes.shape != deltas.shape:
         raise ValueError(f"boxes and deltas must have the same shape, got {boxes.shape} and {deltas.shape}")
-    height = boxes[:, 2] - boxes[:, 0]
-    width = boxes[:, 3] - boxes[:, 1]
-    center_y = boxes[:, 0] + 0.5 * height + deltas[:, 0] * height
-    center_x = boxes[:, 1] + 0.5 * width + deltas[:, 1] * width
+    center_y, center_x, height, width = _center_size(boxes)
+    center_y = center_y + deltas[:, 0] * height
+    center_x = center_x + deltas[:, 1] * width
     height = height * np.exp(deltas[:, 2])
     width = width * np.exp(deltas[:, 3])
     y1 = center_y - 0.5 * height

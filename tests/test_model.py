@@ -14,6 +14,7 @@ from mrcnn.config import Config
 from mrcnn.data.generator import DataGenerator
 from mrcnn.data.shapes import ShapesDataset
 from mrcnn.model import MaskRCNN
+from mrcnn.weights import find_weight_layers
 
 
 class TinyConfig(Config):
@@ -188,9 +189,7 @@ def _legacy_h5_from_model(model: MaskRCNN, path: str, shape_override: dict | Non
     written = {}
     with h5py.File(path, "w") as f:
         names = []
-        for layer in model.all_layers():
-            if not layer.weights or any(True for _ in layer._flatten_layers(include_self=False, recursive=False)):
-                continue
+        for layer in find_weight_layers(model).values():
             group = f.create_group(layer.name)
             weight_names = []
             for w in layer.weights:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from mrcnn.evaluation.ap import compute_ap
+from mrcnn.utils import extract_bboxes
 
 DEFAULT_IOU_THRESHOLDS = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2))
 
@@ -59,7 +60,7 @@ def evaluate_dataset(model: Any, dataset: Any, image_ids: Sequence[int] | None =
             if gt_class_ids.size == 0:
                 skipped += 1
                 continue
-            gt_boxes = _boxes_from_masks(gt_masks)
+            gt_boxes = extract_bboxes(gt_masks)
             for kind, use_masks in (("box", False), ("mask", True)):
                 aps = [compute_ap(gt_boxes, gt_class_ids, gt_masks, result["rois"], result["class_ids"],
                                   result["scores"], result["masks"], iou_threshold=float(t), use_masks=use_masks)[0]
@@ -80,12 +81,6 @@ def evaluate_dataset(model: Any, dataset: Any, image_ids: Sequence[int] | None =
         "images_without_gt": skipped,
         "seconds_per_image": detect_seconds / len(image_ids),
     }
-
-
-def _boxes_from_masks(masks: np.ndarray) -> np.ndarray:
-    from mrcnn.utils import extract_bboxes
-
-    return extract_bboxes(masks)
 
 
 def _mean(values: list[float]) -> float:
