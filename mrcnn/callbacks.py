@@ -6,19 +6,128 @@
 * `StopOnNaN` stops training at the first non-finite batch loss with a message naming the epoch
   and batch.
 * TensorBoard logs go to the run's log dir.
+
+A checkpoint is a Keras 3 ``.weights.h5`` file: the model's weights and, once the optimizer has
+taken a step, its variables (Keras writes them by position under ``optimizer/vars``). We add two
+file attributes so that a run can really resume: ``mrcnn_epoch`` (epochs completed) and
+``mrcnn_optimizer_variables`` (the optimizer variables' names, in Keras' order). The names embed
+the model variable paths (``<var path>_momentum``), so `restore_optimizer_state` puts the
+iteration count and every slot (momentum, Adam moments) back by name, also after the set of
+trainable layers changed between stages.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from typing import Any
 
+import h5py
 import keras
+import numpy as np
+
+EPOCH_ATTR = "mrcnn_epoch"
+OPTIMIZER_NAMES_ATTR = "mrcnn_optimizer_variables"
+# The learning rate is given anew by each training stage (or computed by a schedule from the
+# iteration count): restoring the saved value would override the stage's own.
+_NOT_RESTORED = ("learning_rate",)
+
+
+def write_checkpoint(model: keras.Model, path: str, epoch: int) -> str:
+    """Saves weights (+ optimizer variables when built) to `path` atomically, with resume attributes.
+
+    Args:
+        model: the model; its optimizer, when compiled and built, is saved too.
+        path: target file ending in ``.weights.h5``.
+        epoch: epochs completed at this point (stored as ``mrcnn_epoch``).
+    Returns:
+        `path`.
+    """
+    if not path.endswith(".weights.h5"):
+        raise ValueError(f"checkpoint path must end in '.weights.h5' (Keras 3), got {path!r}")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    # Keras 3 insists on the .weights.h5 suffix, so the temporary file keeps it.
+    tmp_path = path[: -len(".weights.h5")] + ".tmp.weights.h5"
+    model.save_weights(tmp_path)
+    optimizer = getattr(model, "optimizer", None)
+    names = [v.name for v in optimizer.variables] if optimizer is not None and optimizer.built else []
+    with h5py.File(tmp_path, "a") as f:
+        f.attrs[EPOCH_ATTR] = int(epoch)
+        f.attrs[OPTIMIZER_NAMES_ATTR] = json.dumps(names)
+    os.replace(tmp_path, path)
+    return path
+
+
+def checkpoint_epoch(path: str) -> int | None:
+    """Epochs completed recorded in a checkpoint (None for files written by other tools)."""
+    with h5py.File(path, "r") as f:
+        value = f.attrs.get(EPOCH_ATTR)
+    return None if value is None else int(value)
+
+
+def read_optimizer_state(path: str) -> dict[str, np.ndarray]:
+    """The optimizer variables stored in checkpoint `path`, by name ({} when it has none).
+
+    Raises:
+        ValueError: when the file's optimizer data does not match its recorded names (naming the file).
+    """
+    with h5py.File(path, "r") as f:
+        names = json.loads(f.attrs.get(OPTIMIZER_NAMES_ATTR, "[]"))
+        group = f.get("optimizer/vars")
+        if not names:
+            return {}
+        if group is None or len(group) != len(names):
+            found = 0 if group is None else len(group)
+            raise ValueError(f"{path}: records {len(names)} optimizer variable names but holds {found} "
+                             "optimizer variables (file written by another tool?)")
+        return {name: np.asarray(group[str(i)]) for i, name in enumerate(names)}
+
+
+def optimizer_state(optimizer: keras.optimizers.Optimizer) -> dict[str, np.ndarray]:
+    """The optimizer's variables by name (empty before it is built)."""
+    if optimizer is None or not optimizer.built:
+        return {}
+    return {v.name: np.asarray(v.numpy()) for v in optimizer.variables}
+
+
+def restore_optimizer_state(optimizer: keras.optimizers.Optimizer, state: str | dict[str, np.ndarray]
+                            ) -> dict[str, list[str]]:
+    """Assigns saved optimizer variables to `optimizer` by name: iteration count, momentum, moments.
+
+    The optimizer must be built (``optimizer.build(model.trainable_variables)``), under the
+    strategy scope when there is one. The learning rate is not restored (see `_NOT_RESTORED`).
+
+    Args:
+        optimizer: the built optimizer.
+        state: a checkpoint path (`read_optimizer_state`) or a dict from `optimizer_state`.
+    Returns:
+        {"restored": names, "missing": names of this optimizer that `state` lacks (they keep their
+        fresh values, e.g. slots of layers newly made trainable), "unused": names in `state` only}.
+    Raises:
+        ValueError: when the optimizer is not built.
+    """
+    if not optimizer.built:
+        raise ValueError("restore_optimizer_state needs a built optimizer: call "
+                         "optimizer.build(model.trainable_variables) first")
+    stored = read_optimizer_state(state) if isinstance(state, (str, os.PathLike)) else dict(state)
+    restored, missing = [], []
+    for variable in optimizer.variables:
+        if variable.name in _NOT_RESTORED:
+            continue
+        value = stored.get(variable.name)
+        if value is None or tuple(value.shape) != tuple(variable.shape):
+            missing.append(variable.name)
+            continue
+        variable.assign(value)
+        restored.append(variable.name)
+    current = {v.name for v in optimizer.variables}
+    unused = sorted(n for n in stored if n not in current and n not in _NOT_RESTORED)
+    return {"restored": restored, "missing": missing, "unused": unused}
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):
-    """Saves `model.save_weights` to `checkpoint_path.format(epoch=epoch + 1)` atomically.
+    """Saves weights and optimizer state to `checkpoint_path.format(epoch=epoch + 1)` atomically.
 
     Args:
         checkpoint_path: a path template with ``{epoch:04d}``, ending in ``.weights.h5``.
@@ -32,19 +141,16 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self.checkpoint_path = checkpoint_path
         self.verbose = verbose
         self.last_saved: str | None = None
+        self.completed_epochs: int | None = None  # epochs completed at the last checkpoint
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             print(f"\nEpoch {epoch + 1}: loss is {loss}; not saving. Last good checkpoint: {self.last_saved}")
             return
-        path = self.checkpoint_path.format(epoch=epoch + 1)
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        # Keras 3 insists on the .weights.h5 suffix, so the temporary file keeps it.
-        tmp_path = path[: -len(".weights.h5")] + ".tmp.weights.h5"
-        self.model.save_weights(tmp_path)
-        os.replace(tmp_path, path)
+        path = write_checkpoint(self.model, self.checkpoint_path.format(epoch=epoch + 1), epoch + 1)
         self.last_saved = path
+        self.completed_epochs = epoch + 1
         if self.verbose:
             print(f"\nEpoch {epoch + 1}: saved {path}")
 

@@ -29,6 +29,8 @@ import numpy as np
 RESIZE_MODES = ("none", "square", "pad64", "crop")
 POOLING_MODES = ("roi_align", "roi_align_max", "roi_pool", "roi_warp", "crop_and_resize")
 BACKBONES = ("resnet50", "resnet101")
+HEAD_NORMS = ("bn", "gn", "none")
+MIXED_PRECISION_POLICIES = (None, "mixed_bfloat16", "mixed_float16")
 DERIVED_FIELDS = ("BATCH_SIZE", "IMAGE_SHAPE", "IMAGE_META_SIZE")
 
 
@@ -54,6 +56,13 @@ class Config:
       (Keras/matterport 0.99). Short from-scratch runs want ~0.9: with 0.99 the statistics used
       at inference are still mostly their initial values after a few hundred steps.
     * ``SEED``: seed for data shuffling/augmentation; None for nondeterministic.
+    * ``HEAD_NORM``: normalization in the box and mask heads: ``"bn"`` (matterport's BatchNorm, so its
+      weights load; default), ``"gn"`` (GroupNorm, 32 groups: per-RoI statistics, the same in training
+      and inference; best for training from scratch) or ``"none"`` (the paper's heads).
+    * ``MIXED_PRECISION``: None (float32), ``"mixed_bfloat16"`` or ``"mixed_float16"``: the Keras
+      dtype policy of the model's layers (variables stay float32; heads' outputs and losses are
+      float32; float16 training uses loss scaling). bfloat16 needs no loss scaling and runs fast on
+      CPUs with AVX512-BF16/AMX.
     """
 
     NAME: str | None = None
@@ -112,6 +121,7 @@ class Config:
         "mrcnn_class_loss": 1.0,
         "mrcnn_bbox_loss": 1.0,
         "mrcnn_mask_loss": 1.0,
+        "mrcnn_keypoint_loss": 1.0,  # used only with KEYPOINT_HEAD
     }
     USE_RPN_ROIS: bool = True
     TRAIN_BN: bool | None = False
@@ -126,6 +136,29 @@ class Config:
     OPTIMIZER: str = "sgd"
     BN_MOMENTUM: float = 0.99
     SEED: int | None = None
+    HEAD_NORM: str = "bn"
+    MIXED_PRECISION: str | None = None
+
+    # --- Keypoint R-CNN (issue #6, keypoint head; README "Keypoints") ----------------------------
+    # KEYPOINT_HEAD adds the keypoint branch: RoIAlign at KEYPOINT_POOL_SIZE -> KEYPOINT_HEAD_NUM_CONVS
+    # x (3x3 conv, KEYPOINT_HEAD_CONV_CHANNELS, ReLU) -> 4x4 stride-2 deconv -> 2x bilinear upsampling
+    # to KEYPOINT_MASK_SHAPE = 4 * KEYPOINT_POOL_SIZE (paper: 14 -> 56), one channel per keypoint,
+    # trained with a softmax cross-entropy over the heatmap positions per labelled keypoint.
+    # The dataset must implement load_keypoints. KEYPOINT_NAMES (optional) label the keypoints;
+    # KEYPOINT_FLIP_MAP gives each keypoint's mirror partner for flip augmentation (default: from
+    # "left_"/"right_" names, else none); KEYPOINT_SKELETON lists the limbs drawn by visualize.
+    # MASK_HEAD = False removes the mask branch (keypoint-only model; with KEYPOINT_HEAD = False too,
+    # boxes only).
+    KEYPOINT_HEAD: bool = False
+    NUM_KEYPOINTS: int = 17
+    KEYPOINT_NAMES: tuple[str, ...] | None = None
+    KEYPOINT_FLIP_MAP: tuple[int, ...] | None = None
+    KEYPOINT_SKELETON: tuple[tuple[int, int], ...] | None = None
+    KEYPOINT_POOL_SIZE: int = 14
+    KEYPOINT_MASK_SHAPE: tuple[int, int] = (56, 56)
+    KEYPOINT_HEAD_CONV_CHANNELS: int = 512
+    KEYPOINT_HEAD_NUM_CONVS: int = 8
+    MASK_HEAD: bool = True
 
     def __init__(self) -> None:
         # Copy mutable class-level defaults so instances never share (and mutate) them.
@@ -214,6 +247,11 @@ class Config:
             raise ValueError(f"POOLING_MODE must be one of {POOLING_MODES}, got {self.POOLING_MODE!r}")
         if not 0.0 <= self.BN_MOMENTUM < 1.0:
             raise ValueError(f"BN_MOMENTUM must be in [0, 1), got {self.BN_MOMENTUM!r}")
+        if self.HEAD_NORM not in HEAD_NORMS:
+            raise ValueError(f"HEAD_NORM must be one of {HEAD_NORMS}, got {self.HEAD_NORM!r}")
+        if self.MIXED_PRECISION not in MIXED_PRECISION_POLICIES:
+            raise ValueError(f"MIXED_PRECISION must be one of {MIXED_PRECISION_POLICIES}, "
+                             f"got {self.MIXED_PRECISION!r}")
         if self.OPTIMIZER not in ("sgd", "adam", "adamw"):
             raise ValueError(f"OPTIMIZER must be 'sgd', 'adam' or 'adamw', got {self.OPTIMIZER!r}")
         if self.ROI_LEVEL_MODE not in ("matterport", "paper"):
@@ -225,6 +263,33 @@ class Config:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        self._validate_keypoint_fields()
+
+    def _validate_keypoint_fields(self) -> None:
+        """Checks the Keypoint R-CNN block (names, flip map and skeleton must fit NUM_KEYPOINTS)."""
+        from mrcnn.data.keypoints import check_flip_map, flip_map_from_names
+
+        for name in ("NUM_KEYPOINTS", "KEYPOINT_POOL_SIZE", "KEYPOINT_HEAD_CONV_CHANNELS", "KEYPOINT_HEAD_NUM_CONVS"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        k = int(self.NUM_KEYPOINTS)
+        shape = [int(v) for v in self.KEYPOINT_MASK_SHAPE]
+        if shape != [4 * self.KEYPOINT_POOL_SIZE] * 2:
+            raise ValueError(
+                f"KEYPOINT_MASK_SHAPE {list(self.KEYPOINT_MASK_SHAPE)} must be 4 * KEYPOINT_POOL_SIZE "
+                f"({self.KEYPOINT_POOL_SIZE}) square: the keypoint head upsamples by 2 (deconv) and 2 (bilinear)"
+            )
+        if self.KEYPOINT_NAMES is not None:
+            if len(self.KEYPOINT_NAMES) != k:
+                raise ValueError(f"KEYPOINT_NAMES has {len(self.KEYPOINT_NAMES)} names but NUM_KEYPOINTS is {k}")
+            if self.KEYPOINT_FLIP_MAP is None:
+                flip_map_from_names(self.KEYPOINT_NAMES)  # raises for a left_ name without right_ partner
+        if self.KEYPOINT_FLIP_MAP is not None:
+            check_flip_map(self.KEYPOINT_FLIP_MAP, k, "KEYPOINT_FLIP_MAP")
+        for pair in self.KEYPOINT_SKELETON or ():
+            if len(pair) != 2 or any(not 0 <= int(i) < k for i in pair):
+                raise ValueError(f"KEYPOINT_SKELETON entries must be pairs of keypoint indices in [0, {k}), got {pair!r}")
 
     def update(self, **fields: Any) -> Config:
         """Sets fields on this instance, recomputes derived values and validates; returns self.

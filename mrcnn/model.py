@@ -23,16 +23,26 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mrcnn import utils
+from mrcnn import distribute, utils
 from mrcnn.config import Config
 from mrcnn.layers import DetectionLayer, DetectionTargetLayer, ProposalLayer, PyramidROIAlign
+from mrcnn.layers.keypoint_target import KeypointTargetLayer
 from mrcnn.modeling import losses as loss_fns
 from mrcnn.modeling.backbone import FPN, ResNet
 from mrcnn.modeling.heads import BoxHead, MaskHead
+from mrcnn.modeling.keypoint_head import KeypointHead, heatmaps_to_keypoints
 from mrcnn.modeling.rpn import RPNHead
 from mrcnn.ops.boxes import norm_boxes
 
 LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss", "mrcnn_mask_loss")
+KEYPOINT_LOSS_NAME = "mrcnn_keypoint_loss"
+
+
+def loss_names(config: Config) -> tuple[str, ...]:
+    """The losses a model of `config` computes: LOSS_NAMES without the mask loss when MASK_HEAD is
+    False, plus the keypoint loss with KEYPOINT_HEAD."""
+    names = tuple(n for n in LOSS_NAMES if config.MASK_HEAD or n != "mrcnn_mask_loss")
+    return names + ((KEYPOINT_LOSS_NAME,) if config.KEYPOINT_HEAD else ())
 
 # Regular expressions over layer names selecting what `train(layers=...)` trains (matterport's sets).
 _HEADS = r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)"
@@ -49,6 +59,7 @@ GRAPH_OUTPUTS = (
     "anchors", "C2", "C3", "C4", "C5", "P2", "P3", "P4", "P5", "P6",
     "rpn_class_logits", "rpn_class", "rpn_bbox", "proposals",
     "mrcnn_class", "mrcnn_bbox", "detections", "mrcnn_mask",
+    "mrcnn_keypoints",  # with KEYPOINT_HEAD: [B, D, K, 3] (x, y normalized, score)
 )
 
 
@@ -86,7 +97,7 @@ class MaskRCNN(keras.Model):
         self.checkpoint_path: str | None = None
         self._anchor_cache: dict[tuple[int, int], np.ndarray] = {}
         self._build_layers()
-        self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in ("loss",) + LOSS_NAMES}
+        self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in ("loss",) + loss_names(config)}
 
     # ------------------------------------------------------------------------------------------
     # Graph
@@ -110,10 +121,20 @@ class MaskRCNN(keras.Model):
         pooling = dict(pooling_mode=c.POOLING_MODE, sampling_ratio=c.ROI_ALIGN_SAMPLING_RATIO,
                        aligned=c.ROI_ALIGN_ALIGNED, level_mode=c.ROI_LEVEL_MODE)
         self.roi_align_classifier = PyramidROIAlign(c.POOL_SIZE, name="roi_align_classifier", **pooling)
-        self.roi_align_mask = PyramidROIAlign(c.MASK_POOL_SIZE, name="roi_align_mask", **pooling)
+        # MASK_HEAD = False (keypoint-only / boxes-only model): no mask branch at all.
+        self.roi_align_mask = (PyramidROIAlign(c.MASK_POOL_SIZE, name="roi_align_mask", **pooling)
+                               if c.MASK_HEAD else None)
         self.box_head = BoxHead(c.NUM_CLASSES, c.POOL_SIZE, c.FPN_CLASSIF_FC_LAYERS_SIZE, train_bn=train_bn,
-                                name="box_head")
-        self.mask_head = MaskHead(c.NUM_CLASSES, train_bn=train_bn, name="mask_head")
+                                norm=c.HEAD_NORM, name="box_head")
+        self.mask_head = (MaskHead(c.NUM_CLASSES, train_bn=train_bn, norm=c.HEAD_NORM, name="mask_head")
+                          if c.MASK_HEAD else None)
+        # Keypoint R-CNN branch (Config.KEYPOINT_HEAD): its own RoIAlign (14x14), head and targets.
+        self.roi_align_keypoint = self.keypoint_head = self.keypoint_target = None
+        if c.KEYPOINT_HEAD:
+            self.roi_align_keypoint = PyramidROIAlign(c.KEYPOINT_POOL_SIZE, name="roi_align_keypoint", **pooling)
+            self.keypoint_head = KeypointHead(c.NUM_KEYPOINTS, c.KEYPOINT_HEAD_NUM_CONVS, c.KEYPOINT_HEAD_CONV_CHANNELS,
+                                              name="keypoint_head")
+            self.keypoint_target = KeypointTargetLayer(int(c.KEYPOINT_MASK_SHAPE[0]), name="keypoint_targets")
         self.detection = DetectionLayer(c.DETECTION_MAX_INSTANCES, c.DETECTION_MIN_CONFIDENCE,
                                         c.DETECTION_NMS_THRESHOLD, c.BBOX_STD_DEV, name="mrcnn_detection")
         # One setting for every BatchNorm of the model (backbone and heads); Keras reads it at call time.
@@ -188,12 +209,24 @@ class MaskRCNN(keras.Model):
         # Detectron. Same loss, a third of the mask-head cost.
         positive_slots = self.max_positive_rois
         mask_rois = rois[:, :positive_slots]
-        masks = self.mask_head(self.roi_align_mask([mask_rois, meta] + pyramid, training=training),
-                               training=training)
-        return dict(rpn_class_logits=feats["rpn_class_logits"], rpn_bbox=feats["rpn_bbox"], rois=rois,
-                    target_class_ids=target_class_ids, target_deltas=target_deltas,
-                    target_masks=target_masks[:, :positive_slots],
-                    mrcnn_class_logits=class_logits, mrcnn_bbox=bbox, mrcnn_mask=masks)
+        outputs = dict(rpn_class_logits=feats["rpn_class_logits"], rpn_bbox=feats["rpn_bbox"], rois=rois,
+                       target_class_ids=target_class_ids, target_deltas=target_deltas,
+                       mrcnn_class_logits=class_logits, mrcnn_bbox=bbox)
+        if self.mask_head is not None:
+            outputs["mrcnn_mask"] = self.mask_head(
+                self.roi_align_mask([mask_rois, meta] + pyramid, training=training), training=training)
+            outputs["target_masks"] = target_masks[:, :positive_slots]
+        if self.keypoint_head is not None:
+            # Same leading positive slots as the mask branch; keypoints normalized like the boxes.
+            size = tf.cast(tf.shape(images)[1:3], tf.float32)
+            keypoints = tf.cast(inputs["input_gt_keypoints"], tf.float32)
+            keypoints = tf.concat([keypoints[..., :2] / tf.stack([size[1], size[0]]), keypoints[..., 2:]], axis=-1)
+            outputs["target_keypoint_labels"], outputs["target_keypoint_weights"] = self.keypoint_target(
+                [mask_rois, target_class_ids[:, :positive_slots], tf.cast(inputs["input_gt_class_ids"], tf.int32),
+                 gt_boxes, keypoints])
+            outputs["mrcnn_keypoint_logits"] = self.keypoint_head(
+                self.roi_align_keypoint([mask_rois, meta] + pyramid, training=training), training=training)
+        return outputs
 
     @property
     def max_positive_rois(self) -> int:
@@ -211,10 +244,15 @@ class MaskRCNN(keras.Model):
         detections = self.detection([proposals, mrcnn_class, mrcnn_bbox, meta])
         # Masks only for the final detections (the paper's inference: mask branch on the top boxes).
         detection_boxes = tf.stop_gradient(detections[..., :4])
-        masks = self.mask_head(self.roi_align_mask([detection_boxes, meta] + pyramid, training=training),
-                               training=training)
-        feats.update(proposals=proposals, mrcnn_class=mrcnn_class, mrcnn_bbox=mrcnn_bbox,
-                     detections=detections, mrcnn_mask=masks)
+        feats.update(proposals=proposals, mrcnn_class=mrcnn_class, mrcnn_bbox=mrcnn_bbox, detections=detections)
+        if self.mask_head is not None:
+            feats["mrcnn_mask"] = self.mask_head(
+                self.roi_align_mask([detection_boxes, meta] + pyramid, training=training), training=training)
+        if self.keypoint_head is not None:
+            # Keypoints, like masks, only for the final detections: [B, D, K, 3] (x, y normalized, score).
+            logits = self.keypoint_head(self.roi_align_keypoint([detection_boxes, meta] + pyramid, training=training),
+                                        training=training)
+            feats["mrcnn_keypoints"] = heatmaps_to_keypoints(logits, detection_boxes)
         return feats
 
     # ------------------------------------------------------------------------------------------
@@ -223,7 +261,7 @@ class MaskRCNN(keras.Model):
         """The five Mask R-CNN losses (scalars, finite without GT or positives)."""
         active_class_ids = _active_class_ids(inputs["input_image_meta"], self.config.NUM_CLASSES)
         rpn_match = tf.cast(inputs["input_rpn_match"], tf.int32)
-        return {
+        losses = {
             "rpn_class_loss": loss_fns.rpn_class_loss(rpn_match, outputs["rpn_class_logits"]),
             "rpn_bbox_loss": loss_fns.rpn_bbox_loss(tf.cast(inputs["input_rpn_bbox"], tf.float32), rpn_match,
                                                     outputs["rpn_bbox"]),
@@ -231,10 +269,15 @@ class MaskRCNN(keras.Model):
                                                           outputs["mrcnn_class_logits"], active_class_ids),
             "mrcnn_bbox_loss": loss_fns.mrcnn_bbox_loss(outputs["target_deltas"], outputs["target_class_ids"],
                                                         outputs["mrcnn_bbox"]),
-            "mrcnn_mask_loss": loss_fns.mrcnn_mask_loss(
-                outputs["target_masks"], outputs["target_class_ids"][:, :outputs["mrcnn_mask"].shape[1]],
-                outputs["mrcnn_mask"]),
         }
+        if "mrcnn_mask" in outputs:
+            losses["mrcnn_mask_loss"] = loss_fns.mrcnn_mask_loss(
+                outputs["target_masks"], outputs["target_class_ids"][:, :outputs["mrcnn_mask"].shape[1]],
+                outputs["mrcnn_mask"])
+        if "mrcnn_keypoint_logits" in outputs:
+            losses[KEYPOINT_LOSS_NAME] = loss_fns.mrcnn_keypoint_loss(
+                outputs["target_keypoint_labels"], outputs["target_keypoint_weights"], outputs["mrcnn_keypoint_logits"])
+        return losses
 
     def _total_loss(self, losses: dict[str, tf.Tensor]) -> tf.Tensor:
         total = tf.add_n([tf.cast(self.config.LOSS_WEIGHTS.get(name, 1.0), tf.float32) * tf.cast(value, tf.float32)
@@ -266,11 +309,18 @@ class MaskRCNN(keras.Model):
             outputs = self(inputs, training=True)
             losses = self.compute_losses(inputs, outputs)
             total = self._total_loss(losses)
+            # Under a multi-replica strategy each replica holds IMAGES_PER_GPU images and the
+            # optimizer SUMS replica gradients: divide by the replica count (mrcnn.distribute).
+            scaled = distribute.scale_loss_for_replicas(total)
         variables = self.trainable_variables
-        gradients = tape.gradient(total, variables)
+        gradients = tape.gradient(scaled, variables)
         # Layers outside the path (e.g. the inference-only DetectionLayer) have no gradient.
         pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
+        # Multi-replica: clip the all-reduced gradient, not each replica's share; identity otherwise.
+        pairs = distribute.aggregate_gradients(pairs, self.optimizer)
         self.optimizer.apply_gradients(pairs)
+        # Multi-replica with TRAIN_BN: keep the BatchNorm moving statistics equal on every replica.
+        distribute.sync_batchnorm_statistics(self.all_layers())
         return self._update_trackers(total, losses)
 
     def test_step(self, data: Any) -> dict[str, tf.Tensor]:
@@ -282,7 +332,7 @@ class MaskRCNN(keras.Model):
     def predict_step(self, data: Any) -> dict[str, tf.Tensor]:
         inputs = self._unpack(data)
         outputs = self(inputs, training=False)
-        return {"detections": outputs["detections"], "mrcnn_mask": outputs["mrcnn_mask"]}
+        return {k: outputs[k] for k in ("detections", "mrcnn_mask", "mrcnn_keypoints") if k in outputs}
 
     def compile(self, optimizer: keras.optimizers.Optimizer | None = None, learning_rate: float | None = None,
                 **kwargs: Any) -> None:
@@ -295,6 +345,13 @@ class MaskRCNN(keras.Model):
             optimizer = make_optimizer(self.config, learning_rate)
         kwargs.setdefault("jit_compile", False)
         super().compile(optimizer=optimizer, **kwargs)
+
+    def fit(self, x: Any = None, *args: Any, validation_data: Any = None, **kwargs: Any) -> keras.callbacks.History:
+        """Keras' fit; under a multi-replica strategy PyDatasets pass through `distribute.fit_safe`
+        (Keras averages a first batch over replicas to build, which bool GT masks cannot take)."""
+        strategy = self.distribute_strategy
+        return super().fit(distribute.fit_safe(x, strategy), *args,
+                           validation_data=distribute.fit_safe(validation_data, strategy), **kwargs)
 
     def get_config(self) -> dict[str, Any]:
         return {"mode": self.mode, "config": self.config.to_dict(), "model_dir": self.model_dir, "name": self.name}
@@ -310,7 +367,8 @@ class MaskRCNN(keras.Model):
     # Building, trainability, weights
     def ensure_built(self) -> None:
         """Creates every weight by running the inference graph once on a small zero image."""
-        if self.built and self.box_head.built and self.mask_head.built:
+        heads = [h for h in (self.box_head, self.mask_head, self.keypoint_head) if h is not None]
+        if self.built and all(h.built for h in heads):
             return
         size = 64 * max(1, int(np.ceil(max(self.config.BACKBONE_STRIDES) / 64)))
         images, metas, _ = self.mold_inputs([np.zeros((size, size, self.config.IMAGE_CHANNEL_COUNT), np.uint8)],
@@ -364,7 +422,12 @@ class MaskRCNN(keras.Model):
         if by_name or exclude or not str(path).endswith(".weights.h5"):
             report = weights_io.load_weights_by_name(self, str(path), exclude=exclude, skip_mismatch=skip_mismatch)
         else:
-            super().load_weights(str(path))
+            # The optimizer state in a checkpoint is restored by name when `train` has built the
+            # optimizer for its stage (Keras would match it by position, or skip it with a warning).
+            optimizer = getattr(self, "optimizer", None)
+            skip = [optimizer] if optimizer is not None else None
+            super().load_weights(str(path), objects_to_skip=skip)
+            self._resume_checkpoint = str(path)
         self.set_log_dir(str(path))
         return report
 
@@ -376,10 +439,15 @@ class MaskRCNN(keras.Model):
         now = datetime.datetime.now()
         name = (self.config.NAME or "mrcnn").lower()
         if model_path:
-            match = re.search(r"[/\\]([\w-]+)(\d{8}T\d{4,6})[/\\]mask_rcnn_[\w-]+_(\d{4})\.weights\.h5$",
+            match = re.search(r"[/\\]([\w-]+)(\d{8}T\d{4,6})[/\\]mask_rcnn_[\w-]+_(\d{4}|interrupted)\.weights\.h5$",
                               str(model_path))
             if match:
-                self.epoch = int(match.group(3))  # continue at the next epoch (1-based names)
+                if match.group(3) == "interrupted":  # Ctrl-C state: its file records the epochs done
+                    from mrcnn.callbacks import checkpoint_epoch
+
+                    self.epoch = checkpoint_epoch(str(model_path)) or 0
+                else:
+                    self.epoch = int(match.group(3))  # continue at the next epoch (1-based names)
                 self.log_dir = str(Path(model_path).parent)
                 self.checkpoint_path = os.path.join(self.log_dir, f"mask_rcnn_{name}_{{epoch:04d}}.weights.h5")
                 return
@@ -395,21 +463,33 @@ class MaskRCNN(keras.Model):
         name = (self.config.NAME or "mrcnn").lower()
         model_dir = Path(self.model_dir)
         runs = sorted(d for d in model_dir.glob(f"{name}*") if d.is_dir()) if model_dir.is_dir() else []
+        # Numbered epoch checkpoints only: not a leftover temporary file, not a Ctrl-C state.
+        numbered = re.compile(rf"mask_rcnn_{re.escape(name)}_\d{{4}}\.weights\.h5")
         for run in reversed(runs):
-            checkpoints = sorted(run.glob(f"mask_rcnn_{name}_*.weights.h5"))
+            checkpoints = sorted(p for p in run.glob(f"mask_rcnn_{name}_*.weights.h5") if numbered.fullmatch(p.name))
             if checkpoints:
                 return str(checkpoints[-1])
         raise FileNotFoundError(f"no checkpoint of '{name}' found under {model_dir}")
 
-    def train(self, train_dataset: Any, val_dataset: Any, learning_rate: float, epochs: int,
+    def train(self, train_dataset: Any, val_dataset: Any,
+              learning_rate: float | keras.optimizers.schedules.LearningRateSchedule, epochs: int,
               layers: str = "heads", augmentation: Any = None, custom_callbacks: list | None = None,
               no_augmentation_sources: list[str] | None = None, verbose: int = 1,
               workers: int = 1, use_multiprocessing: bool = False) -> keras.callbacks.History:
         """matterport's training convenience over `fit`.
 
+        Resumable: the optimizer state (iteration count, momentum/moments) carries over from the
+        previous stage in this process, or from the checkpoint given to `load_weights`, by variable
+        name, so a learning-rate schedule and momentum continue. The data order continues at
+        epoch `self.epoch`. Under a MultiWorkerMirroredStrategy (TF_CONFIG) it trains with
+        `mrcnn.distribute.fit_custom_loop` instead of `fit`. On Ctrl-C (KeyboardInterrupt) the
+        state so far is written to ``mask_rcnn_<name>_interrupted.weights.h5`` in the log dir
+        (the last epoch checkpoint stays the newest numbered one) and the interrupt is re-raised.
+
         Args:
             train_dataset, val_dataset: prepared `Dataset`s.
-            learning_rate: SGD learning rate for this stage.
+            learning_rate: learning rate for this stage, or a Keras LearningRateSchedule (which
+                reads the optimizer's iteration count, so it continues across stages and resumes).
             epochs: the epoch to train UP TO (stages continue the count: heads to 20, then all to 40).
             layers: "heads", "3+", "4+", "5+", "all", or a regex over layer names.
             augmentation: an augmenter from mrcnn.data.augment applied to training images.
@@ -418,7 +498,13 @@ class MaskRCNN(keras.Model):
         Returns:
             The Keras History of this stage.
         """
-        from mrcnn.callbacks import training_callbacks
+        from mrcnn.callbacks import (
+            AtomicCheckpoint,
+            optimizer_state,
+            restore_optimizer_state,
+            training_callbacks,
+            write_checkpoint,
+        )
         from mrcnn.data.generator import DataGenerator
 
         layer_regex = LAYER_REGEX.get(layers, layers)
@@ -431,20 +517,61 @@ class MaskRCNN(keras.Model):
         train_gen = DataGenerator(train_dataset, self.config, shuffle=True, augmentation=augmentation, seed=seed,
                                   steps=self.config.STEPS_PER_EPOCH,
                                   no_augmentation_sources=no_augmentation_sources, **gen_kwargs)
+        train_gen.epoch = self.epoch  # a resumed run continues the data order, not epoch 0's again
         val_gen = None
         if val_dataset is not None and self.config.VALIDATION_STEPS:
             val_gen = DataGenerator(val_dataset, self.config, shuffle=False, seed=seed,
                                     steps=self.config.VALIDATION_STEPS, **gen_kwargs)
-        self.set_trainable(layer_regex, verbose=verbose)
-        self.compile(learning_rate=learning_rate)
+        # Optimizer state to carry into this stage: the previous stage's (same process) or the
+        # checkpoint's that load_weights read. Restored by name once the new optimizer is built.
+        carried = getattr(self, "_resume_checkpoint", None) or optimizer_state(getattr(self, "optimizer", None))
+        strategy = self.distribute_strategy
+        with strategy.scope():  # weights built lazily here and optimizer variables must be mirrored
+            self.set_trainable(layer_regex, verbose=verbose)
+            self.compile(learning_rate=learning_rate)
+            self.optimizer.build(self.trainable_variables)
+            if carried:
+                report = restore_optimizer_state(self.optimizer, carried)
+                if verbose:
+                    print(f"Optimizer state: {len(report['restored'])} variables restored "
+                          f"(iteration {int(self.optimizer.iterations.numpy())}), {len(report['missing'])} new")
+        self._resume_checkpoint = None
         callbacks = training_callbacks(self, self.log_dir, self.checkpoint_path) + list(custom_callbacks or [])
+        checkpoint = next(cb for cb in callbacks if isinstance(cb, AtomicCheckpoint))
         if verbose:
             print(f"\nStarting at epoch {self.epoch}. LR={learning_rate}\nCheckpoint path: {self.checkpoint_path}")
-        history = self.fit(train_gen, initial_epoch=self.epoch, epochs=epochs,
-                           steps_per_epoch=self.config.STEPS_PER_EPOCH, validation_data=val_gen,
-                           validation_steps=self.config.VALIDATION_STEPS if val_gen is not None else None,
-                           callbacks=callbacks, verbose=verbose)
-        self.epoch = max(self.epoch, epochs)
+        try:
+            if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+                # Keras 3's fit fails under this strategy (toolchain.md): same steps, explicit loop.
+                history = distribute.fit_custom_loop(
+                    self, lambda: DataGenerator(train_dataset, distribute.replica_config(self.config), shuffle=True,
+                                                augmentation=augmentation, seed=train_gen.seed,
+                                                no_augmentation_sources=no_augmentation_sources),
+                    epochs=epochs, steps_per_epoch=self.config.STEPS_PER_EPOCH, initial_epoch=self.epoch,
+                    callbacks=callbacks, verbose=verbose,
+                    make_val_generator=None if val_gen is None else lambda: DataGenerator(
+                        val_dataset, distribute.replica_config(self.config), shuffle=False, seed=val_gen.seed),
+                    validation_steps=self.config.VALIDATION_STEPS)
+            else:
+                history = self.fit(train_gen, initial_epoch=self.epoch, epochs=epochs,
+                                   steps_per_epoch=self.config.STEPS_PER_EPOCH, validation_data=val_gen,
+                                   validation_steps=self.config.VALIDATION_STEPS if val_gen is not None else None,
+                                   callbacks=callbacks, verbose=verbose)
+        except KeyboardInterrupt:
+            self.epoch = checkpoint.completed_epochs or self.epoch
+            for stray in Path(self.log_dir).glob("*.tmp.weights.h5"):  # a checkpoint write cut short
+                stray.unlink()
+            if distribute.is_chief(strategy):
+                name = (self.config.NAME or "mrcnn").lower()
+                path = write_checkpoint(self, os.path.join(self.log_dir, f"mask_rcnn_{name}_interrupted.weights.h5"),
+                                        self.epoch)
+                print(f"\nInterrupted. Completed epochs: {self.epoch}; last epoch checkpoint: "
+                      f"{checkpoint.last_saved}; state at the interrupt: {path}")
+            raise
+        # Epochs that ended with a finite loss count as done (a NaN stop keeps the last good one).
+        losses = history.history.get("loss", [])
+        done = [e + 1 for e, loss in zip(history.epoch, losses) if np.isfinite(loss)]
+        self.epoch = max([self.epoch] + done)
         return history
 
     # ------------------------------------------------------------------------------------------
@@ -482,7 +609,7 @@ class MaskRCNN(keras.Model):
     @tf.function(reduce_retracing=True)
     def _infer(self, images: tf.Tensor, metas: tf.Tensor) -> dict[str, tf.Tensor]:
         outputs = self({"input_image": images, "input_image_meta": metas}, training=False)
-        return {"detections": outputs["detections"], "mrcnn_mask": outputs["mrcnn_mask"]}
+        return {k: outputs[k] for k in ("detections", "mrcnn_mask", "mrcnn_keypoints") if k in outputs}
 
     def detect(self, images: Sequence[np.ndarray], verbose: int = 0) -> list[dict[str, np.ndarray]]:
         """Detects instances in any number of images of any size.
@@ -492,7 +619,9 @@ class MaskRCNN(keras.Model):
             verbose: 1 shows a progress bar over batches.
         Returns:
             One dict per image: rois [N,(y1,x1,y2,x2)] int32 pixels of the original image (y2/x2
-            exclusive), class_ids [N] int32, scores [N] float32, masks [H,W,N] bool.
+            exclusive), class_ids [N] int32, scores [N] float32, masks [H,W,N] bool (not with
+            MASK_HEAD = False); with KEYPOINT_HEAD also keypoints [N,NUM_KEYPOINTS,3] float32
+            (x, y in continuous pixels of the original image, heatmap score in [0, 1]).
         """
         if isinstance(images, np.ndarray) and images.ndim in (2, 3):
             raise TypeError("detect() takes a list of images; wrap a single image as [image]")
@@ -507,11 +636,11 @@ class MaskRCNN(keras.Model):
         batches = [ids[k:k + batch] for ids in groups.values() for k in range(0, len(ids), batch)]
         progress = _progress(batches, verbose, "detect")
         for ids in progress:
-            out = self._infer(tf.constant(molded[ids]), tf.constant(metas[ids]))
-            detections, masks = out["detections"].numpy(), out["mrcnn_mask"].numpy()
+            out = {k: v.numpy() for k, v in self._infer(tf.constant(molded[ids]), tf.constant(metas[ids])).items()}
             for j, i in enumerate(ids):
-                results[i] = self.unmold_detections(detections[j], masks[j], images[i].shape, molded[i].shape,
-                                                    windows[i])
+                results[i] = self.unmold_detections(
+                    out["detections"][j], out["mrcnn_mask"][j] if "mrcnn_mask" in out else None, images[i].shape,
+                    molded[i].shape, windows[i], keypoints=out["mrcnn_keypoints"][j] if "mrcnn_keypoints" in out else None)
         return results
 
     def detect_molded(self, molded_images: np.ndarray, image_metas: np.ndarray, verbose: int = 0
@@ -522,45 +651,64 @@ class MaskRCNN(keras.Model):
             out = self._infer(tf.constant(molded_images[k:k + self.config.BATCH_SIZE], tf.float32),
                               tf.constant(image_metas[k:k + self.config.BATCH_SIZE], tf.float32))
             parsed = utils.parse_image_meta(image_metas[k:k + self.config.BATCH_SIZE])
+            out = {name: value.numpy() for name, value in out.items()}
             for j in range(out["detections"].shape[0]):
                 results.append(self.unmold_detections(
-                    out["detections"][j].numpy(), out["mrcnn_mask"][j].numpy(),
+                    out["detections"][j], out["mrcnn_mask"][j] if "mrcnn_mask" in out else None,
                     tuple(int(v) for v in parsed["original_image_shape"][j]), molded_images[k + j].shape,
-                    parsed["window"][j].astype(np.int32)))
+                    parsed["window"][j].astype(np.int32),
+                    keypoints=out["mrcnn_keypoints"][j] if "mrcnn_keypoints" in out else None))
         return results
 
-    def unmold_detections(self, detections: np.ndarray, mrcnn_mask: np.ndarray, original_image_shape: Sequence[int],
-                          image_shape: Sequence[int], window: np.ndarray) -> dict[str, np.ndarray]:
+    def unmold_detections(self, detections: np.ndarray, mrcnn_mask: np.ndarray | None,
+                          original_image_shape: Sequence[int], image_shape: Sequence[int], window: np.ndarray,
+                          keypoints: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Maps one image's detections from the molded image back to the original.
 
         Args:
             detections: [D,6] (y1,x1,y2,x2 normalized, class_id, score), zero padded.
-            mrcnn_mask: [D,h,w,K] mask probabilities.
+            mrcnn_mask: [D,h,w,K] mask probabilities; None for a model without mask head (the
+                result then has no "masks").
             original_image_shape: (H, W[, C]) of the image before molding.
             image_shape: (h, w[, c]) of the molded image.
             window: (y1,x1,y2,x2) pixel window of the real image inside the molded one.
+            keypoints: [D,NUM_KEYPOINTS,3] (x, y normalized, score) from the keypoint head; the result
+                then has "keypoints" [N,NUM_KEYPOINTS,3] float32 (x, y continuous pixels of the
+                original image, score).
         """
         keep = np.where(detections[:, 4] > 0)[0]
         boxes_norm = detections[keep, :4]
         class_ids = detections[keep, 4].astype(np.int32)
         scores = detections[keep, 5].astype(np.float32)
-        masks = mrcnn_mask[keep, :, :, class_ids] if keep.size else np.zeros((0,) + mrcnn_mask.shape[1:3])
+        if mrcnn_mask is not None:
+            masks = mrcnn_mask[keep, :, :, class_ids] if keep.size else np.zeros((0,) + mrcnn_mask.shape[1:3])
         # Normalized molded coords -> molded pixels -> original pixels.
         boxes = boxes_norm * np.array([image_shape[0], image_shape[1]] * 2, np.float32)
         wy1, wx1, wy2, wx2 = np.asarray(window, np.float32)
         scale_y = (wy2 - wy1) / original_image_shape[0]
         scale_x = (wx2 - wx1) / original_image_shape[1]
         boxes = (boxes - np.array([wy1, wx1, wy1, wx1])) / np.array([scale_y, scale_x, scale_y, scale_x])
+        if keypoints is not None:
+            # Same map as the boxes: normalized molded -> molded pixels -> original pixels.
+            points = keypoints[keep].astype(np.float32)
+            points[..., 0] = (points[..., 0] * image_shape[1] - wx1) / scale_x
+            points[..., 1] = (points[..., 1] * image_shape[0] - wy1) / scale_y
         height, width = int(original_image_shape[0]), int(original_image_shape[1])
         boxes = np.round(boxes).astype(np.int32)
         boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, height)
         boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, width)
         valid = np.where((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))[0]
-        boxes, class_ids, scores, masks = boxes[valid], class_ids[valid], scores[valid], masks[valid]
-        full_masks = np.zeros((height, width, len(valid)), dtype=bool)
-        for n in range(len(valid)):
-            full_masks[:, :, n] = utils.unmold_mask(masks[n], boxes[n], (height, width))
-        return {"rois": boxes, "class_ids": class_ids, "scores": scores, "masks": full_masks}
+        boxes, class_ids, scores = boxes[valid], class_ids[valid], scores[valid]
+        result = {"rois": boxes, "class_ids": class_ids, "scores": scores}
+        if mrcnn_mask is not None:
+            masks = masks[valid]
+            full_masks = np.zeros((height, width, len(valid)), dtype=bool)
+            for n in range(len(valid)):
+                full_masks[:, :, n] = utils.unmold_mask(masks[n], boxes[n], (height, width))
+            result["masks"] = full_masks
+        if keypoints is not None:
+            result["keypoints"] = points[valid]
+        return result
 
     def recalibrate_batchnorm(self, images: Sequence[np.ndarray], batch_size: int | None = None,
                               passes: int = 1, verbose: int = 0) -> int:

@@ -258,6 +258,83 @@ def display_instances(
     return ax
 
 
+def display_keypoints(
+    image: np.ndarray,
+    keypoints: np.ndarray,
+    skeleton: Sequence[Sequence[int]] | None = None,
+    boxes: np.ndarray | None = None,
+    min_score: float = 0.0,
+    keypoint_names: Sequence[str] | None = None,
+    title: str = "",
+    figsize: tuple[float, float] = (12, 12),
+    ax: Any = None,
+    colors: Sequence[Sequence[float]] | None = None,
+    save_path: str | Path | None = None,
+) -> Any:
+    """Draws instances' keypoints as dots joined by their skeleton (Keypoint R-CNN output or GT).
+
+    Args:
+        image: [H, W, 3] values 0..255.
+        keypoints: [N, K, 3] (x, y, v) in continuous pixel coordinates (pixel (r, c) spans
+            [c, c+1) x [r, r+1)); v is a visibility (GT: 0 unlabelled) or a score (`detect`).
+            A keypoint is drawn when v > min_score.
+        skeleton: limbs as keypoint index pairs (e.g. Config.KEYPOINT_SKELETON); a limb is drawn
+            when both its ends are.
+        boxes: optional [N, (y1, x1, y2, x2)] pixel boxes, drawn dashed.
+        min_score: threshold on v (0: every labelled GT keypoint / every prediction with score > 0).
+        keypoint_names: optional K names, written next to the first instance's keypoints.
+        title, figsize, ax, save_path: as `display_instances`.
+        colors: one colour per instance; default `random_colors(N, seed=0)`.
+
+    Returns:
+        The matplotlib Axes.
+
+    Raises:
+        ValueError: naming the shapes when keypoints are not [N, K, 3], boxes or colours do not have
+            N entries, a skeleton index is out of range, or keypoint_names does not have K names.
+    """
+    image = np.asarray(image)
+    keypoints = np.asarray(keypoints, dtype=np.float64)
+    if keypoints.ndim != 3 or keypoints.shape[-1] != 3:
+        raise ValueError(f"keypoints must be [N, K, 3] (x, y, visibility or score), got shape {keypoints.shape}")
+    n, k = keypoints.shape[:2]
+    if boxes is not None and np.shape(boxes) != (n, 4):
+        raise ValueError(f"boxes must be [N={n}, 4] to match keypoints {keypoints.shape}, got {np.shape(boxes)}")
+    if colors is not None and len(colors) != n:
+        raise ValueError(f"colors has {len(colors)} entries for {n} instances")
+    skeleton = [tuple(int(i) for i in pair) for pair in (skeleton or ())]
+    bad = [pair for pair in skeleton if len(pair) != 2 or not all(0 <= i < k for i in pair)]
+    if bad:
+        raise ValueError(f"skeleton pairs {bad} are not pairs of keypoint indices in [0, {k})")
+    if keypoint_names is not None and len(keypoint_names) != k:
+        raise ValueError(f"keypoint_names has {len(keypoint_names)} names for {k} keypoints")
+
+    fig, ax, owns = _axes(ax, figsize, save_path)
+    colors = colors if colors is not None else random_colors(n, seed=0)
+    height, width = image.shape[:2]
+    ax.set_ylim(height + 10, -10)
+    ax.set_xlim(-10, width + 10)
+    ax.axis("off")
+    ax.set_title(title)
+    # imshow puts pixel (r, c)'s centre at (c, r): continuous coordinates shift by -0.5.
+    ax.imshow(np.clip(image, 0, 255).astype(np.uint8))
+    for i in range(n):
+        color = colors[i]
+        if boxes is not None and np.any(boxes[i]):
+            ax.add_patch(_box_patch(boxes[i], color, linewidth=2, alpha=0.7, linestyle="dashed"))
+        shown = keypoints[i, :, 2] > min_score
+        x, y = keypoints[i, :, 0] - 0.5, keypoints[i, :, 1] - 0.5
+        for a, b in skeleton:
+            if shown[a] and shown[b]:
+                ax.plot([x[a], x[b]], [y[a], y[b]], color=color, linewidth=2, alpha=0.8)
+        ax.scatter(x[shown], y[shown], s=18, color=color, edgecolors="white", linewidths=0.8, zorder=3)
+        if keypoint_names is not None and i == 0:
+            for j in np.flatnonzero(shown):
+                ax.text(x[j] + 2, y[j], keypoint_names[j], color="w", size=8)
+    _finish(fig, save_path, owns)
+    return ax
+
+
 def display_images(
     images: Sequence[np.ndarray],
     titles: Sequence[str] | None = None,

@@ -16,6 +16,10 @@ group ``model_weights``)::
     /rpn_model             attrs: weight_names = [b"rpn_conv_shared/kernel:0", ...]
     /rpn_model/rpn_conv_shared/kernel:0
 
+`weights_file_path` finds the published files to start from (matterport's ``mask_rcnn_coco.h5``,
+the ImageNet ResNets) in a local cache, downloading only when asked; `load_imagenet_backbone` loads
+an ImageNet ResNet file in either layout into our backbone.
+
 `keras_applications_resnet_name_map` / `load_keras_applications_backbone` map
 keras.applications' ResNet50/ResNet101 layer names (``conv2_block1_1_conv``) onto ours
 (``res2a_branch2a``). keras.applications' ResNet v1 has the same Caffe-style layout (stride 2 on the
@@ -29,9 +33,14 @@ the pooling grid by one pixel. Everything after the stem's pooling is the same c
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import urllib.error
+import urllib.request
+import warnings
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import h5py
@@ -167,13 +176,16 @@ def _open_legacy_h5(path: str) -> tuple[h5py.File, h5py.Group, list[str]]:
 
 
 def _file_entries(root: h5py.Group, layer_names: list[str], model_names: set[str],
-                  path: str) -> dict[str, list[tuple[str, str, h5py.Dataset]]]:
+                  path: str, name_map: dict[str, str] | None = None
+                  ) -> dict[str, list[tuple[str, str, h5py.Dataset]]]:
     """Owner layer name -> [(group name, weight name, dataset)], in file order.
 
     The owner of a weight is the layer prefix of its own name ("rpn_conv_shared" for
     "rpn_conv_shared/kernel:0" stored in group "rpn_model") when the model has such a layer,
-    otherwise the group name.
+    otherwise the group name. `name_map` renames file layer names (prefixes and groups) to the
+    model's first (e.g. keras.applications' "conv2_block1_1_conv" -> "res2a_branch2a").
     """
+    rename = name_map or {}
     entries: dict[str, list[tuple[str, str, h5py.Dataset]]] = {}
     for group_name in layer_names:
         if group_name not in root:
@@ -184,8 +196,9 @@ def _file_entries(root: h5py.Group, layer_names: list[str], model_names: set[str
                 raise ValueError(f"weights file {path}: layer {group_name!r} lists weight {weight_name!r} "
                                  "but has no such dataset")
             parts = weight_name.split("/")
-            prefix = parts[-2] if len(parts) >= 2 else group_name
-            owner = prefix if prefix in model_names or group_name not in model_names else group_name
+            prefix = rename.get(parts[-2], parts[-2]) if len(parts) >= 2 else rename.get(group_name, group_name)
+            mapped_group = rename.get(group_name, group_name)
+            owner = prefix if prefix in model_names or mapped_group not in model_names else mapped_group
             entries.setdefault(owner, []).append((group_name, weight_name, group[weight_name]))
     return entries
 
@@ -209,7 +222,8 @@ def _pair_weights(layer_name: str, stored: list[tuple[str, tuple[int, ...]]],
 
 
 def load_weights_by_name(model: keras.layers.Layer, filepath: str | os.PathLike,
-                         exclude: Iterable[str] | str | None = None, skip_mismatch: bool = False) -> LoadReport:
+                         exclude: Iterable[str] | str | None = None, skip_mismatch: bool = False,
+                         name_map: dict[str, str] | None = None) -> LoadReport:
     """Loads a Keras-2 h5 weights file into `model` by layer name, nested layers included.
 
     Args:
@@ -220,6 +234,9 @@ def load_weights_by_name(model: keras.layers.Layer, filepath: str | os.PathLike,
             mrcnn_bbox (not mrcnn_bbox_fc), "res5.*" all of stage 5. A group name (e.g. "rpn_model")
             excludes every weight stored in that group. See `MATTERPORT_HEAD_LAYERS`.
         skip_mismatch: skip (and report) layers whose stored weights do not fit instead of raising.
+        name_map: file layer name -> model layer name, applied before matching (layers it does not
+            name keep their own name); e.g. `keras_applications_resnet_name_map()`. `exclude`
+            and the report use the model's names.
 
     Returns:
         A report dict: "loaded" (layer names assigned), "skipped" (excluded or, with skip_mismatch,
@@ -243,7 +260,7 @@ def load_weights_by_name(model: keras.layers.Layer, filepath: str | os.PathLike,
     unmatched: list[str] = []
     assignments: list[tuple[keras.Variable, np.ndarray]] = []
     try:
-        entries = _file_entries(root, layer_names, set(model_layers) | all_names, path)
+        entries = _file_entries(root, layer_names, set(model_layers) | all_names, path, name_map)
         for owner, stored in entries.items():
             if excluded(owner) or any(excluded(group) for group, _, _ in stored):
                 skipped.append(owner)
@@ -360,3 +377,215 @@ def load_keras_applications_backbone(model: keras.layers.Layer, keras_model: ker
 
 def _is_backbone_name(name: str) -> bool:
     return name in ("conv1", "bn_conv1") or re.fullmatch(r"(res|bn)\d[a-z]_branch(1|2[abc])", name) is not None
+
+
+# ----------------------------------------------------------------------------------------------
+# Weights to start from: published files, a local cache, download only on request
+@dataclasses.dataclass(frozen=True)
+class WeightsFile:
+    """A published weights file.
+
+    Attributes:
+        url: where it is published.
+        filename: its name in the cache directory (`cache_subdir` below it).
+        description: what it holds, for messages.
+        cache_subdir: subdirectory of the cache; fchollet's and keras.applications' ResNet-50 files
+            share one file name but not their layer names, so they are kept apart.
+    """
+
+    url: str
+    filename: str
+    description: str
+    cache_subdir: str = ""
+
+
+_KERAS_RESNET_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
+KNOWN_WEIGHTS: dict[str, WeightsFile] = {
+    "coco": WeightsFile(
+        "https://github.com/matterport/Mask_RCNN/releases/download/v2.0/mask_rcnn_coco.h5",
+        "mask_rcnn_coco.h5", "matterport's Mask R-CNN COCO weights (ResNet-101-FPN, 81 classes)"),
+    # fchollet's file uses our (Caffe/matterport) layer names: res2a_branch2a, bn_conv1, ...
+    "imagenet_fchollet_resnet50": WeightsFile(
+        "https://github.com/fchollet/deep-learning-models/releases/download/v0.2/"
+        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "fchollet's ImageNet ResNet-50 (matterport layer names)", cache_subdir="fchollet"),
+    # keras.applications' files use conv2_block1_1_conv-style names (mapped on loading); the
+    # default cache directory is the one keras.applications itself downloads into.
+    "imagenet_keras_resnet50": WeightsFile(
+        _KERAS_RESNET_BASE + "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", "keras.applications ImageNet ResNet50"),
+    "imagenet_keras_resnet101": WeightsFile(
+        _KERAS_RESNET_BASE + "resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5", "keras.applications ImageNet ResNet101"),
+}
+
+
+class WeightsNotAvailableError(FileNotFoundError):
+    """A published weights file is not in the cache and may not (or could not) be downloaded."""
+
+
+def default_weights_dir() -> Path:
+    """Where published weights are looked for: ``$MRCNN_WEIGHTS_DIR``, else ``~/.keras/models``.
+
+    ``~/.keras/models`` is where keras.applications caches its downloads, so ImageNet ResNets it
+    has already fetched are found without a second download.
+    """
+    configured = os.environ.get("MRCNN_WEIGHTS_DIR")
+    return Path(configured).expanduser() if configured else Path.home() / ".keras" / "models"
+
+
+def imagenet_weights_key(architecture: str = "resnet50", source: str = "keras") -> str:
+    """The `KNOWN_WEIGHTS` key of an ImageNet ResNet.
+
+    Args:
+        architecture: "resnet50" or "resnet101".
+        source: "keras" (keras.applications' files, ResNet50 and ResNet101) or "fchollet"
+            (matterport's choice; ResNet-50 only).
+
+    Raises:
+        ValueError: for an unknown architecture/source or fchollet with ResNet-101.
+    """
+    if architecture not in STAGE_BLOCKS:
+        raise ValueError(f"architecture must be one of {sorted(STAGE_BLOCKS)}, got {architecture!r}")
+    if source == "keras":
+        return f"imagenet_keras_{architecture}"
+    if source == "fchollet":
+        if architecture != "resnet50":
+            raise ValueError("fchollet's ImageNet weights exist for resnet50 only; use source='keras' for resnet101")
+        return "imagenet_fchollet_resnet50"
+    raise ValueError(f"source must be 'keras' or 'fchollet', got {source!r}")
+
+
+def weights_file_path(weights: str | WeightsFile, path: str | os.PathLike | None = None, download: bool = False,
+                      cache_dir: str | os.PathLike | None = None, verbose: int = 1) -> Path:
+    """The local path of a published weights file; downloads it only when `download` is set.
+
+    Args:
+        weights: a `KNOWN_WEIGHTS` key ("coco", "imagenet_keras_resnet50", ...) or a `WeightsFile`.
+        path: a local copy to use instead of the cache (must exist).
+        download: fetch the file into the cache when it is not there. Without it nothing is
+            downloaded, ever.
+        cache_dir: the cache directory (default `default_weights_dir()`).
+        verbose: 1 prints what is downloaded, with a progress bar.
+
+    Returns:
+        The path of the file.
+
+    Raises:
+        FileNotFoundError: `path` is given but does not exist.
+        WeightsNotAvailableError (a FileNotFoundError): not cached and `download` is False, or the
+            download failed (offline); the message names the URL and where to put the file.
+        ValueError: an unknown key.
+    """
+    if isinstance(weights, str):
+        if weights not in KNOWN_WEIGHTS:
+            raise ValueError(f"unknown weights {weights!r}; known: {sorted(KNOWN_WEIGHTS)}")
+        weights = KNOWN_WEIGHTS[weights]
+    if path is not None:
+        local = Path(path).expanduser()
+        if not local.is_file():
+            raise FileNotFoundError(f"{weights.description}: file not found: {local}")
+        return local
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_weights_dir()
+    target = folder / weights.cache_subdir / weights.filename
+    if target.is_file():
+        return target
+    where = (f"download it from {weights.url} and put it at {target} (or pass its path), or set "
+             "MRCNN_WEIGHTS_DIR to the folder that holds it")
+    if not download:
+        raise WeightsNotAvailableError(
+            f"{weights.description} not found at {target}. Downloads happen only when asked "
+            f"(download=True, or --download on the command line); otherwise {where}.")
+    try:
+        _download(weights.url, target, verbose)
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        raise WeightsNotAvailableError(
+            f"could not download {weights.description} from {weights.url}: {error}. "
+            f"If this machine is offline, {where}.") from error
+    return target
+
+
+def _download(url: str, target: Path, verbose: int) -> None:
+    """Fetches `url` into `target` through a temporary file (no half-written file is ever left)."""
+    from tqdm.auto import tqdm
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".part")
+    if verbose:
+        print(f"Downloading {url} to {target}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, disable=not verbose) as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        if not h5py.is_hdf5(partial):
+            raise ValueError(f"the file downloaded from {url} is not an HDF5 file")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def imagenet_file_layout(filepath: str | os.PathLike) -> tuple[str, str]:
+    """Which ImageNet ResNet layout a Keras-2 h5 file has.
+
+    Returns:
+        (layout, architecture): layout "keras_applications" (conv2_block1_1_conv names) or
+        "matterport" (res2a_branch2a names, fchollet's file); architecture "resnet50" or
+        "resnet101" (from the number of stage-4 blocks).
+
+    Raises:
+        FileNotFoundError / ValueError: the file is missing, not a Keras-2 h5 file, or holds no ResNet.
+    """
+    path = os.fspath(filepath)
+    handle, root, layer_names = _open_legacy_h5(path)
+    try:
+        # Layer names can also hide inside weight names of nested groups: read both.
+        names = set(layer_names)
+        for group_name in layer_names:
+            if group_name in root:
+                names.update(w.split("/")[-2] for w in _attr_strings(root[group_name], "weight_names") or []
+                             if "/" in w)
+    finally:
+        handle.close()
+    if "conv2_block1_1_conv" in names:
+        return "keras_applications", "resnet101" if "conv4_block23_1_conv" in names else "resnet50"
+    if "res2a_branch2a" in names:
+        return "matterport", "resnet101" if "res4w_branch2a" in names else "resnet50"
+    raise ValueError(f"weights file {path} holds no ResNet backbone: expected layer names such as "
+                     "'res2a_branch2a' (fchollet/matterport) or 'conv2_block1_1_conv' (keras.applications)")
+
+
+def load_imagenet_backbone(model: keras.layers.Layer, filepath: str | os.PathLike) -> LoadReport:
+    """Initialises our ResNet backbone from an ImageNet ResNet h5 file of either layout.
+
+    fchollet's ``resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5`` has our layer names and
+    loads by name; keras.applications' files (``conv2_block1_1_conv`` names) go through
+    `keras_applications_resnet_name_map`. Only backbone layers (conv1, bn_conv1, res*/bn*) are
+    loaded; FPN, RPN and heads keep their values.
+
+    Args:
+        model: a built model (e.g. ``MaskRCNN`` after ``ensure_built()``) or a built `ResNet`.
+        filepath: the h5 file, e.g. from ``weights_file_path("imagenet_keras_resnet50")``.
+
+    Returns:
+        The `load_weights_by_name` report restricted to backbone layers ("missing_in_file": our
+        backbone layers the file lacks, e.g. stage-4 blocks g..w when a ResNet-50 file initialises a
+        ResNet-101, which also warns).
+
+    Raises:
+        FileNotFoundError / ValueError: as `load_weights_by_name`, and for a file holding no ResNet.
+    """
+    layout, architecture = imagenet_file_layout(filepath)
+    name_map = keras_applications_resnet_name_map(architecture) if layout == "keras_applications" else None
+    # Everything that is not a backbone layer of ours is left alone, whatever the file holds.
+    not_backbone = [name for name in find_weight_layers(model) if not _is_backbone_name(name)]
+    report = load_weights_by_name(model, filepath, exclude=not_backbone, name_map=name_map)
+    report = {key: [name for name in names if _is_backbone_name(name)] for key, names in report.items()}
+    if report["missing_in_file"]:
+        warnings.warn(f"{len(report['missing_in_file'])} backbone layers of {model.name!r} have no weights in "
+                      f"{os.fspath(filepath)} (an ImageNet {architecture}) and keep their initial values, "
+                      f"e.g. {report['missing_in_file'][0]!r}", stacklevel=2)
+    return report

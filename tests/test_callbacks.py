@@ -1,6 +1,7 @@
-"""Tests for mrcnn/callbacks.py: atomic checkpoints and the NaN guard."""
+"""Tests for mrcnn/callbacks.py: atomic checkpoints, the NaN guard, optimizer state, Ctrl-C and resume."""
 
 import math
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -51,3 +52,120 @@ def test_stop_on_nan_stops_training():
     assert guard.stopped_at == (1, 0)
     assert len(history.history["loss"]) == 1
     assert math.isnan(history.history["loss"][0])
+
+
+# ------------------------------------------------------------------------------------------------
+# Optimizer state in checkpoints, Ctrl-C, resume
+
+
+def _trained_sgd_model(steps: int = 3) -> keras.Model:
+    model = _model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
+    x, y = np.random.default_rng(0).random((8, 3)).astype(np.float32), np.ones((8, 1), np.float32)
+    model.fit(x, y, batch_size=2, epochs=1, verbose=0, steps_per_epoch=steps)  # steps <= 4
+    return model
+
+
+def test_checkpoint_records_epoch_and_optimizer_state_by_name(tmp_path):
+    from mrcnn.callbacks import checkpoint_epoch, optimizer_state, read_optimizer_state, write_checkpoint
+
+    model = _trained_sgd_model()
+    path = write_checkpoint(model, str(tmp_path / "c_0003.weights.h5"), epoch=3)
+    assert checkpoint_epoch(path) == 3
+    stored = read_optimizer_state(path)
+    live = optimizer_state(model.optimizer)
+    assert set(stored) == set(live) and "iteration" in stored
+    assert int(stored["iteration"]) == int(model.optimizer.iterations.numpy()) > 0
+    for name in live:
+        np.testing.assert_array_equal(stored[name], live[name])
+    assert not list(tmp_path.glob("*.tmp.weights.h5"))
+
+
+def test_restore_optimizer_state_continues_iterations_and_momentum_not_lr(tmp_path):
+    from mrcnn.callbacks import restore_optimizer_state, write_checkpoint
+
+    model = _trained_sgd_model()
+    path = write_checkpoint(model, str(tmp_path / "c_0001.weights.h5"), epoch=1)
+    fresh = _model()
+    fresh.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="mse")
+    fresh.optimizer.build(fresh.trainable_variables)
+    report = restore_optimizer_state(fresh.optimizer, path)
+    assert int(fresh.optimizer.iterations.numpy()) == int(model.optimizer.iterations.numpy())
+    momenta = [v for v in fresh.optimizer.variables if v.name.endswith("_momentum")]
+    assert momenta and all(np.any(v.numpy() != 0) for v in momenta)
+    for mine, theirs in zip(momenta, [v for v in model.optimizer.variables if v.name.endswith("_momentum")]):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+    assert float(fresh.optimizer.learning_rate.numpy()) == pytest.approx(0.01)  # the new stage's LR
+    assert report["missing"] == [] and report["unused"] == []
+
+
+def test_restore_optimizer_state_needs_built_optimizer(tmp_path):
+    from mrcnn.callbacks import restore_optimizer_state
+
+    with pytest.raises(ValueError, match="built optimizer"):
+        restore_optimizer_state(keras.optimizers.SGD(0.1), {})
+
+
+class _InterruptAt(keras.callbacks.Callback):
+    """Raises KeyboardInterrupt (as Ctrl-C does) at the start of batch 0 of `epoch` (0-based)."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.epoch_to_stop = epoch
+        self.current = -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.current == self.epoch_to_stop:
+            raise KeyboardInterrupt
+
+
+class _RecordStart(keras.callbacks.Callback):
+    """Records the optimizer's iteration count and momentum norms when training starts."""
+
+    def on_train_begin(self, logs=None):
+        optimizer = self.model.optimizer
+        self.iterations = int(optimizer.iterations.numpy())
+        self.momenta = {v.name: v.numpy().copy() for v in optimizer.variables if v.name.endswith("_momentum")}
+
+
+def test_interrupt_after_epoch_one_then_resume_continues(tmp_path):
+    from mrcnn.callbacks import checkpoint_epoch, read_optimizer_state
+    from mrcnn.data.shapes import ShapesDataset
+    from mrcnn.model import MaskRCNN
+    from tests.test_distribute import _tiny_config
+
+    config = _tiny_config(IMAGES_PER_GPU=1, STEPS_PER_EPOCH=1, GRADIENT_CLIP_NORM=5.0)
+    dataset = ShapesDataset()
+    dataset.load_shapes(2, 64, 64, seed=1)
+    dataset.prepare()
+    keras.utils.set_random_seed(0)
+    model = MaskRCNN("training", config, model_dir=str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        model.train(dataset, None, learning_rate=0.01, epochs=3, layers="heads", verbose=0,
+                    custom_callbacks=[_InterruptAt(epoch=1)])
+    run_dir = Path(model.log_dir)
+    names = sorted(p.name for p in run_dir.glob("*.weights.h5"))
+    assert names == ["mask_rcnn_tinydist_0001.weights.h5", "mask_rcnn_tinydist_interrupted.weights.h5"]
+    assert model.epoch == 1
+    interrupted = run_dir / "mask_rcnn_tinydist_interrupted.weights.h5"
+    assert checkpoint_epoch(str(interrupted)) == 1
+    saved = read_optimizer_state(str(run_dir / names[0]))
+    assert int(saved["iteration"]) == 1
+
+    resumed = MaskRCNN("training", config, model_dir=str(tmp_path))
+    last = resumed.find_last()
+    assert last.endswith("_0001.weights.h5")  # numbered checkpoints only, not the Ctrl-C state
+    resumed.load_weights(last)
+    assert resumed.epoch == 1 and resumed.log_dir == str(run_dir)
+    start = _RecordStart()
+    history = resumed.train(dataset, None, learning_rate=0.01, epochs=2, layers="heads", verbose=0,
+                            custom_callbacks=[start])
+    assert history.epoch == [1]  # epoch 2 only
+    assert resumed.epoch == 2
+    assert start.iterations == 1  # the schedule continues where epoch 1 left it
+    assert start.momenta and all(np.array_equal(start.momenta[k], saved[k]) for k in start.momenta)
+    assert int(resumed.optimizer.iterations.numpy()) == 2
+    assert (run_dir / "mask_rcnn_tinydist_0002.weights.h5").is_file()

@@ -60,6 +60,8 @@ def test_instances_do_not_share_mutable_defaults():
         ({"IMAGES_PER_GPU": 0}, "IMAGES_PER_GPU"),
         ({"LOSS_WEIGHTS": {"mask": 1.0}}, "LOSS_WEIGHTS"),
         ({"MEAN_PIXEL": np.array([1.0, 2.0])}, "MEAN_PIXEL"),
+        ({"HEAD_NORM": "batch"}, "HEAD_NORM"),
+        ({"MIXED_PRECISION": "float16"}, "MIXED_PRECISION"),
     ],
 )
 def test_validate_names_the_bad_field(overrides, message):
@@ -106,3 +108,41 @@ def test_update_recomputes_derived_values_and_validates():
         config.update(BATCH_SIZE=3)
     with pytest.raises(ValueError, match="OPTIMIZER"):
         config.update(OPTIMIZER="rmsprop")
+
+
+# Keypoint R-CNN fields (their own block in config.py)
+class _KeypointConfig(Config):
+    NUM_CLASSES = 2
+    KEYPOINT_HEAD = True
+    NUM_KEYPOINTS = 3
+    KEYPOINT_NAMES = ("nose", "left_eye", "right_eye")
+
+
+def test_keypoint_defaults_are_the_papers():
+    assert (Config.KEYPOINT_HEAD, Config.NUM_KEYPOINTS, Config.KEYPOINT_POOL_SIZE) == (False, 17, 14)
+    assert tuple(Config.KEYPOINT_MASK_SHAPE) == (56, 56) and Config.MASK_HEAD is True
+    assert (Config.KEYPOINT_HEAD_NUM_CONVS, Config.KEYPOINT_HEAD_CONV_CHANNELS) == (8, 512)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"KEYPOINT_MASK_SHAPE": (28, 28)}, "KEYPOINT_MASK_SHAPE"),
+        ({"NUM_KEYPOINTS": 4}, "KEYPOINT_NAMES"),
+        ({"KEYPOINT_NAMES": ("nose", "left_eye", "eye")}, "left_eye"),
+        ({"KEYPOINT_FLIP_MAP": (1, 1, 2)}, "KEYPOINT_FLIP_MAP"),
+        ({"KEYPOINT_SKELETON": ((0, 3),)}, "KEYPOINT_SKELETON"),
+        ({"KEYPOINT_HEAD_NUM_CONVS": 0}, "KEYPOINT_HEAD_NUM_CONVS"),
+    ],
+)
+def test_keypoint_fields_are_validated(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _KeypointConfig().update(**overrides)
+
+
+def test_keypoint_config_round_trips_through_json(tmp_path):
+    config = _KeypointConfig().update(KEYPOINT_SKELETON=((0, 1), (0, 2)), KEYPOINT_FLIP_MAP=(0, 2, 1))
+    config.save(tmp_path / "c.json")
+    loaded = _KeypointConfig.load(tmp_path / "c.json")
+    assert [list(p) for p in loaded.KEYPOINT_SKELETON] == [[0, 1], [0, 2]]
+    assert list(loaded.KEYPOINT_FLIP_MAP) == [0, 2, 1] and tuple(loaded.KEYPOINT_MASK_SHAPE) == (56, 56)

@@ -222,3 +222,38 @@ def test_display_differences(tmp_path):
     _png_ok(tmp_path / "diff.png")
     # Two GT (empty captions) then predictions by descending score, both matched with IoU 1.
     assert [t.get_text() for t in ax.texts] == ["", "", "0.90 / 1.00", "0.60 / 1.00"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Keypoints
+def test_display_keypoints_draws_points_and_limbs(tmp_path):
+    from matplotlib.figure import Figure
+
+    image = np.zeros((40, 50, 3), np.uint8)
+    keypoints = np.array([[[10.5, 5.5, 2], [20.5, 25.5, 2], [30.5, 5.5, 0]],
+                          [[40.5, 30.5, 0.9], [45.5, 35.5, 0.2], [44.5, 20.5, 0.8]]], np.float32)
+    ax = Figure().subplots()
+    visualize.display_keypoints(image, keypoints, skeleton=[(0, 1), (1, 2)], boxes=np.array([[0, 0, 30, 40], [20, 38, 40, 50]]),
+                                min_score=0.5, keypoint_names=["a", "b", "c"], ax=ax)
+    # Instance 0: limb 0-1 only (2 is unlabelled); instance 1: no limb has both ends above 0.5.
+    assert len(ax.lines) == 1
+    np.testing.assert_allclose(ax.lines[0].get_xydata(), [[10, 5], [20, 25]])  # pixel centres at integers
+    points = np.concatenate([c.get_offsets() for c in ax.collections])
+    np.testing.assert_allclose(points, [[10, 5], [20, 25], [40, 30], [44, 20]])
+    assert [t.get_text() for t in ax.texts] == ["a", "b"]
+    path = tmp_path / "keypoints.png"
+    visualize.display_keypoints(image, keypoints, save_path=path)
+    assert skimage.io.imread(path).ndim == 3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(keypoints=np.zeros((2, 3))), r"\[N, K, 3\]"),
+    (dict(skeleton=[(0, 5)]), "skeleton"),
+    (dict(boxes=np.zeros((3, 4))), "boxes"),
+    (dict(keypoint_names=["a"]), "keypoint_names"),
+])
+def test_display_keypoints_names_bad_inputs(kwargs, message):
+    args = dict(image=np.zeros((10, 10, 3)), keypoints=np.zeros((2, 3, 3)))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        visualize.display_keypoints(**args)

@@ -10,16 +10,24 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from mrcnn.config import Config
 from mrcnn.modeling.backbone import FPN, ResNet, backbone_layer_names
 from mrcnn.modeling.heads import BoxHead, MaskHead
 from mrcnn.modeling.rpn import RPNHead
 from mrcnn.weights import (
+    KNOWN_WEIGHTS,
     MATTERPORT_HEAD_LAYERS,
+    WeightsFile,
+    WeightsNotAvailableError,
     find_weight_layers,
+    imagenet_file_layout,
+    imagenet_weights_key,
     iter_layers,
     keras_applications_resnet_name_map,
+    load_imagenet_backbone,
     load_keras_applications_backbone,
     load_weights_by_name,
+    weights_file_path,
 )
 
 NUM_CLASSES = 3
@@ -308,7 +316,10 @@ def keras_resnet50() -> keras.Model:
     net = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(64, 64, 3))
     rng = np.random.default_rng(3)
     for w in net.weights:
-        w.assign(random_value(f"{w.name}:0", tuple(w.shape), rng))
+        value = random_value(f"{w.name}:0", tuple(w.shape), rng)
+        # Half the He scale: with random BatchNorm statistics, full-scale kernels grow activations
+        # to ~1e6 by C5, and a whole Mask R-CNN on top of them yields non-finite boxes.
+        w.assign(value * 0.5 if w.name == "kernel" else value)
     return net
 
 
@@ -357,3 +368,169 @@ def test_layer_tree_walk_reaches_nested_layers(model: TinyMaskRCNN) -> None:
     names = [layer.name for layer in iter_layers(model)]
     for name in ("conv1", "res4f_branch2c", "fpn_p2", "rpn_class_raw", "mrcnn_class_bn2", "mrcnn_mask"):
         assert names.count(name) == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Starting points: ImageNet backbones (both layouts) and published files
+class _TinyMaskRCNNConfig(Config):
+    NAME = "weights_tiny"
+    NUM_CLASSES = 3
+    BACKBONE = "resnet50"
+    IMAGES_PER_GPU = 1
+    IMAGE_MIN_DIM = IMAGE_MAX_DIM = 64
+    RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
+    PRE_NMS_LIMIT = 200
+    POST_NMS_ROIS_INFERENCE = 16
+    DETECTION_MAX_INSTANCES = 4
+    DETECTION_MIN_CONFIDENCE = 0.0
+    TOP_DOWN_PYRAMID_SIZE = 32
+    FPN_CLASSIF_FC_LAYERS_SIZE = 32
+
+
+def write_keras_model_h5(path: Path, net: keras.Model) -> None:
+    """Writes `net`'s weights as Keras 2's save_weights did: layer groups, 'layer/weight:0' names."""
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [layer.name.encode("utf8") for layer in net.layers]
+        for layer in net.layers:
+            group = f.create_group(layer.name)
+            names = [f"{layer.name}/{w.name}:0" for w in layer.weights]
+            group.attrs["weight_names"] = [n.encode("utf8") for n in names]
+            for name, w in zip(names, layer.weights):
+                group.create_dataset(name, data=w.numpy())
+
+
+@pytest.fixture(scope="module")
+def keras_resnet50_h5(keras_resnet50: keras.Model, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("imagenet") / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    write_keras_model_h5(path, keras_resnet50)
+    return path
+
+
+def test_imagenet_backbone_from_keras_applications_file(keras_resnet50: keras.Model, keras_resnet50_h5: Path) -> None:
+    """A keras.applications-layout file initialises a whole MaskRCNN's backbone, and only it."""
+    from mrcnn.model import MaskRCNN
+
+    assert imagenet_file_layout(keras_resnet50_h5) == ("keras_applications", "resnet50")
+    model = MaskRCNN(mode="inference", config=_TinyMaskRCNNConfig())
+    model.ensure_built()
+    image = np.random.default_rng(5).integers(0, 255, (64, 64, 3)).astype(np.uint8)
+    # mrcnn_bbox rather than mrcnn_class: an untrained head's softmax can saturate to exactly 1.0 / 0.0.
+    names = ["C2", "C5", "P2", "rpn_class", "mrcnn_bbox"]
+    before = model.run_graph([image], names)
+    layers = find_weight_layers(model)
+    heads_before = {n: layer_values(layer) for n, layer in layers.items() if not n.startswith(("res", "bn"))}
+    heads_before.pop("conv1")
+
+    report = load_imagenet_backbone(model, keras_resnet50_h5)
+    name_map = keras_applications_resnet_name_map("resnet50")
+    assert sorted(report["loaded"]) == sorted(name_map.values())
+    assert report["missing_in_file"] == [] and report["skipped"] == []
+    for source_name, target_name in name_map.items():
+        source = keras_resnet50.get_layer(source_name)
+        for sw, tw in zip(source.weights, layers[target_name].weights, strict=True):
+            assert sw.name == tw.name
+            np.testing.assert_array_equal(tw.numpy(), sw.numpy(), err_msg=f"{source_name} -> {target_name}")
+    for name, values in heads_before.items():  # FPN, RPN and heads untouched
+        for key, value in layer_values(layers[name]).items():
+            np.testing.assert_array_equal(value, values[key], err_msg=name)
+
+    after = model.run_graph([image], names)
+    for name in names:
+        assert not np.allclose(after[name], before[name]), f"{name} did not change"
+    # The in-memory route (a keras.applications model object) gives the same model.
+    for w in model.backbone.weights:
+        w.assign(np.zeros(w.shape, np.float32))
+    load_keras_applications_backbone(model, keras_resnet50)
+    again = model.run_graph([image], names)
+    for name in names:
+        np.testing.assert_array_equal(again[name], after[name], err_msg=name)
+
+    # The outputs change *accordingly*: with keras' BatchNorm epsilon, our stages 2-5 inside the
+    # Mask R-CNN reproduce keras.applications' stage outputs from the same pooled stem.
+    for layer in iter_layers(model.backbone):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.epsilon = 1.001e-5
+    stage_outputs = ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out")
+    probe = keras.Model(keras_resnet50.input, [keras_resnet50.get_layer(n).output
+                                               for n in ("pool1_pool",) + stage_outputs])
+    pooled, *theirs = (t.numpy() for t in probe(tf.random.stateless_normal([1, 64, 64, 3], seed=(1, 2)) * 30.0))
+    ours = [t.numpy() for t in model.backbone.call_stages(tf.constant(pooled))]
+    for name, our, their in zip(stage_outputs, ours, theirs, strict=True):
+        scale = np.abs(their).max()
+        np.testing.assert_allclose(our / scale, their / scale, atol=1e-4, err_msg=name)
+
+
+def test_imagenet_backbone_from_fchollet_file(model: TinyMaskRCNN, tmp_path: Path) -> None:
+    """fchollet's layout (our names, Keras-1 weight names such as conv1_W) loads by name; FPN is left alone."""
+    backbone = [(g, w) for g, w in matterport_spec() if g in set(backbone_layer_names("resnet50"))]
+    renamed = []
+    for group, weights in backbone:  # conv1/kernel:0 -> conv1_W:0, bn_conv1/gamma:0 -> bn_conv1_gamma:0 ...
+        short = {"kernel": "W", "bias": "b", "moving_variance": "running_std"}
+        renamed.append((group, [(f"{group}_{short.get(n.split('/')[1][:-2], n.split('/')[1][:-2])}:0", s)
+                                for n, s in weights]))
+    renamed.append(("fpn_c5p5", conv_weights("fpn_c5p5", (1, 1, 2048, 256))))
+    path = tmp_path / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    values = write_legacy_h5(path, renamed, seed=9)
+    assert imagenet_file_layout(path) == ("matterport", "resnet50")
+    zero_all(model)
+    report = load_imagenet_backbone(model, path)
+    assert sorted(report["loaded"]) == sorted(backbone_layer_names("resnet50"))
+    np.testing.assert_array_equal(model.backbone.conv1.kernel.numpy(), values["conv1::conv1_W:0"])
+    np.testing.assert_array_equal(find_weight_layers(model)["bn4c_branch2b"].moving_variance.numpy(),
+                                  values["bn4c_branch2b::bn4c_branch2b_running_std:0"])
+    assert np.all(find_weight_layers(model)["fpn_c5p5"].kernel.numpy() == 0)
+
+
+def test_imagenet_file_layout_rejects_other_files(tmp_path: Path) -> None:
+    path = tmp_path / "heads.h5"
+    write_legacy_h5(path, [("fpn_c5p5", conv_weights("fpn_c5p5", (1, 1, 2048, 256)))])
+    with pytest.raises(ValueError, match="heads.h5.*no ResNet"):
+        imagenet_file_layout(path)
+
+
+def test_resnet50_file_into_resnet101_warns(keras_resnet50_h5: Path) -> None:
+    ours = ResNet("resnet101", name="r101")
+    ours(tf.zeros([1, 64, 64, 3]))
+    with pytest.warns(UserWarning, match="backbone layers .* keep their initial values"):
+        report = load_imagenet_backbone(ours, keras_resnet50_h5)
+    assert len(report["loaded"]) == 106
+    assert "res4w_branch2a" in report["missing_in_file"] and "res4f_branch2a" not in report["missing_in_file"]
+
+
+def test_weights_file_path_never_downloads_unasked(tmp_path: Path) -> None:
+    with pytest.raises(WeightsNotAvailableError) as info:
+        weights_file_path("coco", cache_dir=tmp_path)
+    message = str(info.value)
+    assert KNOWN_WEIGHTS["coco"].url in message and str(tmp_path / "mask_rcnn_coco.h5") in message
+    assert "--download" in message
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(FileNotFoundError, match="nope.h5"):
+        weights_file_path("imagenet_keras_resnet50", path=tmp_path / "nope.h5")
+    with pytest.raises(ValueError, match="fchollet.*resnet50 only"):
+        imagenet_weights_key("resnet101", "fchollet")
+    assert imagenet_weights_key("resnet101") == "imagenet_keras_resnet101"
+
+
+def test_weights_file_path_downloads_when_asked_and_caches(tmp_path: Path) -> None:
+    source = tmp_path / "published" / "stem.h5"
+    source.parent.mkdir()
+    write_legacy_h5(source, [("conv1", conv_weights("conv1", (7, 7, 3, 64)))])
+    spec = WeightsFile(source.as_uri(), "stem.h5", "a test stem", cache_subdir="sub")
+    cache = tmp_path / "cache"
+    with pytest.raises(WeightsNotAvailableError):
+        weights_file_path(spec, cache_dir=cache)
+    got = weights_file_path(spec, download=True, cache_dir=cache, verbose=0)
+    assert got == cache / "sub" / "stem.h5" and got.read_bytes() == source.read_bytes()
+    source.unlink()  # now served from the cache
+    assert weights_file_path(spec, cache_dir=cache) == got
+    assert [p.name for p in got.parent.iterdir()] == ["stem.h5"]  # no partial file left
+
+
+def test_weights_file_path_offline_names_url_and_destination(tmp_path: Path) -> None:
+    url = "http://127.0.0.1:9/mask_rcnn_coco.h5"  # the discard port: connection refused, as offline
+    spec = WeightsFile(url, "mask_rcnn_coco.h5", "COCO weights")
+    with pytest.raises(WeightsNotAvailableError) as info:
+        weights_file_path(spec, download=True, cache_dir=tmp_path, verbose=0)
+    message = str(info.value)
+    assert url in message and str(tmp_path / "mask_rcnn_coco.h5") in message
+    assert not (tmp_path / "mask_rcnn_coco.h5").exists()

@@ -15,6 +15,11 @@ leave the masks alone. Combine them with `Compose`:
 
 `load_image_gt` applies the augmentation to the image as loaded, *before* the config's resize, so
 shape-changing augmenters (Rot90 on a non-square image, ScaleJitter) work with every resize mode.
+
+Keypoints (Keypoint R-CNN): every augmenter here also takes ``keypoints=`` an
+`mrcnn.data.keypoints.InstanceKeypoints` and then returns ``(image, masks, keypoints)``, the
+keypoints moved with the image (mirrors swap left/right partners through the flip map). A custom
+augmenter used for keypoint training must accept ``keypoints=`` the same way.
 """
 
 from __future__ import annotations
@@ -24,8 +29,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from mrcnn import utils
+from mrcnn.data.keypoints import InstanceKeypoints
 
 Augmenter = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+
+
+def _out(image: np.ndarray, masks: np.ndarray, keypoints: InstanceKeypoints | None) -> tuple:
+    # The two-value return stays the contract when no keypoints are passed.
+    return (image, masks) if keypoints is None else (image, masks, keypoints)
 
 __all__ = [
     "Augmenter",
@@ -71,11 +82,15 @@ class Compose:
                 raise TypeError(f"augmenters[{i}] is not callable: {augmenter!r}")
         self.augmenters = list(augmenters)
 
-    def __call__(self, image: np.ndarray, masks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, image: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
+                 keypoints: InstanceKeypoints | None = None) -> tuple:
         check_pair(image, masks)
         for augmenter in self.augmenters:
-            image, masks = augmenter(image, masks, rng)
-        return image, masks
+            if keypoints is None:
+                image, masks = augmenter(image, masks, rng)
+            else:
+                image, masks, keypoints = augmenter(image, masks, rng, keypoints=keypoints)
+        return _out(image, masks, keypoints)
 
     def __repr__(self) -> str:
         return f"Compose({self.augmenters!r})"
@@ -87,11 +102,13 @@ class HorizontalFlip:
     def __init__(self, p: float = 0.5) -> None:
         self.p = _check_probability(p)
 
-    def __call__(self, image: np.ndarray, masks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, image: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
+                 keypoints: InstanceKeypoints | None = None) -> tuple:
         check_pair(image, masks)
         if rng.random() < self.p:
-            return image[:, ::-1], masks[:, ::-1]
-        return image, masks
+            flipped = None if keypoints is None else keypoints.hflip(image.shape[1])
+            return _out(image[:, ::-1], masks[:, ::-1], flipped)
+        return _out(image, masks, keypoints)
 
     def __repr__(self) -> str:
         return f"HorizontalFlip(p={self.p})"
@@ -103,11 +120,13 @@ class VerticalFlip:
     def __init__(self, p: float = 0.5) -> None:
         self.p = _check_probability(p)
 
-    def __call__(self, image: np.ndarray, masks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, image: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
+                 keypoints: InstanceKeypoints | None = None) -> tuple:
         check_pair(image, masks)
         if rng.random() < self.p:
-            return image[::-1], masks[::-1]
-        return image, masks
+            flipped = None if keypoints is None else keypoints.vflip(image.shape[0])
+            return _out(image[::-1], masks[::-1], flipped)
+        return _out(image, masks, keypoints)
 
     def __repr__(self) -> str:
         return f"VerticalFlip(p={self.p})"
@@ -125,12 +144,14 @@ class Rot90:
             raise ValueError("ks must list at least one number of quarter turns")
         self.ks = tuple(int(k) % 4 for k in ks)
 
-    def __call__(self, image: np.ndarray, masks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, image: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
+                 keypoints: InstanceKeypoints | None = None) -> tuple:
         check_pair(image, masks)
         if rng.random() >= self.p:
-            return image, masks
+            return _out(image, masks, keypoints)
         k = self.ks[int(rng.integers(len(self.ks)))]
-        return np.rot90(image, k, axes=(0, 1)), np.rot90(masks, k, axes=(0, 1))
+        rotated = None if keypoints is None else keypoints.rot90(k, image.shape)
+        return _out(np.rot90(image, k, axes=(0, 1)), np.rot90(masks, k, axes=(0, 1)), rotated)
 
     def __repr__(self) -> str:
         return f"Rot90(p={self.p}, ks={self.ks})"
@@ -161,10 +182,11 @@ class ScaleJitter:
         self.max_size = max_size
         self.p = _check_probability(p)
 
-    def __call__(self, image: np.ndarray, masks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, image: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
+                 keypoints: InstanceKeypoints | None = None) -> tuple:
         check_pair(image, masks)
         if rng.random() >= self.p:
-            return image, masks
+            return _out(image, masks, keypoints)
         side = int(rng.integers(self.min_side, self.max_side + 1))
         height, width = image.shape[:2]
         scale = side / min(height, width)
@@ -172,12 +194,13 @@ class ScaleJitter:
             scale = self.max_size / max(height, width)
         new_shape = (max(1, round(height * scale)), max(1, round(width * scale)))
         if new_shape == (height, width):
-            return image, masks
+            return _out(image, masks, keypoints)
         resized = utils.resize_bilinear(image, new_shape)
         if np.issubdtype(image.dtype, np.integer):
             info = np.iinfo(image.dtype)
             resized = np.clip(np.rint(resized), info.min, info.max)
-        return resized.astype(image.dtype), utils.resize_nearest(masks, new_shape)
+        scaled = None if keypoints is None else keypoints.rescale(new_shape[0] / height, new_shape[1] / width)
+        return _out(resized.astype(image.dtype), utils.resize_nearest(masks, new_shape), scaled)
 
     def __repr__(self) -> str:
         return f"ScaleJitter(min_side={self.min_side}, max_side={self.max_side}, max_size={self.max_size}, p={self.p})"
@@ -203,16 +226,17 @@ class BrightnessContrast:
         self.contrast = float(contrast)
         self.p = _check_probability(p)
 
-    def __call__(self, image: np.ndarray, masks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, image: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
+                 keypoints: InstanceKeypoints | None = None) -> tuple:
         check_pair(image, masks)
         if rng.random() >= self.p:
-            return image, masks
+            return _out(image, masks, keypoints)
         gain = rng.uniform(1.0 - self.contrast, 1.0 + self.contrast)
         shift = rng.uniform(-self.brightness, self.brightness) * 255.0
         values = image.astype(np.float32)
         mean = float(values.mean())
         values = (values - mean) * gain + (mean + shift)
-        return np.clip(np.rint(values), 0, 255).astype(np.uint8), masks
+        return _out(np.clip(np.rint(values), 0, 255).astype(np.uint8), masks, keypoints)
 
     def __repr__(self) -> str:
         return f"BrightnessContrast(brightness={self.brightness}, contrast={self.contrast}, p={self.p})"

@@ -20,6 +20,11 @@ COCO category 18 and ``dataset.get_source_class_id(internal_id, "coco")`` goes b
 Masks: `load_mask` decodes each annotation at the image's full size. Crowd annotations
 (``iscrowd=1``) come back with NEGATIVE class ids (as in matterport), so training targets can
 exclude them; annotations that decode to no pixel at all are skipped.
+
+Keypoints (person keypoints files, `load_keypoints`): COCO stores integer pixel indices; they come
+back in continuous pixel coordinates (+0.5, the pixel's centre; mrcnn/data/keypoints.py), one row
+per instance of `load_mask`. `COCO_PERSON_KEYPOINT_NAMES`, `COCO_PERSON_SKELETON`,
+`COCO_PERSON_FLIP_MAP` and `COCO_PERSON_OKS_SIGMAS` configure a person Keypoint R-CNN.
 """
 
 from __future__ import annotations
@@ -40,12 +45,30 @@ import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 
 from mrcnn.data.dataset import Dataset
+from mrcnn.data.keypoints import flip_map_from_names
 
 COCO_DOWNLOAD_PAGE = "https://cocodataset.org/#download"
 COCO_IMAGES_URL = "http://images.cocodataset.org/zips/{subset}{year}.zip"
 COCO_ANNOTATIONS_URL = "http://images.cocodataset.org/annotations/annotations_trainval{year}.zip"
 # matterport's 2014 splits: val2014 minus 5k "minival" images; both read their images from val2014.
 _VAL_SUBSETS = ("minival", "valminusminival")
+
+# COCO person keypoints (person_keypoints_*.json categories): names, limbs as 0-based index pairs
+# (the file's skeleton is 1-based), mirror partners, and COCOeval's per-keypoint OKS sigmas.
+COCO_PERSON_KEYPOINT_NAMES = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
+    "left_knee", "right_knee", "left_ankle", "right_ankle",
+)
+COCO_PERSON_SKELETON = (
+    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),
+    (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
+)
+COCO_PERSON_FLIP_MAP = flip_map_from_names(COCO_PERSON_KEYPOINT_NAMES)
+COCO_PERSON_OKS_SIGMAS = (
+    0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107,
+    0.087, 0.087, 0.089, 0.089,
+)
 
 
 def coco_paths(dataset_dir: str | Path, subset: str, year: str = "2017") -> tuple[Path, Path]:
@@ -67,7 +90,15 @@ class CocoDataset(Dataset):
     image id), ``path``, ``width``, ``height``, ``file_name``, ``coco_url`` (may be None),
     ``annotations`` (the COCO annotation dicts of the selected categories) and ``coco_file``
     (the JSON it came from, for error messages).
+
+    Attributes:
+        keypoint_names: names of the keypoints of the file's keypoint category (COCO person: 17),
+            None when no loaded category has keypoints.
+        skeleton: that category's limbs as 0-based keypoint index pairs.
     """
+
+    keypoint_names: tuple[str, ...] | None = None
+    skeleton: tuple[tuple[int, int], ...] = ()
 
     def load_coco(
         self,
@@ -158,7 +189,12 @@ class CocoDataset(Dataset):
             image_ids = sorted({i for c in class_ids for i in coco.getImgIds(catIds=[c])})
 
         for class_id in class_ids:
-            self.add_class(source, class_id, coco.loadCats(class_id)[0]["name"])
+            category = coco.loadCats(class_id)[0]
+            self.add_class(source, class_id, category["name"])
+            if category.get("keypoints") and self.keypoint_names is None:
+                # The first category with keypoints (COCO: person) defines the keypoint types.
+                self.keypoint_names = tuple(category["keypoints"])
+                self.skeleton = tuple((int(a) - 1, int(b) - 1) for a, b in category.get("skeleton", []))
         for image_id in image_ids:
             info = coco.imgs[image_id]
             if "file_name" not in info:
@@ -216,6 +252,45 @@ class CocoDataset(Dataset):
         if not masks:
             return np.zeros((height, width, 0), dtype=bool), np.zeros((0,), dtype=np.int32)
         return np.stack(masks, axis=-1), np.array(class_ids, dtype=np.int32)
+
+    def load_keypoints(self, image_id: int) -> np.ndarray:
+        """Keypoints of the instances `load_mask` returns (same order: annotations with a non-empty mask).
+
+        Returns:
+            [N, K, 3] float32 (x, y, visibility) in continuous pixel coordinates (COCO's integer
+            pixel indices + 0.5); K = len(keypoint_names) of the file's keypoint category. An
+            annotation without keypoints (crowd, another category) gives visibility 0 throughout.
+
+        Raises:
+            ValueError: naming the file when it defines no keypoint category, or the annotation
+                whose keypoint list does not have 3 * K numbers.
+        """
+        info = self.image_info[image_id]
+        if "coco_file" not in info:
+            return super().load_keypoints(image_id)
+        names = self.keypoint_names
+        if names is None:
+            raise ValueError(f"{info['coco_file']} defines no category with 'keypoints': it is not a keypoints file")
+        num_keypoints = len(names)
+        height, width = info["height"], info["width"]
+        if height is None or width is None:
+            height, width = self.load_image(image_id).shape[:2]
+        rows = []
+        for ann in info["annotations"]:
+            where = f"annotation {ann.get('id')} of image {info['id']} ({info['file_name']}) in {info['coco_file']}"
+            # The same filter as load_mask, so that row i belongs to mask i.
+            if not decode_segmentation(ann.get("segmentation"), int(height), int(width), where).any():
+                continue
+            values = ann.get("keypoints") or [0] * (3 * num_keypoints)
+            if len(values) != 3 * num_keypoints:
+                raise ValueError(f"{where}: {len(values)} keypoint values, expected 3 * {num_keypoints}")
+            points = np.asarray(values, dtype=np.float32).reshape(num_keypoints, 3)
+            labelled = points[:, 2] > 0
+            points[labelled, :2] += 0.5  # pixel index -> pixel centre (continuous coordinates)
+            rows.append(points)
+        if not rows:
+            return np.zeros((0, num_keypoints, 3), np.float32)
+        return np.stack(rows)
 
     def image_reference(self, image_id: int) -> str:
         """The image's COCO URL when the file gives one, else its file name."""

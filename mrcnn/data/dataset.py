@@ -272,6 +272,26 @@ class Dataset:
             height, width = self.load_image(image_id).shape[:2]
         return np.zeros([height, width, 0], dtype=bool), np.zeros([0], dtype=np.int32)
 
+    def load_keypoints(self, image_id: int) -> np.ndarray:
+        """Keypoints of an image's instances, for Keypoint R-CNN (Config.KEYPOINT_HEAD); subclasses override.
+
+        Called only when the config has a keypoint head. Instance i's keypoints belong to mask i of
+        `load_mask` (same order and count). An instance without keypoint annotations (another class,
+        a crowd region) has all visibilities 0.
+
+        Returns:
+            [N, K, 3] float32 (x, y, visibility) in continuous pixel coordinates of the original
+            image (pixel (r, c) covers [c, c+1) x [r, r+1)); visibility 0 = not labelled, 1 =
+            labelled but occluded, 2 = visible (COCO). See mrcnn/data/keypoints.py.
+
+        Raises:
+            NotImplementedError: the base class has no keypoints.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__}.load_keypoints is not implemented, but the config has KEYPOINT_HEAD = True: "
+            "override load_keypoints(image_id) -> [N, K, 3] (x, y, visibility), or set KEYPOINT_HEAD = False"
+        )
+
 
 # ----------------------------------------------------------------------------------------------
 def read_image_rgb(path: str | Path, uint16_scaling: str = "range") -> np.ndarray:

@@ -9,6 +9,9 @@ Each batch is a dict of inputs (no separate targets: the model computes its loss
     input_gt_class_ids [B, MAX_GT_INSTANCES]                int32 (0 padding, < 0 crowd)
     input_gt_boxes     [B, MAX_GT_INSTANCES, 4]             float32 pixel boxes in the molded image
     input_gt_masks     [B, mh, mw, MAX_GT_INSTANCES]        bool (MINI_MASK_SHAPE or IMAGE_SHAPE[:2])
+    input_gt_keypoints [B, MAX_GT_INSTANCES, K, 3]          float32 (x, y, visibility), continuous pixel
+                                                            coordinates of the molded image; only when
+                                                            config.KEYPOINT_HEAD (K = NUM_KEYPOINTS)
 
 B = config.BATCH_SIZE, A = number of anchors for config.IMAGE_SHAPE.
 
@@ -154,15 +157,19 @@ class DataGenerator(keras.utils.PyDataset):
             "input_gt_boxes": np.zeros((batch, max_gt, 4), dtype=np.float32),
             "input_gt_masks": np.zeros((batch,) + self.mask_shape + (max_gt,), dtype=bool),
         }
+        with_keypoints = bool(getattr(config, "KEYPOINT_HEAD", False))
+        if with_keypoints:
+            x["input_gt_keypoints"] = np.zeros((batch, max_gt, int(config.NUM_KEYPOINTS), 3), dtype=np.float32)
         image_ids = self.batch_image_ids(index)
         for slot, image_id in enumerate(image_ids):
             rng = np.random.default_rng([self.seed, _BATCH_STREAM, self.epoch, index, slot])
             augmentation = self.augmentation
             if augmentation is not None and self.dataset.image_info[image_id]["source"] in self.no_augmentation_sources:
                 augmentation = None
-            image, image_meta, class_ids, boxes, masks = targets.load_image_gt(
-                self.dataset, config, int(image_id), augmentation=augmentation, rng=rng
+            image, image_meta, class_ids, boxes, masks, *extra = targets.load_image_gt(
+                self.dataset, config, int(image_id), augmentation=augmentation, rng=rng, with_keypoints=with_keypoints
             )
+            keypoints = extra[0] if with_keypoints else None
             if image.shape != self.image_shape or masks.shape[:2] != self.mask_shape:
                 raise ValueError(
                     f"image {image_id} ({self.dataset.image_reference(int(image_id))}) came out as {image.shape} "
@@ -175,13 +182,20 @@ class DataGenerator(keras.utils.PyDataset):
                 # Too many instances for the fixed GT slots: keep a random subset (in original order).
                 keep = np.sort(rng.choice(class_ids.shape[0], max_gt, replace=False))
                 class_ids, boxes, masks = class_ids[keep], boxes[keep], masks[:, :, keep]
+                keypoints = None if keypoints is None else keypoints[keep]
             count = class_ids.shape[0]
             # mold_image (image - MEAN_PIXEL) written straight into the batch array.
-            np.subtract(image, self.mean_pixel, out=x["input_image"][slot], dtype=np.float32)
+            # Over [H, W * C] rows against the mean tiled along a row: numpy broadcasts over one long
+            # contiguous axis ~7x faster than over the short channel axis (4.5 -> 0.6 ms at 512 px).
+            height, width, channels = self.image_shape
+            np.subtract(image.reshape(height, width * channels), np.tile(self.mean_pixel, width),
+                        out=x["input_image"][slot].reshape(height, width * channels), dtype=np.float32)
             x["input_image_meta"][slot] = image_meta
             x["input_rpn_match"][slot, :, 0] = rpn_match
             x["input_rpn_bbox"][slot] = rpn_bbox
             x["input_gt_class_ids"][slot, :count] = class_ids
             x["input_gt_boxes"][slot, :count] = boxes
             x["input_gt_masks"][slot, :, :, :count] = masks
+            if keypoints is not None:
+                x["input_gt_keypoints"][slot, :count] = keypoints
         return x

@@ -6,11 +6,14 @@ padded) image; deltas ``(dy, dx, log(dh), log(dw))`` with ``h = y2 - y1`` (docs/
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, NamedTuple
 
 import numpy as np
+import scipy.ndimage as ndi
 
 from mrcnn import utils
+from mrcnn.data import keypoints as kp
 from mrcnn.data.augment import Augmenter
 
 # matterport's RPN labelling thresholds (Faster R-CNN paper, section 3.1.2).
@@ -30,7 +33,8 @@ def load_image_gt(
     image_id: int,
     augmentation: Augmenter | None = None,
     rng: np.random.Generator | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    with_keypoints: bool = False,
+) -> tuple[np.ndarray, ...]:
     """Loads one image with its ground truth, resized (and augmented) for training.
 
     Steps: load image and masks; augment them together (before resizing, so shape-changing
@@ -44,6 +48,8 @@ def load_image_gt(
         image_id: internal image id.
         augmentation: optional augmenter ``(image, masks, rng) -> (image, masks)`` (see augment.py).
         rng: random generator for augmentation and the "crop" resize mode; a fresh unseeded one when None.
+        with_keypoints: also load `dataset.load_keypoints` and return them, moved through the same
+            augmentation (mirrors swap left/right partners, see config.KEYPOINT_FLIP_MAP) and resize.
 
     Returns:
         image: [H, W, 3] uint8, the molded size (config.IMAGE_SHAPE except in "none"/"pad64" modes).
@@ -52,12 +58,17 @@ def load_image_gt(
         class_ids: [N] int32 internal class ids (negative for crowd instances).
         bbox: [N, (y1, x1, y2, x2)] int32 pixel boxes in the molded image.
         mask: [mh, mw, N] bool mini masks (MINI_MASK_SHAPE) when USE_MINI_MASK, else [H, W, N] bool.
+        keypoints (only with `with_keypoints`): [N, NUM_KEYPOINTS, 3] float32 (x, y, visibility) in
+            continuous pixel coordinates of the molded image; keypoints cropped away get visibility 0.
 
     Raises:
         ValueError: when the dataset returns inconsistent shapes (naming the image).
     """
     if rng is None:
         rng = np.random.default_rng()
+    if getattr(dataset, "load_label_mask", None) is not None and not with_keypoints:
+        # Datasets of non-overlapping instances (nuclei) hand over one label image: much faster.
+        return load_image_gt_from_labels(dataset, config, image_id, augmentation, rng)
     image = np.asarray(dataset.load_image(image_id))
     mask, class_ids = dataset.load_mask(image_id)
     mask = np.asarray(mask)
@@ -69,9 +80,21 @@ def load_image_gt(
         )
     if mask.dtype != np.bool_:
         mask = mask > 0
+    keypoints = None
+    if with_keypoints:
+        keypoints = kp.InstanceKeypoints(
+            kp.check_keypoints(dataset.load_keypoints(image_id), class_ids.shape[0], int(config.NUM_KEYPOINTS),
+                               where=f"image {image_id} ({dataset.image_reference(image_id)})"),
+            kp.resolve_flip_map(int(config.NUM_KEYPOINTS), config.KEYPOINT_FLIP_MAP, config.KEYPOINT_NAMES))
 
     if augmentation is not None:
-        image, mask = augmentation(image, mask, rng)
+        if keypoints is None:
+            image, mask = augmentation(image, mask, rng)
+        elif "keypoints" in inspect.signature(augmentation).parameters:
+            image, mask, keypoints = augmentation(image, mask, rng, keypoints=keypoints)
+        else:
+            raise TypeError(f"augmentation {augmentation!r} does not take keypoints=: keypoint training needs "
+                            "augmenters that move keypoints too (those of mrcnn.data.augment do)")
         if image.ndim != 3 or mask.ndim != 3 or image.shape[:2] != mask.shape[:2] or mask.shape[-1] != class_ids.shape[0]:
             raise ValueError(
                 f"augmentation {augmentation!r} returned image {image.shape} and masks {mask.shape} for image "
@@ -95,10 +118,14 @@ def load_image_gt(
         mask = utils.resize_mask(mask, scale, padding, crop)
         keep = mask.any(axis=(0, 1))
         bbox = None
+    points = None
+    if keypoints is not None:
+        points = kp.resize_keypoints(keypoints.points, original_shape, scale, padding, crop, image.shape)
     if not keep.all():
         mask = mask[:, :, keep]
         class_ids = class_ids[keep]
         bbox = None if bbox is None else bbox[keep]
+        points = None if points is None else points[keep]
     if bbox is None:
         bbox = utils.extract_bboxes(mask)
 
@@ -107,7 +134,138 @@ def load_image_gt(
     active_class_ids[dataset.source_class_ids[source]] = 1
 
     image_meta = utils.compose_image_meta(image_id, original_shape, image.shape, window, scale, active_class_ids)
+    if with_keypoints:
+        return np.ascontiguousarray(image), image_meta, class_ids, bbox, mask, points
     return np.ascontiguousarray(image), image_meta, class_ids, bbox, mask
+
+
+def load_image_gt_from_labels(
+    dataset: Any,
+    config: Any,
+    image_id: int,
+    augmentation: Augmenter | None = None,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`load_image_gt` for datasets whose instances never overlap and come as one label image.
+
+    `load_image_gt` calls this when the dataset has ``load_label_mask(image_id) -> (labels
+    [H, W] int, class_ids [N] int32)`` (0 background, instance k has value k and class
+    ``class_ids[k - 1]``). Results equal the ``load_mask`` path's, but the [H, W, N] mask stack is
+    never built: the label image is augmented (as a one-channel mask, so augmenters must resample
+    masks by nearest neighbour, as all of mrcnn.data.augment's do), resized by nearest neighbour,
+    and each instance's box and mini mask are read from it. DSB2018 at 512 px: 5 ms instead of
+    15 ms per image for this step (bench/data_pipeline.py).
+
+    Args and returns: as `load_image_gt` (without keypoints).
+    """
+    if rng is None:
+        rng = np.random.default_rng()
+    image = np.asarray(dataset.load_image(image_id))
+    labels, class_ids = dataset.load_label_mask(image_id)
+    labels = np.asarray(labels)
+    class_ids = np.asarray(class_ids).astype(np.int32).reshape(-1)
+    if image.ndim != 3 or labels.shape != image.shape[:2] or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"image {image_id} ({dataset.image_reference(image_id)}): load_image gave {image.shape}, load_label_mask "
+            f"gave labels {labels.shape} {labels.dtype}; expected [H, W, 3] and [H, W] integer"
+        )
+    if augmentation is not None:
+        image, stacked = augmentation(image, labels[:, :, None], rng)
+        if image.ndim != 3 or stacked.ndim != 3 or stacked.shape[-1] != 1 or image.shape[:2] != stacked.shape[:2]:
+            raise ValueError(
+                f"augmentation {augmentation!r} returned image {image.shape} and labels {stacked.shape} for image "
+                f"{image_id}; expected [H, W, C] and [H, W, 1]"
+            )
+        labels = stacked[:, :, 0]
+    original_shape = image.shape
+    image, window, scale, padding, crop = utils.resize_image(
+        image, min_dim=config.IMAGE_MIN_DIM, max_dim=config.IMAGE_MAX_DIM, min_scale=config.IMAGE_MIN_SCALE,
+        mode=config.IMAGE_RESIZE_MODE, rng=rng,
+    )
+    mini_shape = tuple(config.MINI_MASK_SHAPE) if config.USE_MINI_MASK else None
+    present, bbox, mask = labels_to_targets(labels, class_ids.shape[0], scale, padding, crop, mini_shape)
+    class_ids = class_ids[present]
+
+    active_class_ids = np.zeros([dataset.num_classes], dtype=np.int32)
+    active_class_ids[dataset.source_class_ids[dataset.image_info[image_id]["source"]]] = 1
+    image_meta = utils.compose_image_meta(image_id, original_shape, image.shape, window, scale, active_class_ids)
+    return np.ascontiguousarray(image), image_meta, class_ids, bbox, mask
+
+
+def labels_to_targets(
+    labels: np.ndarray,
+    count: int,
+    scale: float,
+    padding: Any,
+    crop: Any,
+    mini_shape: tuple[int, int] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes and (mini) masks of the instances of a label image after `utils.resize_image`.
+
+    Same numbers as ``resize_mask`` + ``extract_bboxes`` + ``minimize_mask`` on the expanded masks
+    (nearest-neighbour resize with the same sampling, then a bilinear sample of each box
+    thresholded at 0.5), in time proportional to the output image plus the mini masks.
+
+    Args:
+        labels: [H, W] int, 0 background, instance k (1..count) has value k.
+        count: number of instances N (values above it are ignored).
+        scale, padding, crop: as returned by `utils.resize_image` for the image.
+        mini_shape: (mh, mw) for mini masks, or None for full-size masks.
+
+    Returns:
+        present: [N] bool, the instances that still have pixels (the others are dropped).
+        bbox: [P, (y1, x1, y2, x2)] int32 pixel boxes in the resized image of the P present ones.
+        mask: [mh, mw, P] bool mini masks, or [H', W', P] bool full-size masks.
+    """
+    height, width = labels.shape
+    if scale != 1:
+        labels = labels[utils._nearest_index(height, round(height * scale))][
+            :, utils._nearest_index(width, round(width * scale))]
+    if crop is not None:
+        y, x, crop_h, crop_w = (int(v) for v in crop)
+        labels = labels[y : y + crop_h, x : x + crop_w]
+    else:
+        labels = np.pad(labels, [tuple(padding[0]), tuple(padding[1])], mode="constant")
+    objects = ndi.find_objects(labels, max_label=count) if count else []  # one C pass: every box
+    index = np.array([k for k, found in enumerate(objects) if found is not None], dtype=np.intp)
+    present = np.zeros(count, dtype=bool)
+    present[index] = True
+    bbox = np.array([[objects[k][0].start, objects[k][1].start, objects[k][0].stop, objects[k][1].stop]
+                     for k in index], dtype=np.int32).reshape(-1, 4)
+    values = (index + 1).astype(labels.dtype)
+    if mini_shape is None:
+        mask = np.zeros(labels.shape + (index.size,), dtype=bool)
+        for j, k in enumerate(index):
+            mask[objects[k] + (j,)] = labels[objects[k]] == values[j]
+        return present, bbox, mask
+    mh, mw = int(mini_shape[0]), int(mini_shape[1])
+    if index.size == 0:
+        return present, bbox, np.zeros((mh, mw, 0), dtype=bool)
+    # Bilinear sampling of each instance's indicator (labels == k) inside its box, vectorized
+    # over instances with the same weights and operation order as minimize_mask.
+    y_lo, y_hi, y_frac = utils._linear_weights_batch(bbox[:, 0], bbox[:, 2] - bbox[:, 0], mh)  # [P, mh]
+    x_lo, x_hi, x_frac = utils._linear_weights_batch(bbox[:, 1], bbox[:, 3] - bbox[:, 1], mw)  # [P, mw]
+    flat = labels.reshape(-1)
+    row_stride = labels.shape[1]
+    values = values[:, None, None]
+
+    def sample(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        return (flat[ys[:, :, None] * row_stride + xs[:, None, :]] == values).astype(np.float32)
+
+    top_left = sample(y_lo, x_lo)
+    left = sample(y_hi, x_lo)
+    left -= top_left
+    left *= y_frac[:, :, None]
+    left += top_left
+    top_right = sample(y_lo, x_hi)
+    right = sample(y_hi, x_hi)
+    right -= top_right
+    right *= y_frac[:, :, None]
+    right += top_right
+    right -= left
+    right *= x_frac[:, None, :]
+    right += left
+    return present, bbox, np.ascontiguousarray(np.moveaxis(right >= 0.5, 0, -1))
 
 
 # ------------------------------------------------------------------------------------------------

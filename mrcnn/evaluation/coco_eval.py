@@ -15,6 +15,13 @@ size, AR at 1 / 10 / `max_dets` detections per image, AR by size), computed here
 accumulated arrays rather than by `COCOeval.summarize()`: summarize() hard-codes 100 detections
 for its first AP line, which gives -1 (or the wrong number) when `max_dets` is not 100, and
 microscopy images with hundreds of nuclei need more than 100.
+
+Keypoints (Keypoint R-CNN): ``eval_types`` may include ``"keypoints"``; results then carry
+``"keypoints": [x1, y1, s1, ..., xK, yK, sK]`` in COCO's pixel-index convention (continuous
+coordinates - 0.5, as detectron2) with the heatmap score as third value (COCOeval ignores it), and
+COCOeval scores them by OKS with ``kpt_oks_sigmas`` (COCO person's when K = 17). COCO defines no
+"small" area range for keypoints: AP_small / AR_small are -1 there. `dataset_to_coco` turns any
+`Dataset` (e.g. the synthetic stick figures) into COCO ground truth to score against.
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-EVAL_TYPES = ("bbox", "segm")
+EVAL_TYPES = ("bbox", "segm", "keypoints")
+DEFAULT_EVAL_TYPES = ("bbox", "segm")  # what evaluate_coco scores unless told otherwise
 STAT_NAMES = (
     "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
     "AR1", "AR10", "AR_max", "AR_small", "AR_medium", "AR_large",
@@ -47,6 +55,7 @@ def build_coco_results(
     class_ids: np.ndarray | Sequence[np.ndarray],
     scores: np.ndarray | Sequence[np.ndarray],
     masks: np.ndarray | Sequence[np.ndarray | None] | None = None,
+    keypoints: np.ndarray | Sequence[np.ndarray | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Converts detections to COCO result dicts.
 
@@ -64,6 +73,9 @@ def build_coco_results(
         scores: [N] scores, per image.
         masks: [H, W, N] bool masks at the original image size, per image; None (or None for an
             image) leaves ``segmentation`` out.
+        keypoints: [N, K, 3] (x, y, score) per image in continuous pixel coordinates of the original
+            image (as `MaskRCNN.detect` returns them); written as ``keypoints`` [x - 0.5, y - 0.5,
+            score] * K. None leaves them out.
 
     Returns:
         list of dicts ``{"image_id", "category_id", "bbox": [x, y, w, h], "score",
@@ -80,16 +92,19 @@ def build_coco_results(
             raise ValueError(
                 f"rois is one array but {len(image_ids)} image ids were given; pass lists of per-image arrays"
             )
-        rois, class_ids, scores, masks = [rois], [class_ids], [scores], [masks]
-    elif masks is None:
+        rois, class_ids, scores, masks, keypoints = [rois], [class_ids], [scores], [masks], [keypoints]
+    if masks is None:
         masks = [None] * len(image_ids)
-    lengths = {"rois": len(rois), "class_ids": len(class_ids), "scores": len(scores), "masks": len(masks)}
+    if keypoints is None:
+        keypoints = [None] * len(image_ids)
+    lengths = {"rois": len(rois), "class_ids": len(class_ids), "scores": len(scores), "masks": len(masks),
+               "keypoints": len(keypoints)}
     if any(n != len(image_ids) for n in lengths.values()):
         raise ValueError(f"need one entry per image id ({len(image_ids)} image ids), got lengths {lengths}")
 
     results = []
-    for image_id, image_rois, image_class_ids, image_scores, image_masks in zip(
-        image_ids, rois, class_ids, scores, masks
+    for image_id, image_rois, image_class_ids, image_scores, image_masks, image_keypoints in zip(
+        image_ids, rois, class_ids, scores, masks, keypoints
     ):
         info = dataset.image_info[image_id]
         where = f"image {image_id} (COCO id {info['id']})"
@@ -111,6 +126,11 @@ def build_coco_results(
                     f"{where}: masks of shape {image_masks.shape} do not fit {n} detections on a "
                     f"{expected[0]}x{expected[1]} image; expected [H, W, N] at the original size"
                 )
+        if image_keypoints is not None:
+            image_keypoints = np.asarray(image_keypoints, dtype=np.float64)
+            if image_keypoints.ndim != 3 or image_keypoints.shape[0] != n or image_keypoints.shape[2] != 3:
+                raise ValueError(f"{where}: keypoints of shape {image_keypoints.shape} do not fit {n} detections; "
+                                 "expected [N, K, 3] (x, y, score)")
         for k in range(n):
             class_id = int(image_class_ids[k])
             if class_id <= 0:
@@ -125,6 +145,10 @@ def build_coco_results(
             if image_masks is not None:
                 rle = mask_util.encode(np.asfortranarray(image_masks[..., k].astype(np.uint8)))
                 result["segmentation"] = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+            if image_keypoints is not None:
+                points = image_keypoints[k].copy()
+                points[:, :2] -= 0.5  # continuous coordinates -> COCO's pixel indices
+                result["keypoints"] = [float(v) for v in points.reshape(-1)]
             results.append(result)
     return results
 
@@ -133,12 +157,13 @@ def evaluate_coco(
     model: Any,
     dataset: Any,
     coco: COCO,
-    eval_types: Sequence[str] | str = EVAL_TYPES,
+    eval_types: Sequence[str] | str = DEFAULT_EVAL_TYPES,
     image_ids: Sequence[int] | None = None,
     limit: int = 0,
     max_dets: int = 100,
     results_path: str | Path | None = None,
     verbose: int = 1,
+    kpt_oks_sigmas: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Runs `model.detect` over a COCO-format dataset and scores it with pycocotools' COCOeval.
 
@@ -147,13 +172,14 @@ def evaluate_coco(
             dict with ``rois``, ``class_ids``, ``scores``, ``masks`` and ``config.BATCH_SIZE``.
         dataset: prepared Dataset loaded from `coco` (e.g. `CocoDataset.load_coco_json`).
         coco: the ground truth COCO object (``return_coco=True`` when loading).
-        eval_types: any of "bbox", "segm".
+        eval_types: any of "bbox", "segm", "keypoints" (needs a model with KEYPOINT_HEAD).
         image_ids: internal image ids to evaluate (default: all).
         limit: if > 0, only the first `limit` of those images.
         max_dets: detections per image that count (COCOeval ``maxDets = [1, 10, max_dets]``);
             raise it above 100 for images with many instances (microscopy).
         results_path: where to write the results JSON (COCO result format), if given.
         verbose: 1 shows a progress bar and pycocotools' output plus a summary; 0 is silent.
+        kpt_oks_sigmas: per-keypoint OKS sigmas for "keypoints" (default: COCO person's, K = 17).
 
     Returns:
         ``{"bbox": {name: float}, "segm": {name: float}}`` for the requested types with the
@@ -197,6 +223,7 @@ def evaluate_coco(
                 dataset, ids,
                 [r["rois"] for r in detections], [r["class_ids"] for r in detections],
                 [r["scores"] for r in detections], [r.get("masks") for r in detections],
+                [r.get("keypoints") for r in detections],
             ))
             progress.update(len(ids))
     if results_path is not None:
@@ -211,7 +238,7 @@ def evaluate_coco(
     metrics: dict[str, Any] = {}
     for eval_type in eval_types:
         metrics[eval_type] = coco_eval_stats(coco, results, eval_type, coco_image_ids, max_dets=max_dets,
-                                             cat_ids=cat_ids or None, verbose=verbose)
+                                             cat_ids=cat_ids or None, verbose=verbose, kpt_oks_sigmas=kpt_oks_sigmas)
     metrics["seconds_per_image"] = detect_seconds / len(image_ids)
     metrics["num_images"] = len(image_ids)
     metrics["num_detections"] = len(results)
@@ -232,17 +259,19 @@ def coco_eval_stats(
     max_dets: int = 100,
     cat_ids: Sequence[int] | None = None,
     verbose: int = 0,
+    kpt_oks_sigmas: Sequence[float] | None = None,
 ) -> dict[str, float]:
     """Scores COCO results against ground truth with COCOeval.
 
     Args:
         coco: ground truth.
         results: COCO result dicts (as `build_coco_results` makes); may be empty.
-        eval_type: "bbox" or "segm".
+        eval_type: "bbox", "segm" or "keypoints" (OKS).
         image_ids: COCO image ids to evaluate (default: all of `coco`).
         max_dets: COCOeval ``maxDets = [1, 10, max_dets]``.
         cat_ids: COCO category ids to evaluate (default: all of `coco`).
         verbose: 1 lets pycocotools print and prints the 12-line summary.
+        kpt_oks_sigmas: K per-keypoint OKS sigmas for "keypoints"; default COCO person's (K = 17).
 
     Returns:
         dict of the 12 `STAT_NAMES` (floats; -1 where no ground truth exists).
@@ -251,14 +280,20 @@ def coco_eval_stats(
         raise ValueError(f"eval_type must be one of {EVAL_TYPES}, got {eval_type!r}")
     # Each type sees only its own geometry: loadRes derives a detection's area from "bbox" when
     # present, and segm needs the mask area (COCO's small/medium/large split uses it).
-    drop = "segmentation" if eval_type == "bbox" else "bbox"
-    typed = [{k: v for k, v in r.items() if k != drop} for r in results]
+    # Keypoint results keep neither: loadRes then takes area and box from the keypoints' extent.
+    drop = {"bbox": ("segmentation", "keypoints"), "segm": ("bbox", "keypoints"),
+            "keypoints": ("bbox", "segmentation")}[eval_type]
+    typed = [{k: v for k, v in r.items() if k not in drop} for r in results]
     if eval_type == "segm" and any("segmentation" not in r for r in typed):
         raise ValueError("segm evaluation needs a 'segmentation' in every result (the model returned no masks)")
+    if eval_type == "keypoints" and any("keypoints" not in r for r in typed):
+        raise ValueError("keypoints evaluation needs 'keypoints' in every result (the model has no keypoint head)")
     output = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with output:
         detections = coco.loadRes(typed) if typed else _empty_results(coco)
         evaluator = COCOeval(coco, detections, iouType=eval_type)
+        if eval_type == "keypoints":
+            evaluator.params.kpt_oks_sigmas = _oks_sigmas(coco, kpt_oks_sigmas)
         if image_ids is not None:
             evaluator.params.imgIds = sorted(int(i) for i in image_ids)
         if cat_ids is not None:
@@ -291,10 +326,14 @@ def summarize_coco_eval(evaluator: COCOeval) -> dict[str, float]:
         return float(np.mean(valid)) if valid.size else -1.0
 
     def ap(area_label: str = "all", iou: float | None = None) -> float:
+        if area_label not in area:  # keypoints have no "small" range
+            return -1.0
         values = precision[..., area[area_label], -1]
         return mean(values if iou is None else values[iou_index[iou]])
 
     def ar(area_label: str = "all", m: int = -1) -> float:
+        if area_label not in area:
+            return -1.0
         return mean(recall[..., area[area_label], m])
 
     return {
@@ -332,3 +371,95 @@ def _empty_results(coco: COCO) -> COCO:
     }
     empty.createIndex()
     return empty
+
+
+def _oks_sigmas(coco: COCO, sigmas: Sequence[float] | None) -> np.ndarray:
+    """Per-keypoint OKS sigmas, checked against the number of keypoints in the ground truth."""
+    num_keypoints = next((len(a["keypoints"]) // 3 for a in coco.dataset.get("annotations", []) if a.get("keypoints")),
+                         None)
+    if sigmas is None:
+        from mrcnn.data.coco import COCO_PERSON_OKS_SIGMAS
+
+        if num_keypoints not in (None, len(COCO_PERSON_OKS_SIGMAS)):
+            raise ValueError(f"the ground truth has {num_keypoints} keypoints per instance: pass kpt_oks_sigmas "
+                             f"(COCO person's {len(COCO_PERSON_OKS_SIGMAS)} sigmas do not fit)")
+        sigmas = COCO_PERSON_OKS_SIGMAS
+    sigmas = np.asarray(sigmas, dtype=np.float64).reshape(-1)
+    if num_keypoints is not None and sigmas.size != num_keypoints:
+        raise ValueError(f"kpt_oks_sigmas has {sigmas.size} values but the ground truth has {num_keypoints} keypoints")
+    return sigmas
+
+
+def dataset_to_coco(
+    dataset: Any,
+    image_ids: Sequence[int] | None = None,
+    with_keypoints: bool = False,
+    keypoint_names: Sequence[str] | None = None,
+    skeleton: Sequence[Sequence[int]] | None = None,
+) -> COCO:
+    """COCO ground truth (in memory) from any prepared `Dataset`, to score detections with COCOeval.
+
+    Ids and categories follow `build_coco_results`: image id ``image_info[i]["id"]`` (avoid 0 in
+    your source ids; COCO tools treat id 0 as "none"), category id = the class's id in its source.
+    Annotations: compressed-RLE ``segmentation`` of each `load_mask` instance, ``area`` = its pixel
+    count, ``bbox`` [x, y, w, h] of its pixels, ``iscrowd`` for negative class ids, and with
+    `with_keypoints` COCO ``keypoints`` ([x - 0.5, y - 0.5, v] * K; unlabelled ones 0, 0, 0) and
+    ``num_keypoints`` from `load_keypoints`.
+
+    Args:
+        dataset: prepared Dataset.
+        image_ids: internal image ids (default: all).
+        with_keypoints: also read `load_keypoints`.
+        keypoint_names, skeleton: written into the categories (skeleton 0-based here, 1-based in
+            the file as COCO's).
+
+    Returns:
+        A pycocotools COCO object with its index built.
+    """
+    from mrcnn.data.keypoints import check_keypoints
+    from mrcnn.utils import extract_bboxes
+
+    image_ids = [int(i) for i in (dataset.image_ids if image_ids is None else image_ids)]
+    images, annotations, categories = [], [], {}
+    for image_id in image_ids:
+        info = dataset.image_info[image_id]
+        masks, class_ids = dataset.load_mask(image_id)
+        masks = np.asarray(masks, dtype=bool)
+        height, width = masks.shape[:2]
+        images.append({"id": info["id"], "height": int(height), "width": int(width)})
+        points = None
+        if with_keypoints:
+            raw = dataset.load_keypoints(image_id)
+            points = check_keypoints(raw, masks.shape[-1], np.shape(raw)[1] if np.ndim(raw) == 3 else 0,
+                                     where=f"image {image_id} ({dataset.image_reference(image_id)})")
+        boxes = extract_bboxes(masks)
+        for n, class_id in enumerate(np.asarray(class_ids).reshape(-1)):
+            category = dataset.get_source_class_id(abs(int(class_id)), info["source"])
+            categories.setdefault(category, {"id": category, "name": dataset.class_names[abs(int(class_id))]})
+            rle = mask_util.encode(np.asfortranarray(masks[..., n].astype(np.uint8)))
+            y1, x1, y2, x2 = (int(v) for v in boxes[n])
+            annotation = {
+                "id": len(annotations) + 1, "image_id": info["id"], "category_id": category,
+                "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+                "area": float(masks[..., n].sum()), "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "iscrowd": int(class_id < 0),
+            }
+            if points is not None:
+                kp = points[n].astype(np.float64)
+                labelled = kp[:, 2] > 0
+                kp[:, :2] -= 0.5
+                kp[~labelled] = 0.0  # COCO writes unlabelled keypoints as 0, 0, 0
+                annotation["keypoints"] = [float(v) for v in kp.reshape(-1)]
+                annotation["num_keypoints"] = int(labelled.sum())
+            annotations.append(annotation)
+    for category in categories.values():
+        if keypoint_names is not None:
+            category["keypoints"] = [str(name) for name in keypoint_names]
+        if skeleton is not None:
+            category["skeleton"] = [[int(a) + 1, int(b) + 1] for a, b in skeleton]
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": annotations, "categories": sorted(categories.values(),
+                                                                                        key=lambda c: c["id"])}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco

@@ -13,7 +13,32 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from mrcnn.config import HEAD_NORMS
 from mrcnn.modeling.backbone import BatchNorm
+
+GROUP_NORM_GROUPS = 32  # Wu & He, "Group Normalization": 32 groups in detection heads.
+
+
+def make_head_norm(kind: str, train_bn: bool | None, name: str) -> keras.layers.Layer:
+    """The normalization after a head's conv/fc layer (Config.HEAD_NORM).
+
+    Args:
+        kind: "bn": BatchNorm named ``mrcnn_*_bn<i>`` as matterport (its h5 weights load), following
+            `train_bn`. Its statistics come from all sampled RoIs of the batch, zero-padded slots
+            included, so they differ from the proposals seen at inference; fine for fine-tuning from
+            matterport's weights, poor for short from-scratch runs. "gn": GroupNormalization with 32
+            groups, named ``mrcnn_*_gn<i>``: per-RoI statistics, identical in training and inference.
+            "none": no normalization (the paper's heads); an Identity layer keeps the call sites simple.
+        train_bn: see `mrcnn.modeling.backbone.BatchNorm` (used by "bn" only).
+        name: the BatchNorm name, e.g. "mrcnn_class_bn1"; "gn" and "none" replace its "_bn".
+    """
+    if kind == "bn":
+        return BatchNorm(train_bn, name=name)
+    if kind == "gn":
+        return keras.layers.GroupNormalization(GROUP_NORM_GROUPS, epsilon=1e-5, name=name.replace("_bn", "_gn"))
+    if kind == "none":
+        return keras.layers.Identity(name=name.replace("_bn", "_norm"))
+    raise ValueError(f"head norm must be one of {HEAD_NORMS}, got {kind!r}")
 
 
 def _static_or_dynamic_shape(x: tf.Tensor) -> list[int | tf.Tensor]:
@@ -59,13 +84,14 @@ class BoxHead(keras.layers.Layer):
 
     mrcnn_class_conv1 (pool_size x pool_size valid conv = fc) -> mrcnn_class_bn1 -> ReLU ->
     mrcnn_class_conv2 (1x1 = fc) -> mrcnn_class_bn2 -> ReLU -> mrcnn_class_logits Dense(K) and
-    mrcnn_bbox_fc Dense(4K).
+    mrcnn_bbox_fc Dense(4K). The normalization is `norm` (see `make_head_norm`).
 
     Args:
         num_classes: K, background included.
         pool_size: RoI feature size p (POOL_SIZE, 7).
         fc_layers_size: width of the two fc layers (FPN_CLASSIF_FC_LAYERS_SIZE, 1024).
         train_bn: see `mrcnn.modeling.backbone.BatchNorm`.
+        norm: "bn" (matterport), "gn" or "none" (Config.HEAD_NORM).
 
     Call:
         pooled: [B, N, p, p, C] RoI features.
@@ -74,7 +100,7 @@ class BoxHead(keras.layers.Layer):
     """
 
     def __init__(self, num_classes: int, pool_size: int = 7, fc_layers_size: int = 1024,
-                 train_bn: bool | None = False, **kwargs: Any) -> None:
+                 train_bn: bool | None = False, norm: str = "bn", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
@@ -82,11 +108,12 @@ class BoxHead(keras.layers.Layer):
         self.pool_size = int(pool_size)
         self.fc_layers_size = int(fc_layers_size)
         self.train_bn = train_bn
+        self.norm = norm
         self.class_conv1 = keras.layers.Conv2D(self.fc_layers_size, self.pool_size, padding="valid",
                                                name="mrcnn_class_conv1")
-        self.class_bn1 = BatchNorm(train_bn, name="mrcnn_class_bn1")
+        self.class_bn1 = make_head_norm(norm, train_bn, "mrcnn_class_bn1")
         self.class_conv2 = keras.layers.Conv2D(self.fc_layers_size, 1, name="mrcnn_class_conv2")
-        self.class_bn2 = BatchNorm(train_bn, name="mrcnn_class_bn2")
+        self.class_bn2 = make_head_norm(norm, train_bn, "mrcnn_class_bn2")
         self.class_logits = keras.layers.Dense(self.num_classes, name="mrcnn_class_logits")
         self.bbox_fc = keras.layers.Dense(4 * self.num_classes, name="mrcnn_bbox_fc")
 
@@ -120,13 +147,13 @@ class BoxHead(keras.layers.Layer):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(num_classes=self.num_classes, pool_size=self.pool_size, fc_layers_size=self.fc_layers_size,
-                      train_bn=self.train_bn)
+                      train_bn=self.train_bn, norm=self.norm)
         return config
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
 class MaskHead(keras.layers.Layer):
-    """FCN mask head: 4 x (3x3 conv + BN + ReLU), 2x2 stride-2 deconv + ReLU, 1x1 conv to K sigmoids.
+    """FCN mask head: 4 x (3x3 conv + norm + ReLU), 2x2 stride-2 deconv + ReLU, 1x1 conv to K sigmoids.
 
     One mask per class; the loss only looks at the ground-truth class's channel (the paper's
     decoupling of mask and class prediction).
@@ -135,6 +162,7 @@ class MaskHead(keras.layers.Layer):
         num_classes: K, background included.
         conv_channels: channels of the four convolutions and the deconvolution (256).
         train_bn: see `mrcnn.modeling.backbone.BatchNorm`.
+        norm: "bn" (matterport), "gn" or "none" (Config.HEAD_NORM; see `make_head_norm`).
 
     Call:
         pooled: [B, N, m, m, C] RoI features (m = MASK_POOL_SIZE).
@@ -142,16 +170,17 @@ class MaskHead(keras.layers.Layer):
     """
 
     def __init__(self, num_classes: int, conv_channels: int = 256, train_bn: bool | None = False,
-                 **kwargs: Any) -> None:
+                 norm: str = "bn", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
         self.num_classes = int(num_classes)
         self.conv_channels = int(conv_channels)
         self.train_bn = train_bn
+        self.norm = norm
         self.convs = [keras.layers.Conv2D(self.conv_channels, 3, padding="same", name=f"mrcnn_mask_conv{i}")
                       for i in range(1, 5)]
-        self.bns = [BatchNorm(train_bn, name=f"mrcnn_mask_bn{i}") for i in range(1, 5)]
+        self.bns = [make_head_norm(norm, train_bn, f"mrcnn_mask_bn{i}") for i in range(1, 5)]
         self.deconv = keras.layers.Conv2DTranspose(self.conv_channels, 2, strides=2, activation="relu",
                                                    name="mrcnn_mask_deconv")
         self.mask = keras.layers.Conv2D(self.num_classes, 1, activation="sigmoid", name="mrcnn_mask")
@@ -177,5 +206,6 @@ class MaskHead(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(num_classes=self.num_classes, conv_channels=self.conv_channels, train_bn=self.train_bn)
+        config.update(num_classes=self.num_classes, conv_channels=self.conv_channels, train_bn=self.train_bn,
+                      norm=self.norm)
         return config

@@ -205,3 +205,27 @@ def l2_weight_decay(variables: Iterable[tf.Variable], weight_decay: float,
     if not terms:
         return tf.constant(0.0, tf.float32)
     return tf.cast(weight_decay, tf.float32) * tf.add_n(terms)
+
+
+def mrcnn_keypoint_loss(target_labels: tf.Tensor, target_weights: tf.Tensor, pred_logits: tf.Tensor) -> tf.Tensor:
+    """Keypoint loss (Keypoint R-CNN): cross-entropy of an m^2-way softmax per labelled keypoint.
+
+    Each keypoint's heatmap is one softmax over its m x m positions, trained towards the one-hot
+    target cell; keypoints with weight 0 (not labelled, outside the RoI, negative RoI) are left
+    out, and the mean is over the keypoints that count (Detectron normalizes by their number).
+
+    Args:
+        target_labels: [B, S, K] int cell index ``row * m + col`` (KeypointTargetLayer).
+        target_weights: [B, S, K] float, 1 for keypoints that count, else 0.
+        pred_logits: [B, S, m, m, K] heatmap logits (KeypointHead).
+
+    Returns:
+        Scalar float32: mean cross-entropy over the counted keypoints (0 if none).
+    """
+    logits = tf.cast(pred_logits, tf.float32)
+    shape = tf.shape(logits)
+    flat = tf.reshape(tf.transpose(logits, [0, 1, 4, 2, 3]), [shape[0], shape[1], shape[4], -1])  # [B, S, K, m*m]
+    index = tf.where(tf.cast(target_weights, tf.float32) > 0)  # [P, 3] (image, roi, keypoint)
+    loss = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.gather_nd(tf.cast(target_labels, tf.int32), index), logits=tf.gather_nd(flat, index))
+    return _safe_mean(tf.reduce_sum(loss), tf.size(loss))

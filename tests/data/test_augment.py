@@ -132,3 +132,35 @@ def test_empty_mask_stack_is_fine():
     pipeline = augment.Compose([augment.Rot90(ks=(1,)), augment.ScaleJitter(30, 30)])
     out_image, out_masks = pipeline(image, masks, np.random.default_rng(0))
     assert out_masks.shape == out_image.shape[:2] + (0,)
+
+
+# ------------------------------------------------------------------------------------------------
+# Keypoints travel with the image (Keypoint R-CNN)
+def _keypoints_on_l_shape():
+    """Keypoint 0 at the L's top, 1 at the tip of its foot, 2 on the blue dot; 0 and 1 are mirror partners."""
+    from mrcnn.data.keypoints import InstanceKeypoints
+
+    points = np.array([[[11.0, 5.5, 2], [39.5, 27.0, 2], [53.5, 3.5, 2]]], np.float32)
+    return InstanceKeypoints(points, (1, 0, 2))
+
+
+@pytest.mark.parametrize("augmenter", [augment.HorizontalFlip(1.0), augment.VerticalFlip(1.0),
+                                       augment.Rot90(1.0, ks=(1,)), augment.Rot90(1.0, ks=(3,)),
+                                       augment.ScaleJitter(80, 80), augment.BrightnessContrast(),
+                                       augment.Compose([augment.HorizontalFlip(1.0), augment.Rot90(1.0, ks=(1,))])])
+def test_keypoints_stay_on_their_pixels(augmenter):
+    image, masks = l_shape()
+    keypoints = _keypoints_on_l_shape()
+    out_image, out_masks, moved = augmenter(image, masks, np.random.default_rng(0), keypoints=keypoints)
+    # Same result for image and masks as without keypoints (same random draws).
+    ref_image, ref_masks = augmenter(image, masks, np.random.default_rng(0))
+    np.testing.assert_array_equal(out_image, ref_image)
+    np.testing.assert_array_equal(out_masks, ref_masks)
+    mirrored = isinstance(augmenter, (augment.HorizontalFlip, augment.VerticalFlip, augment.Compose))
+    for j, (x, y, _) in enumerate(moved.points[0]):
+        # The point type j now names: its own pixel, or (after a mirror) its partner's.
+        source = keypoints.flip_map[j] if mirrored else j
+        mask_index = 1 if source == 2 else 0
+        assert out_masks[int(y), int(x), mask_index], f"keypoint {j} at ({x}, {y}) left its instance"
+    if mirrored:  # partners swapped: keypoint 0 is now the foot tip, far from the L's top
+        assert not np.allclose(moved.points[0, 0, :2], keypoints.points[0, 0, :2])

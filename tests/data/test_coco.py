@@ -328,3 +328,37 @@ def test_download_fails_clearly_offline(tmp_path, monkeypatch):
         CocoDataset().load_coco(tmp_path / "coco", "val", auto_download=True)
     with pytest.raises(ValueError, match="minival"):
         download_coco(tmp_path / "coco", "minival", "2014", verbose=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Person keypoints (Keypoint R-CNN)
+def test_person_keypoints_follow_the_masks_and_the_json(person):
+    from mrcnn.data.coco import COCO_PERSON_FLIP_MAP, COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_SKELETON
+
+    dataset, raw = person
+    assert dataset.keypoint_names == COCO_PERSON_KEYPOINT_NAMES
+    # The file's skeleton is 1-based; ours is 0-based.
+    assert [tuple(p) for p in raw["categories"][0]["skeleton"]] == [(a + 1, b + 1) for a, b in COCO_PERSON_SKELETON]
+    assert COCO_PERSON_FLIP_MAP[5] == 6 and COCO_PERSON_FLIP_MAP[0] == 0  # shoulders swap, the nose stays
+    by_image = {}
+    for ann in raw["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    for image_id in dataset.image_ids:
+        masks, _ = dataset.load_mask(image_id)
+        keypoints = dataset.load_keypoints(image_id)
+        assert keypoints.shape == (masks.shape[-1], 17, 3) and keypoints.dtype == np.float32
+        anns = by_image[dataset.image_info[image_id]["id"]]
+        assert [int((k[:, 2] > 0).sum()) for k in keypoints] == [a["num_keypoints"] for a in anns]
+        for k, ann in zip(keypoints, anns):
+            raw_points = np.asarray(ann["keypoints"], np.float32).reshape(17, 3)
+            labelled = raw_points[:, 2] > 0
+            # COCO's integer pixel indices become pixel centres.
+            np.testing.assert_allclose(k[labelled, :2], raw_points[labelled, :2] + 0.5)
+            np.testing.assert_array_equal(k[:, 2], raw_points[:, 2])
+
+
+def test_keypoints_of_a_file_without_keypoint_category(handmade):
+    json_path, image_dir, _ = handmade
+    dataset = _load(json_path, image_dir)
+    with pytest.raises(ValueError, match="no category with 'keypoints'"):
+        dataset.load_keypoints(0)

@@ -1,4 +1,7 @@
-"""Real-data check of load_image_gt on three DSB2018 stage-1 images (skipped without ../shared/data)."""
+"""Real-data check of load_image_gt on three DSB2018 stage-1 images (skipped without ../shared/data).
+
+The loader is samples/nucleus's NucleusDataset, so load_image_gt takes its label-image path here.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import skimage.io
 
 from mrcnn import utils
 from mrcnn.config import Config
 from mrcnn.data import targets
-from mrcnn.data.dataset import Dataset
+from samples.nucleus.dataset import NucleusDataset
 
 DSB_ROOT = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "dsb2018" / "stage1_train"
-
-
-class NucleiDataset(Dataset):
-    """Kaggle layout: <id>/images/<id>.png (RGBA) and one binary PNG per nucleus in <id>/masks/."""
-
-    def load_nuclei(self, root: Path, count: int) -> None:
-        self.add_class("nucleus", 1, "nucleus")
-        for folder in sorted(p for p in root.iterdir() if p.is_dir())[:count]:
-            self.add_image("nucleus", image_id=folder.name, path=folder / "images" / f"{folder.name}.png",
-                           mask_dir=folder / "masks")
-
-    def load_mask(self, image_id):
-        files = sorted(Path(self.image_info[image_id]["mask_dir"]).glob("*.png"))
-        masks = np.stack([skimage.io.imread(f) > 0 for f in files], axis=-1)
-        return masks, np.ones(masks.shape[-1], dtype=np.int32)
 
 
 class NucleiConfig(Config):
@@ -43,8 +30,8 @@ class NucleiConfig(Config):
 def dataset():
     if not DSB_ROOT.is_dir():
         pytest.skip(f"DSB2018 data not found at {DSB_ROOT}")
-    data = NucleiDataset()
-    data.load_nuclei(DSB_ROOT, 3)
+    data = NucleusDataset()
+    data.load_kaggle(DSB_ROOT, limit=3)
     data.prepare()
     return data
 

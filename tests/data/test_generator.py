@@ -233,3 +233,31 @@ def test_keras_fit_accepts_dict_batches():
     history = model.fit(DataGenerator(dataset, TinyConfig(), seed=0, workers=2), epochs=2, verbose=0)
     assert len(history.history["loss"]) == 2
     assert history.history["positives"][0] > 0
+
+
+def test_keypoints_are_batched_only_with_a_keypoint_head():
+    from mrcnn.data.stick_figures import KEYPOINT_NAMES, StickFiguresDataset
+
+    class KeypointConfig(TinyConfig):
+        NUM_CLASSES = 2
+        KEYPOINT_HEAD = True
+        NUM_KEYPOINTS = len(KEYPOINT_NAMES)
+        MAX_GT_INSTANCES = 1  # fewer slots than figures: keypoints must follow the kept instances
+
+    dataset = StickFiguresDataset()
+    dataset.load_stick_figures(4, 64, 64, seed=1, max_figures=3)
+    dataset.prepare()
+    config = KeypointConfig()
+    batch = DataGenerator(dataset, config, shuffle=False, seed=0)[0]
+    assert batch["input_gt_keypoints"].shape == (2, 1, len(KEYPOINT_NAMES), 3)
+    assert batch["input_gt_keypoints"].dtype == np.float32
+    for slot, image_id in enumerate(DataGenerator(dataset, config, shuffle=False, seed=0).batch_image_ids(0)):
+        _, _, _, _, _, keypoints = targets.load_image_gt(dataset, config, int(image_id), with_keypoints=True)
+        # The kept instance's keypoints, whichever it is, and its box contains them.
+        assert any(np.allclose(batch["input_gt_keypoints"][slot, 0], k) for k in keypoints)
+        y1, x1, y2, x2 = batch["input_gt_boxes"][slot, 0]
+        shown = batch["input_gt_keypoints"][slot, 0, :, 2] > 0
+        xs, ys = batch["input_gt_keypoints"][slot, 0, shown, 0], batch["input_gt_keypoints"][slot, 0, shown, 1]
+        assert ((xs >= x1 - 1) & (xs <= x2 + 1) & (ys >= y1 - 1) & (ys <= y2 + 1)).all()
+    plain = DataGenerator(dataset, TinyConfig().update(NUM_CLASSES=2), shuffle=False, seed=0)[0]
+    assert "input_gt_keypoints" not in plain

@@ -270,3 +270,81 @@ def test_load_image_gt_with_augmentation_keeps_alignment():
                 np.testing.assert_array_equal(same_colour, mask[:, :, i])
             np.testing.assert_array_equal(utils.extract_bboxes(mask), bbox)
     assert shapes_seen == {(96, 128, 3), (128, 96, 3)}  # rot90 turned some images
+
+
+# ------------------------------------------------------------------------------------------------
+# load_image_gt with keypoints (Keypoint R-CNN)
+def _stick_figures(count=3, size=96, seed=2):
+    from mrcnn.data.stick_figures import StickFiguresDataset
+
+    dataset = StickFiguresDataset()
+    dataset.load_stick_figures(count, size, size + 32, seed=seed, max_figures=2)
+    dataset.prepare()
+    return dataset
+
+
+def _keypoint_config(**fields):
+    from mrcnn.data.stick_figures import FLIP_MAP, KEYPOINT_NAMES
+
+    class Cfg(TinyConfig):
+        NUM_CLASSES = 2
+        KEYPOINT_HEAD = True
+        NUM_KEYPOINTS = len(KEYPOINT_NAMES)
+        KEYPOINT_FLIP_MAP = FLIP_MAP
+        USE_MINI_MASK = False
+
+    return Cfg().update(**fields) if fields else Cfg()
+
+
+@pytest.mark.parametrize("mode, dims", [("square", (64, 128)), ("crop", (64, 64)), ("pad64", (128, 128))])
+def test_load_image_gt_moves_keypoints_with_the_resize(mode, dims):
+    config = _keypoint_config(IMAGE_RESIZE_MODE=mode, IMAGE_MIN_DIM=dims[0], IMAGE_MAX_DIM=dims[1])
+    dataset = _stick_figures()
+    for image_id in dataset.image_ids:
+        out = targets.load_image_gt(dataset, config, image_id, rng=np.random.default_rng(1), with_keypoints=True)
+        assert len(out) == 6
+        image, meta, class_ids, bbox, mask, keypoints = out
+        assert keypoints.shape == (len(class_ids), config.NUM_KEYPOINTS, 3) and keypoints.dtype == np.float32
+        window = utils.parse_image_meta(meta[None])["window"][0]
+        # Per axis, the scale the pixels went through (the window of the rounded resized image).
+        scale_y = (window[2] - window[0]) / dataset.image_info[image_id]["height"]
+        scale_x = (window[3] - window[1]) / dataset.image_info[image_id]["width"]
+        original = dataset.load_keypoints(image_id)
+        if mode != "crop":  # no instance dropped: the keypoints map one to one
+            np.testing.assert_allclose(keypoints[..., 0], original[..., 0] * scale_x + window[1], atol=1e-3)
+            np.testing.assert_allclose(keypoints[..., 1], original[..., 1] * scale_y + window[0], atol=1e-3)
+        for n in range(len(class_ids)):
+            shown = keypoints[n, :, 2] == 2
+            rows, cols = keypoints[n, shown, 1].astype(int), keypoints[n, shown, 0].astype(int)
+            inside = (rows >= 0) & (rows < image.shape[0]) & (cols >= 0) & (cols < image.shape[1])
+            assert inside.all()  # cropped-away keypoints got visibility 0
+            # A visible joint stays on (or within a pixel of) its figure's resized mask.
+            grown = np.pad(mask[:, :, n], 1)
+            near = grown[rows, cols] | grown[rows + 2, cols + 2] | grown[rows + 1, cols + 1]
+            assert near.all()
+
+
+def test_load_image_gt_flips_keypoints_and_swaps_names():
+    config = _keypoint_config(IMAGE_MIN_DIM=128, IMAGE_MAX_DIM=128)
+    dataset = _stick_figures(count=2)
+    plain = targets.load_image_gt(dataset, config, 0, rng=np.random.default_rng(0), with_keypoints=True)
+    flipped = targets.load_image_gt(dataset, config, 0, augmentation=augment.HorizontalFlip(1.0),
+                                    rng=np.random.default_rng(0), with_keypoints=True)
+    width = plain[0].shape[1]
+    mirrored = plain[5].copy()
+    mirrored[..., 0] = width - mirrored[..., 0]  # the image is square and centred: the window is symmetric
+    np.testing.assert_allclose(flipped[5], mirrored[:, list(config.KEYPOINT_FLIP_MAP)], atol=1e-3)
+    np.testing.assert_array_equal(flipped[0], plain[0][:, ::-1])
+
+
+def test_load_image_gt_keypoints_need_keypoint_aware_augmenters():
+    config = _keypoint_config(IMAGE_MIN_DIM=128, IMAGE_MAX_DIM=128)
+    dataset = _stick_figures(count=1)
+
+    def custom(image, masks, rng):
+        return image, masks
+
+    with pytest.raises(TypeError, match="keypoints="):
+        targets.load_image_gt(dataset, config, 0, augmentation=custom, with_keypoints=True)
+    # Without keypoints the old five-value contract is unchanged.
+    assert len(targets.load_image_gt(dataset, config, 0, augmentation=custom)) == 5

@@ -253,3 +253,75 @@ def test_build_coco_results_converts_boxes_ids_and_masks(tmp_path):
         build_coco_results(dataset, [0], rois, np.array([2, 1]), np.array([0.9, 0.4]), masks[:10])
     with pytest.raises(ValueError, match="class id 0"):
         build_coco_results(dataset, [0], rois, np.array([0, 1]), np.array([0.9, 0.4]), masks)
+
+
+# ----------------------------------------------------------------------------------------------
+# Keypoints (OKS)
+@pytest.fixture(scope="module")
+def person_keypoints(shared_data_dir):
+    folder = shared_data_dir / "coco_person_kpts"
+    if not (folder / "test_coco.json").is_file():
+        pytest.skip(f"shared data not available: {folder}")
+    dataset = CocoDataset()
+    coco = dataset.load_coco_json(folder / "test_coco.json", folder, return_coco=True)
+    dataset.prepare()
+    return dataset, coco
+
+
+def _gt_keypoint_results(dataset, shift=0.0):
+    """The ground truth persons that have labelled keypoints, written as detections."""
+    ids, rois, class_ids, scores, keypoints = [], [], [], [], []
+    for image_id in dataset.image_ids:
+        masks, classes = dataset.load_mask(image_id)
+        points = dataset.load_keypoints(image_id)
+        keep = (points[..., 2] > 0).any(axis=1)
+        moved = points[keep].copy()
+        moved[..., 0] += shift
+        ids.append(image_id)
+        rois.append(extract_bboxes(masks)[keep])
+        class_ids.append(classes[keep])
+        scores.append(np.linspace(1.0, 0.5, int(keep.sum())))
+        keypoints.append(moved)
+    return build_coco_results(dataset, ids, rois, class_ids, scores, keypoints=keypoints)
+
+
+def test_person_keypoints_scored_against_themselves_give_ap_1(person_keypoints):
+    dataset, coco = person_keypoints
+    results = _gt_keypoint_results(dataset)
+    assert len(results) == 12 and len(results[0]["keypoints"]) == 3 * 17
+    stats = coco_eval_stats(coco, results, "keypoints")
+    assert stats["AP"] == pytest.approx(1.0) and stats["AR_max"] == pytest.approx(1.0)
+    assert stats["AP_small"] == -1.0  # COCO has no small range for keypoints
+    # Moving every keypoint 8 px lowers OKS: the evaluation looks at the keypoints.
+    assert coco_eval_stats(coco, _gt_keypoint_results(dataset, shift=8.0), "keypoints")["AP"] < 0.9
+
+
+def test_dataset_to_coco_reproduces_the_person_ground_truth(person_keypoints):
+    from mrcnn.evaluation.coco_eval import dataset_to_coco
+
+    dataset, coco = person_keypoints
+    rebuilt = dataset_to_coco(dataset, with_keypoints=True, keypoint_names=dataset.keypoint_names,
+                              skeleton=dataset.skeleton)
+    results = _gt_keypoint_results(dataset)
+    assert coco_eval_stats(rebuilt, results, "keypoints")["AP"] == pytest.approx(1.0)
+    assert rebuilt.loadCats(1)[0]["skeleton"] == coco.loadCats(1)[0]["skeleton"]
+    original = sorted((a["image_id"], a["num_keypoints"]) for a in coco.dataset["annotations"])
+    assert sorted((a["image_id"], a["num_keypoints"]) for a in rebuilt.dataset["annotations"]) == original
+
+
+def test_keypoint_sigmas_must_fit_the_ground_truth():
+    from mrcnn.data.stick_figures import OKS_SIGMAS, StickFiguresDataset
+    from mrcnn.evaluation.coco_eval import dataset_to_coco
+
+    dataset = StickFiguresDataset()
+    dataset.load_stick_figures(2, 64, 64, seed=0)
+    dataset.prepare()
+    gt = dataset_to_coco(dataset, with_keypoints=True)
+    results = build_coco_results(dataset, [0], extract_bboxes(dataset.load_mask(0)[0]),
+                                 dataset.load_mask(0)[1], np.ones(dataset.load_mask(0)[1].size),
+                                 keypoints=dataset.load_keypoints(0))
+    with pytest.raises(ValueError, match="kpt_oks_sigmas"):
+        coco_eval_stats(gt, results, "keypoints")
+    assert coco_eval_stats(gt, results, "keypoints", image_ids=[1], kpt_oks_sigmas=OKS_SIGMAS)["AP"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="keypoints"):
+        coco_eval_stats(gt, [{k: v for k, v in r.items() if k != "keypoints"} for r in results], "keypoints")

@@ -133,3 +133,36 @@ def test_full_window_conv_matches_the_conv_it_replaces():
     x1 = tf.random.normal([5, 1, 1, 16], seed=3)
     expected = pointwise(x1)  # builds the layer
     np.testing.assert_allclose(_full_window_conv(pointwise, x1).numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm, norm_names", [
+    ("gn", {"mrcnn_class_gn1", "mrcnn_class_gn2"}),
+    ("none", set()),
+])
+def test_box_head_norm_variants(norm: str, norm_names: set[str]) -> None:
+    head = BoxHead(num_classes=3, pool_size=7, fc_layers_size=64, norm=norm)
+    pooled = tf.random.stateless_normal([2, 4, 7, 7, 8], seed=(7, 7))
+    logits, _, _ = head(pooled, training=True)
+    names = set(find_weight_layers(head))
+    assert {n for n in names if "_bn" in n or "_gn" in n} == norm_names
+    # Per-RoI normalization: the same RoI gives the same output in training and inference mode, and
+    # whatever the other RoIs of the batch are (BatchNorm in training mode fails both).
+    logits_eval, _, _ = head(pooled, training=False)
+    np.testing.assert_allclose(logits.numpy(), logits_eval.numpy(), rtol=1e-5, atol=1e-5)
+    alone, _, _ = head(pooled[:1, :1], training=True)
+    np.testing.assert_allclose(alone.numpy()[0, 0], logits.numpy()[0, 0], rtol=1e-4, atol=1e-5)
+    assert BoxHead.from_config(head.get_config()).norm == norm
+
+
+def test_mask_head_group_norm_is_per_roi() -> None:
+    head = MaskHead(num_classes=3, conv_channels=32, norm="gn")
+    pooled = tf.random.stateless_normal([1, 3, 14, 14, 8], seed=(8, 8))
+    masks = head(pooled, training=True)
+    assert {n for n in find_weight_layers(head) if "_gn" in n} == {f"mrcnn_mask_gn{i}" for i in range(1, 5)}
+    alone = head(pooled[:, 1:2], training=True)
+    np.testing.assert_allclose(alone.numpy()[0, 0], masks.numpy()[0, 1], rtol=1e-4, atol=1e-5)
+
+
+def test_head_norm_must_be_known() -> None:
+    with pytest.raises(ValueError, match="head norm must be one of"):
+        MaskHead(num_classes=3, norm="layer")

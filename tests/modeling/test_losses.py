@@ -240,3 +240,41 @@ def test_losses_in_tf_function_with_unknown_shapes() -> None:
     eager = all_losses.python_function(*args).numpy()
     np.testing.assert_allclose(graph, eager, rtol=1e-6)
     assert np.all(np.isfinite(graph)) and np.all(graph > 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Keypoint loss (Keypoint R-CNN)
+def test_keypoint_loss_is_the_mean_softmax_ce_over_counted_keypoints():
+    m, k = 5, 3
+    logits = RNG.normal(size=(2, 4, m, m, k)).astype(np.float32)
+    labels = RNG.integers(0, m * m, size=(2, 4, k)).astype(np.int32)
+    weights = (RNG.random((2, 4, k)) > 0.5).astype(np.float32)
+    weights[0, 0, 0] = 1.0
+    expected = [np_softmax_ce(logits[b, r, :, :, j].reshape(-1), labels[b, r, j])
+                for b, r, j in zip(*np.nonzero(weights))]
+    loss = losses.mrcnn_keypoint_loss(labels, weights, logits)
+    np.testing.assert_allclose(float(loss), np.mean(expected), rtol=1e-5)
+
+
+def test_keypoint_loss_ignores_invisible_keypoints():
+    m, k = 4, 2
+    logits = tf.Variable(RNG.normal(size=(1, 2, m, m, k)).astype(np.float32))
+    labels = np.array([[[3, 7], [1, 2]]], np.int32)
+    weights = np.array([[[1, 0], [0, 0]]], np.float32)  # only keypoint 0 of RoI 0 counts
+    with tf.GradientTape() as tape:
+        loss = losses.mrcnn_keypoint_loss(labels, weights, logits)
+    gradient = tape.gradient(loss, logits).numpy()
+    assert np.abs(gradient[0, 0, :, :, 0]).sum() > 0
+    gradient[0, 0, :, :, 0] = 0
+    assert not gradient.any(), "an ignored keypoint got a gradient"
+    # Whatever an ignored heatmap says, the loss is the same.
+    changed = logits.numpy()
+    changed[0, 0, :, :, 1] += 50 * RNG.normal(size=(m, m))
+    changed[0, 1] = -changed[0, 1]
+    np.testing.assert_allclose(float(losses.mrcnn_keypoint_loss(labels, weights, changed)), float(loss), rtol=1e-6)
+
+
+def test_keypoint_loss_is_zero_without_counted_keypoints():
+    loss = losses.mrcnn_keypoint_loss(np.zeros((1, 2, 3), np.int32), np.zeros((1, 2, 3), np.float32),
+                                      np.ones((1, 2, 4, 4, 3), np.float32))
+    assert float(loss) == 0.0

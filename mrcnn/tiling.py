@@ -1,0 +1,196 @@
+"""Tiled inference: detect instances in images larger than a model's input, tile by tile.
+
+    result = detect_tiled(model, image, tile_size=512, overlap=64)
+    result["rois"], result["class_ids"], result["scores"], result["masks"]   # as model.detect
+
+Works with any object exposing ``detect(list_of_images) -> [dict(rois, class_ids, scores, masks)]``
+(MaskRCNN, the nucleus sample's U-Net detector, a test double). numpy only.
+
+How instances are merged across tile borders:
+
+1. The image is covered by overlapping tiles (stride ``tile_size - overlap``; the last tile of each
+   row/column is flush with the image border, so every tile has the full size when the image is
+   at least one tile large).
+2. Each tile's detections become candidates with their mask cropped to their own box (memory per
+   candidate ~ the instance, never a full image per tile). A candidate is *cut* when its box
+   touches a tile edge that lies inside the image (a neighbouring tile sees past it); its
+   *margin* is the distance from its box to the nearest such interior edge.
+3. Candidates are ranked: uncut before cut, then larger margin, then higher score; they are taken
+   in that order, and one is dropped as a duplicate when its mask covers more than
+   `duplicate_threshold` of the smaller of itself and an already taken instance of the same class
+   (intersection over the smaller area, so a cut fragment of a taken nucleus is dropped too).
+
+An instance that fits in the overlap (extent < overlap) lies whole in some tile with no interior
+edge touching it, so it is kept from such a tile, uncut, exactly once; its mask is the model's
+mask in that tile. Instances larger than the overlap may come back cut.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["detect_tiled", "tile_starts"]
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of overlapping tiles covering [0, length) along one axis.
+
+    Args:
+        length: image size along the axis.
+        tile: tile size (a single tile [0, length) when length <= tile).
+        overlap: pixels shared by neighbouring tiles (0 <= overlap < tile).
+
+    Returns:
+        Sorted starts; consecutive tiles overlap by at least `overlap`; the last one ends at `length`.
+    """
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def detect_tiled(
+    model: Any,
+    image: np.ndarray,
+    tile_size: int | Sequence[int],
+    overlap: int,
+    duplicate_threshold: float = 0.5,
+    batch_size: int | None = None,
+    verbose: int = 0,
+) -> dict[str, np.ndarray]:
+    """Runs `model.detect` on overlapping tiles and merges the instances (see module docstring).
+
+    Args:
+        model: any object with ``detect(images: list) -> list[dict]``, each dict holding ``rois``
+            [n, (y1, x1, y2, x2)] int pixels of that image (y2/x2 exclusive), ``class_ids`` [n],
+            ``scores`` [n] and ``masks`` [h, w, n] bool at that image's size.
+        image: [H, W] or [H, W, C] image (passed to the model tile by tile, any dtype).
+        tile_size: tile height and width (one int, or (th, tw)).
+        overlap: pixels shared by neighbouring tiles; 0 <= overlap < tile size. Make it larger
+            than the largest instance to be sure no instance comes back cut.
+        duplicate_threshold: intersection over the smaller mask above which two same-class
+            candidates are one instance.
+        batch_size: tiles per `detect` call (default ``model.config.BATCH_SIZE`` when there is
+            one, else 1).
+        verbose: 1 shows a progress bar over tile batches.
+
+    Returns:
+        dict like `detect`'s at the full image size: rois [N, 4] int32 pixels, class_ids [N] int32,
+        scores [N] float32, masks [H, W, N] bool; sorted by decreasing score.
+
+    Raises:
+        ValueError: naming the bad argument (image shape, tile size, overlap, a model result of
+            the wrong shape).
+    """
+    image = np.asarray(image)
+    if image.ndim not in (2, 3) or min(image.shape[:2]) < 1:
+        raise ValueError(f"image must be [H, W] or [H, W, C], got shape {image.shape}")
+    tile_h, tile_w = (int(tile_size), int(tile_size)) if np.isscalar(tile_size) else (int(v) for v in tile_size)
+    if tile_h < 1 or tile_w < 1:
+        raise ValueError(f"tile_size must be positive, got {tile_size!r}")
+    if not 0 <= overlap < min(tile_h, tile_w):
+        raise ValueError(f"overlap must be in [0, tile size) = [0, {min(tile_h, tile_w)}), got {overlap}")
+    if not 0.0 < duplicate_threshold <= 1.0:
+        raise ValueError(f"duplicate_threshold must be in (0, 1], got {duplicate_threshold}")
+    if batch_size is None:
+        batch_size = int(getattr(getattr(model, "config", None), "BATCH_SIZE", 1) or 1)
+    height, width = image.shape[:2]
+    tiles = [(y, x, min(tile_h, height), min(tile_w, width))
+             for y in tile_starts(height, tile_h, overlap) for x in tile_starts(width, tile_w, overlap)]
+
+    candidates = _Candidates()
+    batches = [tiles[k:k + batch_size] for k in range(0, len(tiles), batch_size)]
+    if verbose:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="detect_tiled", unit="batch")
+    for batch in batches:
+        results = model.detect([image[y:y + h, x:x + w] for y, x, h, w in batch])
+        if len(results) != len(batch):
+            raise ValueError(f"model.detect returned {len(results)} results for {len(batch)} tiles")
+        for (y, x, h, w), result in zip(batch, results):
+            candidates.add_tile(result, y, x, h, w, height, width)
+    return candidates.merge((height, width), duplicate_threshold)
+
+
+class _Candidates:
+    """Detections of all tiles in image coordinates, masks cropped to their boxes."""
+
+    def __init__(self) -> None:
+        self.boxes: list[np.ndarray] = []
+        self.class_ids: list[int] = []
+        self.scores: list[float] = []
+        self.masks: list[np.ndarray] = []
+        self.cut: list[bool] = []
+        self.margin: list[float] = []
+
+    def add_tile(self, result: dict[str, np.ndarray], y: int, x: int, h: int, w: int, height: int, width: int) -> None:
+        masks = np.asarray(result["masks"])
+        count = len(result["scores"])
+        if masks.ndim != 3 or masks.shape[:2] != (h, w) or masks.shape[-1] != count:
+            raise ValueError(
+                f"model.detect gave masks of shape {masks.shape} for a {h}x{w} tile with {count} scores; "
+                f"expected [{h}, {w}, {count}]"
+            )
+        # Interior edges (shared with a neighbouring tile) per side: top, left, bottom, right.
+        interior = (y > 0, x > 0, y + h < height, x + w < width)
+        for k in range(count):
+            mask = masks[:, :, k].astype(bool, copy=False)
+            rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+            if rows.size == 0:
+                continue  # an empty mask is no instance
+            y1, y2, x1, x2 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+            distances = (y1, x1, h - y2, w - x2)
+            inner = [d for d, is_inner in zip(distances, interior) if is_inner]
+            self.cut.append(any(d == 0 for d in inner))
+            self.margin.append(float(min(inner)) if inner else float("inf"))
+            self.boxes.append(np.array([y1 + y, x1 + x, y2 + y, x2 + x], dtype=np.int32))
+            self.masks.append(np.ascontiguousarray(mask[y1:y2, x1:x2]))
+            self.class_ids.append(int(np.asarray(result["class_ids"])[k]))
+            self.scores.append(float(np.asarray(result["scores"])[k]))
+
+    def merge(self, shape: tuple[int, int], threshold: float) -> dict[str, np.ndarray]:
+        height, width = shape
+        order = sorted(range(len(self.scores)), key=lambda i: (self.cut[i], -self.margin[i], -self.scores[i]))
+        kept: list[int] = []
+        kept_boxes = np.zeros((0, 4), dtype=np.int32)
+        for i in order:
+            box = self.boxes[i]
+            # Only kept instances whose boxes intersect this one can share pixels with it.
+            near = np.flatnonzero(
+                (kept_boxes[:, 0] < box[2]) & (kept_boxes[:, 2] > box[0])
+                & (kept_boxes[:, 1] < box[3]) & (kept_boxes[:, 3] > box[1]))
+            if any(self.class_ids[kept[j]] == self.class_ids[i]
+                   and _overlap_of_smaller(self.boxes[kept[j]], self.masks[kept[j]], box, self.masks[i]) > threshold
+                   for j in near):
+                continue
+            kept.append(i)
+            kept_boxes = np.vstack([kept_boxes, box[None]])
+        kept.sort(key=lambda i: -self.scores[i])
+        masks = np.zeros((height, width, len(kept)), dtype=bool)
+        for n, i in enumerate(kept):
+            y1, x1, y2, x2 = self.boxes[i]
+            masks[y1:y2, x1:x2, n] = self.masks[i]
+        return {
+            "rois": np.array([self.boxes[i] for i in kept], dtype=np.int32).reshape(-1, 4),
+            "class_ids": np.array([self.class_ids[i] for i in kept], dtype=np.int32),
+            "scores": np.array([self.scores[i] for i in kept], dtype=np.float32),
+            "masks": masks,
+        }
+
+
+def _overlap_of_smaller(box_a: np.ndarray, mask_a: np.ndarray, box_b: np.ndarray, mask_b: np.ndarray) -> float:
+    """|A and B| / min(|A|, |B|) for masks cropped to their boxes (image coordinates)."""
+    y1, x1 = max(box_a[0], box_b[0]), max(box_a[1], box_b[1])
+    y2, x2 = min(box_a[2], box_b[2]), min(box_a[3], box_b[3])
+    if y2 <= y1 or x2 <= x1:
+        return 0.0
+    part_a = mask_a[y1 - box_a[0]:y2 - box_a[0], x1 - box_a[1]:x2 - box_a[1]]
+    part_b = mask_b[y1 - box_b[0]:y2 - box_b[0], x1 - box_b[1]:x2 - box_b[1]]
+    smaller = min(int(mask_a.sum()), int(mask_b.sum()))
+    return float(np.count_nonzero(part_a & part_b)) / smaller if smaller else 0.0

@@ -1,0 +1,180 @@
+"""Nucleus segmentation on DSB2018: Mask R-CNN vs a U-Net baseline, one protocol for both.
+
+    python samples/nucleus/nucleus.py train    --model mrcnn --budget-minutes 45 --logs runs/nucleus
+    python samples/nucleus/nucleus.py train    --model unet  --budget-minutes 45 --logs runs/nucleus
+    python samples/nucleus/nucleus.py evaluate --model mrcnn --weights runs/nucleus/mrcnn.weights.h5
+    python samples/nucleus/nucleus.py detect   --model unet  --weights runs/nucleus/unet.weights.h5 \
+        --image some.png --tile 512 --overlap 64 --out detections.png
+
+Data: `--data` (default ../shared/data/dsb2018/stage1_train), Kaggle layout, the fixed train/val
+split of samples/nucleus/dataset.py. `--cache` holds one decoded file per image (default
+~/.cache/mrcnn/dsb2018). Evaluation is at native scale with pycocotools (maxDets 1000) and the
+DSB2018 score; results go to `<logs>/<model>_metrics.json`. See samples/nucleus/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `samples.nucleus` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+
+from mrcnn.tiling import detect_tiled  # noqa: E402
+from samples.nucleus.augment import microscopy_augmentation  # noqa: E402
+from samples.nucleus.config import NucleusConfig, NucleusInferenceConfig  # noqa: E402
+from samples.nucleus.dataset import NucleusDataset  # noqa: E402
+from samples.nucleus.evaluate import evaluate_nuclei  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "dsb2018" / "stage1_train"
+DEFAULT_CACHE = Path("~/.cache/mrcnn/dsb2018").expanduser()
+
+
+def load_split(args: argparse.Namespace, subset: str) -> NucleusDataset:
+    dataset = NucleusDataset(cache_dir=None if args.no_cache else args.cache)
+    dataset.load_kaggle(args.data, subset=subset, limit=args.limit or None)
+    dataset.prepare()
+    return dataset
+
+
+class _Budget(keras.callbacks.Callback):
+    """Stops after `seconds` of wall time; drops the learning rate 10x at 75% (the paper's schedule)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds, self.start, self.decayed = float(seconds), time.monotonic(), False
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        elapsed = time.monotonic() - self.start
+        if not self.decayed and elapsed > 0.75 * self.seconds:
+            self.decayed = True
+            self.model.optimizer.learning_rate.assign(self.model.optimizer.learning_rate * 0.1)
+        if elapsed > self.seconds:
+            self.model.stop_training = True
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Trains one model on the train split for --budget-minutes; returns the weights path."""
+    logs = Path(args.logs)
+    logs.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(args.seed)
+    train_set = load_split(args, "train")
+    augmentation = microscopy_augmentation(elastic=not args.no_elastic)
+    seconds = args.budget_minutes * 60
+    tic = time.monotonic()
+    if args.model == "mrcnn":
+        from mrcnn.model import MaskRCNN
+
+        config = NucleusConfig().update(IMAGE_MIN_DIM=args.crop, SEED=args.seed)
+        model = MaskRCNN(mode="training", config=config, model_dir=str(logs))
+        model.train(train_set, None, learning_rate=config.LEARNING_RATE, epochs=args.max_epochs, layers="all",
+                    augmentation=augmentation, custom_callbacks=[_Budget(seconds)], verbose=args.verbose)
+        weights = logs / "mrcnn.weights.h5"
+        model.save_weights(str(weights))
+        config.save(logs / "mrcnn_config.json")
+    else:
+        from samples.nucleus.unet import build_unet, train_unet
+
+        model = build_unet(depth=args.unet_depth, base_filters=args.unet_filters)
+        train_unet(model, train_set, steps=args.max_epochs * 50, crop=args.crop, batch_size=args.batch,
+                   augmentation=augmentation, budget_seconds=seconds, seed=args.seed, verbose=args.verbose)
+        weights = logs / "unet.weights.h5"
+        model.save_weights(str(weights))
+    (logs / f"{args.model}_train.json").write_text(json.dumps(
+        {"model": args.model, "train_seconds": round(time.monotonic() - tic, 1), "budget_minutes": args.budget_minutes,
+         "train_images": int(train_set.num_images), "crop": args.crop, "seed": args.seed}, indent=2))
+    print(f"Wrote {weights}")
+    return weights
+
+
+def load_detector(args: argparse.Namespace):
+    """A `detect(images)` callable for --model with --weights (tiled when --tile is set)."""
+    if args.model == "mrcnn":
+        from mrcnn.model import MaskRCNN
+
+        model = MaskRCNN(mode="inference", config=NucleusInferenceConfig(), model_dir=args.logs)
+        model.load_weights(args.weights)
+    else:
+        from samples.nucleus.unet import UNetDetector, build_unet
+
+        network = build_unet(depth=args.unet_depth, base_filters=args.unet_filters)
+        network.load_weights(args.weights)
+        model = UNetDetector(network, tile=256, margin=32)
+    if args.tile:
+        return lambda images: [detect_tiled(model, image, args.tile, args.overlap) for image in images]
+    return model.detect
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    val_set = load_split(args, "val")
+    metrics = evaluate_nuclei(load_detector(args), val_set, max_dets=1000, verbose=args.verbose)
+    metrics["model"] = args.model
+    out = Path(args.logs) / f"{args.model}_metrics.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(metrics, indent=2))
+    print(json.dumps({k: v for k, v in metrics.items() if k != "per_image_dsb"}, indent=2))
+    return metrics
+
+
+def detect(args: argparse.Namespace) -> str:
+    from mrcnn import visualize
+    from mrcnn.data.dataset import read_image_rgb
+
+    image = read_image_rgb(args.image, uint16_scaling="image_max")
+    result = load_detector(args)([image])[0]
+    visualize.display_instances(image, result["rois"], result["masks"], result["class_ids"], ["BG", "nucleus"],
+                                result["scores"], show_bbox=False, title=f"{len(result['scores'])} nuclei",
+                                save_path=args.out)
+    print(f"{len(result['scores'])} nuclei; wrote {args.out}")
+    return args.out
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("train", "train on the train split for a time budget"),
+                       ("evaluate", "COCO mask AP, AP50, DSB score and time per image on the val split"),
+                       ("detect", "draw detected nuclei on one image")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--model", choices=("mrcnn", "unet"), required=True)
+        p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Kaggle-layout folder (default: DSB2018 stage 1)")
+        p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="decoded-image cache folder")
+        p.add_argument("--no-cache", action="store_true", help="read the PNGs every time")
+        p.add_argument("--limit", type=int, default=0, help="use only the first N images of the split")
+        p.add_argument("--logs", default="runs/nucleus", help="output folder (default runs/nucleus)")
+        p.add_argument("--unet-depth", type=int, default=4)
+        p.add_argument("--unet-filters", type=int, default=32)
+        p.add_argument("--verbose", type=int, default=1)
+        if name == "train":
+            p.add_argument("--budget-minutes", type=float, required=True, help="wall-clock training budget")
+            p.add_argument("--max-epochs", type=int, default=1000, help="upper bound; the budget usually ends first")
+            p.add_argument("--crop", type=int, default=256, help="random training crop (multiple of 64)")
+            p.add_argument("--batch", type=int, default=4, help="U-Net crops per step (Mask R-CNN: the config's)")
+            p.add_argument("--no-elastic", action="store_true", help="leave out the elastic deformation")
+            p.add_argument("--seed", type=int, default=0)
+        else:
+            p.add_argument("--weights", required=True, help="weights written by train")
+            p.add_argument("--tile", type=int, default=0, help="tiled inference with this tile size (0: whole image)")
+            p.add_argument("--overlap", type=int, default=64, help="tile overlap for --tile")
+        if name == "detect":
+            p.add_argument("--image", required=True, help="image file (PNG/TIFF, gray, RGB or 16-bit)")
+            p.add_argument("--out", default="detections.png")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    {"train": train, "evaluate": evaluate, "detect": detect}[args.command](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

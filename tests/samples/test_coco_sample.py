@@ -1,0 +1,110 @@
+"""samples/coco/coco.py: argparse/config wiring, the paper's schedule, a 1-step run on a COCO-format export."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from samples.coco import coco
+
+# A 64 px model with narrow heads on 4 shapes classes: seconds per step on 2 CPU cores.
+TINY = ["NUM_CLASSES=4", "BACKBONE='resnet50'", "IMAGE_MIN_DIM=64", "IMAGE_MAX_DIM=64", "IMAGES_PER_GPU=1",
+        "TOP_DOWN_PYRAMID_SIZE=32", "FPN_CLASSIF_FC_LAYERS_SIZE=32", "TRAIN_ROIS_PER_IMAGE=8", "PRE_NMS_LIMIT=200",
+        "POST_NMS_ROIS_TRAINING=32", "POST_NMS_ROIS_INFERENCE=16", "RPN_TRAIN_ANCHORS_PER_IMAGE=32",
+        "MAX_GT_INSTANCES=4", "DETECTION_MAX_INSTANCES=4", "MINI_MASK_SHAPE=(16,16)",
+        "RPN_ANCHOR_SCALES=(8,16,32,64,128)", "SCALE_JITTER=(48,64)", "SCHEDULE_WARMUP_ITERATIONS=0"]
+
+
+def _set(items: list[str]) -> list[str]:
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def _args(argv: list[str]):
+    return coco.build_parser().parse_args(argv)
+
+
+def test_parse_overrides_literals_and_errors():
+    assert coco.parse_overrides(["image_max_dim=64", "BACKBONE=resnet50", "SCALE_JITTER=(48, 64)"]) == {
+        "IMAGE_MAX_DIM": 64, "BACKBONE": "resnet50", "SCALE_JITTER": (48, 64)}
+    with pytest.raises(ValueError, match="FIELD=VALUE.*'IMAGE_MAX_DIM'"):
+        coco.parse_overrides(["IMAGE_MAX_DIM"])
+
+
+def test_gpus_set_the_replica_count_and_global_batch():
+    args = _args(["train", "--dataset", "d", "--gpus", "4", "--steps", "7"])
+    config = coco.make_config(args)
+    assert (config.GPU_COUNT, config.IMAGES_PER_GPU, config.BATCH_SIZE) == (4, 2, 8)
+    assert config.STEPS_PER_EPOCH == 7
+    assert args.model == "imagenet" and args.year == "2017" and args.logs == "logs"
+    evaluate_args = _args(["evaluate", "--dataset", "d"])
+    assert evaluate_args.model == "last"
+    assert coco.make_config(evaluate_args, inference=True).IMAGE_MIN_DIM == 800  # the paper's test scale
+
+
+def test_paper_schedule_scales_with_the_global_batch():
+    config = coco.make_config(_args(["train", "--dataset", "d", "--gpus", "8"]))  # 16 images: the paper's
+    assert coco.PaperSchedule.iterations(config) == (160000, [120000], 500)
+    assert coco.PaperSchedule.base_learning_rate(config) == pytest.approx(0.02)
+    small = coco.make_config(_args(["train", "--dataset", "d"]))  # one GPU, 2 images: 8x the steps
+    total, boundaries, warmup = coco.PaperSchedule.iterations(small)
+    assert (total, boundaries, warmup) == (1280000, [960000], 4000)
+    schedule = coco.make_schedule(small)
+    base = 0.02 * 2 / 16
+    assert float(schedule(0)) == pytest.approx(base / 3)
+    assert float(schedule(warmup)) == pytest.approx(base)
+    assert float(schedule(boundaries[0] - 1)) == pytest.approx(base)
+    assert float(schedule(boundaries[0])) == pytest.approx(base / 10)
+
+
+def test_stages_keep_matterports_proportions():
+    config = coco.make_config(_args(["train", "--dataset", "d", "--gpus", "8"]))
+    assert coco.train_stages(config) == [("heads", 40), ("4+", 120), ("all", 160)]
+    tiny = coco.make_config(_args(["train", "--dataset", "d", "--steps", "1", "--set", "SCHEDULE_ITERATIONS=2",
+                                   "--set", "SCHEDULE_BATCH=2", "--set", "SCHEDULE_DECAY_AT=(1,)"]))
+    stages = coco.train_stages(tiny)
+    assert [layers for layers, _ in stages] == ["heads", "4+", "all"]
+    ends = [end for _, end in stages]
+    assert ends == sorted(set(ends))  # every stage trains at least one epoch
+
+
+def _coco_layout(root: Path, count: int = 4) -> Path:
+    """Shapes exported as COCO JSON, arranged as annotations/instances_{train,val}2017.json + images."""
+    from mrcnn.data.shapes import ShapesDataset
+
+    dataset = ShapesDataset()
+    dataset.load_shapes(count, 64, 64, seed=7)
+    dataset.prepare()
+    json_path = dataset.export_coco(root / "export")
+    (root / "annotations").mkdir(parents=True)
+    for subset in ("train2017", "val2017"):
+        shutil.copy(json_path, root / "annotations" / f"instances_{subset}.json")
+        shutil.copytree(root / "export" / "images", root / subset)
+    return root
+
+
+def test_one_step_train_then_evaluate_on_a_coco_export(tmp_path):
+    dataset_dir = _coco_layout(tmp_path / "coco")
+    logs = tmp_path / "logs"
+    common = ["--dataset", str(dataset_dir), "--logs", str(logs), "--limit", "2", "--verbose", "0"]
+    assert coco.main(["train", *common, "--model", "none", "--steps", "1", "--epochs", "1"] + _set(TINY)) == 0
+    runs = [d for d in logs.iterdir() if d.is_dir()]
+    assert len(runs) == 1
+    names = sorted(p.name for p in runs[0].glob("*.weights.h5"))
+    assert names == ["mask_rcnn_coco_0001.weights.h5"]
+    saved = json.loads((runs[0] / "config.json").read_text())
+    assert saved["IMAGE_MAX_DIM"] == 64 and saved["NUM_CLASSES"] == 4 and saved["STEPS_PER_EPOCH"] == 1
+
+    stats = coco.evaluate(_args(["evaluate", *common, "--model", "last"] + _set(TINY)))
+    assert set(stats) >= {"bbox", "segm"}
+    assert len(stats["segm"]) == 12 and all(np.isfinite(v) for v in stats["segm"].values())
+    assert (logs / "detections_val2017.json").is_file()
+
+
+def test_missing_dataset_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="instances_train2017.json"):
+        coco.main(["train", "--dataset", str(tmp_path / "nowhere"), "--model", "none", "--verbose", "0"]
+                  + _set(TINY))

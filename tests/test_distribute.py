@@ -1,0 +1,330 @@
+"""Tests for mrcnn/distribute.py: MirroredStrategy through fit, the multi-worker custom loop.
+
+Strategies need devices configured before TensorFlow starts (two logical CPU devices stand in
+for two GPUs) and multi-worker runs need one process per worker, so each scenario runs in a
+subprocess: this file run as a script (``python tests/test_distribute.py <scenario> <out_dir>``)
+writes its measurements as JSON, and the tests check them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCENARIO_TIMEOUT = 240  # seconds; each scenario takes ~20-40 s on 2 busy cores
+
+
+def _small_backbone():
+    """Plain strided 3x3 convs giving C2..C5 at strides 4, 8, 16, 32: ResNet-50 would make tracing
+    the replicated graphs (once per replica) take minutes; everything after it is the real model."""
+    import keras
+
+    class SmallBackbone(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(name="small_backbone", **kwargs)
+            widths_strides = [(16, 2), (16, 1), (32, 2), (32, 1), (48, 2), (64, 2), (64, 2)]
+            self.convs = [keras.layers.Conv2D(c, 3, strides=s, padding="same", activation="relu",
+                                              name=f"small_conv{i}") for i, (c, s) in enumerate(widths_strides)]
+
+        def call(self, images, training=None):
+            outputs = []
+            for i, conv in enumerate(self.convs):
+                images = conv(images)
+                if i >= 3:  # after strides 4, 8, 16, 32
+                    outputs.append(images)
+            return outputs
+
+    return SmallBackbone()
+
+
+def _small_backbone_shapes(image_shape):
+    import math
+
+    return np.array([[math.ceil(image_shape[0] / s), math.ceil(image_shape[1] / s)] for s in (4, 8, 16, 32, 64)])
+
+
+def _tiny_config(**overrides):
+    from mrcnn.config import Config
+
+    class TinyConfig(Config):
+        NAME = "tinydist"
+        NUM_CLASSES = 4
+        BACKBONE = staticmethod(_small_backbone)
+        COMPUTE_BACKBONE_SHAPE = staticmethod(_small_backbone_shapes)
+        IMAGES_PER_GPU = 1
+        IMAGE_MIN_DIM = 64
+        IMAGE_MAX_DIM = 64
+        RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
+        RPN_TRAIN_ANCHORS_PER_IMAGE = 32
+        PRE_NMS_LIMIT = 200
+        # Few proposals and ROI_POSITIVE_RATIO 1: DetectionTargetLayer keeps every positive and no
+        # negative, so its random subsampling cannot make two runs differ (only RoI order does).
+        POST_NMS_ROIS_TRAINING = 8
+        TRAIN_ROIS_PER_IMAGE = 16
+        ROI_POSITIVE_RATIO = 1.0
+        POST_NMS_ROIS_INFERENCE = 16
+        MAX_GT_INSTANCES = 4
+        DETECTION_MAX_INSTANCES = 8
+        MINI_MASK_SHAPE = (16, 16)
+        TOP_DOWN_PYRAMID_SIZE = 32
+        FPN_CLASSIF_FC_LAYERS_SIZE = 32
+        STEPS_PER_EPOCH = 2
+        VALIDATION_STEPS = 0
+        LEARNING_RATE = 0.02
+        # A clip that bites: the distributed path must clip the global gradient, as one device does.
+        GRADIENT_CLIP_NORM = 0.5
+        SEED = 5
+
+    return TinyConfig().update(**overrides)
+
+
+def _shapes(count: int, seed: int):
+    from mrcnn.data.shapes import ShapesDataset
+
+    dataset = ShapesDataset()
+    dataset.load_shapes(count, 64, 64, seed=seed)
+    dataset.prepare()
+    return dataset
+
+
+def _weights(model) -> dict[str, np.ndarray]:
+    return {v.path: np.asarray(v.numpy()) for v in model.weights}
+
+
+# ------------------------------------------------------------------------------------------------
+# Scenarios (run in subprocesses)
+
+
+def _scenario_mirrored(out_dir: Path) -> None:
+    """Single device (2 images) vs MirroredStrategy over 2 logical CPUs (1 image each), same start."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+
+    from mrcnn import distribute
+    from mrcnn.data.generator import DataGenerator
+    from mrcnn.model import MaskRCNN
+
+    result = {}
+    # One strategy for the process: a second MirroredStrategy created after the first has run
+    # reuses collective keys and TF aborts with "Shape mismatch in the collective instance".
+    strategy = distribute.make_strategy(2)
+    for train_bn in (False, True):
+        # TRAIN_BN gives per-replica batch statistics, which one device cannot reproduce: that
+        # round only checks that the replicas stay identical (the single-device run is skipped).
+        single_config = _tiny_config(IMAGES_PER_GPU=2, GPU_COUNT=1, TRAIN_BN=train_bn)
+        mirrored_config = _tiny_config(IMAGES_PER_GPU=1, GPU_COUNT=2, TRAIN_BN=train_bn)
+        # One image, so each batch holds it twice: the losses that average over a variable number
+        # of elements (positive anchors / RoIs) pool equal counts per image, and one device's
+        # pooled mean equals the replicas' mean of means exactly (with different images it does
+        # not: see README "Multi-GPU training").
+        batches = DataGenerator(_shapes(1, seed=1), single_config, shuffle=False, seed=0, steps=1)
+        keras.utils.set_random_seed(0)
+        single = MaskRCNN("training", single_config, model_dir=str(out_dir))
+        single.ensure_built()
+        single.set_trainable(".*")
+        start = out_dir / f"start_{train_bn}.weights.h5"
+        single.save_weights(str(start))
+        start_w = _weights(single)
+        single.compile()
+        single_history = single.fit(batches, epochs=1, verbose=0).history if not train_bn else {"loss": [np.nan]}
+
+        with strategy.scope():
+            mirrored = MaskRCNN("training", mirrored_config, model_dir=str(out_dir))
+            mirrored.load_weights(str(start))
+            mirrored.set_trainable(".*")
+            mirrored.compile()
+        mirrored_batches = DataGenerator(_shapes(1, seed=1), mirrored_config, shuffle=False, seed=0, steps=1)
+        assert mirrored_batches.batch_size == 2  # global batch = IMAGES_PER_GPU x replicas
+        mirrored_history = mirrored.fit(mirrored_batches, epochs=1, verbose=0).history
+
+        single_w, mirrored_w = _weights(single), _weights(mirrored)
+        moved = [k for k in single_w if not np.array_equal(single_w[k], start_w[k])]
+        # Difference relative to how far training moved the tensor.
+        diffs = {k: float(np.max(np.abs(single_w[k] - mirrored_w[k])) / (np.max(np.abs(single_w[k] - start_w[k])) + 1e-7))
+                 for k in moved}
+        result[f"train_bn_{train_bn}"] = {
+            "replicas": strategy.num_replicas_in_sync,
+            "strategy": type(strategy).__name__,
+            "single_loss": float(single_history["loss"][-1]),
+            "mirrored_loss": float(mirrored_history["loss"][-1]),
+            "max_relative_weight_difference": max(diffs.values()) if diffs else None,
+            "replicas_identical": distribute.replicas_identical(mirrored.weights),
+            "bn_statistics_synced": len(distribute.batchnorm_statistics(mirrored.all_layers())),
+            "weights_moved": len(moved),
+        }
+    (out_dir / "result.json").write_text(json.dumps(result, indent=2))
+
+
+def _scenario_worker(out_dir: Path) -> None:
+    """One worker of a 2-worker MultiWorkerMirroredStrategy (TF_CONFIG set by the test)."""
+    from mrcnn import distribute
+
+    strategy = distribute.make_strategy(1)  # TF_CONFIG decides: before any other TF work
+    import keras
+
+    from mrcnn.model import MaskRCNN
+
+    config = _tiny_config(IMAGES_PER_GPU=1, GPU_COUNT=1, STEPS_PER_EPOCH=2)
+    keras.utils.set_random_seed(0)  # same initial weights on every worker
+    with strategy.scope():
+        model = MaskRCNN("training", config, model_dir=str(out_dir / "logs"))
+    history = model.train(_shapes(4, seed=1), None, learning_rate=config.LEARNING_RATE, epochs=1, layers="all",
+                          verbose=0)
+    task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+    np.savez(out_dir / f"worker{task}.npz", **{k.replace("/", "|"): v for k, v in _weights(model).items()})
+    (out_dir / f"worker{task}.json").write_text(json.dumps({
+        "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
+        "loss": history.history["loss"], "epoch": model.epoch,
+        "iterations": int(model.optimizer.iterations.numpy()),
+        "chief": distribute.is_chief(strategy),
+        "checkpoints": sorted(p.name for p in (out_dir / "logs").rglob("*.weights.h5")),
+    }))
+
+
+# ------------------------------------------------------------------------------------------------
+# Tests
+
+
+def _run(args: list[str], env: dict[str, str] | None = None, timeout: int = SCENARIO_TIMEOUT
+         ) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO), **(env or {}))
+    return subprocess.run([sys.executable, __file__] + args, env=full_env, capture_output=True, text=True,
+                          timeout=timeout, cwd=str(REPO))
+
+
+def test_mirrored_fit_matches_single_device(tmp_path):
+    proc = _run(["mirrored", str(tmp_path)])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    frozen, trained_bn = result["train_bn_False"], result["train_bn_True"]
+    assert frozen["strategy"] == "MirroredStrategy" and frozen["replicas"] == 2
+    # Frozen BatchNorm (the default): two replicas of 1 image == one device with 2 images.
+    # One step: the loss is computed before the update, the weights after it (clipping active).
+    assert frozen["mirrored_loss"] == pytest.approx(frozen["single_loss"], rel=1e-4)
+    assert frozen["max_relative_weight_difference"] < 1e-3
+    assert frozen["replicas_identical"]
+    assert frozen["weights_moved"] > 20  # the comparison is about a real update
+    assert frozen["bn_statistics_synced"] == 0
+    # TRAIN_BN: per-replica batch statistics (so not equal to one device), but the replicas' moving
+    # statistics are averaged every step and stay identical.
+    assert trained_bn["bn_statistics_synced"] > 0
+    assert trained_bn["replicas_identical"]
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multi_worker_custom_loop_two_processes(tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for index in range(2):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO),
+                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        procs.append(subprocess.Popen([sys.executable, __file__, "worker", str(tmp_path)], env=env, cwd=str(REPO),
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=SCENARIO_TIMEOUT)[0])
+    finally:
+        for proc in procs:  # never leave a worker waiting for its peer
+            if proc.poll() is None:
+                proc.kill()
+    for proc, output in zip(procs, outputs):
+        assert proc.returncode == 0, output[-4000:]
+    infos = [json.loads((tmp_path / f"worker{i}.json").read_text()) for i in range(2)]
+    for info in infos:
+        # MultiWorkerMirroredStrategy instances are CollectiveAllReduceStrategy objects.
+        assert info["strategy"] in ("MultiWorkerMirroredStrategy", "CollectiveAllReduceStrategy")
+        assert info["replicas"] == 2
+        assert info["iterations"] == 2 and info["epoch"] == 1
+        assert all(np.isfinite(info["loss"]))
+    assert [info["chief"] for info in infos] == [True, False]
+    assert infos[0]["loss"] == pytest.approx(infos[1]["loss"], rel=1e-5)  # losses are all-reduced
+    # Only the chief writes the checkpoint (both workers share tmp_path/logs here).
+    assert infos[0]["checkpoints"] == infos[1]["checkpoints"]
+    assert len([n for n in infos[0]["checkpoints"] if n.endswith("_0001.weights.h5")]) == 1
+    first, second = (np.load(tmp_path / f"worker{i}.npz") for i in range(2))
+    assert sorted(first.files) == sorted(second.files)
+    for name in first.files:
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+
+
+def test_make_strategy_single_device_is_default():
+    import tensorflow as tf
+
+    from mrcnn import distribute
+
+    assert distribute.make_strategy(1) is tf.distribute.get_strategy()
+    assert distribute.num_replicas() == 1
+
+
+def test_make_strategy_names_missing_devices():
+    from mrcnn import distribute
+
+    with pytest.raises(ValueError, match="GPU_COUNT=64"):
+        distribute.make_strategy(64)
+
+
+def test_tf_config_errors_are_clear(monkeypatch):
+    from mrcnn import distribute
+
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ValueError, match="TF_CONFIG is not valid JSON"):
+        distribute.read_tf_config()
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {}}))
+    with pytest.raises(ValueError, match="'cluster' and 'task'"):
+        distribute.read_tf_config()
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]},
+                                                "task": {"type": "worker", "index": 1}}))
+    assert distribute.is_multi_worker_config(distribute.read_tf_config())
+    monkeypatch.delenv("TF_CONFIG")
+    assert distribute.read_tf_config() is None
+
+
+def test_single_replica_helpers_are_identity():
+    import keras
+    import tensorflow as tf
+
+    from mrcnn import distribute
+
+    optimizer = keras.optimizers.SGD(0.1, clipnorm=1.0)
+    variable = tf.Variable([1.0, 2.0])
+    grads = [(tf.constant([30.0, 40.0]), variable)]
+    assert distribute.aggregate_gradients(grads, optimizer)[0][0] is grads[0][0]
+    loss = tf.constant(3.0)
+    assert distribute.scale_loss_for_replicas(loss) is loss
+
+
+def test_replica_config_has_one_replica_batch():
+    from mrcnn import distribute
+
+    config = _tiny_config(IMAGES_PER_GPU=3, GPU_COUNT=2)
+    per_replica = distribute.replica_config(config)
+    assert (config.BATCH_SIZE, per_replica.BATCH_SIZE) == (6, 3)
+    assert per_replica is not config and type(per_replica) is type(config)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    scenario, out = sys.argv[1], Path(sys.argv[2])
+    {"mirrored": _scenario_mirrored, "worker": _scenario_worker}[scenario](out)

@@ -1,0 +1,119 @@
+"""Tests for mrcnn/tiling.py with a fake model that finds bright blobs (connected components)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import skimage.draw
+import skimage.measure
+
+from mrcnn.tiling import detect_tiled, tile_starts
+
+
+class BlobModel:
+    """Any-size detector: each connected bright component is an instance (score: its mean value).
+
+    Records the shapes it was given, so a test can check that no call saw more than a tile.
+    """
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, ...]] = []
+
+    def detect(self, images):
+        results = []
+        for image in images:
+            self.seen.append(image.shape)
+            labels = skimage.measure.label(image[..., 0] > 0, connectivity=1)
+            count = int(labels.max())
+            masks = np.stack([labels == k for k in range(1, count + 1)], axis=-1) if count else \
+                np.zeros(image.shape[:2] + (0,), bool)
+            rois = np.array([[r.bbox[0], r.bbox[1], r.bbox[2], r.bbox[3]]
+                             for r in skimage.measure.regionprops(labels)], np.int32).reshape(-1, 4)
+            scores = np.array([image[..., 0][labels == k].mean() / 255 for k in range(1, count + 1)], np.float32)
+            results.append({"rois": rois, "class_ids": np.ones(count, np.int32), "scores": scores, "masks": masks})
+        return results
+
+
+def _disc_image(shape, centers, radius):
+    image = np.zeros(tuple(shape) + (3,), np.uint8)
+    truth = []
+    for k, (cy, cx) in enumerate(centers):
+        rr, cc = skimage.draw.disk((cy, cx), radius, shape=shape)
+        image[rr, cc] = 100 + k
+        mask = np.zeros(shape, bool)
+        mask[rr, cc] = True
+        truth.append(mask)
+    return image, np.stack(truth, axis=-1)
+
+
+def test_tile_starts_cover_with_overlap():
+    assert tile_starts(100, 128, 16) == [0]
+    starts = tile_starts(300, 128, 32)
+    assert starts[0] == 0 and starts[-1] + 128 == 300
+    assert all(b - a <= 128 - 32 for a, b in zip(starts, starts[1:]))
+
+
+def test_objects_on_tile_borders_found_once_with_untiled_masks():
+    # Tiles of 64 with overlap 20 on a 150 x 170 image: starts 0, 44, 86 (rows) and 0, 44, 88, 106
+    # (cols). Discs of radius 6 (extent 13 < overlap) placed across those borders and corners.
+    shape = (150, 170)
+    centers = [(64, 30), (44, 64), (64, 64), (86, 108), (20, 150), (130, 44), (100, 130), (10, 10), (140, 165)]
+    image, truth = _disc_image(shape, centers, radius=6)
+    model = BlobModel()
+    tiled = detect_tiled(model, image, tile_size=64, overlap=20)
+    assert max(max(s[:2]) for s in model.seen) <= 64  # the model never saw more than a tile
+    untiled = BlobModel().detect([image])[0]
+    assert tiled["masks"].shape == shape + (len(centers),)
+    # Every disc exactly once, with the same mask as untiled detection (and as the truth).
+    for masks in (truth, untiled["masks"]):
+        inter = np.einsum("hwn,hwm->nm", tiled["masks"].astype(np.int64), masks.astype(np.int64))
+        assert np.all((inter > 0).sum(axis=1) == 1) and np.all((inter > 0).sum(axis=0) == 1)
+        order = inter.argmax(axis=1)
+        np.testing.assert_array_equal(tiled["masks"], masks[..., order])
+    np.testing.assert_array_equal(np.sort(tiled["scores"]), np.sort(untiled["scores"]))
+    assert np.all(np.diff(tiled["scores"]) <= 0)
+    boxes = tiled["rois"]
+    np.testing.assert_array_equal(boxes, [[m.any(1).argmax(), m.any(0).argmax(), shape[0] - m.any(1)[::-1].argmax(),
+                                           shape[1] - m.any(0)[::-1].argmax()] for m in np.moveaxis(tiled["masks"], -1, 0)])
+
+
+def test_touching_objects_stay_separate_and_big_object_not_duplicated():
+    # Two touching rectangles on a tile border (different values, so separate components only
+    # through a 1-px gap) and one object larger than the overlap.
+    image = np.zeros((100, 100, 3), np.uint8)
+    image[40:50, 30:45] = 200
+    image[51:60, 30:45] = 150
+    image[5:45, 60:95] = 120  # 40 x 35 > overlap: may come back cut, but not duplicated in the overlap
+    result = detect_tiled(BlobModel(), image, tile_size=64, overlap=16)
+    small = [k for k in range(result["masks"].shape[-1]) if result["masks"][..., k].sum() < 200]
+    assert len(small) == 2
+    big = [k for k in range(result["masks"].shape[-1]) if result["masks"][..., k].sum() >= 200]
+    covered = np.zeros((100, 100), int)
+    for k in big:
+        covered += result["masks"][..., k]
+    assert covered.max() == 1 and covered.sum() == 40 * 35  # pieces tile the object without overlap
+
+
+def test_small_image_is_one_tile_and_grayscale_works():
+    image, truth = _disc_image((40, 50), [(20, 25)], radius=5)
+    model = BlobModel()
+    result = detect_tiled(model, image, tile_size=64, overlap=8)
+    assert model.seen == [(40, 50, 3)]
+    np.testing.assert_array_equal(result["masks"][..., 0], truth[..., 0])
+
+
+def test_empty_and_bad_arguments():
+    result = detect_tiled(BlobModel(), np.zeros((80, 80, 3), np.uint8), tile_size=32, overlap=8)
+    assert result["masks"].shape == (80, 80, 0) and result["rois"].shape == (0, 4)
+    with pytest.raises(ValueError, match="overlap"):
+        detect_tiled(BlobModel(), np.zeros((80, 80, 3), np.uint8), tile_size=32, overlap=32)
+    with pytest.raises(ValueError, match="image"):
+        detect_tiled(BlobModel(), np.zeros((80,), np.uint8), tile_size=32, overlap=8)
+
+    class Broken:
+        def detect(self, images):
+            return [{"rois": np.zeros((1, 4)), "class_ids": [1], "scores": [1.0], "masks": np.zeros((5, 5, 1), bool)}
+                    for _ in images]
+
+    with pytest.raises(ValueError, match=r"\[32, 32, 1\]"):
+        detect_tiled(Broken(), np.zeros((80, 80, 3), np.uint8), tile_size=32, overlap=8)
