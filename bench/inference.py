@@ -8,7 +8,10 @@ all DETECTION_MAX_INSTANCES slots either way (the graph has static shapes).
 800 px is not a multiple of 64, so it runs in `pad64` mode: the 800x800 image is kept at its size
 and zero-padded to 832x832.
 
-    python bench/inference.py [--sizes 512 800 1024] [--repeats 5]
+Each size runs in float32 and under Config.MIXED_PRECISION="mixed_bfloat16" (convolutions in
+bfloat16: AVX-512 BF16 on this CPU), with the same random weights.
+
+    python bench/inference.py [--sizes 512 800 1024] [--repeats 5] [--precisions float32 mixed_bfloat16]
 """
 
 from __future__ import annotations
@@ -32,18 +35,19 @@ from mrcnn.model import MaskRCNN  # noqa: E402
 from mrcnn.ops.roi_align import active_implementation  # noqa: E402
 
 
-def make_config(size: int) -> Config:
+def make_config(size: int, precision: str = "float32") -> Config:
     if size % 64 == 0:
         dims = dict(IMAGE_RESIZE_MODE="square", IMAGE_MIN_DIM=size, IMAGE_MAX_DIM=size)
     else:  # pad64 keeps the image at its size (no upscaling: MIN_DIM 64) and pads to a multiple of 64
         dims = dict(IMAGE_RESIZE_MODE="pad64", IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64 * -(-size // 64))
     attrs = dict(NAME="bench", NUM_CLASSES=81, BACKBONE="resnet50", IMAGES_PER_GPU=1,
-                 DETECTION_MIN_CONFIDENCE=0.0, **dims)
+                 DETECTION_MIN_CONFIDENCE=0.0, MIXED_PRECISION=None if precision == "float32" else precision,
+                 **dims)
     return type("BenchConfig", (Config,), attrs)()
 
 
-def bench_size(size: int, repeats: int) -> dict:
-    model = MaskRCNN(mode="inference", config=make_config(size))
+def bench_size(size: int, repeats: int, precision: str = "float32") -> dict:
+    model = MaskRCNN(mode="inference", config=make_config(size, precision))
     image = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
     tic = time.perf_counter()
     model.detect([image])  # builds and traces
@@ -54,7 +58,7 @@ def bench_size(size: int, repeats: int) -> dict:
         tic = time.perf_counter()
         model.detect([image])
         times.append(time.perf_counter() - tic)
-    return {"size": size, "molded": int(model.mold_inputs([image])[0].shape[1]),
+    return {"size": size, "precision": precision, "molded": int(model.mold_inputs([image])[0].shape[1]),
             "median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4),
             "all_s": [round(t, 4) for t in times], "first_call_s": round(first, 2)}
 
@@ -63,13 +67,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 800, 1024])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--precisions", nargs="+", default=["float32", "mixed_bfloat16"],
+                        choices=["float32", "mixed_bfloat16", "mixed_float16"])
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "inference.json"))
     args = parser.parse_args()
     results = []
     for size in args.sizes:
-        result = bench_size(size, args.repeats)
-        print(json.dumps(result))
-        results.append(result)
+        for precision in args.precisions:
+            result = bench_size(size, args.repeats, precision)
+            print(json.dumps(result), flush=True)
+            results.append(result)
     report = {
         "benchmark": "detect latency per image, ResNet-50-FPN, 81 classes, random weights",
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",

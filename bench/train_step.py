@@ -71,6 +71,8 @@ def run_row(size: int, mode: str, precision: str, warmup: int, repeats: int, tin
     config = make_config(size, replicas, precision, tiny)
     dataset = ShapesDataset()
     dataset.load_shapes(2, size, size, seed=0)
+    for class_id in range(len(dataset.class_info), config.NUM_CLASSES):
+        dataset.add_class("bench", class_id, f"class{class_id}")  # COCO-sized heads: 81 classes
     dataset.prepare()
     batch = DataGenerator(dataset, config, shuffle=False, seed=0)[0]
     # Keras averages a first batch over replicas to build; bool masks cannot be added (see distribute).

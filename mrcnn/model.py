@@ -12,10 +12,11 @@ Graph (ARCHITECTURE.md): ResNet -> FPN -> shared RPN head over P2..P6 -> Proposa
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,12 @@ class MaskRCNN(keras.Model):
         self.log_dir: str | None = None
         self.checkpoint_path: str | None = None
         self._anchor_cache: dict[tuple[int, int], np.ndarray] = {}
-        self._build_layers()
+        # Sublayers create their own sublayers in __init__ and read the global dtype policy there:
+        # building under Config.MIXED_PRECISION makes every conv/dense compute in half precision
+        # (variables stay float32). The graph layers (proposals, targets, RoIAlign boxes,
+        # detections) opt out with autocast=False, and the heads' output layers are float32.
+        with _dtype_policy(config.MIXED_PRECISION):
+            self._build_layers()
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in ("loss",) + loss_names(config)}
 
     # ------------------------------------------------------------------------------------------
@@ -312,6 +318,9 @@ class MaskRCNN(keras.Model):
             # Under a multi-replica strategy each replica holds IMAGES_PER_GPU images and the
             # optimizer SUMS replica gradients: divide by the replica count (mrcnn.distribute).
             scaled = distribute.scale_loss_for_replicas(total)
+            # mixed_float16: LossScaleOptimizer multiplies by its dynamic scale (and un-scales the
+            # gradients in apply_gradients); identity for every other optimizer.
+            scaled = self.optimizer.scale_loss(scaled)
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
         # Layers outside the path (e.g. the inference-only DetectionLayer) have no gradient.
@@ -339,10 +348,15 @@ class MaskRCNN(keras.Model):
         """Compiles with the config's OPTIMIZER unless an optimizer is given.
 
         Default: SGD(LEARNING_RATE, momentum=LEARNING_MOMENTUM, clipnorm=GRADIENT_CLIP_NORM), as
-        matterport. XLA stays off: the compiled RoIAlign op has no XLA kernel.
+        matterport. XLA stays off: the compiled RoIAlign op has no XLA kernel. Under
+        MIXED_PRECISION="mixed_float16" the optimizer is wrapped in a LossScaleOptimizer.
         """
         if optimizer is None:
             optimizer = make_optimizer(self.config, learning_rate)
+        if self.config.MIXED_PRECISION == "mixed_float16" and not isinstance(
+                optimizer, keras.optimizers.LossScaleOptimizer):
+            # float16 gradients underflow without loss scaling; bfloat16 has float32's range.
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         kwargs.setdefault("jit_compile", False)
         super().compile(optimizer=optimizer, **kwargs)
 
@@ -770,6 +784,20 @@ def make_optimizer(config: Config, learning_rate: float | None = None) -> keras.
         # Decoupled decay off: WEIGHT_DECAY already enters the loss as an L2 term.
         return keras.optimizers.AdamW(learning_rate=lr, weight_decay=0.0, clipnorm=clip)
     return keras.optimizers.SGD(learning_rate=lr, momentum=config.LEARNING_MOMENTUM, clipnorm=clip)
+
+
+@contextlib.contextmanager
+def _dtype_policy(policy: str | None) -> Iterator[None]:
+    """Makes `policy` Keras' global dtype policy inside the block (None: leave it), then restores it."""
+    if policy is None:
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def _active_class_ids(meta: tf.Tensor, num_classes: int) -> tf.Tensor:

@@ -83,6 +83,10 @@ class DataGenerator(keras.utils.PyDataset):
         self.image_ids = np.asarray(dataset.image_ids)
         if self.image_ids.size == 0:
             raise ValueError("dataset has no images: add images and call dataset.prepare() first")
+        if dataset.num_classes != config.NUM_CLASSES:
+            # The image meta carries one active-class flag per dataset class; the model reads NUM_CLASSES.
+            raise ValueError(f"dataset has {dataset.num_classes} classes (background included) but "
+                             f"config.NUM_CLASSES is {config.NUM_CLASSES}: they must match")
         if steps is not None and (not isinstance(steps, (int, np.integer)) or steps < 1):
             raise ValueError(f"steps must be a positive int or None, got {steps!r}")
         self.steps = None if steps is None else int(steps)

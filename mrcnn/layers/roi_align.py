@@ -30,7 +30,7 @@ def assign_levels(boxes: tf.Tensor, image_area: tf.Tensor, level_mode: str = "ma
             torchvision). ``h, w`` normalized; both are formulas in the box's pixel size.
 
     Returns:
-        ``[B, N]`` int32 levels; zero-area (padding) boxes get level 2.
+        ``[B, N]`` int32 levels; zero-area (padding) and non-finite boxes get level 2.
     """
     if level_mode not in LEVEL_MODES:
         raise ValueError(f"level_mode must be one of {LEVEL_MODES}, got {level_mode!r}")
@@ -47,6 +47,9 @@ def assign_levels(boxes: tf.Tensor, image_area: tf.Tensor, level_mode: str = "ma
         level = CANONICAL_LEVEL + tf.round(log_ratio)
     else:
         level = tf.floor(CANONICAL_LEVEL + log_ratio + 1e-6)
+    # Non-finite boxes (NaN/inf from a diverged RPN) would leave NaN, whose int cast is undefined
+    # and matches no level: the layer then pools fewer boxes than it has. Send them to P2.
+    level = tf.where(tf.math.is_nan(level), float(MIN_LEVEL), level)
     # Clamp in float before the cast: -inf must not reach the integer conversion.
     level = tf.clip_by_value(level, float(MIN_LEVEL), float(MAX_LEVEL))
     return tf.cast(level, tf.int32)

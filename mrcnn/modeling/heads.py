@@ -114,8 +114,8 @@ class BoxHead(keras.layers.Layer):
         self.class_bn1 = make_head_norm(norm, train_bn, "mrcnn_class_bn1")
         self.class_conv2 = keras.layers.Conv2D(self.fc_layers_size, 1, name="mrcnn_class_conv2")
         self.class_bn2 = make_head_norm(norm, train_bn, "mrcnn_class_bn2")
-        self.class_logits = keras.layers.Dense(self.num_classes, name="mrcnn_class_logits")
-        self.bbox_fc = keras.layers.Dense(4 * self.num_classes, name="mrcnn_bbox_fc")
+        self.class_logits = keras.layers.Dense(self.num_classes, dtype="float32", name="mrcnn_class_logits")
+        self.bbox_fc = keras.layers.Dense(4 * self.num_classes, dtype="float32", name="mrcnn_bbox_fc")
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         if len(input_shape) != 5:
@@ -183,7 +183,7 @@ class MaskHead(keras.layers.Layer):
         self.bns = [make_head_norm(norm, train_bn, f"mrcnn_mask_bn{i}") for i in range(1, 5)]
         self.deconv = keras.layers.Conv2DTranspose(self.conv_channels, 2, strides=2, activation="relu",
                                                    name="mrcnn_mask_deconv")
-        self.mask = keras.layers.Conv2D(self.num_classes, 1, activation="sigmoid", name="mrcnn_mask")
+        self.mask = keras.layers.Conv2D(self.num_classes, 1, activation="sigmoid", dtype="float32", name="mrcnn_mask")
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         if len(input_shape) != 5:

@@ -53,7 +53,8 @@ class KeypointHead(keras.layers.Layer):
         # SGD steps spend undoing.
         self.deconv = keras.layers.Conv2DTranspose(
             self.num_keypoints, 4, strides=2, padding="same",
-            kernel_initializer=keras.initializers.RandomNormal(stddev=0.001), name="mrcnn_keypoint_deconv")
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.001), dtype="float32",
+            name="mrcnn_keypoint_deconv")
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         if len(input_shape) != 5:

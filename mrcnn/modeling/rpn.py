@@ -47,8 +47,8 @@ class RPNHead(keras.layers.Layer):
         a = self.anchors_per_location
         self.conv_shared = keras.layers.Conv2D(512, 3, padding="same", strides=self.anchor_stride,
                                                activation="relu", name="rpn_conv_shared")
-        self.class_raw = keras.layers.Conv2D(2 * a, 1, padding="valid", name="rpn_class_raw")
-        self.bbox_pred = keras.layers.Conv2D(4 * a, 1, padding="valid", name="rpn_bbox_pred")
+        self.class_raw = keras.layers.Conv2D(2 * a, 1, padding="valid", dtype="float32", name="rpn_class_raw")
+        self.bbox_pred = keras.layers.Conv2D(4 * a, 1, padding="valid", dtype="float32", name="rpn_bbox_pred")
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         channels = input_shape[-1]

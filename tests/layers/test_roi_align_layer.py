@@ -43,6 +43,10 @@ def test_assign_levels_formulas():
     np.testing.assert_array_equal(assign_levels(boxes, area, "paper").numpy()[0], [2, 3, 3, 4, 5, 5])
     # Zero (padding) boxes go to P2 without NaN trouble.
     np.testing.assert_array_equal(assign_levels(np.zeros((1, 2, 4), np.float32), area).numpy(), [[2, 2]])
+    # Non-finite boxes (a diverged RPN) get a level too: every box must land in exactly one level.
+    bad = np.array([[[np.nan] * 4, [0.1, 0.1, np.inf, 0.2], [0.1, 0.1, 0.2, -np.inf]]], np.float32)
+    for mode in ("matterport", "paper"):
+        np.testing.assert_array_equal(assign_levels(bad, area, mode).numpy(), [[2, 5, 2]])  # NaN -> P2, inf -> P5
     with pytest.raises(ValueError, match="level_mode"):
         assign_levels(boxes, area, "fpn")
 
@@ -105,3 +109,12 @@ def test_functional_shapes_and_config():
     assert clone.get_config() == layer.get_config()
     with pytest.raises(ValueError, match="pooling_mode"):
         PyramidROIAlign(7, pooling_mode="bogus")
+
+
+def test_non_finite_boxes_pool_without_error():
+    """A NaN box pools (to whatever) instead of breaking the layer's reshape; finite boxes are unaffected."""
+    boxes = np.array([[_square(256, 16), [np.nan] * 4, _square(256, 480)]], np.float32)
+    out = PyramidROIAlign(3)([boxes, _meta(1)] + _level_features(1)).numpy()
+    assert out.shape == (1, 3, 3, 3, 2)
+    np.testing.assert_allclose(out[0, 0], 2.0, atol=1e-5)
+    np.testing.assert_allclose(out[0, 2], 5.0, atol=1e-5)

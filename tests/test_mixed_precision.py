@@ -1,0 +1,117 @@
+"""Config.MIXED_PRECISION: the model built under a Keras mixed policy (mrcnn/model.py)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from mrcnn import utils
+from mrcnn.data.generator import DataGenerator
+from mrcnn.model import MaskRCNN
+from tests.test_model import TinyConfig, _shapes
+
+
+class Float32Config(TinyConfig):
+    DETECTION_MIN_CONFIDENCE = 0.5
+
+
+class BFloat16Config(Float32Config):
+    MIXED_PRECISION = "mixed_bfloat16"
+
+
+class Float16Config(Float32Config):
+    MIXED_PRECISION = "mixed_float16"
+
+
+def _layers_by_name(model: MaskRCNN) -> dict[str, keras.layers.Layer]:
+    return {layer.name: layer for layer in model._flatten_layers(include_self=False)}
+
+
+@pytest.fixture(scope="module")
+def batch() -> dict[str, np.ndarray]:
+    return DataGenerator(_shapes(2, seed=1), Float32Config(), shuffle=False, seed=0)[0]
+
+
+def test_policy_reaches_convs_not_outputs_and_is_restored() -> None:
+    before = keras.config.dtype_policy().name
+    model = MaskRCNN("inference", BFloat16Config())
+    model.ensure_built()
+    assert keras.config.dtype_policy().name == before  # the global policy is put back
+    layers = _layers_by_name(model)
+    for name in ("conv1", "res2a_branch2a", "fpn_p2", "rpn_conv_shared", "mrcnn_mask_conv1"):
+        assert layers[name].compute_dtype == "bfloat16", name
+    # Logits, box deltas and mask probabilities are float32: losses and NMS never see bfloat16.
+    for name in ("rpn_class_raw", "rpn_bbox_pred", "mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_mask"):
+        assert layers[name].compute_dtype == "float32", name
+    assert {v.dtype for v in model.weights} == {"float32"}  # variables stay float32 (same weight files)
+    outputs = model.run_graph([np.zeros((64, 64, 3), np.uint8)], ["P2", "rpn_class", "detections", "mrcnn_mask"])
+    assert outputs["P2"].dtype.name == "bfloat16"
+    for name in ("rpn_class", "detections", "mrcnn_mask"):
+        assert outputs[name].dtype == np.float32, name
+
+
+def test_bfloat16_fit_step_matches_float32_loss_and_moves_weights(batch) -> None:
+    keras.utils.set_random_seed(0)
+    reference = MaskRCNN("training", Float32Config())
+    reference.ensure_built()
+    model = MaskRCNN("training", BFloat16Config())
+    model.ensure_built()
+    model.set_weights(reference.get_weights())
+    for m in (reference, model):
+        m.set_trainable(".*")
+        m.compile(learning_rate=0.01)
+    loss32 = reference.test_on_batch(batch, return_dict=True)
+    loss16 = model.test_on_batch(batch, return_dict=True)
+    assert all(np.isfinite(value) for value in loss16.values()), loss16
+    # The RPN losses are a deterministic function of the weights (the heads' depend on RoIs that
+    # DetectionTargetLayer samples at random): the same weights give nearly the same values.
+    for name in ("rpn_class_loss", "rpn_bbox_loss"):
+        assert loss16[name] == pytest.approx(loss32[name], rel=0.05, abs=0.01), name
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    history = model.fit(DataGenerator(_shapes(2, seed=1), Float32Config(), shuffle=False),
+                        steps_per_epoch=1, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    moved = [not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables)]
+    assert all(moved), f"{moved.count(False)} variables did not move"
+
+
+def test_bfloat16_detect_agrees_with_float32() -> None:
+    keras.utils.set_random_seed(0)
+    reference = MaskRCNN("inference", Float32Config())
+    reference.ensure_built()
+    # An untrained box head calls everything background; a bias towards class 1 gives detections.
+    logits = reference.box_head.class_logits
+    kernel, bias = logits.get_weights()
+    bias[:] = [0.0, 4.0, 0.0, 0.0]
+    logits.set_weights([kernel, bias])
+    model = MaskRCNN("inference", BFloat16Config())
+    model.ensure_built()
+    model.set_weights(reference.get_weights())
+    dataset = _shapes(3, seed=7)
+    images = [dataset.load_image(i) for i in dataset.image_ids]
+    matched = total = 0
+    for ours, theirs in zip(model.detect(images), reference.detect(images)):
+        assert abs(len(ours["rois"]) - len(theirs["rois"])) <= 1
+        total += len(theirs["rois"])
+        if not len(ours["rois"]) or not len(theirs["rois"]):
+            continue
+        overlaps = utils.compute_overlaps(theirs["rois"].astype(np.float64), ours["rois"].astype(np.float64))
+        best = overlaps.argmax(axis=1)
+        good = overlaps.max(axis=1) >= 0.9
+        matched += int(good.sum())
+        np.testing.assert_allclose(ours["scores"][best[good]], theirs["scores"][good], atol=0.02)
+        np.testing.assert_array_equal(ours["class_ids"][best[good]], theirs["class_ids"][good])
+    assert total > 0
+    # bfloat16 keeps 8 mantissa bits: near-tied proposals may swap; most boxes must coincide.
+    assert matched / total >= 0.7, f"{matched}/{total} float32 detections matched"
+
+
+def test_float16_wraps_the_optimizer_in_loss_scaling(batch) -> None:
+    model = MaskRCNN("training", Float16Config())
+    model.ensure_built()
+    model.set_trainable(".*")
+    model.compile(learning_rate=0.01)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    logs = model.train_on_batch(batch, return_dict=True)
+    assert np.isfinite(logs["loss"])
