@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "Config": ("mrcnn.config", "Config"),
+    "C4Config": ("mrcnn.config", "C4Config"),
     "Dataset": ("mrcnn.data.dataset", "Dataset"),
     "CocoDataset": ("mrcnn.data.coco", "CocoDataset"),
     "DataGenerator": ("mrcnn.data.generator", "DataGenerator"),

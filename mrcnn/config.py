@@ -28,9 +28,17 @@ import numpy as np
 
 RESIZE_MODES = ("none", "square", "pad64", "crop")
 POOLING_MODES = ("roi_align", "roi_align_max", "roi_pool", "roi_warp", "crop_and_resize")
-BACKBONES = ("resnet50", "resnet101")
+BACKBONES = ("resnet50", "resnet101", "resnext101_32x4d", "resnext101_64x4d")
+BACKBONE_TYPES = ("fpn", "c4")
 HEAD_NORMS = ("bn", "gn", "none")
+GROUP_NORM_GROUPS = 32  # Wu & He, "Group Normalization": 32 groups in detection heads.
+# HEAD_NORM="gn" also normalizes the box head's fc outputs: fewer channels per group than this and
+# the normalized values carry almost nothing (2 per group become +-1; measured: the classifier
+# never left ln(2) at FPN_CLASSIF_FC_LAYERS_SIZE 64, learnt at 256).
+MIN_CHANNELS_PER_GROUP = 8
 MIXED_PRECISION_POLICIES = (None, "mixed_bfloat16", "mixed_float16")
+MASK_LOSSES = ("sigmoid", "softmax")
+MASK_HEAD_TYPES = ("fcn", "mlp")
 DERIVED_FIELDS = ("BATCH_SIZE", "IMAGE_SHAPE", "IMAGE_META_SIZE")
 
 
@@ -63,6 +71,36 @@ class Config:
       dtype policy of the model's layers (variables stay float32; heads' outputs and losses are
       float32; float16 training uses loss scaling). bfloat16 needs no loss scaling and runs fast on
       CPUs with AVX512-BF16/AMX.
+    * ``BACKBONE`` (matterport's field) also takes ``"resnext101_32x4d"`` / ``"resnext101_64x4d"``:
+      ResNeXt-101 with 32 or 64 groups of 4 channels in its 3x3 convolutions (the paper's X-101;
+      no ImageNet weights are bundled for it).
+    * ``BACKBONE_TYPE``: ``"fpn"`` (default; the paper's best, matterport's only) or ``"c4"`` (the
+      paper's ResNet-C4, Fig. 4 left): no FPN; the RPN runs on C4 (stride 16) with all of
+      RPN_ANCHOR_SCALES at every position (len(scales) x len(ratios) anchors per position);
+      RoIAlign pools POOL_SIZE x POOL_SIZE crops of C4; ResNet's stage 5 runs per RoI as the box
+      head (to POOL_SIZE / 2), then global average pooling, class logits and box deltas; the mask
+      head (2x2 deconv + 1x1 conv) reads that res5 output, so MASK_POOL_SIZE must be POOL_SIZE // 2
+      and MASK_SHAPE twice that. Requires BACKBONE_STRIDES = [16] and a named BACKBONE; no
+      keypoint head, no MLP mask head; TOP_DOWN_PYRAMID_SIZE, FPN_CLASSIF_FC_LAYERS_SIZE and
+      HEAD_NORM are unused. ``C4Config`` (or ``config.update(**c4_defaults())``) gives the paper's
+      C4 values: POOL_SIZE 14, MASK_POOL_SIZE 7, MASK_SHAPE 14 x 14, TRAIN_ROIS_PER_IMAGE 64,
+      POST_NMS_ROIS_INFERENCE 300, anchors 32-512 px x 3 ratios (15 per position).
+
+    The paper's mask-branch ablations (Table 2; defaults are the paper's choice, README "Mask
+    branch ablations"):
+
+    * ``MASK_LOSS``: ``"sigmoid"`` (default): per-pixel binary cross-entropy on the ground-truth
+      class's channel only (no competition between classes). ``"softmax"``: the multinomial loss
+      of FCNs: each pixel of a positive RoI with ground-truth class k is a K-way softmax over the
+      mask channels (channel 0 = background), with target k where the mask target is 1 and 0
+      elsewhere: ``-(t log p_k + (1 - t) log p_0)`` averaged over the pixels of positive RoIs.
+      The head then outputs the softmax over channels; a detection's mask is the probability of
+      its class. Needs class-specific masks.
+    * ``MASK_CLASS_AGNOSTIC``: False (default): K mask channels, one per class; True: one channel
+      shared by all classes (the loss and inference read channel 0).
+    * ``MASK_HEAD_TYPE``: ``"fcn"`` (default; the paper's FCN, matterport's layer names) or
+      ``"mlp"``: flatten the RoI features -> fc 1024 -> fc 1024 -> fc K x 28 x 28 (the paper's MLP
+      row), reshaped to the same [B, N, 28, 28, K] output.
     """
 
     NAME: str | None = None
@@ -76,6 +114,7 @@ class Config:
     BACKBONE_STRIDES: list[int] = [4, 8, 16, 32, 64]
     FPN_CLASSIF_FC_LAYERS_SIZE: int = 1024
     TOP_DOWN_PYRAMID_SIZE: int = 256
+    BACKBONE_TYPE: str = "fpn"  # "fpn" or "c4" (see the class docstring and C4Config)
 
     NUM_CLASSES: int = 1
 
@@ -160,6 +199,11 @@ class Config:
     KEYPOINT_HEAD_NUM_CONVS: int = 8
     MASK_HEAD: bool = True
 
+    # --- Mask branch ablations (paper Table 2; see the class docstring) ------------------------
+    MASK_LOSS: str = "sigmoid"
+    MASK_CLASS_AGNOSTIC: bool = False
+    MASK_HEAD_TYPE: str = "fcn"
+
     def __init__(self) -> None:
         # Copy mutable class-level defaults so instances never share (and mutate) them.
         for name in self.field_names():
@@ -207,21 +251,26 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self._validate_backbone_type()
         if self.IMAGE_RESIZE_MODE not in RESIZE_MODES:
             raise ValueError(f"IMAGE_RESIZE_MODE must be one of {RESIZE_MODES}, got {self.IMAGE_RESIZE_MODE!r}")
         if self.IMAGE_RESIZE_MODE in ("square", "pad64", "crop"):
             dim_name = "IMAGE_MIN_DIM" if self.IMAGE_RESIZE_MODE == "crop" else "IMAGE_MAX_DIM"
             dim = getattr(self, dim_name)
-            # Five FPN levels with stride up to 64: every level must divide the input evenly.
-            if self.IMAGE_RESIZE_MODE != "pad64" and dim % 64 != 0:
+            # Five FPN levels with stride up to 64 (C4: one of stride 16): every level must divide
+            # the input evenly.
+            if self.BACKBONE_TYPE == "c4":
+                multiple, why = 16, "C4 has stride 16"
+            else:
+                multiple, why = 64, "the FPN downsamples by up to 64"
+            if self.IMAGE_RESIZE_MODE != "pad64" and dim % multiple != 0:
                 raise ValueError(
-                    f"{dim_name}={dim} must be divisible by 64 in '{self.IMAGE_RESIZE_MODE}' mode "
-                    "(the FPN downsamples by up to 64); use e.g. "
-                    f"{max(64, int(round(dim / 64)) * 64)}"
+                    f"{dim_name}={dim} must be divisible by {multiple} in '{self.IMAGE_RESIZE_MODE}' mode "
+                    f"({why}); use e.g. {max(multiple, int(round(dim / multiple)) * multiple)}"
                 )
         if self.IMAGE_MIN_DIM > self.IMAGE_MAX_DIM and self.IMAGE_RESIZE_MODE != "crop":
             raise ValueError(f"IMAGE_MIN_DIM ({self.IMAGE_MIN_DIM}) must not exceed IMAGE_MAX_DIM ({self.IMAGE_MAX_DIM})")
-        if len(self.RPN_ANCHOR_SCALES) != len(self.BACKBONE_STRIDES):
+        if self.BACKBONE_TYPE == "fpn" and len(self.RPN_ANCHOR_SCALES) != len(self.BACKBONE_STRIDES):
             raise ValueError(
                 f"RPN_ANCHOR_SCALES has {len(self.RPN_ANCHOR_SCALES)} scales but BACKBONE_STRIDES has "
                 f"{len(self.BACKBONE_STRIDES)} strides: one anchor scale per pyramid level is required"
@@ -249,9 +298,15 @@ class Config:
             raise ValueError(f"BN_MOMENTUM must be in [0, 1), got {self.BN_MOMENTUM!r}")
         if self.HEAD_NORM not in HEAD_NORMS:
             raise ValueError(f"HEAD_NORM must be one of {HEAD_NORMS}, got {self.HEAD_NORM!r}")
+        if self.HEAD_NORM == "gn" and self.FPN_CLASSIF_FC_LAYERS_SIZE < GROUP_NORM_GROUPS * MIN_CHANNELS_PER_GROUP:
+            raise ValueError(
+                f"HEAD_NORM='gn' needs FPN_CLASSIF_FC_LAYERS_SIZE >= {GROUP_NORM_GROUPS * MIN_CHANNELS_PER_GROUP} "
+                f"({GROUP_NORM_GROUPS} groups of >= {MIN_CHANNELS_PER_GROUP} channels), got "
+                f"{self.FPN_CLASSIF_FC_LAYERS_SIZE}; use a wider fc or HEAD_NORM='none'")
         if self.MIXED_PRECISION not in MIXED_PRECISION_POLICIES:
             raise ValueError(f"MIXED_PRECISION must be one of {MIXED_PRECISION_POLICIES}, "
                              f"got {self.MIXED_PRECISION!r}")
+        self._validate_mask_ablation_fields()
         if self.OPTIMIZER not in ("sgd", "adam", "adamw"):
             raise ValueError(f"OPTIMIZER must be 'sgd', 'adam' or 'adamw', got {self.OPTIMIZER!r}")
         if self.ROI_LEVEL_MODE not in ("matterport", "paper"):
@@ -264,6 +319,45 @@ class Config:
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
         self._validate_keypoint_fields()
+
+    def _validate_mask_ablation_fields(self) -> None:
+        """Checks MASK_LOSS, MASK_CLASS_AGNOSTIC and MASK_HEAD_TYPE (and that they fit together)."""
+        if self.MASK_LOSS not in MASK_LOSSES:
+            raise ValueError(f"MASK_LOSS must be one of {MASK_LOSSES}, got {self.MASK_LOSS!r}")
+        if not isinstance(self.MASK_CLASS_AGNOSTIC, (bool, np.bool_)):
+            raise ValueError(f"MASK_CLASS_AGNOSTIC must be True or False, got {self.MASK_CLASS_AGNOSTIC!r}")
+        if self.MASK_HEAD_TYPE not in MASK_HEAD_TYPES:
+            raise ValueError(f"MASK_HEAD_TYPE must be one of {MASK_HEAD_TYPES}, got {self.MASK_HEAD_TYPE!r}")
+        if self.MASK_LOSS == "softmax" and self.MASK_CLASS_AGNOSTIC:
+            # A softmax over a single shared channel is identically 1: nothing to learn.
+            raise ValueError("MASK_LOSS='softmax' needs class-specific masks (a softmax over the K class "
+                             "channels); it cannot be combined with MASK_CLASS_AGNOSTIC=True")
+
+    def _validate_backbone_type(self) -> None:
+        """Checks BACKBONE_TYPE and, for "c4", the fields the C4 graph depends on."""
+        if self.BACKBONE_TYPE not in BACKBONE_TYPES:
+            raise ValueError(f"BACKBONE_TYPE must be one of {BACKBONE_TYPES}, got {self.BACKBONE_TYPE!r}")
+        if self.BACKBONE_TYPE != "c4":
+            return
+        hint = "(C4Config / c4_defaults() hold the paper's C4 values)"
+        if callable(self.BACKBONE):
+            raise ValueError("BACKBONE_TYPE='c4' needs a named BACKBONE (its stage 5 becomes the box head), "
+                             f"got the callable {self.BACKBONE!r}")
+        if list(self.BACKBONE_STRIDES) != [16]:
+            raise ValueError(f"BACKBONE_TYPE='c4' runs the RPN on C4 alone: BACKBONE_STRIDES must be [16], "
+                             f"got {list(self.BACKBONE_STRIDES)} {hint}")
+        if len(self.RPN_ANCHOR_SCALES) < 1:
+            raise ValueError(f"RPN_ANCHOR_SCALES must have at least one scale, got {self.RPN_ANCHOR_SCALES!r}")
+        if self.POOL_SIZE % 2 or self.MASK_POOL_SIZE != self.POOL_SIZE // 2:
+            raise ValueError(
+                f"BACKBONE_TYPE='c4': the mask head reads the box head's res5 output (stride 2 on the "
+                f"POOL_SIZE crops), so POOL_SIZE must be even and MASK_POOL_SIZE = POOL_SIZE // 2; got "
+                f"POOL_SIZE={self.POOL_SIZE}, MASK_POOL_SIZE={self.MASK_POOL_SIZE} {hint}")
+        if self.KEYPOINT_HEAD:
+            raise ValueError("KEYPOINT_HEAD needs BACKBONE_TYPE='fpn' (the keypoint head pools from the pyramid)")
+        if getattr(self, "MASK_HEAD_TYPE", "fcn") != "fcn":
+            raise ValueError(f"BACKBONE_TYPE='c4' has its own mask head (deconv on res5): MASK_HEAD_TYPE must be "
+                             f"'fcn', got {self.MASK_HEAD_TYPE!r}")
 
     def _validate_keypoint_fields(self) -> None:
         """Checks the Keypoint R-CNN block (names, flip map and skeleton must fit NUM_KEYPOINTS)."""
@@ -375,6 +469,43 @@ class Config:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} NAME={self.NAME!r} NUM_CLASSES={self.NUM_CLASSES}>"
+
+
+class C4Config(Config):
+    """The paper's ResNet-C4 Mask R-CNN (Fig. 4 left; Detectron's R-50-C4 settings); subclass it like Config.
+
+        class MyC4Config(C4Config):
+            NAME = "shapes_c4"
+            NUM_CLASSES = 1 + 3
+
+    To switch an existing config instead: ``config.update(**c4_defaults())`` (then override what
+    you like). The values that differ from Config's FPN defaults:
+
+    * BACKBONE_TYPE "c4", BACKBONE_STRIDES [16]: the RPN and the RoIs read C4 only.
+    * RPN_ANCHOR_SCALES (32, 64, 128, 256, 512) and RPN_ANCHOR_RATIOS [0.5, 1, 2] (Config's values,
+      restated): all 15 anchors at every C4 position (Detectron's C4: 5 sizes x 3 aspect ratios
+      at stride 16) instead of one scale per pyramid level.
+    * POOL_SIZE 14: RoIAlign crops of C4, 14 x 14 x 1024, into res5 (stride 2) -> 7 x 7 x 2048.
+    * MASK_POOL_SIZE 7, MASK_SHAPE [14, 14]: the mask head upsamples res5's 7 x 7 once (the
+      paper's 14 x 14 C4 masks).
+    * TRAIN_ROIS_PER_IMAGE 64: sampled RoIs per image in training (the paper's C4 value; 512 for FPN).
+    * POST_NMS_ROIS_INFERENCE 300: test-time proposals (the paper's C4 value; 1000 for FPN).
+    """
+
+    BACKBONE_TYPE = "c4"
+    BACKBONE_STRIDES = [16]
+    RPN_ANCHOR_SCALES = (32, 64, 128, 256, 512)
+    RPN_ANCHOR_RATIOS = [0.5, 1, 2]
+    POOL_SIZE = 14
+    MASK_POOL_SIZE = 7
+    MASK_SHAPE = [14, 14]
+    TRAIN_ROIS_PER_IMAGE = 64
+    POST_NMS_ROIS_INFERENCE = 300
+
+
+def c4_defaults() -> dict[str, Any]:
+    """The fields `C4Config` sets, as a fresh dict (for ``config.update(**c4_defaults())``)."""
+    return {name: _copy_value(value) for name, value in vars(C4Config).items() if name.isupper()}
 
 
 def _copy_value(value: Any) -> Any:

@@ -7,6 +7,9 @@
 Graph (ARCHITECTURE.md): ResNet -> FPN -> shared RPN head over P2..P6 -> ProposalLayer ->
 (training) DetectionTargetLayer -> PyramidROIAlign -> box head + mask head -> losses;
 (inference) PyramidROIAlign -> box head -> DetectionLayer -> PyramidROIAlign -> mask head.
+With Config.BACKBONE_TYPE = "c4" (the paper's ResNet-C4): ResNet to C4 -> RPN on C4 ->
+ProposalLayer -> (DetectionTargetLayer) -> SingleLevelROIAlign from C4 -> res5 box head
+(mrcnn.modeling.c4_heads) -> (DetectionLayer) -> mask head on the res5 features of the boxes.
 `call()` picks the training graph when the inputs carry ground truth (``input_gt_class_ids``).
 """
 
@@ -26,11 +29,12 @@ import tensorflow as tf
 
 from mrcnn import distribute, utils
 from mrcnn.config import Config
-from mrcnn.layers import DetectionLayer, DetectionTargetLayer, ProposalLayer, PyramidROIAlign
+from mrcnn.layers import DetectionLayer, DetectionTargetLayer, ProposalLayer, PyramidROIAlign, SingleLevelROIAlign
 from mrcnn.layers.keypoint_target import KeypointTargetLayer
 from mrcnn.modeling import losses as loss_fns
-from mrcnn.modeling.backbone import FPN, ResNet
-from mrcnn.modeling.heads import BoxHead, MaskHead
+from mrcnn.modeling.backbone import ARCHITECTURES, FPN, ResNet
+from mrcnn.modeling.c4_heads import C4BoxHead, C4MaskHead
+from mrcnn.modeling.heads import BoxHead, make_mask_head
 from mrcnn.modeling.keypoint_head import KeypointHead, heatmaps_to_keypoints
 from mrcnn.modeling.rpn import RPNHead
 from mrcnn.ops.boxes import norm_boxes
@@ -54,6 +58,17 @@ LAYER_REGEX = {
     "5+": r"(res5.*)|(bn5.*)|" + _HEADS,
     "all": ".*",
 }
+C4_STRIDE = 16  # the C4 model's one feature map (BACKBONE_STRIDES = [16])
+
+
+def layer_regex(layers: str, config: Config) -> str:
+    """The regex `train(layers=...)` uses: LAYER_REGEX[layers], or `layers` itself as a regex.
+
+    In the C4 model res5 is the box head, so "heads" trains it too (= "5+").
+    """
+    if layers == "heads" and config.BACKBONE_TYPE == "c4":
+        return LAYER_REGEX["5+"]
+    return LAYER_REGEX.get(layers, layers)
 
 # Names `run_graph()` understands (see its docstring).
 GRAPH_OUTPUTS = (
@@ -97,6 +112,7 @@ class MaskRCNN(keras.Model):
         self.log_dir: str | None = None
         self.checkpoint_path: str | None = None
         self._anchor_cache: dict[tuple[int, int], np.ndarray] = {}
+        self._infer_functions: dict[tuple[int, int], Any] = {}  # molded (H, W) -> traced inference
         # Sublayers create their own sublayers in __init__ and read the global dtype policy there:
         # building under Config.MIXED_PRECISION makes every conv/dense compute in half precision
         # (variables stay float32). The graph layers (proposals, targets, RoIAlign boxes,
@@ -110,13 +126,17 @@ class MaskRCNN(keras.Model):
     def _build_layers(self) -> None:
         c = self.config
         train_bn = c.TRAIN_BN  # None: BatchNorm follows `training` (matterport); False: frozen
+        # C4 (the paper's Fig. 4 left): no FPN, the RPN and the RoIs read C4, stage 5 is the box head.
+        c4 = c.BACKBONE_TYPE == "c4"
         if callable(c.BACKBONE):
             self.backbone = c.BACKBONE()
         else:
-            self.backbone = ResNet(c.BACKBONE, train_bn=train_bn, name="resnet")
-        self.fpn = FPN(c.TOP_DOWN_PYRAMID_SIZE, name="fpn")
-        self.rpn = RPNHead(len(c.RPN_ANCHOR_RATIOS), c.RPN_ANCHOR_STRIDE, depth=c.TOP_DOWN_PYRAMID_SIZE,
-                           name="rpn_model")
+            self.backbone = ResNet(c.BACKBONE, train_bn=train_bn, stage5=not c4, name="resnet")
+        self.fpn = None if c4 else FPN(c.TOP_DOWN_PYRAMID_SIZE, name="fpn")
+        # FPN: matterport's 512-channel RPN conv over 256-channel levels; C4: 1024 in and out (Detectron).
+        rpn_depth = ARCHITECTURES[c.BACKBONE].filters(4)[2] if c4 else c.TOP_DOWN_PYRAMID_SIZE
+        self.rpn = RPNHead(utils.rpn_anchors_per_location(c), c.RPN_ANCHOR_STRIDE, depth=rpn_depth,
+                           conv_channels=rpn_depth if c4 else 512, name="rpn_model")
         self.proposal_training = ProposalLayer(c.POST_NMS_ROIS_TRAINING, c.RPN_NMS_THRESHOLD, c.PRE_NMS_LIMIT,
                                                c.RPN_BBOX_STD_DEV, name="ROI")
         self.proposal_inference = ProposalLayer(c.POST_NMS_ROIS_INFERENCE, c.RPN_NMS_THRESHOLD, c.PRE_NMS_LIMIT,
@@ -126,14 +146,20 @@ class MaskRCNN(keras.Model):
             c.USE_MINI_MASK, add_gt_boxes=c.ADD_GT_TO_PROPOSALS, name="proposal_targets")
         pooling = dict(pooling_mode=c.POOLING_MODE, sampling_ratio=c.ROI_ALIGN_SAMPLING_RATIO,
                        aligned=c.ROI_ALIGN_ALIGNED, level_mode=c.ROI_LEVEL_MODE)
-        self.roi_align_classifier = PyramidROIAlign(c.POOL_SIZE, name="roi_align_classifier", **pooling)
-        # MASK_HEAD = False (keypoint-only / boxes-only model): no mask branch at all.
-        self.roi_align_mask = (PyramidROIAlign(c.MASK_POOL_SIZE, name="roi_align_mask", **pooling)
-                               if c.MASK_HEAD else None)
-        self.box_head = BoxHead(c.NUM_CLASSES, c.POOL_SIZE, c.FPN_CLASSIF_FC_LAYERS_SIZE, train_bn=train_bn,
-                                norm=c.HEAD_NORM, name="box_head")
-        self.mask_head = (MaskHead(c.NUM_CLASSES, train_bn=train_bn, norm=c.HEAD_NORM, name="mask_head")
-                          if c.MASK_HEAD else None)
+        if c4:
+            self._build_c4_heads()
+        else:
+            self.roi_align_classifier = PyramidROIAlign(c.POOL_SIZE, name="roi_align_classifier", **pooling)
+            # MASK_HEAD = False (keypoint-only / boxes-only model): no mask branch at all.
+            self.roi_align_mask = (PyramidROIAlign(c.MASK_POOL_SIZE, name="roi_align_mask", **pooling)
+                                   if c.MASK_HEAD else None)
+            self.box_head = BoxHead(c.NUM_CLASSES, c.POOL_SIZE, c.FPN_CLASSIF_FC_LAYERS_SIZE, train_bn=train_bn,
+                                    norm=c.HEAD_NORM, name="box_head")
+            # The paper's mask-branch ablations (Table 2): head type, class-agnostic, sigmoid/softmax.
+            self.mask_head = (make_mask_head(c.MASK_HEAD_TYPE, 1 if c.MASK_CLASS_AGNOSTIC else c.NUM_CLASSES,
+                                             int(c.MASK_SHAPE[0]), train_bn=train_bn, norm=c.HEAD_NORM,
+                                             activation=c.MASK_LOSS, name="mask_head")
+                              if c.MASK_HEAD else None)
         # Keypoint R-CNN branch (Config.KEYPOINT_HEAD): its own RoIAlign (14x14), head and targets.
         self.roi_align_keypoint = self.keypoint_head = self.keypoint_target = None
         if c.KEYPOINT_HEAD:
@@ -148,6 +174,22 @@ class MaskRCNN(keras.Model):
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = float(c.BN_MOMENTUM)
 
+    def _build_c4_heads(self) -> None:
+        """The C4 model's RoI pooling (C4, stride 16) and its res5 box head and deconv mask head.
+
+        One pooler serves both branches: the mask head reads the res5 output of its boxes
+        (training: the positive RoIs, pooled and run through res5 again; inference: the detections).
+        """
+        c = self.config
+        self.roi_align_classifier = SingleLevelROIAlign(
+            c.POOL_SIZE, C4_STRIDE, pooling_mode=c.POOLING_MODE, sampling_ratio=c.ROI_ALIGN_SAMPLING_RATIO,
+            aligned=c.ROI_ALIGN_ALIGNED, name="roi_align_classifier")
+        self.roi_align_mask = None
+        self.box_head = C4BoxHead(c.NUM_CLASSES, c.BACKBONE, train_bn=c.TRAIN_BN, name="box_head")
+        self.mask_head = (C4MaskHead(1 if c.MASK_CLASS_AGNOSTIC else c.NUM_CLASSES, activation=c.MASK_LOSS,
+                                     name="mask_head")
+                          if c.MASK_HEAD else None)
+
     def build(self, input_shape: Any = None) -> None:
         # Sublayers create their weights on the first call (`ensure_built`); nothing to do here.
         self.built = True
@@ -160,18 +202,17 @@ class MaskRCNN(keras.Model):
         """
         key = (int(image_shape[0]), int(image_shape[1]))
         if key not in self._anchor_cache:
-            backbone_shapes = utils.compute_backbone_shapes(self.config, key)
-            anchors = utils.generate_pyramid_anchors(
-                self.config.RPN_ANCHOR_SCALES, self.config.RPN_ANCHOR_RATIOS, backbone_shapes,
-                self.config.BACKBONE_STRIDES, self.config.RPN_ANCHOR_STRIDE)
+            anchors = utils.generate_config_anchors(self.config, key)
             self._anchor_cache[key] = utils.norm_boxes(anchors, key).astype(np.float32)
         return self._anchor_cache[key]
 
     def _features(self, images: tf.Tensor, training: bool) -> dict[str, Any]:
-        """Backbone, FPN and RPN over every level. Returns a dict of named tensors."""
+        """Backbone, FPN and RPN over every level (C4 model: RPN on C4). Returns a dict of named tensors."""
         c_maps = self.backbone(images, training=training)
-        p_maps = self.fpn(c_maps, training=training)
-        level_outputs = [self.rpn(p, training=training) for p in p_maps]
+        # The RPN's levels: P2..P6, or C4 alone (no P maps, and no C5 on the image).
+        p_maps = self.fpn(c_maps, training=training) if self.fpn is not None else []
+        rpn_maps = p_maps or [c_maps[2]]
+        level_outputs = [self.rpn(p, training=training) for p in rpn_maps]
         rpn_class_logits, rpn_class, rpn_bbox = (tf.concat(list(o), axis=1) for o in zip(*level_outputs))
         height, width = images.shape[1], images.shape[2]
         if height is None or width is None:
@@ -179,7 +220,7 @@ class MaskRCNN(keras.Model):
                              f"got input_image shape {images.shape}")
         anchors = tf.constant(self.get_anchors((height, width)))
         batch_anchors = tf.broadcast_to(anchors[None], [tf.shape(images)[0], anchors.shape[0], 4])
-        out = {f"C{i + 2}": t for i, t in enumerate(c_maps)}
+        out = {f"C{i + 2}": t for i, t in enumerate(c_maps) if t is not None}
         out.update({f"P{i + 2}": t for i, t in enumerate(p_maps)})
         out.update(anchors=batch_anchors, rpn_class_logits=rpn_class_logits, rpn_class=rpn_class, rpn_bbox=rpn_bbox)
         return out
@@ -202,26 +243,33 @@ class MaskRCNN(keras.Model):
         images = inputs["input_image"]
         meta = inputs["input_image_meta"]
         feats = self._features(images, training)
-        pyramid = [feats[f"P{i}"] for i in range(2, 6)]
+        pyramid = self._roi_feature_maps(feats, meta)
         proposals = self.proposal_training([feats["rpn_class"], feats["rpn_bbox"], feats["anchors"]])
         gt_boxes = norm_boxes(tf.cast(inputs["input_gt_boxes"], tf.float32), tf.shape(images)[1:3])
         rois, target_class_ids, target_deltas, target_masks = self.detection_target(
             [proposals, tf.cast(inputs["input_gt_class_ids"], tf.int32), gt_boxes,
              tf.cast(inputs["input_gt_masks"], tf.float32)])
-        class_logits, _, bbox = self.box_head(self.roi_align_classifier([rois, meta] + pyramid, training=training),
-                                              training=training)
+        # [:3]: the C4 box head also returns its res5 features.
+        class_logits, _, bbox = self.box_head(self.roi_align_classifier([rois] + pyramid, training=training),
+                                              training=training)[:3]
         # The mask loss reads positive RoIs only, and DetectionTargetLayer puts them first (at most
-        # int(T * ROI_POSITIVE_RATIO) per image): the mask branch runs on those slots alone, as in
-        # Detectron. Same loss, a third of the mask-head cost.
+        # int(T * ROI_POSITIVE_RATIO) per image): the mask (and keypoint) branches look at those
+        # slots alone, as in Detectron.
         positive_slots = self.max_positive_rois
         mask_rois = rois[:, :positive_slots]
         outputs = dict(rpn_class_logits=feats["rpn_class_logits"], rpn_bbox=feats["rpn_bbox"], rois=rois,
                        target_class_ids=target_class_ids, target_deltas=target_deltas,
                        mrcnn_class_logits=class_logits, mrcnn_bbox=bbox)
         if self.mask_head is not None:
-            outputs["mrcnn_mask"] = self.mask_head(
-                self.roi_align_mask([mask_rois, meta] + pyramid, training=training), training=training)
-            outputs["target_masks"] = target_masks[:, :positive_slots]
+            # Only the real positives go through the mask head, as one flat [1, n] list over the
+            # batch (a box head's worth of padded slots would cost several times the mask head's
+            # useful work at the paper's 512 RoIs/image, and would enter the head's BatchNorm).
+            positive_rois, mask_class_ids, mask_targets, image_ids = _positive_roi_list(
+                mask_rois, target_class_ids[:, :positive_slots], target_masks[:, :positive_slots])
+            outputs["mrcnn_mask"] = self._mask_branch(positive_rois, pyramid, training,  # [1, n, h, w, K]
+                                                      box_image_ids=image_ids)
+            outputs["target_masks"] = mask_targets  # [1, n, h, w]
+            outputs["mask_class_ids"] = mask_class_ids  # [1, n]
         if self.keypoint_head is not None:
             # Same leading positive slots as the mask branch; keypoints normalized like the boxes.
             size = tf.cast(tf.shape(images)[1:3], tf.float32)
@@ -231,8 +279,32 @@ class MaskRCNN(keras.Model):
                 [mask_rois, target_class_ids[:, :positive_slots], tf.cast(inputs["input_gt_class_ids"], tf.int32),
                  gt_boxes, keypoints])
             outputs["mrcnn_keypoint_logits"] = self.keypoint_head(
-                self.roi_align_keypoint([mask_rois, meta] + pyramid, training=training), training=training)
+                self.roi_align_keypoint([mask_rois] + pyramid, training=training), training=training)
         return outputs
+
+    def _roi_feature_maps(self, feats: dict[str, Any], meta: tf.Tensor) -> list[tf.Tensor]:
+        """What the RoI poolers take after the boxes: [meta, P2..P5] (FPN) or [C4] (C4 model)."""
+        if self.fpn is None:
+            return [feats["C4"]]
+        return [meta] + [feats[f"P{i}"] for i in range(2, 6)]
+
+    def _mask_branch(self, boxes: tf.Tensor, pyramid: list[tf.Tensor], training: bool,
+                     box_image_ids: tf.Tensor | None = None) -> tf.Tensor:
+        """Mask head on `boxes` [B, N, 4] normalized (or the flat [1, N, 4] with box_image_ids).
+
+        FPN: RoIAlign at MASK_POOL_SIZE from the pyramid, then the FCN head. C4: RoIAlign at
+        POOL_SIZE from C4 and the box head's res5 (shared weights) before the deconv head; in
+        training this runs res5 a second time on the positive RoIs, where Detectron reuses the box
+        branch's res5 output (the same numbers with frozen BatchNorm, a little more compute).
+
+        Returns:
+            [B, N, h, w, K] mask probabilities (h, w = MASK_SHAPE), float32.
+        """
+        if self.fpn is None:
+            pooled = self.roi_align_classifier([boxes] + pyramid, box_image_ids=box_image_ids)
+            return self.mask_head(self.box_head.res5(pooled, training=training), training=training)
+        pooled = self.roi_align_mask([boxes] + pyramid, box_image_ids=box_image_ids, training=training)
+        return self.mask_head(pooled, training=training)
 
     @property
     def max_positive_rois(self) -> int:
@@ -243,20 +315,19 @@ class MaskRCNN(keras.Model):
         images = inputs["input_image"]
         meta = inputs["input_image_meta"]
         feats = self._features(images, training)
-        pyramid = [feats[f"P{i}"] for i in range(2, 6)]
+        pyramid = self._roi_feature_maps(feats, meta)
         proposals = self.proposal_inference([feats["rpn_class"], feats["rpn_bbox"], feats["anchors"]])
         _, mrcnn_class, mrcnn_bbox = self.box_head(
-            self.roi_align_classifier([proposals, meta] + pyramid, training=training), training=training)
+            self.roi_align_classifier([proposals] + pyramid, training=training), training=training)[:3]
         detections = self.detection([proposals, mrcnn_class, mrcnn_bbox, meta])
         # Masks only for the final detections (the paper's inference: mask branch on the top boxes).
         detection_boxes = tf.stop_gradient(detections[..., :4])
         feats.update(proposals=proposals, mrcnn_class=mrcnn_class, mrcnn_bbox=mrcnn_bbox, detections=detections)
         if self.mask_head is not None:
-            feats["mrcnn_mask"] = self.mask_head(
-                self.roi_align_mask([detection_boxes, meta] + pyramid, training=training), training=training)
+            feats["mrcnn_mask"] = self._mask_branch(detection_boxes, pyramid, training)
         if self.keypoint_head is not None:
             # Keypoints, like masks, only for the final detections: [B, D, K, 3] (x, y normalized, score).
-            logits = self.keypoint_head(self.roi_align_keypoint([detection_boxes, meta] + pyramid, training=training),
+            logits = self.keypoint_head(self.roi_align_keypoint([detection_boxes] + pyramid, training=training),
                                         training=training)
             feats["mrcnn_keypoints"] = heatmaps_to_keypoints(logits, detection_boxes)
         return feats
@@ -277,9 +348,12 @@ class MaskRCNN(keras.Model):
                                                         outputs["mrcnn_bbox"]),
         }
         if "mrcnn_mask" in outputs:
-            losses["mrcnn_mask_loss"] = loss_fns.mrcnn_mask_loss(
-                outputs["target_masks"], outputs["target_class_ids"][:, :outputs["mrcnn_mask"].shape[1]],
-                outputs["mrcnn_mask"])
+            mask_args = (outputs["target_masks"], outputs["mask_class_ids"], outputs["mrcnn_mask"])
+            if self.config.MASK_LOSS == "softmax":  # the paper's multinomial ablation (Table 2b)
+                losses["mrcnn_mask_loss"] = loss_fns.mrcnn_mask_softmax_loss(*mask_args)
+            else:
+                losses["mrcnn_mask_loss"] = loss_fns.mrcnn_mask_loss(
+                    *mask_args, class_agnostic=self.config.MASK_CLASS_AGNOSTIC)
         if "mrcnn_keypoint_logits" in outputs:
             losses[KEYPOINT_LOSS_NAME] = loss_fns.mrcnn_keypoint_loss(
                 outputs["target_keypoint_labels"], outputs["target_keypoint_weights"], outputs["mrcnn_keypoint_logits"])
@@ -505,7 +579,8 @@ class MaskRCNN(keras.Model):
             learning_rate: learning rate for this stage, or a Keras LearningRateSchedule (which
                 reads the optimizer's iteration count, so it continues across stages and resumes).
             epochs: the epoch to train UP TO (stages continue the count: heads to 20, then all to 40).
-            layers: "heads", "3+", "4+", "5+", "all", or a regex over layer names.
+            layers: "heads", "3+", "4+", "5+", "all", or a regex over layer names (`layer_regex`; in the
+                C4 model "heads" includes res5, its box head).
             augmentation: an augmenter from mrcnn.data.augment applied to training images.
             custom_callbacks: extra Keras callbacks.
             no_augmentation_sources: dataset sources never augmented.
@@ -521,7 +596,7 @@ class MaskRCNN(keras.Model):
         )
         from mrcnn.data.generator import DataGenerator
 
-        layer_regex = LAYER_REGEX.get(layers, layers)
+        regex = layer_regex(layers, self.config)
         if self.log_dir is None:
             self.set_log_dir()
         os.makedirs(self.log_dir, exist_ok=True)
@@ -541,7 +616,7 @@ class MaskRCNN(keras.Model):
         carried = getattr(self, "_resume_checkpoint", None) or optimizer_state(getattr(self, "optimizer", None))
         strategy = self.distribute_strategy
         with strategy.scope():  # weights built lazily here and optimizer variables must be mirrored
-            self.set_trainable(layer_regex, verbose=verbose)
+            self.set_trainable(regex, verbose=verbose)
             self.compile(learning_rate=learning_rate)
             self.optimizer.build(self.trainable_variables)
             if carried:
@@ -590,47 +665,69 @@ class MaskRCNN(keras.Model):
 
     # ------------------------------------------------------------------------------------------
     # Inference
-    def mold_inputs(self, images: Sequence[np.ndarray], target_shape: tuple[int, int] | None = None
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def mold_inputs(self, images: Sequence[np.ndarray], target_shape: tuple[int, int] | None = None,
+                    scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Resizes and normalizes images as in training.
 
         Args:
             images: list of [H,W,C] arrays (uint8 or float in [0,255]; grayscale or RGBA accepted).
             target_shape: force this molded (H, W) (used to build the model); default: the config's
                 resize mode decides.
+            scale: multiplies the config's resize scale (test-time augmentation, mrcnn.tta): the
+                image is resized by exactly that product and padded (centered) to a square of
+                side ceil64(max(IMAGE_MAX_DIM * scale, its sides)) in square mode, else each side
+                to a multiple of 64. 1.0: the config's molding unchanged. Ignored with target_shape.
         Returns:
             molded [N,h,w,3] float32, metas [N,META] float32, windows [N,4] int32 pixel windows.
         """
         c = self.config
+        if not scale > 0:
+            raise ValueError(f"mold_inputs: scale must be > 0, got {scale!r}")
         molded, metas, windows = [], [], []
         for i, image in enumerate(images):
             image = _as_rgb(np.asarray(image), c.IMAGE_CHANNEL_COUNT, index=i)
             if target_shape is not None:
-                resized, window, scale, _, _ = utils.resize_image(image, min_dim=min(target_shape),
-                                                                  max_dim=max(target_shape), mode="square")
+                resized, window, own_scale, _, _ = utils.resize_image(image, min_dim=min(target_shape),
+                                                                      max_dim=max(target_shape), mode="square")
             else:
                 mode = "square" if c.IMAGE_RESIZE_MODE == "crop" else c.IMAGE_RESIZE_MODE
                 # Crop mode trains on crops; at test time the whole image is seen, padded to square.
                 max_dim = c.IMAGE_MAX_DIM if c.IMAGE_RESIZE_MODE != "crop" else max(c.IMAGE_MAX_DIM, c.IMAGE_MIN_DIM)
-                resized, window, scale, _, _ = utils.resize_image(image, min_dim=c.IMAGE_MIN_DIM, max_dim=max_dim,
-                                                                  min_scale=c.IMAGE_MIN_SCALE, mode=mode)
+                resized, window, own_scale, _, _ = utils.resize_image(
+                    image, min_dim=c.IMAGE_MIN_DIM, max_dim=max_dim, min_scale=c.IMAGE_MIN_SCALE, mode=mode)
+                if scale != 1.0:
+                    resized, window, own_scale = _rescale_for_inference(image, own_scale * scale, max_dim * scale,
+                                                                        square=mode == "square")
             molded.append(utils.mold_image(resized.astype(np.float32), c))
-            metas.append(utils.compose_image_meta(0, image.shape, resized.shape, window, scale,
+            metas.append(utils.compose_image_meta(0, image.shape, resized.shape, window, own_scale,
                                                   np.ones(c.NUM_CLASSES, np.int32)))
             windows.append(window)
         return np.stack(molded).astype(np.float32), np.stack(metas).astype(np.float32), np.array(windows, np.int32)
 
-    @tf.function(reduce_retracing=True)
     def _infer(self, images: tf.Tensor, metas: tf.Tensor) -> dict[str, tf.Tensor]:
+        # One traced function per molded (H, W): the anchors need a static image size, and one
+        # tf.function with reduce_retracing relaxes H and W to None at the second size it sees
+        # (detect(scale=...), test-time augmentation, "pad64" images of several sizes).
+        key = (int(images.shape[1]), int(images.shape[2]))
+        if key not in self._infer_functions:
+            self._infer_functions[key] = tf.function(self._infer_outputs, reduce_retracing=True)
+        return self._infer_functions[key](images, metas)
+
+    def _infer_outputs(self, images: tf.Tensor, metas: tf.Tensor) -> dict[str, tf.Tensor]:
         outputs = self({"input_image": images, "input_image_meta": metas}, training=False)
         return {k: outputs[k] for k in ("detections", "mrcnn_mask", "mrcnn_keypoints") if k in outputs}
 
-    def detect(self, images: Sequence[np.ndarray], verbose: int = 0) -> list[dict[str, np.ndarray]]:
+    def detect(self, images: Sequence[np.ndarray], verbose: int = 0, tta: Any = None, scale: float = 1.0,
+               soft_masks: bool = False) -> list[dict[str, np.ndarray]]:
         """Detects instances in any number of images of any size.
 
         Args:
             images: list of [H,W,3] RGB (or [H,W] grayscale / [H,W,4] RGBA) images.
             verbose: 1 shows a progress bar over batches.
+            tta: test-time augmentation (paper Appendix B; `mrcnn.tta`): None (plain detection), an
+                `mrcnn.tta.TTA` or a dict of its fields, e.g. ``{"scales": (0.75, 1, 1.25), "hflip": True}``.
+            scale: detect at this multiple of the config's resize scale (1.0: as trained).
+            soft_masks: masks as float32 [H,W,N] probabilities (pasted, not thresholded) instead of bool.
         Returns:
             One dict per image: rois [N,(y1,x1,y2,x2)] int32 pixels of the original image (y2/x2
             exclusive), class_ids [N] int32, scores [N] float32, masks [H,W,N] bool (not with
@@ -639,9 +736,15 @@ class MaskRCNN(keras.Model):
         """
         if isinstance(images, np.ndarray) and images.ndim in (2, 3):
             raise TypeError("detect() takes a list of images; wrap a single image as [image]")
+        if tta is not None:
+            if scale != 1.0:
+                raise ValueError(f"detect: give the scales in tta, not scale={scale!r} as well")
+            from mrcnn.tta import detect_tta
+
+            return detect_tta(self, images, tta, verbose=verbose, soft_masks=soft_masks)
         images = list(images)
         results: list[dict[str, np.ndarray]] = [None] * len(images)  # type: ignore[list-item]
-        molded, metas, windows = self.mold_inputs(images) if images else (None, None, None)
+        molded, metas, windows = self.mold_inputs(images, scale=scale) if images else (None, None, None)
         # Images of equal molded shape are batched together (always the case in square mode).
         groups: dict[tuple[int, ...], list[int]] = {}
         for i in range(len(images)):
@@ -654,12 +757,14 @@ class MaskRCNN(keras.Model):
             for j, i in enumerate(ids):
                 results[i] = self.unmold_detections(
                     out["detections"][j], out["mrcnn_mask"][j] if "mrcnn_mask" in out else None, images[i].shape,
-                    molded[i].shape, windows[i], keypoints=out["mrcnn_keypoints"][j] if "mrcnn_keypoints" in out else None)
+                    molded[i].shape, windows[i], keypoints=out["mrcnn_keypoints"][j] if "mrcnn_keypoints" in out else None,
+                    soft_masks=soft_masks)
         return results
 
-    def detect_molded(self, molded_images: np.ndarray, image_metas: np.ndarray, verbose: int = 0
-                      ) -> list[dict[str, np.ndarray]]:
-        """Detects on already molded images (as DataGenerator produces); results in original pixels."""
+    def detect_molded(self, molded_images: np.ndarray, image_metas: np.ndarray, verbose: int = 0,
+                      soft_masks: bool = False) -> list[dict[str, np.ndarray]]:
+        """Detects on already molded images (as DataGenerator produces); results in original pixels
+        (soft_masks: float32 probability masks, as `detect`)."""
         results = []
         for k in range(0, len(molded_images), self.config.BATCH_SIZE):
             out = self._infer(tf.constant(molded_images[k:k + self.config.BATCH_SIZE], tf.float32),
@@ -671,31 +776,34 @@ class MaskRCNN(keras.Model):
                     out["detections"][j], out["mrcnn_mask"][j] if "mrcnn_mask" in out else None,
                     tuple(int(v) for v in parsed["original_image_shape"][j]), molded_images[k + j].shape,
                     parsed["window"][j].astype(np.int32),
-                    keypoints=out["mrcnn_keypoints"][j] if "mrcnn_keypoints" in out else None))
+                    keypoints=out["mrcnn_keypoints"][j] if "mrcnn_keypoints" in out else None, soft_masks=soft_masks))
         return results
 
     def unmold_detections(self, detections: np.ndarray, mrcnn_mask: np.ndarray | None,
                           original_image_shape: Sequence[int], image_shape: Sequence[int], window: np.ndarray,
-                          keypoints: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                          keypoints: np.ndarray | None = None, soft_masks: bool = False) -> dict[str, np.ndarray]:
         """Maps one image's detections from the molded image back to the original.
 
         Args:
             detections: [D,6] (y1,x1,y2,x2 normalized, class_id, score), zero padded.
-            mrcnn_mask: [D,h,w,K] mask probabilities; None for a model without mask head (the
-                result then has no "masks").
+            mrcnn_mask: [D,h,w,K] mask probabilities ([D,h,w,1]: class-agnostic, channel 0 for every
+                class); None for a model without mask head (the result then has no "masks").
             original_image_shape: (H, W[, C]) of the image before molding.
             image_shape: (h, w[, c]) of the molded image.
             window: (y1,x1,y2,x2) pixel window of the real image inside the molded one.
             keypoints: [D,NUM_KEYPOINTS,3] (x, y normalized, score) from the keypoint head; the result
                 then has "keypoints" [N,NUM_KEYPOINTS,3] float32 (x, y continuous pixels of the
                 original image, score).
+            soft_masks: "masks" as [H,W,N] float32 probabilities pasted into the boxes (0 outside)
+                instead of [H,W,N] bool thresholded at 0.5 (which is soft >= 0.5).
         """
         keep = np.where(detections[:, 4] > 0)[0]
         boxes_norm = detections[keep, :4]
         class_ids = detections[keep, 4].astype(np.int32)
         scores = detections[keep, 5].astype(np.float32)
         if mrcnn_mask is not None:
-            masks = mrcnn_mask[keep, :, :, class_ids] if keep.size else np.zeros((0,) + mrcnn_mask.shape[1:3])
+            channels = class_ids if mrcnn_mask.shape[-1] > 1 else np.zeros_like(class_ids)  # 1: class-agnostic
+            masks = mrcnn_mask[keep, :, :, channels] if keep.size else np.zeros((0,) + mrcnn_mask.shape[1:3])
         # Normalized molded coords -> molded pixels -> original pixels.
         boxes = boxes_norm * np.array([image_shape[0], image_shape[1]] * 2, np.float32)
         wy1, wx1, wy2, wx2 = np.asarray(window, np.float32)
@@ -716,9 +824,10 @@ class MaskRCNN(keras.Model):
         result = {"rois": boxes, "class_ids": class_ids, "scores": scores}
         if mrcnn_mask is not None:
             masks = masks[valid]
-            full_masks = np.zeros((height, width, len(valid)), dtype=bool)
+            full_masks = np.zeros((height, width, len(valid)), dtype=np.float32 if soft_masks else bool)
+            paste = utils.unmold_soft_mask if soft_masks else utils.unmold_mask
             for n in range(len(valid)):
-                full_masks[:, :, n] = utils.unmold_mask(masks[n], boxes[n], (height, width))
+                full_masks[:, :, n] = paste(masks[n], boxes[n], (height, width))
             result["masks"] = full_masks
         if keypoints is not None:
             result["keypoints"] = points[valid]
@@ -763,7 +872,7 @@ class MaskRCNN(keras.Model):
             images: list of BATCH_SIZE-or-fewer images.
             outputs: names from GRAPH_OUTPUTS, or a dict {your_name: graph_name}.
         Returns:
-            dict of numpy arrays, batch first.
+            dict of numpy arrays, batch first (bfloat16/float16 feature maps as float32).
         """
         mapping = dict(outputs) if isinstance(outputs, dict) else {name: name for name in outputs}
         unknown = sorted(set(mapping.values()) - set(GRAPH_OUTPUTS))
@@ -771,7 +880,13 @@ class MaskRCNN(keras.Model):
             raise ValueError(f"unknown graph outputs {unknown}; known: {list(GRAPH_OUTPUTS)}")
         molded, metas, _ = self.mold_inputs(images)
         result = self({"input_image": tf.constant(molded), "input_image_meta": tf.constant(metas)}, training=False)
-        return {mine: np.asarray(result[graph]) for mine, graph in mapping.items()}
+        absent = sorted(set(mapping.values()) - set(result))
+        if absent:  # e.g. P2..P6 and C5 in the C4 model, mrcnn_mask without a mask head
+            raise ValueError(f"graph outputs {absent} do not exist in this model "
+                             f"(BACKBONE_TYPE={self.config.BACKBONE_TYPE!r}); available: {sorted(result)}")
+        # Under MIXED_PRECISION the feature maps are bfloat16/float16: hand numpy users float32
+        # (matplotlib and most numpy code cannot take ml_dtypes' bfloat16).
+        return {mine: _as_numpy_float32(result[graph]) for mine, graph in mapping.items()}
 
 
 def make_optimizer(config: Config, learning_rate: float | None = None) -> keras.optimizers.Optimizer:
@@ -784,6 +899,26 @@ def make_optimizer(config: Config, learning_rate: float | None = None) -> keras.
         # Decoupled decay off: WEIGHT_DECAY already enters the loss as an L2 term.
         return keras.optimizers.AdamW(learning_rate=lr, weight_decay=0.0, clipnorm=clip)
     return keras.optimizers.SGD(learning_rate=lr, momentum=config.LEARNING_MOMENTUM, clipnorm=clip)
+
+
+def _positive_roi_list(rois: tf.Tensor, class_ids: tf.Tensor, masks: tf.Tensor
+                       ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The positive RoIs of a batch as one flat list (DetectionTargetLayer's leading slots).
+
+    Args:
+        rois: [B, P, 4] normalized; class_ids: [B, P] int (> 0 positive); masks: [B, P, h, w].
+
+    Returns:
+        rois [1, n, 4], class_ids [1, n], masks [1, n, h, w] and image_ids [n] int32 (each RoI's
+        image). With no positive in the whole batch, n = 1: slot (0, 0) with its class id 0, so the
+        mask loss ignores it and the head never runs on an empty batch (BatchNorm's mean of nothing is NaN).
+    """
+    positive = class_ids > 0
+    first_slot = tf.scatter_nd(tf.constant([[0, 0]], tf.int32), [True], tf.shape(positive))
+    keep = positive | (first_slot & tf.logical_not(tf.reduce_any(positive)))
+    index = tf.where(keep)  # [n, 2] (image, slot), row-major
+    return (tf.gather_nd(rois, index)[None], tf.gather_nd(class_ids, index)[None],
+            tf.gather_nd(masks, index)[None], tf.cast(index[:, 0], tf.int32))
 
 
 @contextlib.contextmanager
@@ -800,9 +935,28 @@ def _dtype_policy(policy: str | None) -> Iterator[None]:
         keras.config.set_dtype_policy(previous)
 
 
+def _as_numpy_float32(tensor: Any) -> np.ndarray:
+    """A tensor as numpy, half-precision floats widened to float32 (other dtypes unchanged)."""
+    if tensor.dtype in (tf.bfloat16, tf.float16):
+        tensor = tf.cast(tensor, tf.float32)
+    return np.asarray(tensor)
+
+
 def _active_class_ids(meta: tf.Tensor, num_classes: int) -> tf.Tensor:
     """active_class_ids [B,K] from image metas [B,META] (the last K entries, see compose_image_meta)."""
     return meta[:, -num_classes:]
+
+
+def _rescale_for_inference(image: np.ndarray, scale: float, canvas: float, square: bool
+                           ) -> tuple[np.ndarray, tuple[int, int, int, int], float]:
+    """`image` resized by exactly `scale` and padded: to a square of side ceil64(max(canvas, sides))
+    when `square`, else each side to a multiple of 64. Returns (image, window, scale)."""
+    side = None
+    if square:
+        longest = max(round(image.shape[0] * scale), round(image.shape[1] * scale), round(canvas))
+        side = 64 * int(np.ceil(longest / 64))
+    resized, window, scale, _ = utils.rescale_image(image, scale, square_side=side)
+    return resized, window, scale
 
 
 def _as_rgb(image: np.ndarray, channels: int, index: int) -> np.ndarray:

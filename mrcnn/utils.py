@@ -467,6 +467,50 @@ def resize_image(
     return image, window, scale, padding, crop
 
 
+def rescale_image(image: np.ndarray, scale: float, square_side: int | None = None
+                  ) -> tuple[np.ndarray, tuple[int, int, int, int], float, list[tuple[int, int]]]:
+    """Resizes an image by exactly `scale` and pads it with zeros (centered), for multi-scale inference.
+
+    `resize_image`'s rules (never scale down for `min_dim`, cap at `max_dim`) pick the model's own
+    scale; test-time augmentation (mrcnn.tta) needs that scale times a factor, up or down.
+
+    Args:
+        image: [H, W, C] image (any dtype; kept).
+        scale: the scale factor (> 0); the result is round(H * scale) x round(W * scale) before padding.
+        square_side: pad to this square (as ``"square"`` mode; must be at least both scaled sides);
+            None: pad each side up to a multiple of 64 (as ``"pad64"`` mode).
+
+    Returns:
+        image, window (y1, x1, y2, x2) of the real image (y2/x2 exclusive), scale, padding
+        [(top, bottom), (left, right), (0, 0)], as `resize_image`.
+
+    Raises:
+        ValueError: for a non-positive scale, an image that is not [H, W, C], or a square_side
+            smaller than the scaled image.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or min(image.shape[:2]) < 1:
+        raise ValueError(f"image must be [H, W, C] with H, W >= 1, got shape {image.shape}")
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale!r}")
+    h, w = image.shape[:2]
+    if scale != 1.0:
+        new_shape = (max(1, round(h * scale)), max(1, round(w * scale)))
+        image = _cast_like(resize_bilinear(image, new_shape), image.dtype)
+    h, w = image.shape[:2]
+    if square_side is not None:
+        if square_side < max(h, w):
+            raise ValueError(f"square_side {square_side} is smaller than the scaled image {h}x{w}")
+        pad_h, pad_w = square_side - h, square_side - w
+    else:
+        pad_h, pad_w = (-h) % 64, (-w) % 64
+    # Centered, with the odd pixel at the bottom/right: resize_image's placement.
+    padding = [(pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)]
+    image = np.pad(image, padding, mode="constant", constant_values=0)
+    window = (pad_h // 2, pad_w // 2, pad_h // 2 + h, pad_w // 2 + w)
+    return image, window, float(scale), padding
+
+
 def resize_mask(
     mask: np.ndarray,
     scale: float,
@@ -677,15 +721,31 @@ def unmold_mask(mask: np.ndarray, bbox: Sequence[int], image_shape: Sequence[int
         [H, W] bool: the mask resized bilinearly to the box, thresholded at 0.5. A zero-area box gives
         an empty mask.
     """
+    return unmold_soft_mask(mask, bbox, image_shape) >= 0.5
+
+
+def unmold_soft_mask(mask: np.ndarray, bbox: Sequence[int], image_shape: Sequence[int]) -> np.ndarray:
+    """Pastes a soft mask predicted for a box into a full-size probability map (`unmold_mask` before
+    its 0.5 threshold; test-time augmentation averages these).
+
+    Args:
+        mask: [mh, mw] float in [0, 1].
+        bbox: (y1, x1, y2, x2) pixel box the mask covers (y2/x2 exclusive); may extend past the image.
+        image_shape: (H, W, ...) of the output.
+
+    Returns:
+        [H, W] float32: the mask resized bilinearly to the box, 0 outside it (and everywhere for a
+        zero-area box).
+    """
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"mask must be [mh, mw], got shape {mask.shape}")
     height, width = int(image_shape[0]), int(image_shape[1])
     y1, x1, y2, x2 = (int(round(float(v))) for v in bbox)
-    full = np.zeros((height, width), dtype=bool)
+    full = np.zeros((height, width), dtype=np.float32)
     if y2 <= y1 or x2 <= x1:
         return full
-    resized = resize_bilinear(mask, (y2 - y1, x2 - x1)) >= 0.5
+    resized = resize_bilinear(mask.astype(np.float32), (y2 - y1, x2 - x1))
     # Paste the part of the box that lies inside the image.
     cy1, cx1, cy2, cx2 = max(y1, 0), max(x1, 0), min(y2, height), min(x2, width)
     if cy2 > cy1 and cx2 > cx1:
@@ -739,7 +799,8 @@ def generate_pyramid_anchors(
     """Anchors of all pyramid levels, concatenated level by level.
 
     Args:
-        scales: one anchor scale per level (pixels).
+        scales: one entry per level: an anchor scale (pixels) or a sequence of scales, all of which
+            are placed at every position of that level (the C4 model's single level).
         ratios: width / height ratios shared by all levels.
         feature_shapes: [L, 2] (fh, fw) per level.
         feature_strides: [L] strides per level.
@@ -765,6 +826,40 @@ def generate_pyramid_anchors(
         ],
         axis=0,
     )
+
+
+def anchor_scales_per_level(config: Any) -> list:
+    """RPN_ANCHOR_SCALES grouped per feature level for `generate_pyramid_anchors`.
+
+    FPN (BACKBONE_TYPE "fpn", the default): one scale per level of BACKBONE_STRIDES. C4: every
+    scale on the single C4 level, e.g. [(32, 64, 128, 256, 512)].
+    """
+    if getattr(config, "BACKBONE_TYPE", "fpn") == "c4":
+        return [tuple(config.RPN_ANCHOR_SCALES)]
+    return list(config.RPN_ANCHOR_SCALES)
+
+
+def rpn_anchors_per_location(config: Any) -> int:
+    """Anchors per feature-map position: len(RPN_ANCHOR_RATIOS), times len(RPN_ANCHOR_SCALES) for C4."""
+    scales = anchor_scales_per_level(config)[0]
+    return len(np.atleast_1d(scales)) * len(config.RPN_ANCHOR_RATIOS)
+
+
+def generate_config_anchors(config: Any, image_shape: Sequence[int]) -> np.ndarray:
+    """The RPN's anchors for a molded image shape under `config` (FPN or C4).
+
+    Args:
+        config: a `Config` (BACKBONE_STRIDES, RPN_ANCHOR_SCALES/RATIOS/STRIDE, BACKBONE_TYPE).
+        image_shape: (H, W, ...) of the molded input image.
+
+    Returns:
+        [A, (y1, x1, y2, x2)] float64 pixel anchors in the RPN's output order (level by level;
+        inside a level row-major over (y, x, anchor); for C4 the anchors of a position are
+        ratio-major over (ratio, scale)).
+    """
+    return generate_pyramid_anchors(anchor_scales_per_level(config), config.RPN_ANCHOR_RATIOS,
+                                    compute_backbone_shapes(config, image_shape), config.BACKBONE_STRIDES,
+                                    config.RPN_ANCHOR_STRIDE)
 
 
 def compute_backbone_shapes(config: Any, image_shape: Sequence[int]) -> np.ndarray:

@@ -447,7 +447,8 @@ def imagenet_weights_key(architecture: str = "resnet50", source: str = "keras") 
         ValueError: for an unknown architecture/source or fchollet with ResNet-101.
     """
     if architecture not in STAGE_BLOCKS:
-        raise ValueError(f"architecture must be one of {sorted(STAGE_BLOCKS)}, got {architecture!r}")
+        raise ValueError(f"no published ImageNet weights for architecture {architecture!r} (ResNeXt's are not "
+                         f"bundled: start from random weights or your own h5); known: {sorted(STAGE_BLOCKS)}")
     if source == "keras":
         return f"imagenet_keras_{architecture}"
     if source == "fchollet":

@@ -66,7 +66,7 @@ class QuickConfig(NotebookConfig):
     DETECTION_MAX_INSTANCES = 8
     MINI_MASK_SHAPE = (16, 16)
     TOP_DOWN_PYRAMID_SIZE = 32
-    FPN_CLASSIF_FC_LAYERS_SIZE = 64
+    FPN_CLASSIF_FC_LAYERS_SIZE = 256  # the smallest GroupNorm head width (32 groups of 8) DemoConfig's "gn" allows
     STEPS_PER_EPOCH = 1
     VALIDATION_STEPS = 1
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from mrcnn.config import Config
+from mrcnn.config import C4Config, Config, c4_defaults
 
 
 class TinyConfig(Config):
@@ -61,13 +61,58 @@ def test_instances_do_not_share_mutable_defaults():
         ({"LOSS_WEIGHTS": {"mask": 1.0}}, "LOSS_WEIGHTS"),
         ({"MEAN_PIXEL": np.array([1.0, 2.0])}, "MEAN_PIXEL"),
         ({"HEAD_NORM": "batch"}, "HEAD_NORM"),
+        ({"HEAD_NORM": "gn", "FPN_CLASSIF_FC_LAYERS_SIZE": 64}, "FPN_CLASSIF_FC_LAYERS_SIZE >= 256"),
         ({"MIXED_PRECISION": "float16"}, "MIXED_PRECISION"),
+        ({"BACKBONE_TYPE": "c5"}, "BACKBONE_TYPE"),
+        ({"BACKBONE_TYPE": "c4"}, r"BACKBONE_STRIDES must be \[16\]"),
+        ({**c4_defaults(), "POOL_SIZE": 7}, "POOL_SIZE must be even"),
+        ({**c4_defaults(), "MASK_POOL_SIZE": 14}, r"MASK_POOL_SIZE = POOL_SIZE // 2"),
+        ({**c4_defaults(), "MASK_SHAPE": [28, 28]}, "MASK_SHAPE"),
+        ({**c4_defaults(), "KEYPOINT_HEAD": True}, "KEYPOINT_HEAD"),
+        ({**c4_defaults(), "MASK_HEAD_TYPE": "mlp"}, "MASK_HEAD_TYPE"),
+        ({**c4_defaults(), "IMAGE_MAX_DIM": 120, "IMAGE_MIN_DIM": 120}, "divisible by 16"),
+        ({**c4_defaults(), "BACKBONE": staticmethod(lambda: None),
+          "COMPUTE_BACKBONE_SHAPE": staticmethod(lambda shape: None)}, "named BACKBONE"),
+        ({"MASK_LOSS": "multinomial"}, "MASK_LOSS"),
+        ({"MASK_CLASS_AGNOSTIC": "yes"}, "MASK_CLASS_AGNOSTIC"),
+        ({"MASK_HEAD_TYPE": "conv"}, "MASK_HEAD_TYPE"),
+        ({"MASK_LOSS": "softmax", "MASK_CLASS_AGNOSTIC": True}, "class-specific masks"),
     ],
 )
 def test_validate_names_the_bad_field(overrides, message):
     bad = type("Bad", (TinyConfig,), overrides)
     with pytest.raises(ValueError, match=message):
         bad()
+
+
+def test_mask_ablation_defaults_are_the_papers():
+    # Table 2: sigmoid per-class masks (b), class-specific (K channels), FCN head (e).
+    assert (Config.MASK_LOSS, Config.MASK_CLASS_AGNOSTIC, Config.MASK_HEAD_TYPE) == ("sigmoid", False, "fcn")
+    config = TinyConfig().update(MASK_LOSS="softmax", MASK_HEAD_TYPE="mlp")
+    assert TinyConfig.from_dict(config.to_dict()).MASK_LOSS == "softmax"
+
+
+def test_backbone_fields():
+    assert Config.BACKBONE_TYPE == "fpn"  # the paper's best and matterport's only
+    for name in ("resnet50", "resnet101", "resnext101_32x4d", "resnext101_64x4d"):
+        assert TinyConfig().update(BACKBONE=name).BACKBONE == name
+    # The paper's C4 values (Fig. 4 left; 64 RoIs per image, 300 test proposals, 14x14 masks).
+    assert c4_defaults() == {"BACKBONE_TYPE": "c4", "BACKBONE_STRIDES": [16],
+                             "RPN_ANCHOR_SCALES": (32, 64, 128, 256, 512), "RPN_ANCHOR_RATIOS": [0.5, 1, 2],
+                             "POOL_SIZE": 14, "MASK_POOL_SIZE": 7, "MASK_SHAPE": [14, 14],
+                             "TRAIN_ROIS_PER_IMAGE": 64, "POST_NMS_ROIS_INFERENCE": 300}
+    c4_defaults()["MASK_SHAPE"].append(1)  # fresh copies: C4Config is untouched
+    assert C4Config.MASK_SHAPE == [14, 14]
+
+    class SmallC4(C4Config):
+        NUM_CLASSES = 3
+        IMAGE_MIN_DIM = 80  # C4 only needs multiples of 16
+        IMAGE_MAX_DIM = 80
+
+    config = SmallC4()
+    assert SmallC4.from_dict(config.to_dict()).to_dict() == config.to_dict()
+    switched = TinyConfig().update(**c4_defaults())
+    assert switched.BACKBONE_TYPE == "c4" and switched.TRAIN_ROIS_PER_IMAGE == 64 and switched.NUM_CLASSES == 4
 
 
 def test_json_round_trip(tmp_path):

@@ -46,8 +46,7 @@ def test_policy_reaches_convs_not_outputs_and_is_restored() -> None:
         assert layers[name].compute_dtype == "float32", name
     assert {v.dtype for v in model.weights} == {"float32"}  # variables stay float32 (same weight files)
     outputs = model.run_graph([np.zeros((64, 64, 3), np.uint8)], ["P2", "rpn_class", "detections", "mrcnn_mask"])
-    assert outputs["P2"].dtype.name == "bfloat16"
-    for name in ("rpn_class", "detections", "mrcnn_mask"):
+    for name in ("P2", "rpn_class", "detections", "mrcnn_mask"):  # run_graph widens bfloat16 maps for numpy
         assert outputs[name].dtype == np.float32, name
 
 

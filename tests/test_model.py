@@ -316,3 +316,21 @@ def test_recalibrate_batchnorm_updates_statistics_not_weights():
     assert all(not np.allclose(a, layer.moving_mean.numpy()) for a, layer in zip(stats_before, norms))
     for before, variable in zip(weights_before, model.trainable_variables):
         np.testing.assert_array_equal(before, variable.numpy())
+
+
+def test_positive_roi_list_gathers_positives_and_never_returns_empty():
+    from mrcnn.model import _positive_roi_list
+
+    rois = tf.reshape(tf.range(2 * 3 * 4, dtype=tf.float32), [2, 3, 4])
+    masks = tf.reshape(tf.range(2 * 3 * 2 * 2, dtype=tf.float32), [2, 3, 2, 2])
+    class_ids = tf.constant([[2, 1, 0], [3, 0, 0]])
+    out_rois, out_ids, out_masks, image_ids = (t.numpy() for t in _positive_roi_list(rois, class_ids, masks))
+    np.testing.assert_array_equal(out_ids, [[2, 1, 3]])
+    np.testing.assert_array_equal(image_ids, [0, 0, 1])
+    np.testing.assert_array_equal(out_rois[0], rois.numpy()[[0, 0, 1], [0, 1, 0]])
+    np.testing.assert_array_equal(out_masks[0], masks.numpy()[[0, 0, 1], [0, 1, 0]])
+    # No positive anywhere: one loss-free slot (class 0), so the mask head never sees an empty batch.
+    _, out_ids, out_masks, image_ids = (t.numpy() for t in _positive_roi_list(rois, tf.zeros([2, 3], tf.int32), masks))
+    np.testing.assert_array_equal(out_ids, [[0]])
+    np.testing.assert_array_equal(image_ids, [0])
+    assert out_masks.shape == (1, 1, 2, 2)

@@ -364,6 +364,32 @@ def test_pyramid_anchors_and_backbone_shapes():
         start += count
     with pytest.raises(ValueError, match="per level"):
         utils.generate_pyramid_anchors((32, 64), [1], shapes, config.BACKBONE_STRIDES, 1)
+    # The model's and the generator's anchors: the same for an FPN config, 3 per position.
+    np.testing.assert_array_equal(utils.generate_config_anchors(config, config.IMAGE_SHAPE), anchors)
+    assert utils.rpn_anchors_per_location(config) == 3
+
+
+def test_c4_anchors_all_scales_on_one_level():
+    from mrcnn.config import C4Config
+
+    class TinyC4(C4Config):
+        NUM_CLASSES = 2
+        IMAGE_MIN_DIM = 128
+        IMAGE_MAX_DIM = 128
+
+    config = TinyC4()
+    assert utils.anchor_scales_per_level(config) == [(32, 64, 128, 256, 512)]
+    assert utils.rpn_anchors_per_location(config) == 15  # Detectron's C4: 5 sizes x 3 ratios
+    anchors = utils.generate_config_anchors(config, config.IMAGE_SHAPE)
+    assert anchors.shape == (8 * 8 * 15, 4)  # C4 of a 128 px image is 8 x 8
+    per_position = anchors.reshape(8, 8, 15, 4)
+    centers = (per_position[..., :2] + per_position[..., 2:]) / 2  # (cy, cx)
+    np.testing.assert_allclose(centers[..., 0], np.broadcast_to(16.0 * np.arange(8)[:, None, None], (8, 8, 15)))
+    np.testing.assert_allclose(centers[..., 1], np.broadcast_to(16.0 * np.arange(8)[None, :, None], (8, 8, 15)))
+    heights = per_position[0, 0, :, 2] - per_position[0, 0, :, 0]
+    widths = per_position[0, 0, :, 3] - per_position[0, 0, :, 1]
+    assert sorted(np.round(np.sqrt(heights * widths)).astype(int).tolist()) == sorted([32, 64, 128, 256, 512] * 3)
+    assert sorted(np.round(widths / heights, 3).tolist()) == sorted([0.5, 1.0, 2.0] * 5)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -394,3 +420,44 @@ def test_compose_parse_image_meta_round_trip():
     np.testing.assert_allclose(parsed["scale"], [1.6, 3.41], rtol=1e-6)
     assert parsed["active_class_ids"].tolist() == [[1, 1, 0, 1], [1, 0, 1, 1]]
     assert utils.parse_image_meta(metas[0])["window"].tolist() == [128, 0, 896, 1024]
+
+
+def test_unmold_soft_mask_is_unmold_mask_before_its_threshold():
+    soft = np.random.default_rng(3).random((28, 28)).astype(np.float32)
+    for box in ((10, 20, 30, 60), (-5, 40, 10, 70), (5, 5, 5, 9)):
+        full = utils.unmold_soft_mask(soft, box, (50, 50))
+        assert full.dtype == np.float32 and full.shape == (50, 50)
+        np.testing.assert_array_equal(full >= 0.5, utils.unmold_mask(soft, box, (50, 50)))
+    full = utils.unmold_soft_mask(soft, (10, 20, 30, 60), (50, 50))
+    assert full[:10].max() == 0 and full[:, :20].max() == 0 and full[10:30, 20:50].max() > 0.5
+    np.testing.assert_allclose(full[10:30, 20:50], utils.resize_bilinear(soft, (20, 40))[:, :30])
+
+
+@pytest.mark.parametrize("scale, square_side, shape", [
+    (2.0, 128, (50, 64)), (0.5, None, (50, 90)), (1.0, None, (64, 64)), (1.37, 256, (100, 40)),
+])
+def test_rescale_image_scales_exactly_and_pads_centered(scale, square_side, shape):
+    image = np.random.default_rng(0).integers(0, 255, shape + (3,), dtype=np.uint8)
+    out, window, used, padding = utils.rescale_image(image, scale, square_side=square_side)
+    h, w = round(shape[0] * scale), round(shape[1] * scale)
+    assert used == scale and out.dtype == np.uint8
+    y1, x1, y2, x2 = window
+    assert (y2 - y1, x2 - x1) == (h, w)
+    if square_side is None:
+        assert out.shape[0] % 64 == 0 and out.shape[1] % 64 == 0 and out.shape[0] - h < 64
+    else:
+        assert out.shape[:2] == (square_side, square_side)
+    assert abs(y1 - (out.shape[0] - y2)) <= 1 and abs(x1 - (out.shape[1] - x2)) <= 1  # centered
+    assert padding[0] == (y1, out.shape[0] - y2) and padding[1] == (x1, out.shape[1] - x2)
+    assert out[:y1].max(initial=0) == 0 and out[y2:].max(initial=0) == 0
+    # The window holds the bilinear resize, rounded back to uint8 (resize_image's resampling).
+    expected = np.clip(np.rint(utils.resize_bilinear(image, (h, w))), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(out[y1:y2, x1:x2], expected)
+
+
+def test_rescale_image_errors():
+    image = np.zeros((10, 20, 3), np.uint8)
+    with pytest.raises(ValueError, match="scale"):
+        utils.rescale_image(image, 0.0)
+    with pytest.raises(ValueError, match="square_side"):
+        utils.rescale_image(image, 4.0, square_side=64)

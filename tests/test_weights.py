@@ -509,6 +509,8 @@ def test_weights_file_path_never_downloads_unasked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="fchollet.*resnet50 only"):
         imagenet_weights_key("resnet101", "fchollet")
     assert imagenet_weights_key("resnet101") == "imagenet_keras_resnet101"
+    with pytest.raises(ValueError, match="no published ImageNet weights for architecture 'resnext101_32x4d'"):
+        imagenet_weights_key("resnext101_32x4d")
 
 
 def test_weights_file_path_downloads_when_asked_and_caches(tmp_path: Path) -> None:

@@ -101,14 +101,8 @@ class DataGenerator(keras.utils.PyDataset):
 
         self.batch_size = int(config.BATCH_SIZE)
         self.image_shape = tuple(int(v) for v in config.IMAGE_SHAPE)
-        backbone_shapes = utils.compute_backbone_shapes(config, self.image_shape)
-        self.anchors = utils.generate_pyramid_anchors(
-            config.RPN_ANCHOR_SCALES,
-            config.RPN_ANCHOR_RATIOS,
-            backbone_shapes,
-            config.BACKBONE_STRIDES,
-            config.RPN_ANCHOR_STRIDE,
-        )
+        # The model's anchors (FPN levels or C4's single level), in the RPN's output order.
+        self.anchors = utils.generate_config_anchors(config, self.image_shape)
         self.mean_pixel = np.asarray(config.MEAN_PIXEL, dtype=np.float32)
         self.mask_shape = tuple(config.MINI_MASK_SHAPE) if config.USE_MINI_MASK else self.image_shape[:2]
         # The permutation of one (epoch, pass) is reused by all its batches; cache the latest few.

@@ -7,6 +7,6 @@ serialization under the package ``"mrcnn"`` and documents its tensor shapes and 
 from mrcnn.layers.detection import DetectionLayer
 from mrcnn.layers.detection_target import DetectionTargetLayer
 from mrcnn.layers.proposal import ProposalLayer
-from mrcnn.layers.roi_align import PyramidROIAlign
+from mrcnn.layers.roi_align import PyramidROIAlign, SingleLevelROIAlign
 
-__all__ = ["DetectionLayer", "DetectionTargetLayer", "ProposalLayer", "PyramidROIAlign"]
+__all__ = ["DetectionLayer", "DetectionTargetLayer", "ProposalLayer", "PyramidROIAlign", "SingleLevelROIAlign"]

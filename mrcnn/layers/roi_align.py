@@ -112,7 +112,20 @@ class PyramidROIAlign(keras.layers.Layer):
         self.level_mode = level_mode
         self._pool = get_pooler(pooling_mode)
 
-    def call(self, inputs: Sequence[tf.Tensor]) -> tf.Tensor:
+    def call(self, inputs: Sequence[tf.Tensor], box_image_ids: tf.Tensor | None = None) -> tf.Tensor:
+        """Pools every box from its level.
+
+        Args:
+            inputs: [boxes, image_meta, P2, P3, P4, P5]. boxes ``[B, N, 4]`` (y1, x1, y2, x2)
+                normalized, row b belonging to image b; image_meta ``[B, META]``; P2..P5
+                ``[B, H/2^l, W/2^l, C]``.
+            box_image_ids: optional ``[N]`` int: the "flat" layout. boxes is then ``[1, N, 4]``, a
+                list of boxes from any images of the batch, box i from image ``box_image_ids[i]``
+                (a variable number per image, e.g. only the positive RoIs).
+
+        Returns:
+            ``[B, N, ph, pw, C]`` pooled features (``[1, N, ...]`` in the flat layout), in the boxes' order.
+        """
         if len(inputs) != 6:
             raise ValueError(
                 f"PyramidROIAlign expects [boxes, image_meta, P2, P3, P4, P5], got {len(inputs)} inputs"
@@ -124,7 +137,11 @@ class PyramidROIAlign(keras.layers.Layer):
         image_meta = tf.cast(image_meta, tf.float32)
 
         image_shape = image_meta[:, 4:6]
-        levels = assign_levels(boxes, image_shape[:, 0] * image_shape[:, 1], self.level_mode)
+        image_area = image_shape[:, 0] * image_shape[:, 1]  # [B]
+        if box_image_ids is not None:
+            box_image_ids = tf.cast(tf.reshape(box_image_ids, [-1]), tf.int32)
+            image_area = tf.gather(image_area, box_image_ids)[None]  # [1, N]: each box's own image
+        levels = assign_levels(boxes, image_area, self.level_mode)
 
         # Input-image size from P2 (stride 4), static where known, so the pixel boxes match the
         # feature maps exactly whatever the meta says.
@@ -141,7 +158,10 @@ class PyramidROIAlign(keras.layers.Layer):
             level = MIN_LEVEL + offset
             ix = tf.where(tf.equal(levels, level))  # [k, 2] (image, box) int64
             level_boxes = tf.gather_nd(boxes_px, ix)
-            box_indices = tf.cast(ix[:, 0], tf.int32)
+            if box_image_ids is None:
+                box_indices = tf.cast(ix[:, 0], tf.int32)
+            else:
+                box_indices = tf.gather(box_image_ids, ix[:, 1])
             pooled_levels.append(
                 self._pool(
                     feature_map,
@@ -185,4 +205,80 @@ class PyramidROIAlign(keras.layers.Layer):
             aligned=self.aligned,
             level_mode=self.level_mode,
         )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class SingleLevelROIAlign(keras.layers.Layer):
+    """Pools a fixed-size feature crop for every RoI from one feature map (the C4 model's C4).
+
+    The boxes are converted to input-image pixels (feature map size times `stride`, as
+    `PyramidROIAlign` does from P2) and pooled with ``spatial_scale = 1 / stride`` by the pooling
+    function ``pooling_mode`` of ``mrcnn.ops.roi_pooling``. Gradients flow into the feature map
+    only, not into the boxes.
+
+    Args:
+        pool_size: ``ph`` (int, square) or ``(ph, pw)``; the C4 model's 14.
+        stride: input-image pixels per feature-map cell (16 for C4).
+        pooling_mode, sampling_ratio, aligned: see `PyramidROIAlign`.
+
+    Call:
+        inputs: [boxes ``[B, N, 4]`` (y1, x1, y2, x2) normalized, feature_map ``[B, H, W, C]``].
+        box_image_ids: optional ``[N]`` int, the flat layout of `PyramidROIAlign`: boxes is then
+            ``[1, N, 4]``, box i taken from image ``box_image_ids[i]``.
+        Returns ``[B, N, ph, pw, C]`` (``[1, N, ...]`` in the flat layout), the feature map's dtype.
+    """
+
+    def __init__(self, pool_size: int | Sequence[int], stride: int = 16, pooling_mode: str = "roi_align",
+                 sampling_ratio: int = 2, aligned: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("autocast", False)  # box coordinates stay float32 under mixed precision
+        super().__init__(**kwargs)
+        pool = (pool_size, pool_size) if isinstance(pool_size, int) else tuple(int(v) for v in pool_size)
+        if len(pool) != 2 or min(pool) < 1:
+            raise ValueError(f"pool_size must be a positive int or (ph, pw), got {pool_size!r}")
+        if int(stride) < 1:
+            raise ValueError(f"stride must be a positive int, got {stride!r}")
+        if pooling_mode not in POOLERS:
+            raise ValueError(f"pooling_mode must be one of {sorted(POOLERS)}, got {pooling_mode!r}")
+        self.pool_size = pool
+        self.stride = int(stride)
+        self.pooling_mode = pooling_mode
+        self.sampling_ratio = int(sampling_ratio)
+        self.aligned = bool(aligned)
+        self._pool = get_pooler(pooling_mode)
+
+    def call(self, inputs: Sequence[tf.Tensor], box_image_ids: tf.Tensor | None = None) -> tf.Tensor:
+        if len(inputs) != 2:
+            raise ValueError(f"{self.name}: expects [boxes, feature_map], got {len(inputs)} inputs")
+        boxes, feature_map = inputs
+        boxes = tf.stop_gradient(tf.cast(boxes, tf.float32))
+        map_shape = tf.shape(feature_map)
+        height = feature_map.shape[1] if feature_map.shape[1] is not None else map_shape[1]
+        width = feature_map.shape[2] if feature_map.shape[2] is not None else map_shape[2]
+        scale = tf.cast(tf.stack([height, width, height, width]), tf.float32) * float(self.stride)
+        flat_boxes = tf.reshape(boxes * scale, [-1, 4])
+        if box_image_ids is None:
+            # Row b of boxes belongs to image b.
+            box_indices = tf.repeat(tf.range(tf.shape(boxes)[0], dtype=tf.int32), tf.shape(boxes)[1])
+        else:
+            box_indices = tf.cast(tf.reshape(box_image_ids, [-1]), tf.int32)
+        pooled = self._pool(feature_map, flat_boxes, box_indices, self.pool_size, 1.0 / self.stride,
+                            sampling_ratio=self.sampling_ratio, aligned=self.aligned)
+        out_shape = tf.concat([tf.shape(boxes)[:2], tf.constant(self.pool_size, tf.int32), map_shape[-1:]], axis=0)
+        pooled = tf.reshape(pooled, out_shape)
+        pooled.set_shape([boxes.shape[0], boxes.shape[1], *self.pool_size, feature_map.shape[-1]])
+        return pooled
+
+    def compute_output_shape(self, input_shape: Sequence[tuple]) -> tuple:
+        return (input_shape[0][0], input_shape[0][1], *self.pool_size, input_shape[1][-1])
+
+    def compute_output_spec(self, inputs: Sequence[keras.KerasTensor],
+                            box_image_ids: keras.KerasTensor | None = None) -> keras.KerasTensor:
+        shape = self.compute_output_shape([tuple(t.shape) for t in inputs])
+        return keras.KerasTensor(shape, dtype=inputs[1].dtype)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(pool_size=list(self.pool_size), stride=self.stride, pooling_mode=self.pooling_mode,
+                      sampling_ratio=self.sampling_ratio, aligned=self.aligned)
         return config

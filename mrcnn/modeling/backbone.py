@@ -1,4 +1,4 @@
-"""ResNet-50/101 backbone (C2..C5) and the Feature Pyramid Network (P2..P6).
+"""ResNet-50/101 and ResNeXt-101 backbones (C2..C5) and the Feature Pyramid Network (P2..P6).
 
 Every weight-bearing sublayer carries matterport/Mask_RCNN's layer name (``conv1``, ``bn_conv1``,
 ``res2a_branch2a``, ``bn2a_branch2a``, ..., ``fpn_c5p5``, ``fpn_p2``, ...), so that
@@ -10,18 +10,67 @@ Architecture (He et al., "Deep Residual Learning", as in the Caffe release and m
 stem 7x7/2 conv + BN + ReLU + 3x3/2 max-pool ("same" padding), then bottleneck stages with the
 stride 2 on the first 1x1 convolution of the first block of stages 3-5 ("Caffe style"; torchvision
 puts it on the 3x3 instead). Output strides: C2 4, C3 8, C4 16, C5 32; P6 64.
+
+ResNeXt (Xie et al., "Aggregated Residual Transformations"; the paper's X-101-FPN): the same
+stage layout as ResNet-101, bottlenecks whose 3x3 convolution is grouped (cardinality C groups of
+d channels at stage 2, "C x d", the width doubling per stage: C * d * 2^(stage - 2); outputs
+256 * 2^(stage - 2) as ResNet), and the stride on the 3x3 convolution (Detectron's and
+torchvision's ResNeXt, STRIDE_1X1 = False), padded by one pixel on every side like Caffe/PyTorch.
+Its layers carry the same names (res2a_branch2b, ...), so name-based selection (``set_trainable``,
+``backbone_layer_names``) works unchanged; no ImageNet ResNeXt weights are bundled.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import keras
 import tensorflow as tf
 
-# Blocks per stage (stages 2, 3, 4, 5) and the bottleneck filters (1x1 in, 3x3, 1x1 out) of each.
-STAGE_BLOCKS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
-STAGE_FILTERS = ((64, 64, 256), (128, 128, 512), (256, 256, 1024), (512, 512, 2048))
+from mrcnn.ops.grouped_conv import GROUPED_CONV_IMPLS, grouped_conv2d
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """Stage layout of a bottleneck ResNet / ResNeXt.
+
+    Attributes:
+        blocks: blocks per stage (stages 2, 3, 4, 5).
+        cardinality: groups of every 3x3 convolution (1: ResNet; ResNeXt's C).
+        width: channels of the 3x3 convolution at stage 2 (ResNet 64; ResNeXt C * d); doubles per stage.
+        stride_in_1x1: stride 2 of stages 3-5 on the first 1x1 convolution (Caffe ResNet, matterport)
+            rather than on the 3x3 (ResNeXt).
+    """
+
+    blocks: tuple[int, int, int, int]
+    cardinality: int = 1
+    width: int = 64
+    stride_in_1x1: bool = True
+
+    def __post_init__(self) -> None:
+        blocks = tuple(int(b) for b in self.blocks)
+        if len(blocks) != 4 or min(blocks) < 1:
+            raise ValueError(f"blocks must be 4 positive counts (stages 2-5), got {self.blocks!r}")
+        if int(self.cardinality) < 1 or int(self.width) % int(self.cardinality):
+            raise ValueError(f"width ({self.width!r}) must be a multiple of cardinality ({self.cardinality!r}) >= 1")
+        object.__setattr__(self, "blocks", blocks)  # a list (e.g. from JSON) becomes a tuple
+
+    def filters(self, stage: int) -> tuple[int, int, int]:
+        """(1x1 in, 3x3, 1x1 out) channels of a block of `stage` (2..5)."""
+        scale = 2 ** (stage - 2)
+        return self.width * scale, self.width * scale, 256 * scale
+
+
+ARCHITECTURES = {
+    "resnet50": Architecture((3, 4, 6, 3)),
+    "resnet101": Architecture((3, 4, 23, 3)),
+    # ResNeXt-101 C x d: C = 32 or 64 groups of d = 4 channels at stage 2 (widths 128 / 256 there).
+    "resnext101_32x4d": Architecture((3, 4, 23, 3), cardinality=32, width=32 * 4, stride_in_1x1=False),
+    "resnext101_64x4d": Architecture((3, 4, 23, 3), cardinality=64, width=64 * 4, stride_in_1x1=False),
+}
+# The ResNets with published ImageNet weights (mrcnn.weights maps their layer names); ResNeXt has none.
+STAGE_BLOCKS = {name: ARCHITECTURES[name].blocks for name in ("resnet50", "resnet101")}
 BN_EPSILON = 1e-3  # Keras' default, as in matterport and fchollet's original ResNet50
 
 
@@ -32,19 +81,20 @@ def block_letter(index: int) -> str:
     return chr(ord("a") + index)
 
 
-def backbone_layer_names(architecture: str = "resnet50", stage5: bool = True) -> list[str]:
+def backbone_layer_names(architecture: str | Architecture = "resnet50", stage5: bool = True) -> list[str]:
     """The weight-bearing layer names of `ResNet(architecture)`, in forward order.
 
     Args:
-        architecture: "resnet50" or "resnet101".
+        architecture: a key of ARCHITECTURES ("resnet50", "resnet101", "resnext101_32x4d", ...;
+            ResNeXt-101 has ResNet-101's names) or an `Architecture`.
         stage5: whether stage 5 is included.
 
     Returns:
         Names such as ["conv1", "bn_conv1", "res2a_branch2a", "bn2a_branch2a", ...].
     """
-    _check_architecture(architecture)
+    spec = get_architecture(architecture)
     names = ["conv1", "bn_conv1"]
-    blocks = STAGE_BLOCKS[architecture] if stage5 else STAGE_BLOCKS[architecture][:3]
+    blocks = spec.blocks if stage5 else spec.blocks[:3]
     for stage, count in zip(range(2, 6), blocks):
         for index in range(count):
             tag = f"{stage}{block_letter(index)}"
@@ -55,9 +105,26 @@ def backbone_layer_names(architecture: str = "resnet50", stage5: bool = True) ->
     return names
 
 
-def _check_architecture(architecture: str) -> None:
-    if architecture not in STAGE_BLOCKS:
-        raise ValueError(f"architecture must be one of {sorted(STAGE_BLOCKS)}, got {architecture!r}")
+def get_architecture(architecture: str | Architecture | dict[str, Any]) -> Architecture:
+    """The `Architecture` named by `architecture` (a key of ARCHITECTURES), or given as one (or as
+    the dict of its fields, as `get_config` stores a custom one).
+
+    Raises:
+        ValueError: for an unknown name.
+    """
+    if isinstance(architecture, Architecture):
+        return architecture
+    if isinstance(architecture, dict):
+        return Architecture(**architecture)
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {sorted(ARCHITECTURES)} or an Architecture, "
+                         f"got {architecture!r}")
+    return ARCHITECTURES[architecture]
+
+
+def architecture_to_config(architecture: str | Architecture) -> str | dict[str, Any]:
+    """`architecture` for get_config: its name, or its fields for a custom Architecture."""
+    return architecture if isinstance(architecture, str) else dataclasses.asdict(architecture)
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
@@ -94,21 +161,27 @@ class BatchNorm(keras.layers.BatchNormalization):
 
 @keras.saving.register_keras_serializable(package="mrcnn")
 class BottleneckBlock(keras.layers.Layer):
-    """One ResNet bottleneck block: 1x1 -> 3x3 -> 1x1 convolutions plus a shortcut.
+    """One ResNet / ResNeXt bottleneck block: 1x1 -> 3x3 -> 1x1 convolutions plus a shortcut.
 
     The sublayers are named res{stage}{block}_branch2a/2b/2c and bn{stage}{block}_branch2a/2b/2c;
     a block with `conv_shortcut` (matterport's "conv_block", the first of each stage) also has
     res{stage}{block}_branch1 / bn{stage}{block}_branch1 on the shortcut. `strides` applies to the
-    first 1x1 convolution and to the shortcut convolution (Caffe style).
+    shortcut convolution and to the first 1x1 convolution (Caffe style, `stride_in_1x1`) or to the
+    3x3 one (ResNeXt). A strided 3x3 pads one pixel on every side (Caffe/PyTorch), not Keras'
+    asymmetric "same"; the output size is the same, ceil(H / strides).
 
     Args:
         stage: stage number, 2..5.
         block: block letter, "a", "b", ...
         filters: (f1, f2, f3) output channels of the three convolutions.
-        strides: stride of the first 1x1 convolution (and the shortcut).
+        strides: stride of the block (on the first 1x1 or the 3x3, and on the shortcut).
         conv_shortcut: projection shortcut (needed when channels or resolution change).
         train_bn: see `BatchNorm`.
         bn_epsilon: BatchNorm epsilon.
+        groups: groups of the 3x3 convolution (ResNeXt's cardinality; f1 and f2 must divide by it).
+        stride_in_1x1: put the stride on the first 1x1 convolution (True, Caffe ResNet) or on the 3x3.
+        grouped_conv: how a grouped 3x3 is computed, see `mrcnn.ops.grouped_conv.grouped_conv2d`
+            ("auto", "native", "split"); the weights are the same in every case.
 
     Call:
         inputs: [B, H, W, C] -> [B, ceil(H / strides), ceil(W / strides), f3].
@@ -116,11 +189,16 @@ class BottleneckBlock(keras.layers.Layer):
 
     def __init__(self, stage: int, block: str, filters: tuple[int, int, int] | list[int], strides: int = 1,
                  conv_shortcut: bool = False, train_bn: bool | None = False, bn_epsilon: float = BN_EPSILON,
-                 **kwargs: Any) -> None:
+                 groups: int = 1, stride_in_1x1: bool = True, grouped_conv: str = "auto", **kwargs: Any) -> None:
         kwargs.setdefault("name", f"res{stage}{block}")
         super().__init__(**kwargs)
         if len(filters) != 3:
             raise ValueError(f"filters must have 3 values (1x1, 3x3, 1x1), got {filters!r}")
+        if int(groups) < 1 or filters[0] % int(groups) or filters[1] % int(groups):
+            raise ValueError(f"groups must be >= 1 and divide the 3x3 convolution's channels {tuple(filters[:2])}, "
+                             f"got {groups!r}")
+        if grouped_conv not in GROUPED_CONV_IMPLS:
+            raise ValueError(f"grouped_conv must be one of {GROUPED_CONV_IMPLS}, got {grouped_conv!r}")
         self.stage = int(stage)
         self.block = str(block)
         self.filters = tuple(int(f) for f in filters)
@@ -128,11 +206,18 @@ class BottleneckBlock(keras.layers.Layer):
         self.conv_shortcut = bool(conv_shortcut)
         self.train_bn = train_bn
         self.bn_epsilon = float(bn_epsilon)
+        self.groups = int(groups)
+        self.stride_in_1x1 = bool(stride_in_1x1)
+        self.grouped_conv = grouped_conv
         f1, f2, f3 = self.filters
         tag = f"{stage}{block}"
-        self.conv2a = keras.layers.Conv2D(f1, 1, strides=self.strides, use_bias=True, name=f"res{tag}_branch2a")
+        stride_1x1, stride_3x3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
+        self.conv2a = keras.layers.Conv2D(f1, 1, strides=stride_1x1, use_bias=True, name=f"res{tag}_branch2a")
         self.bn2a = BatchNorm(train_bn, epsilon=self.bn_epsilon, name=f"bn{tag}_branch2a")
-        self.conv2b = keras.layers.Conv2D(f2, 3, padding="same", use_bias=True, name=f"res{tag}_branch2b")
+        # Stride 1: "same" is the symmetric 1-pixel pad. Strided: pad explicitly, as Caffe/PyTorch.
+        self.pad2b = keras.layers.ZeroPadding2D(1, name=f"res{tag}_branch2b_pad") if stride_3x3 > 1 else None
+        self.conv2b = keras.layers.Conv2D(f2, 3, strides=stride_3x3, padding="valid" if stride_3x3 > 1 else "same",
+                                          groups=self.groups, use_bias=True, name=f"res{tag}_branch2b")
         self.bn2b = BatchNorm(train_bn, epsilon=self.bn_epsilon, name=f"bn{tag}_branch2b")
         self.conv2c = keras.layers.Conv2D(f3, 1, use_bias=True, name=f"res{tag}_branch2c")
         self.bn2c = BatchNorm(train_bn, epsilon=self.bn_epsilon, name=f"bn{tag}_branch2c")
@@ -149,6 +234,8 @@ class BottleneckBlock(keras.layers.Layer):
                 "use conv_shortcut=True")
         shape = tuple(input_shape)
         for conv, bn in ((self.conv2a, self.bn2a), (self.conv2b, self.bn2b), (self.conv2c, self.bn2c)):
+            if conv is self.conv2b and self.pad2b is not None:
+                shape = self.pad2b.compute_output_shape(shape)
             conv.build(shape)
             shape = conv.compute_output_shape(shape)
             bn.build(shape)
@@ -157,14 +244,16 @@ class BottleneckBlock(keras.layers.Layer):
             self.bn1.build(self.conv1.compute_output_shape(tuple(input_shape)))
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
-        shape = tuple(input_shape)
-        for conv in (self.conv2a, self.conv2b, self.conv2c):
-            shape = conv.compute_output_shape(shape)
-        return shape
+        shape = self.conv2a.compute_output_shape(tuple(input_shape))
+        if self.pad2b is not None:
+            shape = self.pad2b.compute_output_shape(shape)
+        return self.conv2c.compute_output_shape(self.conv2b.compute_output_shape(shape))
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         x = keras.ops.relu(self.bn2a(self.conv2a(inputs), training=training))
-        x = keras.ops.relu(self.bn2b(self.conv2b(x), training=training))
+        if self.pad2b is not None:
+            x = self.pad2b(x)
+        x = keras.ops.relu(self.bn2b(grouped_conv2d(self.conv2b, x, self.grouped_conv), training=training))
         x = self.bn2c(self.conv2c(x), training=training)
         shortcut = self.bn1(self.conv1(inputs), training=training) if self.conv_shortcut else inputs
         return keras.ops.relu(x + shortcut)
@@ -172,20 +261,51 @@ class BottleneckBlock(keras.layers.Layer):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(stage=self.stage, block=self.block, filters=list(self.filters), strides=self.strides,
-                      conv_shortcut=self.conv_shortcut, train_bn=self.train_bn, bn_epsilon=self.bn_epsilon)
+                      conv_shortcut=self.conv_shortcut, train_bn=self.train_bn, bn_epsilon=self.bn_epsilon,
+                      groups=self.groups, stride_in_1x1=self.stride_in_1x1, grouped_conv=self.grouped_conv)
         return config
+
+
+def make_stage(architecture: str | Architecture, stage: int, train_bn: bool | None = False,
+               bn_epsilon: float = BN_EPSILON, grouped_conv: str = "auto") -> list[BottleneckBlock]:
+    """The bottleneck blocks of one stage of `architecture`, with their matterport names.
+
+    The first block has the projection shortcut and, for stages 3-5, stride 2. Used by `ResNet`
+    and by the C4 box head, which runs stage 5 per RoI.
+
+    Args:
+        architecture: a key of ARCHITECTURES or an `Architecture`.
+        stage: 2..5.
+        train_bn, bn_epsilon, grouped_conv: see `BottleneckBlock`.
+
+    Returns:
+        [res{stage}a, res{stage}b, ...].
+    """
+    spec = get_architecture(architecture)
+    if stage not in (2, 3, 4, 5):
+        raise ValueError(f"stage must be 2, 3, 4 or 5, got {stage!r}")
+    return [BottleneckBlock(stage, block_letter(index), spec.filters(stage),
+                            strides=1 if (stage == 2 or index > 0) else 2, conv_shortcut=index == 0,
+                            train_bn=train_bn, bn_epsilon=bn_epsilon, groups=spec.cardinality,
+                            stride_in_1x1=spec.stride_in_1x1, grouped_conv=grouped_conv)
+            for index in range(spec.blocks[stage - 2])]
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
 class ResNet(keras.layers.Layer):
-    """ResNet-50/101 feature extractor with matterport's layer names.
+    """ResNet-50/101 / ResNeXt-101 feature extractor with matterport's layer names.
 
     Args:
-        architecture: "resnet50" (stage 4 blocks a..f) or "resnet101" (stage 4 blocks a..w).
+        architecture: a key of ARCHITECTURES: "resnet50" (stage 4 blocks a..f), "resnet101" (stage 4
+            blocks a..w), "resnext101_32x4d" or "resnext101_64x4d" (ResNet-101's layout and names,
+            grouped 3x3 convolutions, see the module docstring); or a custom `Architecture`.
         train_bn: see `BatchNorm`; False (matterport's default) freezes the BN statistics.
-        stage5: build stage 5 (C5). Without it, C5 is returned as None (matterport's option).
+        stage5: build stage 5 (C5). Without it, C5 is returned as None (matterport's option; the
+            C4 model runs stage 5 per RoI in its box head instead).
         bn_epsilon: BatchNorm epsilon. 1e-3 (Keras' default) is what matterport and fchollet's
             ImageNet h5 use; keras.applications' ResNet uses 1.001e-5.
+        grouped_conv: how ResNeXt's grouped 3x3 convolutions are computed ("auto", "native",
+            "split"; `mrcnn.ops.grouped_conv`). No effect on ResNet.
 
     Call:
         images: [B, H, W, 3] float, molded (mean pixel subtracted).
@@ -197,30 +317,27 @@ class ResNet(keras.layers.Layer):
         blocks: every `BottleneckBlock`, in forward order; `stages` groups them per stage.
     """
 
-    def __init__(self, architecture: str = "resnet50", train_bn: bool | None = False, stage5: bool = True,
-                 bn_epsilon: float = BN_EPSILON, **kwargs: Any) -> None:
+    def __init__(self, architecture: str | Architecture = "resnet50", train_bn: bool | None = False,
+                 stage5: bool = True, bn_epsilon: float = BN_EPSILON, grouped_conv: str = "auto",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        _check_architecture(architecture)
-        self.architecture = architecture
+        get_architecture(architecture)  # raises for an unknown name
+        self.architecture = architecture if isinstance(architecture, str) else get_architecture(architecture)
         self.train_bn = train_bn
         self.stage5 = bool(stage5)
         self.bn_epsilon = float(bn_epsilon)
+        self.grouped_conv = grouped_conv
         self.conv1_pad = keras.layers.ZeroPadding2D(3, name="conv1_pad")
         self.conv1 = keras.layers.Conv2D(64, 7, strides=2, padding="valid", use_bias=True, name="conv1")
         self.bn_conv1 = BatchNorm(train_bn, epsilon=self.bn_epsilon, name="bn_conv1")
         # "same" padding (asymmetric: extra row/column at the end) as in matterport; keras.applications
         # pads 1 on both sides and pools "valid", which shifts the pooling grid by one pixel.
         self.pool = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")
-        counts = STAGE_BLOCKS[architecture] if self.stage5 else STAGE_BLOCKS[architecture][:3]
-        blocks = []
-        self._stage_sizes = tuple(counts)
-        for stage, count, filters in zip(range(2, 6), counts, STAGE_FILTERS):
-            for index in range(count):
-                blocks.append(BottleneckBlock(
-                    stage, block_letter(index), filters, strides=1 if (stage == 2 or index > 0) else 2,
-                    conv_shortcut=index == 0, train_bn=train_bn, bn_epsilon=self.bn_epsilon))
+        stages = [make_stage(architecture, stage, train_bn, self.bn_epsilon, grouped_conv)
+                  for stage in ((2, 3, 4, 5) if self.stage5 else (2, 3, 4))]
+        self._stage_sizes = tuple(len(blocks) for blocks in stages)
         # A flat list: Keras tracks the layers of a list attribute.
-        self.blocks = blocks
+        self.blocks = [block for blocks in stages for block in blocks]
 
     @property
     def stages(self) -> list[list[BottleneckBlock]]:
@@ -265,8 +382,8 @@ class ResNet(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(architecture=self.architecture, train_bn=self.train_bn, stage5=self.stage5,
-                      bn_epsilon=self.bn_epsilon)
+        config.update(architecture=architecture_to_config(self.architecture), train_bn=self.train_bn,
+                      stage5=self.stage5, bn_epsilon=self.bn_epsilon, grouped_conv=self.grouped_conv)
         return config
 
 

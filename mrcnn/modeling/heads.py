@@ -13,10 +13,16 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from mrcnn.config import HEAD_NORMS
+from mrcnn.config import GROUP_NORM_GROUPS, HEAD_NORMS
 from mrcnn.modeling.backbone import BatchNorm
 
-GROUP_NORM_GROUPS = 32  # Wu & He, "Group Normalization": 32 groups in detection heads.
+MASK_ACTIVATIONS = ("sigmoid", "softmax")  # per-channel masks vs a softmax over the K channels
+
+
+def _check_mask_activation(activation: str) -> str:
+    if activation not in MASK_ACTIVATIONS:
+        raise ValueError(f"mask activation must be one of {MASK_ACTIVATIONS}, got {activation!r}")
+    return activation
 
 
 def make_head_norm(kind: str, train_bn: bool | None, name: str) -> keras.layers.Layer:
@@ -159,10 +165,12 @@ class MaskHead(keras.layers.Layer):
     decoupling of mask and class prediction).
 
     Args:
-        num_classes: K, background included.
+        num_classes: K, background included (the output channels; 1 for class-agnostic masks).
         conv_channels: channels of the four convolutions and the deconvolution (256).
         train_bn: see `mrcnn.modeling.backbone.BatchNorm`.
         norm: "bn" (matterport), "gn" or "none" (Config.HEAD_NORM; see `make_head_norm`).
+        activation: "sigmoid" (default: an independent probability per channel) or "softmax"
+            (over the K channels per pixel: Config.MASK_LOSS = "softmax" ablation).
 
     Call:
         pooled: [B, N, m, m, C] RoI features (m = MASK_POOL_SIZE).
@@ -170,7 +178,7 @@ class MaskHead(keras.layers.Layer):
     """
 
     def __init__(self, num_classes: int, conv_channels: int = 256, train_bn: bool | None = False,
-                 norm: str = "bn", **kwargs: Any) -> None:
+                 norm: str = "bn", activation: str = "sigmoid", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
@@ -178,12 +186,15 @@ class MaskHead(keras.layers.Layer):
         self.conv_channels = int(conv_channels)
         self.train_bn = train_bn
         self.norm = norm
+        self.activation = _check_mask_activation(activation)
         self.convs = [keras.layers.Conv2D(self.conv_channels, 3, padding="same", name=f"mrcnn_mask_conv{i}")
                       for i in range(1, 5)]
         self.bns = [make_head_norm(norm, train_bn, f"mrcnn_mask_bn{i}") for i in range(1, 5)]
         self.deconv = keras.layers.Conv2DTranspose(self.conv_channels, 2, strides=2, activation="relu",
                                                    name="mrcnn_mask_deconv")
-        self.mask = keras.layers.Conv2D(self.num_classes, 1, activation="sigmoid", dtype="float32", name="mrcnn_mask")
+        # Keras' "softmax" activation normalizes over the last (channel) axis: per pixel over K.
+        self.mask = keras.layers.Conv2D(self.num_classes, 1, activation=self.activation, dtype="float32",
+                                        name="mrcnn_mask")
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         if len(input_shape) != 5:
@@ -207,5 +218,86 @@ class MaskHead(keras.layers.Layer):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(num_classes=self.num_classes, conv_channels=self.conv_channels, train_bn=self.train_bn,
-                      norm=self.norm)
+                      norm=self.norm, activation=self.activation)
+        return config
+
+
+def make_mask_head(head_type: str, num_classes: int, mask_size: int = 28, train_bn: bool | None = False,
+                   norm: str = "bn", activation: str = "sigmoid", name: str = "mask_head") -> keras.layers.Layer:
+    """The mask head of a Config's mask-branch ablation switches (the model reads the Config).
+
+    Args:
+        head_type: "fcn" (`MaskHead`, matterport's layer names) or "mlp" (`MLPMaskHead`)
+            (Config.MASK_HEAD_TYPE).
+        num_classes: output channels: NUM_CLASSES, or 1 for class-agnostic masks.
+        mask_size: output side (MASK_SHAPE; the FCN head's is twice its input, fixed by the layers).
+        train_bn, norm: the FCN head's normalization (the MLP head has none).
+        activation: "sigmoid" or "softmax" (Config.MASK_LOSS).
+        name: the layer name.
+    """
+    if head_type == "fcn":
+        return MaskHead(num_classes, train_bn=train_bn, norm=norm, activation=activation, name=name)
+    if head_type == "mlp":
+        return MLPMaskHead(num_classes, mask_size=mask_size, activation=activation, name=name)
+    raise ValueError(f"mask head type must be 'fcn' or 'mlp', got {head_type!r}")
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class MLPMaskHead(keras.layers.Layer):
+    """The paper's MLP mask head (Table 2e ablation): fc -> fc -> fc to K masks of 2m x 2m.
+
+    Flattens each RoI's m x m x C features, then mrcnn_mask_fc1 (fc_size, ReLU) -> mrcnn_mask_fc2
+    (fc_size, ReLU) -> mrcnn_mask (K * 2m * 2m), reshaped to [2m, 2m, K] per RoI. No normalization
+    (the paper's MLP). Unlike the FCN head it has no spatial weight sharing: every output pixel
+    has its own weights over the whole RoI, which is what the paper shows costs 2.1 AP.
+
+    Args:
+        num_classes: K, background included (1 for class-agnostic masks).
+        mask_size: output side 2m (MASK_SHAPE, 28).
+        fc_size: width of the two hidden fc layers (the paper's 1024).
+        activation: "sigmoid" or "softmax" (over the K channels per pixel), as `MaskHead`.
+
+    Call:
+        pooled: [B, N, m, m, C] RoI features.
+        Returns masks [B, N, mask_size, mask_size, K], probabilities in [0, 1], float32.
+    """
+
+    def __init__(self, num_classes: int, mask_size: int = 28, fc_size: int = 1024, activation: str = "sigmoid",
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
+        if int(mask_size) < 1 or int(fc_size) < 1:
+            raise ValueError(f"mask_size and fc_size must be positive, got {mask_size!r} and {fc_size!r}")
+        self.num_classes = int(num_classes)
+        self.mask_size = int(mask_size)
+        self.fc_size = int(fc_size)
+        self.activation = _check_mask_activation(activation)
+        self.fc1 = keras.layers.Dense(self.fc_size, activation="relu", name="mrcnn_mask_fc1")
+        self.fc2 = keras.layers.Dense(self.fc_size, activation="relu", name="mrcnn_mask_fc2")
+        self.mask = keras.layers.Dense(self.mask_size * self.mask_size * self.num_classes, dtype="float32",
+                                       name="mrcnn_mask")
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        if len(input_shape) != 5 or any(dim is None for dim in input_shape[2:]):
+            raise ValueError(f"{self.name}: expected [B, N, m, m, C] with static m and C, got shape "
+                             f"{tuple(input_shape)}")
+        flat = int(input_shape[2]) * int(input_shape[3]) * int(input_shape[4])
+        self.fc1.build((None, flat))
+        self.fc2.build((None, self.fc_size))
+        self.mask.build((None, self.fc_size))
+
+    def call(self, pooled: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        x, (batch, rois) = _fold_rois(pooled, self.name)
+        x = tf.reshape(x, [-1, x.shape[1] * x.shape[2] * x.shape[3]])  # row-major flatten of [m, m, C]
+        logits = tf.cast(self.mask(self.fc2(self.fc1(x))), tf.float32)
+        logits = tf.reshape(logits, [batch, rois, self.mask_size, self.mask_size, self.num_classes])
+        if self.activation == "softmax":
+            return tf.nn.softmax(logits, axis=-1)
+        return tf.sigmoid(logits)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(num_classes=self.num_classes, mask_size=self.mask_size, fc_size=self.fc_size,
+                      activation=self.activation)
         return config

@@ -137,8 +137,17 @@ def mrcnn_bbox_loss(target_deltas: tf.Tensor, target_class_ids: tf.Tensor, pred_
     return _safe_mean(tf.reduce_sum(loss), tf.size(loss))
 
 
+def _positive_mask_rows(target_masks: tf.Tensor, target_class_ids: tf.Tensor, pred_masks: tf.Tensor
+                        ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The positive RoIs' (class ids [P], targets [P, h, w], predictions [P, h, w, K]), float32."""
+    class_ids = tf.cast(target_class_ids, tf.int32)
+    roi_index = tf.where(class_ids > 0)  # [P, 2]
+    return (tf.gather_nd(class_ids, roi_index), tf.gather_nd(tf.cast(target_masks, tf.float32), roi_index),
+            tf.gather_nd(tf.cast(pred_masks, tf.float32), roi_index))
+
+
 def mrcnn_mask_loss(target_masks: tf.Tensor, target_class_ids: tf.Tensor, pred_masks: tf.Tensor,
-                    from_logits: bool = False) -> tf.Tensor:
+                    from_logits: bool = False, class_agnostic: bool = False) -> tf.Tensor:
     """Mask loss: per-pixel binary cross-entropy on the ground-truth class's channel of positive RoIs.
 
     Only the mask of the RoI's ground-truth class k is penalised (the paper's decoupling: no
@@ -147,23 +156,59 @@ def mrcnn_mask_loss(target_masks: tf.Tensor, target_class_ids: tf.Tensor, pred_m
     Args:
         target_masks: [B, T, h, w] float in [0, 1].
         target_class_ids: [B, T] int, > 0 for positive RoIs.
-        pred_masks: [B, T, h, w, K] probabilities (the head's sigmoid), or logits with from_logits.
+        pred_masks: [B, T, h, w, K] probabilities (the head's sigmoid), or logits with from_logits;
+            [B, T, h, w, 1] with class_agnostic.
         from_logits: pred_masks are logits (numerically safer); default False (matterport's head).
+        class_agnostic: one mask channel shared by all classes (Config.MASK_CLASS_AGNOSTIC): every
+            positive RoI reads channel 0.
 
     Returns:
         Scalar float32: mean binary cross-entropy over the pixels of the positive RoIs (0 if none).
     """
-    class_ids = tf.cast(target_class_ids, tf.int32)
-    roi_index = tf.where(class_ids > 0)  # [P, 2]
-    positive_classes = tf.gather_nd(class_ids, roi_index)  # [P]
-    target = tf.gather_nd(tf.cast(target_masks, tf.float32), roi_index)  # [P, h, w]
-    predicted = tf.gather_nd(tf.cast(pred_masks, tf.float32), roi_index)  # [P, h, w, K]
-    predicted = tf.gather(predicted, positive_classes, axis=3, batch_dims=1)  # [P, h, w]
+    if class_agnostic and pred_masks.shape[-1] not in (None, 1):
+        raise ValueError(f"class_agnostic mask loss expects 1 mask channel, got pred_masks shape {pred_masks.shape}")
+    positive_classes, target, predicted = _positive_mask_rows(target_masks, target_class_ids, pred_masks)
+    if class_agnostic:
+        predicted = predicted[..., 0]  # [P, h, w]
+    else:
+        predicted = tf.gather(predicted, positive_classes, axis=3, batch_dims=1)  # [P, h, w]
     if from_logits:
         loss = tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=predicted)
     else:
         probability = tf.clip_by_value(predicted, _BCE_EPSILON, 1.0 - _BCE_EPSILON)
         loss = -(target * tf.math.log(probability) + (1.0 - target) * tf.math.log(1.0 - probability))
+    return _safe_mean(tf.reduce_sum(loss), tf.size(loss))
+
+
+def mrcnn_mask_softmax_loss(target_masks: tf.Tensor, target_class_ids: tf.Tensor, pred_masks: tf.Tensor
+                            ) -> tf.Tensor:
+    """The paper's "softmax" ablation (Table 2b): a multinomial per-pixel loss over the K mask channels.
+
+    As in FCN semantic segmentation, each pixel of a positive RoI of ground-truth class k is a
+    K-way classification over the mask channels (channel 0 = background): the target is class k
+    where the mask target is 1 and background where it is 0. With a target value t in [0, 1] the
+    pixel's loss is the cross-entropy against (t at k, 1 - t at 0):
+    ``-(t log p_k + (1 - t) log p_0)``; the classes compete for every pixel, which is what the
+    paper shows costs 5.5 AP. Negative RoIs have no mask loss.
+
+    Args:
+        target_masks: [B, T, h, w] float in [0, 1] (DetectionTargetLayer gives {0, 1}).
+        target_class_ids: [B, T] int, > 0 for positive RoIs.
+        pred_masks: [B, T, h, w, K] probabilities of a softmax over the K channels (the mask head
+            with activation "softmax"); K >= 2.
+
+    Returns:
+        Scalar float32: mean cross-entropy over the pixels of the positive RoIs (0 if none).
+    """
+    if pred_masks.shape[-1] is not None and pred_masks.shape[-1] < 2:
+        raise ValueError("the softmax mask loss needs K >= 2 channels (background + classes), got pred_masks "
+                         f"shape {pred_masks.shape}")
+    positive_classes, target, predicted = _positive_mask_rows(target_masks, target_class_ids, pred_masks)
+    # Clip as the sigmoid loss does: log() of a saturated softmax stays finite.
+    predicted = tf.clip_by_value(predicted, _BCE_EPSILON, 1.0)
+    own_class = tf.gather(predicted, positive_classes, axis=3, batch_dims=1)  # [P, h, w]
+    background = predicted[..., 0]
+    loss = -(target * tf.math.log(own_class) + (1.0 - target) * tf.math.log(background))
     return _safe_mean(tf.reduce_sum(loss), tf.size(loss))
 
 

@@ -22,8 +22,10 @@ class RPNHead(keras.layers.Layer):
         anchors_per_location: anchors per feature-map position A (len(RPN_ANCHOR_RATIOS)).
         anchor_stride: RPN_ANCHOR_STRIDE; 1 puts anchors at every position, 2 at every other
             (the shared conv then strides by 2, as in matterport).
-        depth: channels of the pyramid maps (TOP_DOWN_PYRAMID_SIZE); used to build the layer
-            before the first call and checked against the inputs.
+        depth: channels of the pyramid maps (TOP_DOWN_PYRAMID_SIZE; C4's 1024 in the C4 model);
+            used to build the layer before the first call and checked against the inputs.
+        conv_channels: channels of the shared 3x3 conv: 512 (matterport's FPN RPN); the C4 model
+            uses its input's 1024, as Detectron's C4 RPN.
 
     Call:
         feature_map: [B, H, W, depth], one pyramid level.
@@ -34,7 +36,7 @@ class RPNHead(keras.layers.Layer):
     """
 
     def __init__(self, anchors_per_location: int, anchor_stride: int = 1, depth: int = 256,
-                 **kwargs: Any) -> None:
+                 conv_channels: int = 512, **kwargs: Any) -> None:
         kwargs.setdefault("name", "rpn_model")
         super().__init__(**kwargs)
         if int(anchors_per_location) < 1:
@@ -44,8 +46,9 @@ class RPNHead(keras.layers.Layer):
         self.anchors_per_location = int(anchors_per_location)
         self.anchor_stride = int(anchor_stride)
         self.depth = int(depth)
+        self.conv_channels = int(conv_channels)
         a = self.anchors_per_location
-        self.conv_shared = keras.layers.Conv2D(512, 3, padding="same", strides=self.anchor_stride,
+        self.conv_shared = keras.layers.Conv2D(self.conv_channels, 3, padding="same", strides=self.anchor_stride,
                                                activation="relu", name="rpn_conv_shared")
         self.class_raw = keras.layers.Conv2D(2 * a, 1, padding="valid", dtype="float32", name="rpn_class_raw")
         self.bbox_pred = keras.layers.Conv2D(4 * a, 1, padding="valid", dtype="float32", name="rpn_bbox_pred")
@@ -76,5 +79,5 @@ class RPNHead(keras.layers.Layer):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(anchors_per_location=self.anchors_per_location, anchor_stride=self.anchor_stride,
-                      depth=self.depth)
+                      depth=self.depth, conv_channels=self.conv_channels)
         return config

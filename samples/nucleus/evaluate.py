@@ -50,8 +50,8 @@ def ground_truth_coco(gt_masks: Sequence[np.ndarray]) -> COCO:
 
 
 def evaluate_nuclei(detect: Callable[[list[np.ndarray]], list[dict[str, np.ndarray]]], dataset: Any,
-                    image_ids: Sequence[int] | None = None, max_dets: int = 1000, verbose: int = 1
-                    ) -> dict[str, Any]:
+                    image_ids: Sequence[int] | None = None, max_dets: int = 1000, verbose: int = 1,
+                    dsb_min_score: float = 0.5) -> dict[str, Any]:
     """Scores a detector on images of a NucleusDataset at native scale.
 
     Args:
@@ -61,6 +61,9 @@ def evaluate_nuclei(detect: Callable[[list[np.ndarray]], list[dict[str, np.ndarr
         image_ids: which images (default all).
         max_dets: COCOeval maxDets (DSB2018 has up to 375 nuclei per image).
         verbose: 1 shows a progress bar.
+        dsb_min_score: the DSB2018 score takes the detections scoring at least this (it counts
+            every false positive, so a ranked list down to score 0, which COCO AP wants, would
+            sink it); COCO AP takes them all.
 
     Returns:
         ``{"mask_AP", "mask_AP50", "mask_AP75", "dsb_score", "seconds_per_image", "num_images",
@@ -83,7 +86,8 @@ def evaluate_nuclei(detect: Callable[[list[np.ndarray]], list[dict[str, np.ndarr
         if masks.shape[:2] != gt.shape[:2]:
             raise ValueError(f"image {image_id}: predicted masks {masks.shape} do not match the image {gt.shape[:2]}")
         gts.append(gt)
-        preds.append(masks)
+        keep = np.asarray(result["scores"], np.float64) >= dsb_min_score
+        preds.append(masks[..., keep])
         for k in range(masks.shape[-1]):
             results.append({"image_id": index, "category_id": 1, "score": float(result["scores"][k]),
                             "segmentation": _rle(masks[..., k])})
@@ -94,5 +98,6 @@ def evaluate_nuclei(detect: Callable[[list[np.ndarray]], list[dict[str, np.ndarr
         "mask_AP": stats["AP"], "mask_AP50": stats["AP50"], "mask_AP75": stats["AP75"],
         "dsb_score": dsb["dsb_score"], "seconds_per_image": seconds / len(image_ids),
         "num_images": len(image_ids), "num_detections": len(results), "max_dets": int(max_dets),
+        "dsb_min_score": float(dsb_min_score),
         "per_image_dsb": dsb["per_image"],
     }

@@ -216,14 +216,16 @@ class _TimeBudget(keras.callbacks.Callback):
 
 def train_unet(model: keras.Model, dataset: Any, steps: int, crop: int = 256, batch_size: int = 4,
                learning_rate: float = 1e-3, augmentation: Any = None, budget_seconds: float | None = None,
-               seed: int = 0, verbose: int = 1) -> keras.callbacks.History:
+               seed: int = 0, verbose: int = 1, callbacks: Sequence[keras.callbacks.Callback] = ()
+               ) -> keras.callbacks.History:
     """Trains `model` with Adam and the weighted pixel-wise cross-entropy for `steps` steps (or
-    until `budget_seconds` of wall time), in epochs of at most 50 steps."""
+    until `budget_seconds` of wall time, or until a callback stops it, e.g. the CLI's CPU-time
+    budget), in epochs of at most 50 steps."""
     per_epoch = min(50, steps)
     generator = UNetGenerator(dataset, crop, batch_size, per_epoch, augmentation, seed)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    callbacks = [_TimeBudget(budget_seconds)] if budget_seconds else []
+    callbacks = ([_TimeBudget(budget_seconds)] if budget_seconds else []) + list(callbacks)
     return model.fit(generator, epochs=max(1, math.ceil(steps / per_epoch)), callbacks=callbacks, verbose=verbose)
 
 

@@ -118,3 +118,67 @@ def test_non_finite_boxes_pool_without_error():
     assert out.shape == (1, 3, 3, 3, 2)
     np.testing.assert_allclose(out[0, 0], 2.0, atol=1e-5)
     np.testing.assert_allclose(out[0, 2], 5.0, atol=1e-5)
+
+
+def test_flat_layout_with_box_image_ids_matches_batched():
+    """boxes [1, N, 4] + box_image_ids pool exactly what the [B, N, 4] layout pools for the same boxes."""
+    rng = np.random.default_rng(4)
+    features = [rng.normal(size=(2, SIZE // 2**lv, SIZE // 2**lv, 3)).astype(np.float32) for lv in range(2, 6)]
+    y1x1 = rng.uniform(0.0, 0.6, size=(2, 5, 2))
+    boxes = np.concatenate([y1x1, y1x1 + rng.uniform(0.02, 0.4, size=(2, 5, 2))], axis=-1).astype(np.float32)
+    layer = PyramidROIAlign(4, level_mode="paper")
+    batched = layer([boxes, _meta(2)] + features).numpy()  # [2, 5, 4, 4, 3]
+    # A flat list in a mixed order: image 1's box 3, image 0's box 0, image 1's box 0, image 0's box 4.
+    picks = [(1, 3), (0, 0), (1, 0), (0, 4)]
+    flat_boxes = np.stack([boxes[b, i] for b, i in picks])[None]
+    image_ids = np.array([b for b, _ in picks], np.int32)
+    flat = layer([flat_boxes, _meta(2)] + features, box_image_ids=image_ids).numpy()
+    assert flat.shape == (1, 4, 4, 4, 3)
+    np.testing.assert_allclose(flat[0], np.stack([batched[b, i] for b, i in picks]), rtol=1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# SingleLevelROIAlign (the C4 model's pooler)
+def test_single_level_matches_direct_roi_align_at_stride_16():
+    from mrcnn.layers import SingleLevelROIAlign
+
+    rng = np.random.default_rng(4)
+    c4 = rng.normal(size=(2, SIZE // 16, SIZE // 16, 3)).astype(np.float32)
+    boxes = np.array([[_square(100, 40), _square(300, 200), _square(256, 500)],
+                      [_square(60, 20), _square(400, 90), [0.0, 0.0, 0.0, 0.0]]], np.float32)  # last: padding
+    layer = SingleLevelROIAlign(14, stride=16)
+    pooled = layer([tf.constant(boxes), tf.constant(c4)]).numpy()
+    assert pooled.shape == (2, 3, 14, 14, 3)
+    # Row b is pooled from image b, in input pixels at spatial scale 1/16.
+    flat = boxes.reshape(-1, 4) * SIZE
+    expected = roi_align(tf.constant(c4), tf.constant(flat), tf.constant([0, 0, 0, 1, 1, 1], tf.int32),
+                         (14, 14), 1.0 / 16).numpy()
+    np.testing.assert_allclose(pooled.reshape(6, 14, 14, 3), expected, rtol=1e-5, atol=1e-6)
+    # Flat layout: any boxes of any images, with their image ids.
+    ids = tf.constant([1, 0, 1], tf.int32)
+    flat_pooled = layer([tf.constant(boxes[[1, 0, 1], [0, 2, 1]][None]), tf.constant(c4)], box_image_ids=ids)
+    np.testing.assert_allclose(flat_pooled.numpy()[0], expected[[3, 2, 4]], rtol=1e-5, atol=1e-6)
+
+
+def test_single_level_gradient_config_and_errors():
+    from mrcnn.layers import SingleLevelROIAlign
+
+    c4 = tf.random.stateless_normal([1, 8, 8, 2], seed=(1, 2))
+    boxes = tf.constant([[[0.1, 0.1, 0.6, 0.7]]])
+    layer = SingleLevelROIAlign((4, 6), stride=16, sampling_ratio=0, name="roi_align_classifier")
+    with tf.GradientTape() as tape:
+        tape.watch([c4, boxes])
+        out = layer([boxes, c4])
+        loss = tf.reduce_sum(out)
+    assert tuple(out.shape) == (1, 1, 4, 6, 2)
+    # Every output value is a convex combination of feature values: d(sum)/d(features) sums to 4*6*2.
+    grad_features, grad_boxes = tape.gradient(loss, [c4, boxes])
+    assert grad_boxes is None and float(tf.reduce_sum(grad_features)) == pytest.approx(48.0, rel=1e-5)
+    clone = SingleLevelROIAlign.from_config(layer.get_config())
+    assert (clone.pool_size, clone.stride, clone.sampling_ratio, clone.name) == ((4, 6), 16, 0, "roi_align_classifier")
+    with pytest.raises(ValueError, match="pooling_mode"):
+        SingleLevelROIAlign(7, pooling_mode="bilinear")
+    with pytest.raises(ValueError, match="stride"):
+        SingleLevelROIAlign(7, stride=0)
+    with pytest.raises(ValueError, match=r"\[boxes, feature_map\]"):
+        layer([boxes, c4, c4])

@@ -7,7 +7,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mrcnn.modeling.backbone import FPN, BatchNorm, ResNet
+from mrcnn.config import BACKBONES
+from mrcnn.modeling.backbone import (
+    ARCHITECTURES,
+    FPN,
+    Architecture,
+    BatchNorm,
+    BottleneckBlock,
+    ResNet,
+    backbone_layer_names,
+    get_architecture,
+)
 from mrcnn.weights import iter_layers
 
 # matterport's spec, written out independently of the implementation.
@@ -153,3 +163,122 @@ def test_configs_round_trip() -> None:
     assert fpn.pyramid_size == 128 and fpn.name == "fpn"
     bn = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(BatchNorm(True, name="bn_x")))
     assert isinstance(bn, BatchNorm) and bn.train_bn is True and bn.name == "bn_x"
+
+
+# ----------------------------------------------------------------------------------------------
+# ResNeXt (Xie et al.): C groups of d channels in the 3x3 convs at stage 2, doubling per stage.
+RESNEXT = {"resnext101_32x4d": (32, 4), "resnext101_64x4d": (64, 4)}
+# A test-only ResNeXt: one block per stage, 8 groups of 4 channels (the real 101 layers take ~5x longer).
+TINY_RESNEXT = Architecture((1, 1, 1, 1), cardinality=8, width=8 * 4, stride_in_1x1=False)
+
+
+def expected_resnext_shapes(cardinality: int, group_width: int) -> dict[str, tuple[int, ...]]:
+    """matterport layer name -> kernel shape for ResNeXt-101 C x d (ResNet-101's layout)."""
+    shapes: dict[str, tuple[int, ...]] = {"conv1": (7, 7, 3, 64)}
+    channels = 64
+    for stage, count in BLOCKS["resnet101"].items():
+        width = cardinality * group_width * 2 ** (stage - 2)
+        out = 256 * 2 ** (stage - 2)
+        for index in range(count):
+            tag = f"{stage}{'abcdefghijklmnopqrstuvw'[index]}"
+            shapes[f"res{tag}_branch2a"] = (1, 1, channels, width)
+            shapes[f"res{tag}_branch2b"] = (3, 3, width // cardinality, width)  # grouped
+            shapes[f"res{tag}_branch2c"] = (1, 1, width, out)
+            if index == 0:
+                shapes[f"res{tag}_branch1"] = (1, 1, channels, out)
+            channels = out
+    return shapes
+
+
+@pytest.mark.parametrize("architecture", sorted(RESNEXT))
+def test_resnext_layers_groups_and_names(architecture: str) -> None:
+    cardinality, group_width = RESNEXT[architecture]
+    model = ResNet(architecture)  # layers exist before building: cheap
+    convs = {sub.name: sub for sub in iter_layers(model) if isinstance(sub, keras.layers.Conv2D)}
+    expected = expected_resnext_shapes(cardinality, group_width)
+    assert sorted(convs) == sorted(expected) and len(convs) == 104
+    per_stage = {stage: sum(name.startswith(f"res{stage}") for name in convs) for stage in (2, 3, 4, 5)}
+    assert per_stage == {2: 3 * 3 + 1, 3: 4 * 3 + 1, 4: 23 * 3 + 1, 5: 3 * 3 + 1}
+    for name, conv in convs.items():
+        assert conv.groups == (cardinality if name.endswith("_branch2b") else 1), name
+        assert conv.filters == expected[name][-1], name
+    # Same weight-bearing names as ResNet-101: trainability regexes and name-based loading apply.
+    bn_and_convs = [sub.name for sub in iter_layers(model) if isinstance(sub, (keras.layers.Conv2D, BatchNorm))]
+    assert sorted(bn_and_convs) == sorted(backbone_layer_names("resnet101"))
+    assert backbone_layer_names(architecture) == backbone_layer_names("resnet101")
+
+
+def test_resnext101_32x4d_kernel_shapes_and_strides() -> None:
+    model = ResNet("resnext101_32x4d")
+    model.build((None, 64, 64, 3))  # creates the weights without running the 101 layers
+    expected = expected_resnext_shapes(32, 4)
+    convs = {sub.name: sub for sub in iter_layers(model) if isinstance(sub, keras.layers.Conv2D)}
+    assert {name: tuple(conv.kernel.shape) for name, conv in convs.items()} == expected
+    # ResNeXt puts the stride on the (grouped) 3x3, padded 1 on every side, not on the first 1x1.
+    for stage, stride in ((2, 1), (3, 2), (4, 2), (5, 2)):
+        assert tuple(convs[f"res{stage}a_branch2a"].strides) == (1, 1)
+        assert tuple(convs[f"res{stage}a_branch2b"].strides) == (stride, stride)
+        assert tuple(convs[f"res{stage}a_branch1"].strides) == (stride, stride)
+        assert convs[f"res{stage}a_branch2b"].padding == ("valid" if stride == 2 else "same")
+    # The published ResNeXt-101 32x4d has 44.18M parameters: its convs have no bias (ours do, as
+    # matterport's ResNet) and it ends with a 1000-class fc (not a backbone's).
+    trainable = sum(w.shape.num_elements() for w in model.trainable_weights)
+    conv_biases = sum(conv.filters for conv in convs.values())
+    assert trainable - conv_biases + 2048 * 1000 + 1000 == 44_177_704
+
+
+def test_architecture_specs() -> None:
+    assert tuple(ARCHITECTURES) == BACKBONES  # Config.BACKBONE accepts exactly these names
+    for name, (cardinality, group_width) in RESNEXT.items():
+        spec = get_architecture(name)
+        assert spec.blocks == (3, 4, 23, 3) and spec.cardinality == cardinality and not spec.stride_in_1x1
+        assert [spec.filters(s) for s in (2, 3, 4, 5)] == [
+            (cardinality * group_width * 2 ** k, cardinality * group_width * 2 ** k, 256 * 2 ** k) for k in range(4)]
+    assert [get_architecture("resnet50").filters(s) for s in (2, 3, 4, 5)] == [FILTERS[s] for s in (2, 3, 4, 5)]
+    with pytest.raises(ValueError, match="multiple of cardinality"):
+        Architecture((1, 1, 1, 1), cardinality=3, width=32)
+    with pytest.raises(ValueError, match="4 positive counts"):
+        Architecture((1, 1, 1))
+    with pytest.raises(ValueError, match="groups"):
+        BottleneckBlock(2, "a", (30, 30, 256), groups=4)
+
+
+@pytest.mark.parametrize("impl", ["native", "split"])
+def test_tiny_resnext_strides_and_gradient(impl: str) -> None:
+    model = ResNet(TINY_RESNEXT, grouped_conv=impl, name="resnet")
+    images = tf.random.stateless_normal([2, 64, 64, 3], seed=(7, 8)) * 30.0
+    with tf.GradientTape() as tape:
+        c_maps = model(images)
+        loss = tf.add_n([tf.reduce_mean(c) for c in c_maps])
+    assert [tuple(c.shape) for c in c_maps] == [(2, 16, 16, 256), (2, 8, 8, 512), (2, 4, 4, 1024), (2, 2, 2, 2048)]
+    grads = tape.gradient(loss, model.trainable_weights)
+    named = {w.path: g for w, g in zip(model.trainable_weights, grads, strict=True)}
+    grouped = [path for path in named if "branch2b/kernel" in path]
+    convs_3x3 = [sub for sub in iter_layers(model) if isinstance(sub, keras.layers.Conv2D)
+                 and sub.name.endswith("_branch2b")]
+    assert len(grouped) == len(convs_3x3) == 4 and all(conv.groups == 8 for conv in convs_3x3)
+    for path, grad in named.items():  # every weight gets a gradient, the grouped kernels a nonzero one
+        assert grad is not None, path
+        if path in grouped:
+            assert float(tf.reduce_max(tf.abs(grad))) > 0, path
+
+
+def test_tiny_resnext_native_equals_split() -> None:
+    images = tf.random.stateless_normal([1, 64, 64, 3], seed=(9, 9)) * 30.0
+    native = ResNet(TINY_RESNEXT, grouped_conv="native")
+    split = ResNet(TINY_RESNEXT, grouped_conv="split")
+    native(images)
+    split(images)
+    split.set_weights(native.get_weights())
+    for a, b in zip(native(images), split(images), strict=True):
+        scale = float(tf.reduce_max(tf.abs(b)))
+        np.testing.assert_allclose(a.numpy() / scale, b.numpy() / scale, atol=1e-5)
+
+
+def test_custom_architecture_round_trips() -> None:
+    model = ResNet(TINY_RESNEXT, grouped_conv="split", name="backbone")
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+    assert clone.architecture == TINY_RESNEXT and clone.grouped_conv == "split"
+    block = BottleneckBlock(3, "a", (64, 64, 512), strides=2, conv_shortcut=True, groups=8, stride_in_1x1=False)
+    config = BottleneckBlock.from_config(block.get_config()).get_config()
+    assert (config["groups"], config["stride_in_1x1"], config["strides"]) == (8, False, 2)

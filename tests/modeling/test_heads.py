@@ -166,3 +166,48 @@ def test_mask_head_group_norm_is_per_roi() -> None:
 def test_head_norm_must_be_known() -> None:
     with pytest.raises(ValueError, match="head norm must be one of"):
         MaskHead(num_classes=3, norm="layer")
+
+
+# ------------------------------------------------------------------------------------------------
+# Mask-branch ablations: MLP head, class-agnostic masks, softmax over the mask channels
+def test_mlp_mask_head_output_shape_names_and_independent_rois() -> None:
+    from mrcnn.modeling.heads import MLPMaskHead
+
+    head = MLPMaskHead(num_classes=3, mask_size=28, fc_size=32)
+    pooled = tf.random.stateless_normal([2, 4, 14, 14, 8], seed=(9, 9))
+    masks = head(pooled)
+    assert tuple(masks.shape) == (2, 4, 28, 28, 3) and masks.dtype == tf.float32
+    assert float(tf.reduce_min(masks)) >= 0.0 and float(tf.reduce_max(masks)) <= 1.0
+    shapes = {n: tuple(layer.weights[0].shape) for n, layer in find_weight_layers(head).items()}
+    assert shapes == {"mrcnn_mask_fc1": (14 * 14 * 8, 32), "mrcnn_mask_fc2": (32, 32),
+                      "mrcnn_mask": (32, 28 * 28 * 3)}
+    # Each RoI is its own MLP input: one RoI alone gives the same masks.
+    np.testing.assert_allclose(head(pooled[1:, 2:3]).numpy()[0, 0], masks.numpy()[1, 2], rtol=1e-5, atol=1e-6)
+    # Channel c of pixel (y, x) is output unit (y * 28 + x) * K + c of the last fc (row-major reshape).
+    fc = head.fc2(head.fc1(tf.reshape(pooled[:1, :1], [1, -1])))
+    logits = head.mask(fc).numpy().reshape(-1)
+    np.testing.assert_allclose(masks.numpy()[0, 0, 5, 7, 2], 1 / (1 + np.exp(-logits[(5 * 28 + 7) * 3 + 2])), rtol=1e-5)
+    dynamic = MLPMaskHead(3, fc_size=16)(keras.Input((None, 14, 14, 8)))
+    assert tuple(dynamic.shape) == (None, None, 28, 28, 3)
+
+
+@pytest.mark.parametrize("head_type", ["fcn", "mlp"])
+def test_softmax_and_class_agnostic_mask_heads(head_type: str) -> None:
+    from mrcnn.modeling.heads import make_mask_head
+
+    pooled = tf.random.stateless_normal([1, 3, 14, 14, 8], seed=(4, 4))
+    softmax = make_mask_head(head_type, 4, activation="softmax")
+    probs = softmax(pooled).numpy()
+    assert probs.shape == (1, 3, 28, 28, 4)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)  # a distribution over the K channels
+    agnostic = make_mask_head(head_type, 1)
+    assert tuple(agnostic(pooled).shape) == (1, 3, 28, 28, 1)
+    kernel = find_weight_layers(agnostic)["mrcnn_mask"].kernel.shape
+    assert tuple(kernel) == ((1, 1, 256, 1) if head_type == "fcn" else (1024, 28 * 28))
+    for head in (softmax, agnostic):
+        clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(head))
+        assert clone.get_config() == head.get_config()
+    with pytest.raises(ValueError, match="mask activation"):
+        make_mask_head(head_type, 4, activation="tanh")
+    with pytest.raises(ValueError, match="mask head type"):
+        make_mask_head("deeplab", 4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from mrcnn.modeling import losses
@@ -278,3 +279,65 @@ def test_keypoint_loss_is_zero_without_counted_keypoints():
     loss = losses.mrcnn_keypoint_loss(np.zeros((1, 2, 3), np.int32), np.zeros((1, 2, 3), np.float32),
                                       np.ones((1, 2, 4, 4, 3), np.float32))
     assert float(loss) == 0.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Mask-branch ablations (paper Table 2b: softmax vs sigmoid; class-agnostic masks)
+def _softmax_ce_reference(target_ids: np.ndarray, masks: np.ndarray, logits: np.ndarray) -> float:
+    """Slow reference: loop over RoIs and pixels; K-way softmax per pixel, target class k on the
+    mask and background (0) off it, weighted by the (possibly soft) target t."""
+    terms = []
+    for b in range(target_ids.shape[0]):
+        for r in range(target_ids.shape[1]):
+            k = int(target_ids[b, r])
+            if k <= 0:
+                continue
+            for y in range(masks.shape[2]):
+                for x in range(masks.shape[3]):
+                    z = logits[b, r, y, x].astype(np.float64)
+                    log_p = z - np.log(np.exp(z).sum())
+                    t = float(masks[b, r, y, x])
+                    terms.append(-(t * log_p[k] + (1.0 - t) * log_p[0]))
+    return float(np.mean(terms)) if terms else 0.0
+
+
+def test_mrcnn_mask_softmax_loss_matches_a_slow_reference() -> None:
+    target_ids = np.array([[2, 0, 1], [0, 1, 0]], np.int32)
+    masks = np.zeros((2, 3, 3, 3), np.float32)
+    masks[0, 0, 1:, 1:] = 1.0  # a 2x2 square in a 3x3 mask
+    masks[0, 2, 0, :] = 1.0  # top row
+    masks[1, 1, :, 0] = 1.0  # left column
+    masks[1, 1, 2, 2] = 0.5  # a soft target value
+    logits = RNG.normal(size=(2, 3, 3, 3, 3)).astype(np.float32) * 2
+    probs = tf.nn.softmax(logits, axis=-1).numpy()
+    value = losses.mrcnn_mask_softmax_loss(masks, target_ids, probs)
+    np.testing.assert_allclose(value.numpy(), _softmax_ce_reference(target_ids, masks, logits), rtol=1e-5)
+    # Unlike the sigmoid loss, the other classes' channels count (they share the softmax).
+    other = logits.copy()
+    other[0, 0, :, :, 1] += 3.0  # class 1 channel of a class-2 RoI
+    changed = losses.mrcnn_mask_softmax_loss(masks, target_ids, tf.nn.softmax(other, axis=-1).numpy())
+    np.testing.assert_allclose(changed.numpy(), _softmax_ce_reference(target_ids, masks, other), rtol=1e-5)
+    assert changed.numpy() > value.numpy()
+
+
+def test_mrcnn_mask_softmax_loss_no_positive_is_zero_and_saturation_is_finite() -> None:
+    target_ids, masks, _ = _mask_case()
+    probs = tf.nn.softmax(RNG.normal(size=(2, 3, 4, 4, 3)).astype(np.float32), axis=-1).numpy()
+    value = assert_finite_with_finite_gradient(losses.mrcnn_mask_softmax_loss, masks, np.zeros((2, 3), np.int32), probs)
+    assert value.numpy() == 0.0
+    saturated = np.zeros((2, 3, 4, 4, 3), np.float32)
+    saturated[..., 1] = 1.0  # all mass on class 1: log(0) for background and class 2 pixels
+    assert_finite_with_finite_gradient(losses.mrcnn_mask_softmax_loss, masks, target_ids, saturated)
+    with pytest.raises(ValueError, match="K >= 2"):
+        losses.mrcnn_mask_softmax_loss(masks, target_ids, saturated[..., :1])
+
+
+def test_class_agnostic_mask_loss_reads_channel_zero_for_every_class() -> None:
+    target_ids, masks, pred = _mask_case()
+    shared = pred[..., :1]
+    value = losses.mrcnn_mask_loss(masks, target_ids, shared, class_agnostic=True)
+    # The same as class-specific masks whose every channel is that one channel.
+    repeated = np.repeat(shared, 3, axis=-1)
+    np.testing.assert_allclose(value.numpy(), losses.mrcnn_mask_loss(masks, target_ids, repeated).numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="1 mask channel"):
+        losses.mrcnn_mask_loss(masks, target_ids, pred, class_agnostic=True)

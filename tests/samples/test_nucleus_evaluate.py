@@ -1,0 +1,55 @@
+"""samples/nucleus/evaluate.py: one protocol (COCO mask AP, DSB2018 score, time) for any detector."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from samples.nucleus.dataset import NucleusDataset
+from samples.nucleus.evaluate import evaluate_nuclei
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "nucleus" / "kaggle"
+
+
+@pytest.fixture(scope="module")
+def fixture_images() -> NucleusDataset:
+    dataset = NucleusDataset()
+    dataset.load_kaggle(FIXTURE)
+    dataset.prepare()
+    return dataset
+
+
+def _oracle(dataset: NucleusDataset, extra_score: float):
+    """A detector that returns the ground truth (score 0.9) plus one made-up false positive."""
+    truth = {dataset.load_image(i).tobytes(): dataset.load_mask(i)[0] for i in dataset.image_ids}
+
+    def detect(images):
+        gt = truth[np.asarray(images[0]).tobytes()]
+        fake = np.zeros(gt.shape[:2] + (1,), bool)
+        fake[:6, :6, 0] = ~gt[:6, :6].any(axis=-1)  # a corner patch that is no nucleus
+        masks = np.concatenate([gt, fake], axis=-1)
+        scores = np.array([0.9] * gt.shape[-1] + [extra_score], np.float32)
+        return [{"rois": np.zeros((masks.shape[-1], 4), np.int32), "class_ids": np.ones(masks.shape[-1], np.int32),
+                 "scores": scores, "masks": masks}]
+
+    return detect
+
+
+def test_perfect_detections_score_one_and_low_scores_leave_the_dsb_score(fixture_images):
+    metrics = evaluate_nuclei(_oracle(fixture_images, extra_score=0.1), fixture_images, verbose=0)
+    # A false positive ranked below every true one costs COCO AP nothing...
+    assert metrics["mask_AP50"] == pytest.approx(1.0) and metrics["mask_AP"] == pytest.approx(1.0)
+    # ...and, below dsb_min_score (0.5), nothing in the DSB score either.
+    assert metrics["dsb_score"] == pytest.approx(1.0)
+    assert metrics["num_images"] == 2 and metrics["num_detections"] == 8 + 9 + 2
+
+
+def test_confident_false_positives_lower_the_dsb_score(fixture_images):
+    metrics = evaluate_nuclei(_oracle(fixture_images, extra_score=0.95), fixture_images, verbose=0)
+    # One false positive per image: precision TP / (TP + FP + FN) = 8/9 and 9/10 at every threshold.
+    assert metrics["dsb_score"] == pytest.approx((8 / 9 + 9 / 10) / 2)
+    everything = evaluate_nuclei(_oracle(fixture_images, extra_score=0.1), fixture_images, verbose=0,
+                                 dsb_min_score=0.0)
+    assert everything["dsb_score"] == pytest.approx(metrics["dsb_score"])
