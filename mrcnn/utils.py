@@ -18,7 +18,7 @@ Conventions (docs/interfaces.md):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -549,6 +549,31 @@ def _sample_box_bilinear(plane: np.ndarray, box: Sequence[int], output_shape: Se
     return resize_bilinear(plane[y1:y2, x1:x2], output_shape)
 
 
+def bilinear_blend(sample: Callable[[np.ndarray, np.ndarray], np.ndarray], y_lo: np.ndarray, y_hi: np.ndarray,
+                   x_lo: np.ndarray, x_hi: np.ndarray, y_frac: np.ndarray, x_frac: np.ndarray) -> np.ndarray:
+    """Bilinear interpolation of [P, mh, mw] samples from their four corner gathers, in place.
+
+    `sample(ys, xs)` returns float32 [P, mh, mw] values at rows `ys` and columns `xs` (y_lo/y_hi
+    and x_lo/x_hi: whatever index form `sample` takes); y_frac [P, mh] and x_frac [P, mw] are the
+    fractional offsets. The operation order is fixed (minimize_mask and the label-image path
+    must give bitwise the same mini masks).
+    """
+    top_left = sample(y_lo, x_lo)
+    left = sample(y_hi, x_lo)
+    left -= top_left
+    left *= y_frac[:, :, None]
+    left += top_left
+    top_right = sample(y_lo, x_hi)
+    right = sample(y_hi, x_hi)
+    right -= top_right
+    right *= y_frac[:, :, None]
+    right += top_right
+    right -= left
+    right *= x_frac[:, None, :]
+    right += left
+    return right
+
+
 def minimize_mask(bbox: np.ndarray, mask: np.ndarray, mini_shape: Sequence[int]) -> np.ndarray:
     """Crops each instance mask to its box and resizes it to `mini_shape` (saves memory).
 
@@ -654,19 +679,7 @@ def resize_and_minimize_mask(
     def sample(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         return np.take(flat, ys + xs).astype(np.float32)
 
-    top_left = sample(y_lo, x_lo)
-    left = sample(y_hi, x_lo)
-    left -= top_left
-    left *= y_frac[:, :, None]
-    left += top_left
-    top_right = sample(y_lo, x_hi)
-    right = sample(y_hi, x_hi)
-    right -= top_right
-    right *= y_frac[:, :, None]
-    right += top_right
-    right -= left
-    right *= x_frac[:, None, :]
-    right += left
+    right = bilinear_blend(sample, y_lo, y_hi, x_lo, x_hi, y_frac, x_frac)
     mini = np.zeros((mh, mw, count), dtype=bool)
     mini[:, :, index] = np.moveaxis(right >= 0.5, 0, -1)
     return bbox, mini

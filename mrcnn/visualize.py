@@ -71,6 +71,18 @@ def _axes(ax, figsize, save_path):
 
 # ----------------------------------------------------------------------------------------------
 # Colours and masks
+
+def _image_axes(ax: Any, figsize: tuple[float, float], save_path: str | None, image_shape: tuple[int, ...],
+                title: str) -> tuple[Any, Any, bool]:
+    """`_axes`, framed for an image of `image_shape` (10 px margin, y down) with no ticks and a title."""
+    fig, ax, owns = _axes(ax, figsize, save_path)
+    height, width = image_shape[:2]
+    ax.set_ylim(height + 10, -10)
+    ax.set_xlim(-10, width + 10)
+    ax.axis("off")
+    ax.set_title(title)
+    return fig, ax, owns
+
 def random_colors(N: int, bright: bool = True, seed: int | None = None) -> list[tuple[float, float, float]]:
     """N distinct RGB colours in [0, 1]: evenly spaced hues, shuffled.
 
@@ -224,13 +236,8 @@ def display_instances(
     if bad:
         raise ValueError(f"class ids {bad} have no name: class_names has {len(class_names)} entries")
 
-    fig, ax, owns = _axes(ax, figsize, save_path)
+    fig, ax, owns = _image_axes(ax, figsize, save_path, image.shape, title)
     colors = colors if colors is not None else random_colors(n, seed=0)
-    height, width = image.shape[:2]
-    ax.set_ylim(height + 10, -10)
-    ax.set_xlim(-10, width + 10)
-    ax.axis("off")
-    ax.set_title(title)
 
     from matplotlib.patches import Polygon
 
@@ -309,13 +316,8 @@ def display_keypoints(
     if keypoint_names is not None and len(keypoint_names) != k:
         raise ValueError(f"keypoint_names has {len(keypoint_names)} names for {k} keypoints")
 
-    fig, ax, owns = _axes(ax, figsize, save_path)
+    fig, ax, owns = _image_axes(ax, figsize, save_path, image.shape, title)
     colors = colors if colors is not None else random_colors(n, seed=0)
-    height, width = image.shape[:2]
-    ax.set_ylim(height + 10, -10)
-    ax.set_xlim(-10, width + 10)
-    ax.axis("off")
-    ax.set_title(title)
     # imshow puts pixel (r, c)'s centre at (c, r): continuous coordinates shift by -0.5.
     ax.imshow(np.clip(image, 0, 255).astype(np.uint8))
     for i in range(n):

@@ -252,19 +252,7 @@ def labels_to_targets(
     def sample(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         return (flat[ys[:, :, None] * row_stride + xs[:, None, :]] == values).astype(np.float32)
 
-    top_left = sample(y_lo, x_lo)
-    left = sample(y_hi, x_lo)
-    left -= top_left
-    left *= y_frac[:, :, None]
-    left += top_left
-    top_right = sample(y_lo, x_hi)
-    right = sample(y_hi, x_hi)
-    right -= top_right
-    right *= y_frac[:, :, None]
-    right += top_right
-    right -= left
-    right *= x_frac[:, None, :]
-    right += left
+    right = utils.bilinear_blend(sample, y_lo, y_hi, x_lo, x_hi, y_frac, x_frac)
     return present, bbox, np.ascontiguousarray(np.moveaxis(right >= 0.5, 0, -1))
 
 
