@@ -69,9 +69,6 @@ def _axes(ax, figsize, save_path):
     return fig, axes[0, 0], True
 
 
-# ----------------------------------------------------------------------------------------------
-# Colours and masks
-
 def _image_axes(ax: Any, figsize: tuple[float, float], save_path: str | None, image_shape: tuple[int, ...],
                 title: str) -> tuple[Any, Any, bool]:
     """`_axes`, framed for an image of `image_shape` (10 px margin, y down) with no ticks and a title."""
@@ -82,6 +79,10 @@ def _image_axes(ax: Any, figsize: tuple[float, float], save_path: str | None, im
     ax.axis("off")
     ax.set_title(title)
     return fig, ax, owns
+
+
+# ----------------------------------------------------------------------------------------------
+# Colours and masks
 
 def random_colors(N: int, bright: bool = True, seed: int | None = None) -> list[tuple[float, float, float]]:
     """N distinct RGB colours in [0, 1]: evenly spaced hues, shuffled.
