@@ -15,13 +15,13 @@ Variants (everything else is the shapes config below):
 
 The model: the shapes config (128 px, 4 images per step, Adam 1e-3 with a 10x drop at 75% of the
 steps, flips) with ``--backbone small`` (default), a plain 6-conv backbone that trains in
-seconds per step on 2 CPU cores, or ``--backbone resnet50`` (samples/shapes' DemoConfig backbone,
-~10x slower per step). FPN, RPN and heads are the real model (GroupNorm heads, good from scratch).
+about a second per step on 2 shared CPU cores, or ``--backbone resnet50`` (samples/shapes' DemoConfig backbone).
+FPN, RPN and heads are the real model (GroupNorm heads, good from scratch).
 Each variant runs in its own process.
 
-    python bench/ablation_shapes.py --steps 600                  # all variants
+    python bench/ablation_shapes.py --steps 300 --seeds 0 1      # all variants (the README table)
     python bench/ablation_shapes.py --steps 20 --eval-images 8   # smoke test
-    python bench/ablation_shapes.py --variants roi_align softmax --steps 600 --seeds 0 1
+    python bench/ablation_shapes.py --steps 300 --seeds 0 1 2 --resume   # add seed 2 to the JSON
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def _summary(rows: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--steps", type=int, default=600, help="training steps per variant (the budget)")
+    parser.add_argument("--steps", type=int, default=300, help="training steps per variant (the budget)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per variant and seed")
     parser.add_argument("--backbone", choices=("small", "resnet50"), default="small")
     parser.add_argument("--train-images", type=int, default=1000)
