@@ -33,7 +33,7 @@ test: $(VENV)/.ops-built
 	$(PY) -m pytest -q -n 2 --durations=15
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check mrcnn samples tests bench custom_ops
+	$(VENV)/bin/ruff check mrcnn samples tests bench custom_ops notebooks
 
 bench: $(VENV)/.ops-built
 	$(PY) bench/data_pipeline.py

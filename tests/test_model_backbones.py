@@ -17,33 +17,10 @@ from mrcnn.data.shapes import ShapesDataset
 from mrcnn.model import MaskRCNN, layer_regex
 from mrcnn.modeling.backbone import Architecture, ResNet
 from mrcnn.weights import find_weight_layers, iter_layers
+from tests.test_model import TinySettings
 
 
-class _Tiny:
-    """The tiny settings of tests/test_model.py's TinyConfig (a mixin over a Config class)."""
-
-    NUM_CLASSES = 4
-    IMAGES_PER_GPU = 2
-    IMAGE_MIN_DIM = 64
-    IMAGE_MAX_DIM = 64
-    RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
-    RPN_TRAIN_ANCHORS_PER_IMAGE = 32
-    PRE_NMS_LIMIT = 200
-    POST_NMS_ROIS_TRAINING = 48
-    POST_NMS_ROIS_INFERENCE = 32
-    TRAIN_ROIS_PER_IMAGE = 16
-    MAX_GT_INSTANCES = 4
-    DETECTION_MAX_INSTANCES = 8
-    DETECTION_MIN_CONFIDENCE = 0.0
-    MINI_MASK_SHAPE = (16, 16)
-    TOP_DOWN_PYRAMID_SIZE = 32
-    FPN_CLASSIF_FC_LAYERS_SIZE = 64
-    STEPS_PER_EPOCH = 2
-    VALIDATION_STEPS = 1
-    SEED = 3
-
-
-class TinyC4Config(_Tiny, C4Config):
+class TinyC4Config(TinySettings, C4Config):
     """ResNet-50-C4 with the paper's C4 heads (POOL_SIZE 14 -> res5 -> 7, masks 14x14), tiny otherwise."""
 
     NAME = "tiny_c4"
@@ -63,7 +40,7 @@ def _fpn_shapes(image_shape) -> np.ndarray:
     return np.array([[math.ceil(image_shape[0] / s), math.ceil(image_shape[1] / s)] for s in (4, 8, 16, 32, 64)])
 
 
-class TinyResNeXtConfig(_Tiny, Config):
+class TinyResNeXtConfig(TinySettings, Config):
     NAME = "tiny_resnext"
     BACKBONE = staticmethod(_tiny_resnext)
     COMPUTE_BACKBONE_SHAPE = staticmethod(_fpn_shapes)
@@ -124,7 +101,7 @@ def test_c4_graph_is_the_papers(c4_trained) -> None:
 
 
 def test_c4_heads_stage_trains_res5() -> None:
-    class TinyFPN(_Tiny, Config):
+    class TinyFPN(TinySettings, Config):
         BACKBONE = "resnet50"
 
     config = TinyC4Config()
@@ -239,7 +216,7 @@ def test_resnext_fpn_trains_and_detects() -> None:
 
 @pytest.mark.parametrize("name, groups", [("resnext101_32x4d", 32), ("resnext101_64x4d", 64)])
 def test_resnext101_by_name_builds_the_real_backbone(name: str, groups: int) -> None:
-    class RealResNeXt(_Tiny, Config):
+    class RealResNeXt(TinySettings, Config):
         BACKBONE = name
 
     model = MaskRCNN(mode="inference", config=RealResNeXt())  # layers only; weights are created lazily
