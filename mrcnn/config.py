@@ -60,6 +60,9 @@ class Config:
     * ``OPTIMIZER``: ``"sgd"`` (momentum LEARNING_MOMENTUM; the paper's and matterport's), ``"adam"``
       or ``"adamw"`` (Keras' own; weight decay stays the L2 term of the loss). All clip gradients
       at GRADIENT_CLIP_NORM.
+    * ``RPN_CONV_CHANNELS``: width of the RPN's shared 3x3 conv on the FPN levels: 512 (matterport's,
+      so its weights load; default) or e.g. TOP_DOWN_PYRAMID_SIZE (torchvision/Detectron). On P2 this
+      conv is the model's largest; small from-scratch configs narrow it. C4 ignores it (1024, Detectron).
     * ``BN_MOMENTUM``: momentum of the BatchNorm moving statistics when TRAIN_BN lets them learn
       (Keras/matterport 0.99). Short from-scratch runs want ~0.9: with 0.99 the statistics used
       at inference are still mostly their initial values after a few hundred steps.
@@ -114,6 +117,7 @@ class Config:
     BACKBONE_STRIDES: list[int] = [4, 8, 16, 32, 64]
     FPN_CLASSIF_FC_LAYERS_SIZE: int = 1024
     TOP_DOWN_PYRAMID_SIZE: int = 256
+    RPN_CONV_CHANNELS: int = 512
     BACKBONE_TYPE: str = "fpn"  # "fpn" or "c4" (see the class docstring and C4Config)
 
     NUM_CLASSES: int = 1
@@ -247,7 +251,7 @@ class Config:
         for name in ("GPU_COUNT", "IMAGES_PER_GPU", "STEPS_PER_EPOCH", "IMAGE_CHANNEL_COUNT",
                      "TRAIN_ROIS_PER_IMAGE", "MAX_GT_INSTANCES", "DETECTION_MAX_INSTANCES",
                      "RPN_TRAIN_ANCHORS_PER_IMAGE", "POST_NMS_ROIS_TRAINING", "POST_NMS_ROIS_INFERENCE",
-                     "PRE_NMS_LIMIT", "POOL_SIZE", "MASK_POOL_SIZE", "RPN_ANCHOR_STRIDE"):
+                     "PRE_NMS_LIMIT", "POOL_SIZE", "MASK_POOL_SIZE", "RPN_ANCHOR_STRIDE", "RPN_CONV_CHANNELS"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -19,7 +19,7 @@ import contextlib
 import datetime
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +112,7 @@ class MaskRCNN(keras.Model):
         self.log_dir: str | None = None
         self.checkpoint_path: str | None = None
         self._anchor_cache: dict[tuple[int, int], np.ndarray] = {}
-        self._infer_functions: dict[tuple[int, int], Any] = {}  # molded (H, W) -> traced inference
+        self._traced_functions: dict[tuple[str, int, int], Any] = {}  # (function, molded H, W) -> traced
         # Sublayers create their own sublayers in __init__ and read the global dtype policy there:
         # building under Config.MIXED_PRECISION makes every conv/dense compute in half precision
         # (variables stay float32). The graph layers (proposals, targets, RoIAlign boxes,
@@ -133,17 +133,17 @@ class MaskRCNN(keras.Model):
         else:
             self.backbone = ResNet(c.BACKBONE, train_bn=train_bn, stage5=not c4, name="resnet")
         self.fpn = None if c4 else FPN(c.TOP_DOWN_PYRAMID_SIZE, name="fpn")
-        # FPN: matterport's 512-channel RPN conv over 256-channel levels; C4: 1024 in and out (Detectron).
+        # FPN: RPN_CONV_CHANNELS (matterport's 512) over the levels; C4: 1024 in and out (Detectron).
         rpn_depth = ARCHITECTURES[c.BACKBONE].filters(4)[2] if c4 else c.TOP_DOWN_PYRAMID_SIZE
         self.rpn = RPNHead(utils.rpn_anchors_per_location(c), c.RPN_ANCHOR_STRIDE, depth=rpn_depth,
-                           conv_channels=rpn_depth if c4 else 512, name="rpn_model")
+                           conv_channels=rpn_depth if c4 else c.RPN_CONV_CHANNELS, name="rpn_model")
         self.proposal_training = ProposalLayer(c.POST_NMS_ROIS_TRAINING, c.RPN_NMS_THRESHOLD, c.PRE_NMS_LIMIT,
                                                c.RPN_BBOX_STD_DEV, name="ROI")
         self.proposal_inference = ProposalLayer(c.POST_NMS_ROIS_INFERENCE, c.RPN_NMS_THRESHOLD, c.PRE_NMS_LIMIT,
                                                 c.RPN_BBOX_STD_DEV, name="ROI_inference")
         self.detection_target = DetectionTargetLayer(
             c.TRAIN_ROIS_PER_IMAGE, c.ROI_POSITIVE_RATIO, c.BBOX_STD_DEV, tuple(c.MASK_SHAPE),
-            c.USE_MINI_MASK, add_gt_boxes=c.ADD_GT_TO_PROPOSALS, name="proposal_targets")
+            c.USE_MINI_MASK, add_gt_boxes=c.ADD_GT_TO_PROPOSALS, mask_targets=c.MASK_HEAD, name="proposal_targets")
         pooling = dict(pooling_mode=c.POOLING_MODE, sampling_ratio=c.ROI_ALIGN_SAMPLING_RATIO,
                        aligned=c.ROI_ALIGN_ALIGNED, level_mode=c.ROI_LEVEL_MODE)
         if c4:
@@ -250,8 +250,9 @@ class MaskRCNN(keras.Model):
             [proposals, tf.cast(inputs["input_gt_class_ids"], tf.int32), gt_boxes,
              tf.cast(inputs["input_gt_masks"], tf.float32)])
         # [:3]: the C4 box head also returns its res5 features.
-        class_logits, _, bbox = self.box_head(self.roi_align_classifier([rois] + pyramid, training=training),
-                                              training=training)[:3]
+        box_outputs = self.box_head(self.roi_align_classifier([rois] + pyramid, training=training),
+                                    training=training)
+        class_logits, _, bbox = box_outputs[:3]
         # The mask loss reads positive RoIs only, and DetectionTargetLayer puts them first (at most
         # int(T * ROI_POSITIVE_RATIO) per image): the mask (and keypoint) branches look at those
         # slots alone, as in Detectron.
@@ -266,8 +267,15 @@ class MaskRCNN(keras.Model):
             # useful work at the paper's 512 RoIs/image, and would enter the head's BatchNorm).
             positive_rois, mask_class_ids, mask_targets, image_ids = _positive_roi_list(
                 mask_rois, target_class_ids[:, :positive_slots], target_masks[:, :positive_slots])
-            outputs["mrcnn_mask"] = self._mask_branch(positive_rois, pyramid, training,  # [1, n, h, w, K]
-                                                      box_image_ids=image_ids)
+            if self.fpn is None:
+                # C4: the mask head reads the box head's res5 output of the same RoIs (Detectron's
+                # shared res5), gathered in _positive_roi_list's order: res5 runs once per step.
+                res5 = tf.gather_nd(box_outputs[3][:, :positive_slots],
+                                    _positive_index(target_class_ids[:, :positive_slots]))[None]
+                outputs["mrcnn_mask"] = self.mask_head(res5, training=training)  # [1, n, h, w, K]
+            else:
+                outputs["mrcnn_mask"] = self._mask_branch(positive_rois, pyramid, training,  # [1, n, h, w, K]
+                                                          box_image_ids=image_ids)
             outputs["target_masks"] = mask_targets  # [1, n, h, w]
             outputs["mask_class_ids"] = mask_class_ids  # [1, n]
         if self.keypoint_head is not None:
@@ -293,9 +301,8 @@ class MaskRCNN(keras.Model):
         """Mask head on `boxes` [B, N, 4] normalized (or the flat [1, N, 4] with box_image_ids).
 
         FPN: RoIAlign at MASK_POOL_SIZE from the pyramid, then the FCN head. C4: RoIAlign at
-        POOL_SIZE from C4 and the box head's res5 (shared weights) before the deconv head; in
-        training this runs res5 a second time on the positive RoIs, where Detectron reuses the box
-        branch's res5 output (the same numbers with frozen BatchNorm, a little more compute).
+        POOL_SIZE from C4 and the box head's res5 (shared weights) before the deconv head (used at
+        inference on the detections; training reuses the box branch's res5 output instead).
 
         Returns:
             [B, N, h, w, K] mask probabilities (h, w = MASK_SHAPE), float32.
@@ -704,14 +711,20 @@ class MaskRCNN(keras.Model):
             windows.append(window)
         return np.stack(molded).astype(np.float32), np.stack(metas).astype(np.float32), np.array(windows, np.int32)
 
+    def _per_canvas(self, function: Callable, images: tf.Tensor, metas: tf.Tensor) -> Any:
+        """Runs `function(images, metas)` traced once per molded (H, W) (and batch-size relaxed).
+
+        The anchors need a static image size, and one tf.function with reduce_retracing relaxes
+        H and W to None at the second size it sees (detect(scale=...), test-time augmentation,
+        "pad64" images of several sizes, BatchNorm recalibration on those).
+        """
+        key = (function.__name__, int(images.shape[1]), int(images.shape[2]))
+        if key not in self._traced_functions:
+            self._traced_functions[key] = tf.function(function, reduce_retracing=True)
+        return self._traced_functions[key](images, metas)
+
     def _infer(self, images: tf.Tensor, metas: tf.Tensor) -> dict[str, tf.Tensor]:
-        # One traced function per molded (H, W): the anchors need a static image size, and one
-        # tf.function with reduce_retracing relaxes H and W to None at the second size it sees
-        # (detect(scale=...), test-time augmentation, "pad64" images of several sizes).
-        key = (int(images.shape[1]), int(images.shape[2]))
-        if key not in self._infer_functions:
-            self._infer_functions[key] = tf.function(self._infer_outputs, reduce_retracing=True)
-        return self._infer_functions[key](images, metas)
+        return self._per_canvas(self._infer_outputs, images, metas)
 
     def _infer_outputs(self, images: tf.Tensor, metas: tf.Tensor) -> dict[str, tf.Tensor]:
         outputs = self({"input_image": images, "input_image_meta": metas}, training=False)
@@ -856,10 +869,9 @@ class MaskRCNN(keras.Model):
         molded, metas, _ = self.mold_inputs(list(images))
         starts = [k for _ in range(passes) for k in range(0, len(molded), batch)]
         for k in _progress(starts, verbose, "recalibrate BN"):
-            self._calibrate(tf.constant(molded[k:k + batch]), tf.constant(metas[k:k + batch]))
+            self._per_canvas(self._calibrate, tf.constant(molded[k:k + batch]), tf.constant(metas[k:k + batch]))
         return len(starts)
 
-    @tf.function(reduce_retracing=True)
     def _calibrate(self, images: tf.Tensor, metas: tf.Tensor) -> tf.Tensor:
         outputs = self({"input_image": images, "input_image_meta": metas}, training=True)
         return outputs["detections"]
@@ -901,6 +913,17 @@ def make_optimizer(config: Config, learning_rate: float | None = None) -> keras.
     return keras.optimizers.SGD(learning_rate=lr, momentum=config.LEARNING_MOMENTUM, clipnorm=clip)
 
 
+def _positive_index(class_ids: tf.Tensor) -> tf.Tensor:
+    """[B, P] int class ids (> 0 positive) -> [n, 2] int64 (image, slot) of the positives, row-major.
+
+    With no positive in the whole batch, n = 1: slot (0, 0), so a head never runs on an empty
+    batch (BatchNorm's mean of nothing is NaN); its class id 0 makes the losses ignore it.
+    """
+    positive = class_ids > 0
+    first_slot = tf.scatter_nd(tf.constant([[0, 0]], tf.int32), [True], tf.shape(positive))
+    return tf.where(positive | (first_slot & tf.logical_not(tf.reduce_any(positive))))
+
+
 def _positive_roi_list(rois: tf.Tensor, class_ids: tf.Tensor, masks: tf.Tensor
                        ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
     """The positive RoIs of a batch as one flat list (DetectionTargetLayer's leading slots).
@@ -910,13 +933,9 @@ def _positive_roi_list(rois: tf.Tensor, class_ids: tf.Tensor, masks: tf.Tensor
 
     Returns:
         rois [1, n, 4], class_ids [1, n], masks [1, n, h, w] and image_ids [n] int32 (each RoI's
-        image). With no positive in the whole batch, n = 1: slot (0, 0) with its class id 0, so the
-        mask loss ignores it and the head never runs on an empty batch (BatchNorm's mean of nothing is NaN).
+        image), in `_positive_index` order (n = 1, class id 0, without any positive).
     """
-    positive = class_ids > 0
-    first_slot = tf.scatter_nd(tf.constant([[0, 0]], tf.int32), [True], tf.shape(positive))
-    keep = positive | (first_slot & tf.logical_not(tf.reduce_any(positive)))
-    index = tf.where(keep)  # [n, 2] (image, slot), row-major
+    index = _positive_index(class_ids)
     return (tf.gather_nd(rois, index)[None], tf.gather_nd(class_ids, index)[None],
             tf.gather_nd(masks, index)[None], tf.cast(index[:, 0], tf.int32))
 

@@ -36,6 +36,7 @@ def test_matterport_defaults():
     assert Config.RPN_ANCHOR_SCALES == (32, 64, 128, 256, 512)
     assert Config.DETECTION_MIN_CONFIDENCE == 0.7
     assert Config.MASK_SHAPE == [28, 28]
+    assert Config.RPN_CONV_CHANNELS == 512  # rpn_conv_shared (3, 3, 256, 512) in mask_rcnn_coco.h5
     assert Config.MEAN_PIXEL.tolist() == [123.7, 116.8, 103.9]
 
 
@@ -58,6 +59,7 @@ def test_instances_do_not_share_mutable_defaults():
         ({"MASK_SHAPE": [14, 14]}, "MASK_SHAPE"),
         ({"POOLING_MODE": "avg"}, "POOLING_MODE"),
         ({"IMAGES_PER_GPU": 0}, "IMAGES_PER_GPU"),
+        ({"RPN_CONV_CHANNELS": 0}, "RPN_CONV_CHANNELS"),
         ({"LOSS_WEIGHTS": {"mask": 1.0}}, "LOSS_WEIGHTS"),
         ({"MEAN_PIXEL": np.array([1.0, 2.0])}, "MEAN_PIXEL"),
         ({"HEAD_NORM": "batch"}, "HEAD_NORM"),

@@ -141,6 +141,14 @@ def test_heads_stage_freezes_the_backbone(config):
     assert {"rpn_conv_shared", "fpn_c5p5", "mrcnn_mask", "mrcnn_class_logits"} <= set(names)
 
 
+def test_rpn_conv_channels_sets_the_rpn_width(config):
+    model = MaskRCNN(mode="inference", config=type(config)().update(RPN_CONV_CHANNELS=48))
+    model.ensure_built()
+    assert tuple(model.rpn.conv_shared.kernel.shape) == (3, 3, config.TOP_DOWN_PYRAMID_SIZE, 48)
+    anchors_per_location = len(config.RPN_ANCHOR_RATIOS)
+    assert tuple(model.rpn.class_raw.kernel.shape) == (1, 1, 48, 2 * anchors_per_location)
+
+
 def _check_detections(results, images, config):
     assert len(results) == len(images)
     for result, image in zip(results, images):
@@ -321,6 +329,21 @@ def test_recalibrate_batchnorm_updates_statistics_not_weights():
     assert all(not np.allclose(a, layer.moving_mean.numpy()) for a, layer in zip(stats_before, norms))
     for before, variable in zip(weights_before, model.trainable_variables):
         np.testing.assert_array_equal(before, variable.numpy())
+
+
+def test_recalibrate_batchnorm_takes_images_of_several_canvas_sizes():
+    # "pad64": each call's images share a canvas, calls differ (64 and 128 px, then 64 again).
+    # The anchors need a static canvas size, so each size must get its own traced graph.
+    config = TinyConfig().update(TRAIN_BN=True, IMAGE_RESIZE_MODE="pad64", IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=128)
+    model = MaskRCNN(mode="inference", config=config)
+    model.ensure_built()
+    norm = next(layer for layer in model.all_layers() if isinstance(layer, keras.layers.BatchNormalization))
+    for size in (64, 128, 64):
+        before = norm.moving_mean.numpy().copy()
+        images = [np.random.default_rng(size + i).integers(0, 255, (size, size, 3), dtype=np.uint8) for i in range(3)]
+        assert model.recalibrate_batchnorm(images, batch_size=2) == 2
+        assert not np.allclose(before, norm.moving_mean.numpy()), size
+        assert np.isfinite(norm.moving_mean.numpy()).all()
 
 
 def test_positive_roi_list_gathers_positives_and_never_returns_empty():

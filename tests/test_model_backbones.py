@@ -147,6 +147,23 @@ def test_c4_training_and_inference_outputs(c4_trained) -> None:
         model.run_graph([np.zeros((64, 64, 3), np.uint8)], ["P2", "C5", "C4"])
 
 
+def test_c4_training_masks_reuse_the_box_heads_res5(c4_trained) -> None:
+    """Training feeds the box head's res5 output of the positive RoIs to the mask head; that must
+    equal the inference path (RoIAlign of those RoIs, res5 again, mask head) with frozen BN."""
+    from mrcnn.model import _positive_roi_list
+
+    model, batch, _, _, _ = c4_trained
+    inputs = {k: tf.constant(v) for k, v in batch.items()}
+    out = model(inputs, training=False)
+    slots = model.max_positive_rois
+    rois, class_ids, _, image_ids = _positive_roi_list(out["rois"][:, :slots], out["target_class_ids"][:, :slots],
+                                                       out["rois"][:, :slots, :, None])  # any [B, P, h, w]
+    np.testing.assert_array_equal(class_ids.numpy(), out["mask_class_ids"].numpy())
+    c4 = model._features(inputs["input_image"], False)["C4"]
+    expected = model._mask_branch(rois, [c4], False, box_image_ids=image_ids)
+    np.testing.assert_allclose(out["mrcnn_mask"].numpy(), expected.numpy(), atol=1e-4)
+
+
 def test_c4_detect(c4_trained) -> None:
     model = c4_trained[0]
     images = [_shapes(1, seed=9).load_image(0), np.zeros((50, 90, 3), np.uint8)]

@@ -105,6 +105,8 @@ class DetectionTargetLayer(keras.layers.Layer):
         add_gt_boxes: append each image's GT boxes to its proposals before sampling
             (Detectron/torchvision; ADD_GT_TO_PROPOSALS), so every GT yields at least one
             positive even while the RPN is still untrained. matterport did not.
+        mask_targets: crop the mask targets (False for a model without a mask branch,
+            MASK_HEAD = False: ``target_masks`` is then all zeros and no crop is computed).
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class DetectionTargetLayer(keras.layers.Layer):
         mask_shape: Sequence[int] = (28, 28),
         use_mini_mask: bool = True,
         add_gt_boxes: bool = False,
+        mask_targets: bool = True,
         **kwargs: Any,
     ) -> None:
         # Box coordinates must not be cast to float16 under a mixed-precision policy (0.5 px
@@ -136,6 +139,7 @@ class DetectionTargetLayer(keras.layers.Layer):
         self.mask_shape = [int(v) for v in mask_shape]
         self.use_mini_mask = bool(use_mini_mask)
         self.add_gt_boxes = bool(add_gt_boxes)
+        self.mask_targets = bool(mask_targets)
 
     # ------------------------------------------------------------------------------------------
     def call(self, inputs: Sequence[tf.Tensor]) -> list[tf.Tensor]:
@@ -215,7 +219,10 @@ class DetectionTargetLayer(keras.layers.Layer):
         roi_gt_class_ids = tf.gather(gt_class_ids, assignment)
 
         deltas = box_refinement(positive_rois, roi_gt_boxes) / tf.constant(self.bbox_std_dev, tf.float32)
-        masks = self._mask_targets(positive_rois, roi_gt_boxes, gt_masks, assignment)
+        if self.mask_targets:
+            masks = self._mask_targets(positive_rois, roi_gt_boxes, gt_masks, assignment)
+        else:
+            masks = tf.zeros([positive_count, *self.mask_shape], tf.float32)
 
         # Pad: negatives get zero class/deltas/masks, then zero rows up to T.
         rois = tf.concat([positive_rois, negative_rois], axis=0)
@@ -279,5 +286,6 @@ class DetectionTargetLayer(keras.layers.Layer):
             mask_shape=list(self.mask_shape),
             use_mini_mask=self.use_mini_mask,
             add_gt_boxes=self.add_gt_boxes,
+            mask_targets=self.mask_targets,
         )
         return config

@@ -107,6 +107,8 @@ def train(args: argparse.Namespace) -> Path:
         from mrcnn.model import MaskRCNN
 
         config = NucleusConfig().update(IMAGE_MIN_DIM=args.crop, SEED=args.seed)
+        if args.learning_rate:
+            config = config.update(LEARNING_RATE=args.learning_rate)
         model = MaskRCNN(mode="training", config=config, model_dir=str(logs))
         model.train(train_set, None, learning_rate=config.LEARNING_RATE, epochs=args.max_epochs, layers="all",
                     augmentation=augmentation, custom_callbacks=[budget], verbose=args.verbose)
@@ -200,6 +202,8 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--batch", type=int, default=4, help="U-Net crops per step (Mask R-CNN: the config's)")
             p.add_argument("--no-elastic", action="store_true", help="leave out the elastic deformation")
             p.add_argument("--seed", type=int, default=0)
+            p.add_argument("--learning-rate", type=float, default=0,
+                           help="Mask R-CNN's Adam learning rate (0: NucleusConfig.LEARNING_RATE)")
         else:
             p.add_argument("--weights", required=True, help="weights written by train")
             p.add_argument("--tile", type=int, default=0, help="tiled inference with this tile size (0: whole image)")

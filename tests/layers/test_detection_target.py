@@ -229,3 +229,21 @@ def test_add_gt_boxes_gives_a_positive_without_matching_proposals():
     np.testing.assert_allclose(deltas[row], 0.0, atol=1e-6)
     np.testing.assert_array_equal(target_masks[row], np.ones((16, 16), np.float32))
     assert with_gt.get_config()["add_gt_boxes"] is True
+
+
+def test_without_mask_targets_the_sampling_is_the_same_and_masks_are_zero():
+    # MASK_HEAD = False: no crop is computed, the RoIs/classes/deltas are those of the full layer.
+    proposals = _pad(PROPOSALS, 6)
+    gt_boxes = _pad(_norm(GT_PX)[None], 3)
+    masks = _full_mask([GT_PX, [0, 0, 0, 0], [0, 0, 0, 0]])
+    outputs = {}
+    for with_masks in (True, False):
+        tf.random.set_seed(3)
+        layer = DetectionTargetLayer(8, 0.5, STD, (16, 16), use_mini_mask=False, mask_targets=with_masks)
+        outputs[with_masks] = _run(layer, proposals, [3, 0, 0], gt_boxes, masks)
+        assert DetectionTargetLayer.from_config(layer.get_config()).mask_targets is with_masks
+    for full, boxes_only in zip(outputs[True][:3], outputs[False][:3]):
+        np.testing.assert_array_equal(full, boxes_only)
+    assert outputs[True][3].any()
+    assert outputs[False][3].shape == (8, 16, 16)
+    np.testing.assert_array_equal(outputs[False][3], 0.0)
