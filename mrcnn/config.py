@@ -18,6 +18,7 @@ round-trips through JSON with `to_dict()` / `from_dict()` so it can be saved bes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -26,9 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from mrcnn.modeling.architecture import ARCHITECTURES, Architecture
+
 RESIZE_MODES = ("none", "square", "pad64", "crop")
 POOLING_MODES = ("roi_align", "roi_align_max", "roi_pool", "roi_warp", "crop_and_resize")
-BACKBONES = ("resnet50", "resnet101", "resnext101_32x4d", "resnext101_64x4d")
+BACKBONES = tuple(ARCHITECTURES)  # resnet50, resnet101, resnext101_32x4d, resnext101_64x4d
 BACKBONE_TYPES = ("fpn", "c4")
 HEAD_NORMS = ("bn", "gn", "none")
 GROUP_NORM_GROUPS = 32  # Wu & He, "Group Normalization": 32 groups in detection heads.
@@ -74,7 +77,11 @@ class Config:
       dtype policy of the model's layers (variables stay float32; heads' outputs and losses are
       float32; float16 training uses loss scaling). bfloat16 needs no loss scaling and runs fast on
       CPUs with AVX512-BF16/AMX.
-    * ``BACKBONE`` (matterport's field) also takes ``"resnext101_32x4d"`` / ``"resnext101_64x4d"``:
+    * ``BACKBONE`` (matterport's field: a name, or a callable returning a Keras layer image ->
+      [C2..C5], with COMPUTE_BACKBONE_SHAPE) also takes an ``Architecture``
+      (`mrcnn.modeling.architecture`): a custom bottleneck ResNet, e.g. fewer blocks and narrower
+      stages for small from-scratch problems (the shapes demo's), built like the named ones; and
+      ``"resnext101_32x4d"`` / ``"resnext101_64x4d"``:
       ResNeXt-101 with 32 or 64 groups of 4 channels in its 3x3 convolutions (the paper's X-101;
       no ImageNet weights are bundled for it).
     * ``BACKBONE_TYPE``: ``"fpn"`` (default; the paper's best, matterport's only) or ``"c4"`` (the
@@ -112,7 +119,7 @@ class Config:
     STEPS_PER_EPOCH: int = 1000
     VALIDATION_STEPS: int = 50
 
-    BACKBONE: str | Callable = "resnet101"
+    BACKBONE: str | Architecture | Callable = "resnet101"
     COMPUTE_BACKBONE_SHAPE: Callable | None = None
     BACKBONE_STRIDES: list[int] = [4, 8, 16, 32, 64]
     FPN_CLASSIF_FC_LAYERS_SIZE: int = 1024
@@ -281,8 +288,9 @@ class Config:
             )
         if len(self.RPN_ANCHOR_RATIOS) < 1 or any(r <= 0 for r in self.RPN_ANCHOR_RATIOS):
             raise ValueError(f"RPN_ANCHOR_RATIOS must be positive numbers, got {self.RPN_ANCHOR_RATIOS!r}")
-        if isinstance(self.BACKBONE, str) and self.BACKBONE not in BACKBONES:
-            raise ValueError(f"BACKBONE must be one of {BACKBONES} or a callable, got {self.BACKBONE!r}")
+        if not (self.BACKBONE in BACKBONES or isinstance(self.BACKBONE, Architecture) or callable(self.BACKBONE)):
+            raise ValueError(f"BACKBONE must be one of {BACKBONES}, an Architecture or a callable, "
+                             f"got {self.BACKBONE!r}")
         if callable(self.BACKBONE) and self.COMPUTE_BACKBONE_SHAPE is None:
             raise ValueError("a callable BACKBONE needs COMPUTE_BACKBONE_SHAPE to give the feature map shapes")
         if not 0.0 < self.ROI_POSITIVE_RATIO <= 1.0:
@@ -410,7 +418,8 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict of all fields, derived ones included (numpy arrays become lists).
 
-        A callable BACKBONE is stored by its qualified name, for information only.
+        A callable BACKBONE is stored by its qualified name, for information only; an Architecture
+        as the dict of its fields (from_dict turns it back into one).
         """
         out: dict[str, Any] = {}
         for name in self.field_names() + list(DERIVED_FIELDS):
@@ -443,6 +452,8 @@ class Config:
                 value = tuple(value)
             elif (name in ("BACKBONE", "COMPUTE_BACKBONE_SHAPE")) and callable(default) and isinstance(value, str):
                 value = default  # a callable cannot come back from JSON; keep the class's own
+            elif name == "BACKBONE" and isinstance(value, dict):
+                value = Architecture(**value)
             setattr(config, name, value)
         config._compute_derived()
         config.validate()
@@ -523,6 +534,8 @@ def _copy_value(value: Any) -> Any:
 
 
 def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, Architecture):
+        return _to_jsonable(dataclasses.asdict(value))
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, (np.integer,)):

@@ -32,7 +32,7 @@ from mrcnn.config import Config
 from mrcnn.layers import DetectionLayer, DetectionTargetLayer, ProposalLayer, PyramidROIAlign, SingleLevelROIAlign
 from mrcnn.layers.keypoint_target import KeypointTargetLayer
 from mrcnn.modeling import losses as loss_fns
-from mrcnn.modeling.backbone import ARCHITECTURES, FPN, ResNet
+from mrcnn.modeling.backbone import FPN, ResNet, get_architecture
 from mrcnn.modeling.c4_heads import C4BoxHead, C4MaskHead
 from mrcnn.modeling.heads import BoxHead, make_mask_head
 from mrcnn.modeling.keypoint_head import KeypointHead, heatmaps_to_keypoints
@@ -134,7 +134,7 @@ class MaskRCNN(keras.Model):
             self.backbone = ResNet(c.BACKBONE, train_bn=train_bn, stage5=not c4, name="resnet")
         self.fpn = None if c4 else FPN(c.TOP_DOWN_PYRAMID_SIZE, name="fpn")
         # FPN: RPN_CONV_CHANNELS (matterport's 512) over the levels; C4: 1024 in and out (Detectron).
-        rpn_depth = ARCHITECTURES[c.BACKBONE].filters(4)[2] if c4 else c.TOP_DOWN_PYRAMID_SIZE
+        rpn_depth = get_architecture(c.BACKBONE).filters(4)[2] if c4 else c.TOP_DOWN_PYRAMID_SIZE
         self.rpn = RPNHead(utils.rpn_anchors_per_location(c), c.RPN_ANCHOR_STRIDE, depth=rpn_depth,
                            conv_channels=rpn_depth if c4 else c.RPN_CONV_CHANNELS, name="rpn_model")
         self.proposal_training = ProposalLayer(c.POST_NMS_ROIS_TRAINING, c.RPN_NMS_THRESHOLD, c.PRE_NMS_LIMIT,

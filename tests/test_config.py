@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mrcnn.config import C4Config, Config, c4_defaults
+from mrcnn.modeling.architecture import Architecture
 
 
 class TinyConfig(Config):
@@ -129,6 +130,23 @@ def test_json_round_trip(tmp_path):
     assert isinstance(loaded.RPN_ANCHOR_SCALES, tuple)
     # A base Config can reload a subclass's file too (all fields are stored).
     assert Config.from_dict(config.to_dict()).NUM_CLASSES == 4
+
+
+def test_architecture_backbone_validates_and_round_trips(tmp_path):
+    narrow = Architecture((2, 2, 2, 2), width=32, out_width=128)
+    config = TinyConfig().update(BACKBONE=narrow)
+    assert config.to_dict()["BACKBONE"] == {"blocks": [2, 2, 2, 2], "cardinality": 1, "width": 32,
+                                            "stride_in_1x1": True, "out_width": 128}
+    config.save(tmp_path / "config.json")
+    loaded = TinyConfig.load(tmp_path / "config.json")
+    assert loaded.BACKBONE == narrow and isinstance(loaded.BACKBONE, Architecture)
+
+    class Narrow(TinyConfig):
+        BACKBONE = narrow
+
+    assert Narrow.from_dict(Narrow().to_dict()).BACKBONE == narrow
+    with pytest.raises(ValueError, match="an Architecture or a callable"):
+        TinyConfig().update(BACKBONE={"blocks": [1, 1, 1, 1]})
 
 
 def test_from_dict_rejects_unknown_fields():

@@ -22,53 +22,19 @@ Its layers carry the same names (res2a_branch2b, ...), so name-based selection (
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import keras
 import tensorflow as tf
 
+from mrcnn.modeling.architecture import (  # noqa: F401  (re-exported: the backbone's public names)
+    ARCHITECTURES,
+    Architecture,
+    architecture_to_config,
+    get_architecture,
+)
 from mrcnn.ops.grouped_conv import GROUPED_CONV_IMPLS, grouped_conv2d
 
-
-@dataclasses.dataclass(frozen=True)
-class Architecture:
-    """Stage layout of a bottleneck ResNet / ResNeXt.
-
-    Attributes:
-        blocks: blocks per stage (stages 2, 3, 4, 5).
-        cardinality: groups of every 3x3 convolution (1: ResNet; ResNeXt's C).
-        width: channels of the 3x3 convolution at stage 2 (ResNet 64; ResNeXt C * d); doubles per stage.
-        stride_in_1x1: stride 2 of stages 3-5 on the first 1x1 convolution (Caffe ResNet, matterport)
-            rather than on the 3x3 (ResNeXt).
-    """
-
-    blocks: tuple[int, int, int, int]
-    cardinality: int = 1
-    width: int = 64
-    stride_in_1x1: bool = True
-
-    def __post_init__(self) -> None:
-        blocks = tuple(int(b) for b in self.blocks)
-        if len(blocks) != 4 or min(blocks) < 1:
-            raise ValueError(f"blocks must be 4 positive counts (stages 2-5), got {self.blocks!r}")
-        if int(self.cardinality) < 1 or int(self.width) % int(self.cardinality):
-            raise ValueError(f"width ({self.width!r}) must be a multiple of cardinality ({self.cardinality!r}) >= 1")
-        object.__setattr__(self, "blocks", blocks)  # a list (e.g. from JSON) becomes a tuple
-
-    def filters(self, stage: int) -> tuple[int, int, int]:
-        """(1x1 in, 3x3, 1x1 out) channels of a block of `stage` (2..5)."""
-        scale = 2 ** (stage - 2)
-        return self.width * scale, self.width * scale, 256 * scale
-
-
-ARCHITECTURES = {
-    "resnet50": Architecture((3, 4, 6, 3)),
-    "resnet101": Architecture((3, 4, 23, 3)),
-    # ResNeXt-101 C x d: C = 32 or 64 groups of d = 4 channels at stage 2 (widths 128 / 256 there).
-    "resnext101_32x4d": Architecture((3, 4, 23, 3), cardinality=32, width=32 * 4, stride_in_1x1=False),
-    "resnext101_64x4d": Architecture((3, 4, 23, 3), cardinality=64, width=64 * 4, stride_in_1x1=False),
-}
 # The ResNets with published ImageNet weights (mrcnn.weights maps their layer names); ResNeXt has none.
 STAGE_BLOCKS = {name: ARCHITECTURES[name].blocks for name in ("resnet50", "resnet101")}
 BN_EPSILON = 1e-3  # Keras' default, as in matterport and fchollet's original ResNet50
@@ -103,28 +69,6 @@ def backbone_layer_names(architecture: str | Architecture = "resnet50", stage5: 
             if index == 0:
                 names += [f"res{tag}_branch1", f"bn{tag}_branch1"]
     return names
-
-
-def get_architecture(architecture: str | Architecture | dict[str, Any]) -> Architecture:
-    """The `Architecture` named by `architecture` (a key of ARCHITECTURES), or given as one (or as
-    the dict of its fields, as `get_config` stores a custom one).
-
-    Raises:
-        ValueError: for an unknown name.
-    """
-    if isinstance(architecture, Architecture):
-        return architecture
-    if isinstance(architecture, dict):
-        return Architecture(**architecture)
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"architecture must be one of {sorted(ARCHITECTURES)} or an Architecture, "
-                         f"got {architecture!r}")
-    return ARCHITECTURES[architecture]
-
-
-def architecture_to_config(architecture: str | Architecture) -> str | dict[str, Any]:
-    """`architecture` for get_config: its name, or its fields for a custom Architecture."""
-    return architecture if isinstance(architecture, str) else dataclasses.asdict(architecture)
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")

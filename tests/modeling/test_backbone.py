@@ -15,6 +15,7 @@ from mrcnn.modeling.backbone import (
     BatchNorm,
     BottleneckBlock,
     ResNet,
+    architecture_to_config,
     backbone_layer_names,
     get_architecture,
 )
@@ -282,3 +283,15 @@ def test_custom_architecture_round_trips() -> None:
     block = BottleneckBlock(3, "a", (64, 64, 512), strides=2, conv_shortcut=True, groups=8, stride_in_1x1=False)
     config = BottleneckBlock.from_config(block.get_config()).get_config()
     assert (config["groups"], config["stride_in_1x1"], config["strides"]) == (8, False, 2)
+
+
+def test_narrow_architecture_out_width() -> None:
+    # out_width sets the block outputs (C2..C5 channels), width the 3x3s; both double per stage.
+    narrow = Architecture((2, 1, 1, 1), width=16, out_width=64)
+    assert [narrow.filters(s) for s in (2, 3, 4, 5)] == [(16, 16, 64), (32, 32, 128), (64, 64, 256), (128, 128, 512)]
+    model = ResNet(narrow, name="resnet")
+    c_maps = model(tf.zeros([1, 64, 64, 3]))
+    assert [tuple(c.shape) for c in c_maps] == [(1, 16, 16, 64), (1, 8, 8, 128), (1, 4, 4, 256), (1, 2, 2, 512)]
+    assert get_architecture(architecture_to_config(narrow)) == narrow
+    with pytest.raises(ValueError, match="out_width"):
+        Architecture((1, 1, 1, 1), out_width=0)
