@@ -13,13 +13,14 @@ Variants (everything else is the shapes config below):
 * ``crop_and_resize``: matterport's crop-and-resize approximation.
 * ``softmax``: RoIAlign with the multinomial (softmax) mask loss (Table 2b).
 
-The model: the shapes config (128 px, 4 images per step, Adam 1e-3 with a 10x drop at 75% of the
-steps, flips) with ``--backbone small`` (default), a plain 6-conv backbone that trains in
-about a second per step on 2 shared CPU cores, or ``--backbone resnet50`` (samples/shapes' DemoConfig backbone).
-FPN, RPN and heads are the real model (GroupNorm heads, good from scratch).
-Each variant runs in its own process.
+The model: the shapes config (128 px, 4 images per step, Adam at --lr (3e-4) with a 10x drop at
+75% of the steps, flips) with ``--backbone narrow`` (default: samples/shapes' DemoConfig, a narrow
+ResNet with 2 blocks per stage, 128-channel FPN and RPN, ~0.3 CPU-s per step), ``small`` (a plain
+6-conv backbone) or ``resnet50`` (ResNet-50-FPN at full width). FPN, RPN and heads are the real
+model (GroupNorm heads, good from scratch). BatchNorm-trained backbones are recalibrated on 200
+training images before evaluation (as the demo). Each variant runs in its own process.
 
-    python bench/ablation_shapes.py --steps 300 --seeds 0 1      # all variants (the README table)
+    python bench/ablation_shapes.py --steps 1000 --seeds 0 1 2 --variants roi_align roi_pool softmax
     python bench/ablation_shapes.py --steps 20 --eval-images 8   # smoke test
     python bench/ablation_shapes.py --steps 300 --seeds 0 1 2 --resume   # add seed 2 to the JSON
 """
@@ -78,16 +79,21 @@ def _small_backbone_shapes(image_shape):
     return np.array([[math.ceil(image_shape[0] / s), math.ceil(image_shape[1] / s)] for s in (4, 8, 16, 32, 64)])
 
 
-def make_config(variant: str, backbone: str, seed: int, inference: bool = False):
+def make_config(variant: str, backbone: str, seed: int, inference: bool = False, learning_rate: float = 3e-4):
     """The shapes config of one variant (samples/shapes' DemoConfig settings, GroupNorm heads)."""
     from mrcnn.data.shapes import ShapesConfig
 
     attrs = dict(NAME=f"ablation_{variant}", IMAGES_PER_GPU=4, IMAGE_MIN_DIM=128, IMAGE_MAX_DIM=128,
-                 TRAIN_ROIS_PER_IMAGE=16, OPTIMIZER="adam", LEARNING_RATE=1e-3, HEAD_NORM="gn",
+                 TRAIN_ROIS_PER_IMAGE=16, OPTIMIZER="adam", LEARNING_RATE=learning_rate, HEAD_NORM="gn",
                  TRAIN_BN=False, WEIGHT_DECAY=1e-4, SEED=seed, STEPS_PER_EPOCH=1, VALIDATION_STEPS=0,
                  **VARIANTS[variant])
     if backbone == "small":
         attrs.update(BACKBONE=_small_backbone_class(), COMPUTE_BACKBONE_SHAPE=staticmethod(_small_backbone_shapes))
+    elif backbone == "narrow":
+        from mrcnn.modeling.architecture import Architecture
+
+        attrs.update(BACKBONE=Architecture((2, 2, 2, 2), width=32, out_width=128), TOP_DOWN_PYRAMID_SIZE=128,
+                     RPN_CONV_CHANNELS=128, FPN_CLASSIF_FC_LAYERS_SIZE=256, TRAIN_BN=True, BN_MOMENTUM=0.9)
     else:
         attrs.update(BACKBONE="resnet50", TRAIN_BN=True, BN_MOMENTUM=0.9)
     if inference:
@@ -106,7 +112,7 @@ def _dataset(count: int, seed: int):
 
 
 def run_variant(variant: str, backbone: str, steps: int, seed: int, train_images: int, eval_images: int,
-                verbose: int) -> dict:
+                verbose: int, learning_rate: float = 3e-4) -> dict:
     """Trains and evaluates one variant (in a child process). Returns its row."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
@@ -116,7 +122,7 @@ def run_variant(variant: str, backbone: str, steps: int, seed: int, train_images
     from mrcnn.evaluation.evaluate import evaluate_dataset
     from mrcnn.model import MaskRCNN
 
-    config = make_config(variant, backbone, seed)
+    config = make_config(variant, backbone, seed, learning_rate=learning_rate)
     keras.utils.set_random_seed(seed)  # same initial weights for every variant of a seed
     model = MaskRCNN(mode="training", config=config, model_dir="unused")
     model.ensure_built()
@@ -136,9 +142,13 @@ def run_variant(variant: str, backbone: str, steps: int, seed: int, train_images
         raise RuntimeError(f"{variant}: trained {done} steps, expected {steps}")
     load.append(os.getloadavg()[0])
 
-    inference = MaskRCNN(mode="inference", config=make_config(variant, backbone, seed, inference=True))
+    inference = MaskRCNN(mode="inference", config=make_config(variant, backbone, seed, inference=True,
+                                                               learning_rate=learning_rate))
     inference.ensure_built()
     inference.set_weights(model.get_weights())
+    if config.TRAIN_BN:
+        calibration = _dataset(200, TRAIN_SEED)
+        inference.recalibrate_batchnorm([calibration.load_image(i) for i in calibration.image_ids], batch_size=4)
     tic = time.monotonic()
     metrics = evaluate_dataset(inference, _dataset(eval_images, TEST_SEED), verbose=verbose)
     load.append(os.getloadavg()[0])
@@ -168,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--steps", type=int, default=300, help="training steps per variant (the budget)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per variant and seed")
-    parser.add_argument("--backbone", choices=("small", "resnet50"), default="small")
+    parser.add_argument("--backbone", choices=("narrow", "small", "resnet50"), default="narrow")
+    parser.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (10x lower for the last quarter)")
     parser.add_argument("--train-images", type=int, default=1000)
     parser.add_argument("--eval-images", type=int, default=100)
     parser.add_argument("--out", default=str(RESULTS))
@@ -182,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.run_variant:
         row = run_variant(args.run_variant, args.backbone, args.steps, args.seeds[0], args.train_images,
-                          args.eval_images, args.verbose)
+                          args.eval_images, args.verbose, args.lr)
         print("ROW " + json.dumps(row))
         return 0
 
@@ -191,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     if args.resume and out.is_file():
         previous = json.loads(out.read_text())
-        setup = ("backbone", "steps", "train_images", "eval_images")
+        setup = ("backbone", "steps", "train_images", "eval_images", "lr")
         mine = {key: getattr(args, key) for key in setup}
         theirs = {key: previous.get(key) for key in setup}
         if mine != theirs:
@@ -201,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         for variant in args.variants:
             if any(r["variant"] == variant and r["seed"] == seed for r in rows):
                 continue
-            command = [sys.executable, __file__, "--run-variant", variant, "--backbone", args.backbone,
+            command = [sys.executable, __file__, "--run-variant", variant, "--backbone", args.backbone, "--lr", str(args.lr),
                        "--steps", str(args.steps), "--seeds", str(seed), "--train-images", str(args.train_images),
                        "--eval-images", str(args.eval_images), "--verbose", str(args.verbose)]
             print(f"[{time.strftime('%H:%M:%S')}] {variant} (seed {seed}, {args.steps} steps) ...", flush=True)
@@ -216,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    mask mAP@[.5:.95] {row['mask_mAP']:.4f}  mask mAP@0.5 {row['mask_mAP50']:.4f}  "
                   f"box mAP@0.5 {row['box_mAP50']:.4f}  ({row['train_seconds']:.0f} s training, "
                   f"load {row['load_1min']})", flush=True)
-            result = dict(benchmark="ablation_shapes", backbone=args.backbone, steps=args.steps,
+            result = dict(benchmark="ablation_shapes", backbone=args.backbone, lr=args.lr, steps=args.steps,
                           train_images=args.train_images, eval_images=args.eval_images,
                           seeds=sorted({r["seed"] for r in rows}),
                           machine=dict(platform=platform.platform(), processor=platform.processor(),
