@@ -49,6 +49,12 @@ def ground_truth_coco(gt_masks: Sequence[np.ndarray]) -> COCO:
     return coco
 
 
+def is_brightfield(image: np.ndarray) -> bool:
+    """True for a light-background image (stained tissue, brightfield), False for fluorescence
+    (dark background): the median pixel is the background."""
+    return float(np.median(np.asarray(image)[..., :3].mean(axis=-1))) > 100.0
+
+
 def evaluate_nuclei(detect: Callable[[list[np.ndarray]], list[dict[str, np.ndarray]]], dataset: Any,
                     image_ids: Sequence[int] | None = None, max_dets: int = 1000, verbose: int = 1,
                     dsb_min_score: float = 0.5) -> dict[str, Any]:
@@ -66,15 +72,18 @@ def evaluate_nuclei(detect: Callable[[list[np.ndarray]], list[dict[str, np.ndarr
             sink it); COCO AP takes them all.
 
     Returns:
-        ``{"mask_AP", "mask_AP50", "mask_AP75", "dsb_score", "seconds_per_image", "num_images",
-        "num_detections", "per_image_dsb"}`` (COCO numbers from pycocotools' segm evaluation).
+        ``{"mask_AP", "mask_AP50", "mask_AP75", "mask_AP_small", "mask_AP_medium", "mask_AP_large",
+        "mask_AR_max", "dsb_score", "seconds_per_image", "num_images", "num_detections",
+        "per_image_dsb", "by_kind"}``: COCO numbers from pycocotools' segm evaluation (small:
+        nuclei under 32 x 32 px of area); ``by_kind`` holds, for "fluorescence" and "brightfield"
+        images (`is_brightfield`), their count, mask AP / AP50 / AP75 and DSB score (-1 without images).
     """
     image_ids = [int(i) for i in (dataset.image_ids if image_ids is None else image_ids)]
     if not image_ids:
         raise ValueError("evaluate_nuclei needs at least one image")
     from tqdm.auto import tqdm
 
-    gts, preds, results = [], [], []
+    gts, preds, results, brightfield = [], [], [], []
     seconds = 0.0
     for index, image_id in enumerate(tqdm(image_ids, desc="evaluate", unit="image", disable=not verbose)):
         image = dataset.load_image(image_id)
@@ -86,18 +95,33 @@ def evaluate_nuclei(detect: Callable[[list[np.ndarray]], list[dict[str, np.ndarr
         if masks.shape[:2] != gt.shape[:2]:
             raise ValueError(f"image {image_id}: predicted masks {masks.shape} do not match the image {gt.shape[:2]}")
         gts.append(gt)
+        brightfield.append(is_brightfield(image))
         keep = np.asarray(result["scores"], np.float64) >= dsb_min_score
         preds.append(masks[..., keep])
         for k in range(masks.shape[-1]):
             results.append({"image_id": index, "category_id": 1, "score": float(result["scores"][k]),
                             "segmentation": _rle(masks[..., k])})
-    stats = coco_eval_stats(ground_truth_coco(gts), results, "segm", image_ids=list(range(len(image_ids))),
-                            max_dets=max_dets)
+    coco_gt = ground_truth_coco(gts)
+    stats = coco_eval_stats(coco_gt, results, "segm", image_ids=list(range(len(image_ids))), max_dets=max_dets)
     dsb = dsb_score_dataset(list(zip(gts, preds)))
+    by_kind = {}
+    for kind, flag in (("fluorescence", False), ("brightfield", True)):
+        members = [index for index, bright in enumerate(brightfield) if bright == flag]
+        entry: dict[str, Any] = {"num_images": len(members)}
+        if members:
+            kind_results = [r for r in results if brightfield[r["image_id"]] == flag]
+            kind_stats = coco_eval_stats(coco_gt, kind_results, "segm", image_ids=members, max_dets=max_dets)
+            entry.update(mask_AP=kind_stats["AP"], mask_AP50=kind_stats["AP50"], mask_AP75=kind_stats["AP75"],
+                         dsb_score=float(np.mean([dsb["per_image"][index] for index in members])))
+        else:
+            entry.update(mask_AP=-1.0, mask_AP50=-1.0, mask_AP75=-1.0, dsb_score=-1.0)
+        by_kind[kind] = entry
     return {
         "mask_AP": stats["AP"], "mask_AP50": stats["AP50"], "mask_AP75": stats["AP75"],
+        "mask_AP_small": stats["AP_small"], "mask_AP_medium": stats["AP_medium"], "mask_AP_large": stats["AP_large"],
+        "mask_AR_max": stats["AR_max"],
         "dsb_score": dsb["dsb_score"], "seconds_per_image": seconds / len(image_ids),
         "num_images": len(image_ids), "num_detections": len(results), "max_dets": int(max_dets),
         "dsb_min_score": float(dsb_min_score),
-        "per_image_dsb": dsb["per_image"],
+        "per_image_dsb": dsb["per_image"], "by_kind": by_kind,
     }

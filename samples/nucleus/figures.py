@@ -25,14 +25,9 @@ if __package__ in (None, ""):  # run as a script: make `samples.nucleus` importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mrcnn.evaluation.dsb import instance_iou  # noqa: E402
+from samples.nucleus.evaluate import is_brightfield  # noqa: E402
 
 GREEN, RED, YELLOW = (0.1, 0.9, 0.1), (1.0, 0.15, 0.15), (1.0, 0.9, 0.0)
-
-
-def is_brightfield(image: np.ndarray) -> bool:
-    """True for a light-background image (stained tissue, brightfield), False for fluorescence
-    (dark background): the median pixel is the background."""
-    return float(np.median(np.asarray(image)[..., :3].mean(axis=-1))) > 100.0
 
 
 def pick_images(dataset, max_side: int = 600) -> list[int]:

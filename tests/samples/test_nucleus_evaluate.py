@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from samples.nucleus.dataset import NucleusDataset
-from samples.nucleus.evaluate import evaluate_nuclei
+from samples.nucleus.evaluate import evaluate_nuclei, is_brightfield
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "nucleus" / "kaggle"
 
@@ -53,3 +53,32 @@ def test_confident_false_positives_lower_the_dsb_score(fixture_images):
     everything = evaluate_nuclei(_oracle(fixture_images, extra_score=0.1), fixture_images, verbose=0,
                                  dsb_min_score=0.0)
     assert everything["dsb_score"] == pytest.approx(metrics["dsb_score"])
+
+
+class _OneBrightfield(NucleusDataset):
+    """The fixture with its second image inverted: a light background, as brightfield images have."""
+
+    def load_image(self, image_id: int) -> np.ndarray:
+        image = super().load_image(image_id)
+        return 255 - image if image_id == 1 else image
+
+
+def test_fluorescence_and_brightfield_are_scored_apart():
+    dataset = _OneBrightfield()
+    dataset.load_kaggle(FIXTURE)
+    dataset.prepare()
+    oracle = _oracle(dataset, extra_score=0.1)
+
+    def fluorescence_only(images):  # the ground truth on dark images, nothing on light ones
+        result = oracle(images)[0]
+        if is_brightfield(images[0]):
+            result = {k: v[..., :0] if k == "masks" else v[:0] for k, v in result.items()}
+        return [result]
+
+    metrics = evaluate_nuclei(fluorescence_only, dataset, verbose=0)
+    fluorescence, brightfield = metrics["by_kind"]["fluorescence"], metrics["by_kind"]["brightfield"]
+    assert fluorescence["num_images"] == brightfield["num_images"] == 1
+    assert fluorescence["mask_AP50"] == pytest.approx(1.0) and fluorescence["dsb_score"] == pytest.approx(1.0)
+    assert brightfield["mask_AP50"] == pytest.approx(0.0) and brightfield["dsb_score"] == pytest.approx(0.0)
+    assert 0.0 < metrics["mask_AP50"] < 1.0 and metrics["dsb_score"] == pytest.approx(0.5)
+    assert {"mask_AP_small", "mask_AP_medium", "mask_AP_large", "mask_AR_max"} <= set(metrics)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from samples.nucleus.dataset import NucleusDataset
+from samples.nucleus.evaluate import is_brightfield
 from samples.nucleus.figures import (
     GREEN,
     RED,
     YELLOW,
-    is_brightfield,
     match,
     pick_images,
     prediction_panels,
