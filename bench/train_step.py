@@ -34,12 +34,14 @@ RESULTS = ROOT / "bench" / "results" / "train_step.json"
 PRECISIONS = {"fp32": None, "bf16": "mixed_bfloat16"}
 
 
-def make_config(size: int, replicas: int, precision: str, tiny: bool):
+def make_config(size: int, replicas: int, precision: str, tiny: bool, rpn_conv_channels: int = 512):
     from mrcnn.config import Config
 
     attrs = dict(NAME="bench", NUM_CLASSES=81, BACKBONE="resnet50", GPU_COUNT=replicas, IMAGES_PER_GPU=2 // replicas,
                  IMAGE_MIN_DIM=size, IMAGE_MAX_DIM=size, TRAIN_ROIS_PER_IMAGE=512, ROI_POSITIVE_RATIO=0.25,
                  STEPS_PER_EPOCH=1, VALIDATION_STEPS=0, SEED=0)
+    if rpn_conv_channels != 512:  # 512: matterport's width (the default); torchvision's is 256
+        attrs["RPN_CONV_CHANNELS"] = rpn_conv_channels
     if tiny:
         attrs.update(NUM_CLASSES=4, TRAIN_ROIS_PER_IMAGE=16, RPN_TRAIN_ANCHORS_PER_IMAGE=32, PRE_NMS_LIMIT=200,
                      POST_NMS_ROIS_TRAINING=64, TOP_DOWN_PYRAMID_SIZE=32, FPN_CLASSIF_FC_LAYERS_SIZE=64,
@@ -49,7 +51,8 @@ def make_config(size: int, replicas: int, precision: str, tiny: bool):
     return type("BenchConfig", (Config,), attrs)()
 
 
-def run_row(size: int, mode: str, precision: str, warmup: int, repeats: int, tiny: bool) -> dict:
+def run_row(size: int, mode: str, precision: str, warmup: int, repeats: int, tiny: bool,
+            rpn_conv_channels: int = 512) -> dict:
     """One measurement (called in a child process)."""
     import tensorflow as tf
 
@@ -68,7 +71,7 @@ def run_row(size: int, mode: str, precision: str, warmup: int, repeats: int, tin
 
     if PRECISIONS[precision] is not None and "MIXED_PRECISION" not in Config.field_names():
         return {"skipped": "Config has no MIXED_PRECISION field yet"}
-    config = make_config(size, replicas, precision, tiny)
+    config = make_config(size, replicas, precision, tiny, rpn_conv_channels)
     dataset = ShapesDataset()
     dataset.load_shapes(2, size, size, seed=0)
     for class_id in range(len(dataset.class_info), config.NUM_CLASSES):
@@ -110,13 +113,16 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps (the first one traces)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps")
     parser.add_argument("--tiny", action="store_true", help="smoke test: narrow heads, few RoIs (use small --sizes)")
+    parser.add_argument("--rpn-conv-channels", type=int, default=512,
+                        help="RPN_CONV_CHANNELS: 512 matterport's (default), 256 torchvision's")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per row")
     parser.add_argument("--child", nargs=3, metavar=("SIZE", "MODE", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         size, mode, precision = int(args.child[0]), args.child[1], args.child[2]
-        print("RESULT " + json.dumps(run_row(size, mode, precision, args.warmup, args.repeats, args.tiny)))
+        print("RESULT " + json.dumps(run_row(size, mode, precision, args.warmup, args.repeats, args.tiny,
+                                             args.rpn_conv_channels)))
         return 0
 
     rows = []
@@ -125,7 +131,8 @@ def main() -> int:
         for precision in args.precisions:
             for mode in args.modes:
                 cmd = [sys.executable, __file__, "--child", str(size), mode, precision, "--warmup", str(args.warmup),
-                       "--repeats", str(args.repeats)] + (["--tiny"] if args.tiny else [])
+                       "--repeats", str(args.repeats), "--rpn-conv-channels", str(args.rpn_conv_channels)
+                       ] + (["--tiny"] if args.tiny else [])
                 load_before = os.getloadavg()[0]
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
                 lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -133,7 +140,8 @@ def main() -> int:
                     result = {"error": (proc.stderr or proc.stdout)[-2000:]}
                 else:
                     result = json.loads(lines[-1][len("RESULT "):])
-                row = {"size": size, "mode": mode, "precision": precision, **result,
+                row = {"size": size, "mode": mode, "precision": precision,
+                       "rpn_conv_channels": args.rpn_conv_channels, **result,
                        "load_1min_before": round(load_before, 2)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)

@@ -18,6 +18,7 @@ trainable layers changed between stages.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -132,14 +133,20 @@ class AtomicCheckpoint(keras.callbacks.Callback):
     Args:
         checkpoint_path: a path template with ``{epoch:04d}``, ending in ``.weights.h5``.
         verbose: 1 prints each saved path.
+        keep: after each save, delete this template's checkpoints of epochs before the last
+            `keep` (0: keep all). A checkpoint holds the optimizer state too (~3x the weights with
+            Adam), so short epochs fill a disk fast. Nothing is deleted for an epoch not saved (NaN).
     """
 
-    def __init__(self, checkpoint_path: str, verbose: int = 0) -> None:
+    def __init__(self, checkpoint_path: str, verbose: int = 0, keep: int = 0) -> None:
         super().__init__()
         if not checkpoint_path.endswith(".weights.h5"):
             raise ValueError(f"checkpoint_path must end in '.weights.h5' (Keras 3), got {checkpoint_path!r}")
+        if int(keep) < 0:
+            raise ValueError(f"keep must be >= 0 (0: keep every checkpoint), got {keep!r}")
         self.checkpoint_path = checkpoint_path
         self.verbose = verbose
+        self.keep = int(keep)
         self.last_saved: str | None = None
         self.completed_epochs: int | None = None  # epochs completed at the last checkpoint
 
@@ -153,6 +160,10 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self.completed_epochs = epoch + 1
         if self.verbose:
             print(f"\nEpoch {epoch + 1}: saved {path}")
+        if self.keep:
+            for old_epoch in range(1, epoch + 2 - self.keep):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.checkpoint_path.format(epoch=old_epoch))
 
 
 class StopOnNaN(keras.callbacks.Callback):
@@ -175,10 +186,12 @@ class StopOnNaN(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def training_callbacks(model: keras.Model, log_dir: str, checkpoint_path: str) -> list[keras.callbacks.Callback]:
-    """The callbacks `MaskRCNN.train` always uses: NaN guard, atomic checkpoints, TensorBoard."""
+def training_callbacks(model: keras.Model, log_dir: str, checkpoint_path: str, keep_checkpoints: int = 0
+                       ) -> list[keras.callbacks.Callback]:
+    """The callbacks `MaskRCNN.train` always uses: NaN guard, atomic checkpoints (the last
+    `keep_checkpoints`, 0: all), TensorBoard."""
     return [
         StopOnNaN(),
-        AtomicCheckpoint(checkpoint_path, verbose=0),
+        AtomicCheckpoint(checkpoint_path, verbose=0, keep=keep_checkpoints),
         keras.callbacks.TensorBoard(log_dir=log_dir, histogram_freq=0, write_graph=False),
     ]

@@ -66,6 +66,9 @@ class Config:
     * ``RPN_CONV_CHANNELS``: width of the RPN's shared 3x3 conv on the FPN levels: 512 (matterport's,
       so its weights load; default) or e.g. TOP_DOWN_PYRAMID_SIZE (torchvision/Detectron). On P2 this
       conv is the model's largest; small from-scratch configs narrow it. C4 ignores it (1024, Detectron).
+    * ``KEEP_CHECKPOINTS``: how many of a run's latest per-epoch checkpoints `train` keeps (0: all,
+      matterport's behaviour). Each holds the weights and the optimizer state (~3x the weights with
+      Adam): 100 MB for the shapes demo's model, so its 25-step epochs keep 2.
     * ``BN_MOMENTUM``: momentum of the BatchNorm moving statistics when TRAIN_BN lets them learn
       (Keras/matterport 0.99). Short from-scratch runs want ~0.9: with 0.99 the statistics used
       at inference are still mostly their initial values after a few hundred steps.
@@ -176,6 +179,7 @@ class Config:
     USE_RPN_ROIS: bool = True
     TRAIN_BN: bool | None = False
     GRADIENT_CLIP_NORM: float = 5.0
+    KEEP_CHECKPOINTS: int = 0
 
     # Fields beyond matterport's (see class docstring).
     POOLING_MODE: str = "roi_align"
@@ -262,6 +266,8 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(self.KEEP_CHECKPOINTS, (int, np.integer)) or self.KEEP_CHECKPOINTS < 0:
+            raise ValueError(f"KEEP_CHECKPOINTS must be an int >= 0 (0: keep all), got {self.KEEP_CHECKPOINTS!r}")
         self._validate_backbone_type()
         if self.IMAGE_RESIZE_MODE not in RESIZE_MODES:
             raise ValueError(f"IMAGE_RESIZE_MODE must be one of {RESIZE_MODES}, got {self.IMAGE_RESIZE_MODE!r}")

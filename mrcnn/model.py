@@ -632,7 +632,8 @@ class MaskRCNN(keras.Model):
                     print(f"Optimizer state: {len(report['restored'])} variables restored "
                           f"(iteration {int(self.optimizer.iterations.numpy())}), {len(report['missing'])} new")
         self._resume_checkpoint = None
-        callbacks = training_callbacks(self, self.log_dir, self.checkpoint_path) + list(custom_callbacks or [])
+        callbacks = (training_callbacks(self, self.log_dir, self.checkpoint_path, self.config.KEEP_CHECKPOINTS)
+                     + list(custom_callbacks or []))
         checkpoint = next(cb for cb in callbacks if isinstance(cb, AtomicCheckpoint))
         if verbose:
             print(f"\nStarting at epoch {self.epoch}. LR={learning_rate}\nCheckpoint path: {self.checkpoint_path}")

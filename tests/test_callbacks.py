@@ -169,3 +169,17 @@ def test_interrupt_after_epoch_one_then_resume_continues(tmp_path):
     assert start.momenta and all(np.array_equal(start.momenta[k], saved[k]) for k in start.momenta)
     assert int(resumed.optimizer.iterations.numpy()) == 2
     assert (run_dir / "mask_rcnn_tinydist_0002.weights.h5").is_file()
+
+
+def test_checkpoint_keep_deletes_older_epochs_after_a_good_save(tmp_path):
+    template = str(tmp_path / "c_{epoch:04d}.weights.h5")
+    (tmp_path / "c_0001.weights.h5").write_bytes(b"from an earlier stage")  # also this template's
+    callback = AtomicCheckpoint(template, keep=2)
+    callback.set_model(_model())
+    for epoch in range(1, 4):  # epochs 2, 3, 4
+        callback.on_epoch_end(epoch, {"loss": 1.0})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c_0003.weights.h5", "c_0004.weights.h5"]
+    callback.on_epoch_end(4, {"loss": float("nan")})  # not saved: nothing is deleted
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c_0003.weights.h5", "c_0004.weights.h5"]
+    with pytest.raises(ValueError, match="keep"):
+        AtomicCheckpoint(template, keep=-1)

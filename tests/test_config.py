@@ -61,6 +61,7 @@ def test_instances_do_not_share_mutable_defaults():
         ({"POOLING_MODE": "avg"}, "POOLING_MODE"),
         ({"IMAGES_PER_GPU": 0}, "IMAGES_PER_GPU"),
         ({"RPN_CONV_CHANNELS": 0}, "RPN_CONV_CHANNELS"),
+        ({"KEEP_CHECKPOINTS": -1}, "KEEP_CHECKPOINTS"),
         ({"LOSS_WEIGHTS": {"mask": 1.0}}, "LOSS_WEIGHTS"),
         ({"MEAN_PIXEL": np.array([1.0, 2.0])}, "MEAN_PIXEL"),
         ({"HEAD_NORM": "batch"}, "HEAD_NORM"),

@@ -22,7 +22,7 @@ gets a fresh cache file. Never put it inside the (read-only)
 shared data folder.
 
 Train/val split (fixed, documented, independent of the number of images): an image id is in
-``"val"`` when ``int(sha1(id).hexdigest(), 16) % 5 == 0`` (about 20%: 108 of the 544 DSB2018
+``"val"`` when ``int(sha1(id).hexdigest(), 16) % 5 == 0`` (about 20%: 104 of the 544 DSB2018
 stage-1 images), otherwise in ``"train"``.
 """
 
