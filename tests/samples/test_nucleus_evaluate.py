@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from samples.nucleus.dataset import NucleusDataset
 from samples.nucleus.evaluate import evaluate_nuclei, is_brightfield
-
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "nucleus" / "kaggle"
-
-
-@pytest.fixture(scope="module")
-def fixture_images() -> NucleusDataset:
-    dataset = NucleusDataset()
-    dataset.load_kaggle(FIXTURE)
-    dataset.prepare()
-    return dataset
+from tests.samples.nucleus_fixture import load_fixture
 
 
 def _oracle(dataset: NucleusDataset, extra_score: float):
@@ -64,9 +53,7 @@ class _OneBrightfield(NucleusDataset):
 
 
 def test_fluorescence_and_brightfield_are_scored_apart():
-    dataset = _OneBrightfield()
-    dataset.load_kaggle(FIXTURE)
-    dataset.prepare()
+    dataset = load_fixture(_OneBrightfield)
     oracle = _oracle(dataset, extra_score=0.1)
 
     def fluorescence_only(images):  # the ground truth on dark images, nothing on light ones

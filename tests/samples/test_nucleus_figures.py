@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from samples.nucleus.dataset import NucleusDataset
 from samples.nucleus.evaluate import is_brightfield
 from samples.nucleus.figures import (
     GREEN,
@@ -18,8 +15,7 @@ from samples.nucleus.figures import (
     prediction_panels,
     save_figure,
 )
-
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "nucleus" / "kaggle"
+from tests.samples.nucleus_fixture import load_fixture
 
 
 def _squares() -> np.ndarray:
@@ -58,9 +54,7 @@ def test_panels_colour_found_false_and_missed_and_the_png_is_written(tmp_path):
 
 
 def test_pick_images_needs_both_kinds():
-    dataset = NucleusDataset()
-    dataset.load_kaggle(FIXTURE)
-    dataset.prepare()
+    dataset = load_fixture()
     kinds = [is_brightfield(dataset.load_image(i)) for i in dataset.image_ids]
     assert not any(kinds)  # both fixture crops are fluorescence
     assert not is_brightfield(np.zeros((8, 8, 3), np.uint8)) and is_brightfield(np.full((8, 8, 3), 220, np.uint8))

@@ -12,8 +12,6 @@ Measured while tuning (same seed, 2 busy shared cores): mask AP50 0.85 after 50 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import keras
 import numpy as np
 import pytest
@@ -21,10 +19,8 @@ import pytest
 from mrcnn.data.generator import DataGenerator
 from mrcnn.model import MaskRCNN
 from samples.nucleus.config import NucleusConfig
-from samples.nucleus.dataset import NucleusDataset
 from samples.nucleus.evaluate import evaluate_nuclei
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "nucleus" / "kaggle"
 STEPS = 80
 
 
@@ -52,14 +48,6 @@ class OverfitConfig(NucleusConfig):
     LEARNING_RATE = 3e-3
     WEIGHT_DECAY = 0.0  # nothing to regularize when the point is to memorize
     STEPS_PER_EPOCH = 1
-
-
-@pytest.fixture(scope="module")
-def fixture_images() -> NucleusDataset:
-    dataset = NucleusDataset()
-    dataset.load_kaggle(FIXTURE)
-    dataset.prepare()
-    return dataset
 
 
 @pytest.mark.slow

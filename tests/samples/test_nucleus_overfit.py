@@ -6,25 +6,12 @@ sample's own protocol (samples/nucleus/evaluate.py: pycocotools mask AP50, maxDe
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import keras
 import pytest
 
 from mrcnn.data.augment import Compose, HorizontalFlip, VerticalFlip
-from samples.nucleus.dataset import NucleusDataset
 from samples.nucleus.evaluate import evaluate_nuclei
 from samples.nucleus.unet import UNetDetector, build_unet, train_unet
-
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "nucleus" / "kaggle"
-
-
-@pytest.fixture(scope="module")
-def fixture_images() -> NucleusDataset:
-    dataset = NucleusDataset()
-    dataset.load_kaggle(FIXTURE)
-    dataset.prepare()
-    return dataset
 
 
 @pytest.mark.slow
