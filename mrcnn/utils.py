@@ -430,31 +430,16 @@ def resize_image(
     if mode == "pad64" and min_dim % 64 != 0:
         raise ValueError(f"min_dim must be a multiple of 64 in 'pad64' mode, got {min_dim}")
 
-    if min_dim:
-        scale = max(1.0, min_dim / min(h, w))  # scale up to min_dim, never down for it
-    if min_scale and scale < min_scale:
-        scale = float(min_scale)
-    if max_dim and mode == "square":
-        longest = max(h, w)
-        if round(longest * scale) > max_dim:
-            scale = max_dim / longest
+    scale = resize_scale(h, w, min_dim, max_dim, min_scale, mode)
     if scale != 1.0:
         new_shape = (round(h * scale), round(w * scale))
         image = _cast_like(resize_bilinear(image, new_shape), image.dtype)
 
     h, w = image.shape[:2]
     if mode == "square":
-        top = (max_dim - h) // 2
-        left = (max_dim - w) // 2
-        padding = [(top, max_dim - h - top), (left, max_dim - w - left), (0, 0)]
-        image = np.pad(image, padding, mode="constant", constant_values=0)
-        window = (top, left, top + h, left + w)
+        image, window, padding = _pad_centered(image, max_dim - h, max_dim - w)
     elif mode == "pad64":
-        pad_h = (-h) % 64
-        pad_w = (-w) % 64
-        padding = [(pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)]
-        image = np.pad(image, padding, mode="constant", constant_values=0)
-        window = (pad_h // 2, pad_w // 2, pad_h // 2 + h, pad_w // 2 + w)
+        image, window, padding = _pad_centered(image, (-h) % 64, (-w) % 64)
     else:  # crop
         if rng is None:
             rng = np.random.default_rng()
@@ -465,6 +450,33 @@ def resize_image(
         image = image[y : y + min_dim, x : x + min_dim]
         window = (0, 0, min_dim, min_dim)
     return image, window, scale, padding, crop
+
+
+def resize_scale(height: int, width: int, min_dim: int | None = None, max_dim: int | None = None,
+                 min_scale: float | None = None, mode: str = "square") -> float:
+    """The scale factor `resize_image` applies to a `height` x `width` image (same arguments)."""
+    if mode == "none":
+        return 1.0
+    scale = 1.0
+    if min_dim:
+        scale = max(1.0, min_dim / min(height, width))  # scale up to min_dim, never down for it
+    if min_scale and scale < min_scale:
+        scale = float(min_scale)
+    if max_dim and mode == "square":
+        longest = max(height, width)
+        if round(longest * scale) > max_dim:
+            scale = max_dim / longest
+    return scale
+
+
+def _pad_centered(image: np.ndarray, pad_h: int, pad_w: int
+                  ) -> tuple[np.ndarray, tuple[int, int, int, int], list[tuple[int, int]]]:
+    """Zero-pads `pad_h` rows and `pad_w` columns around `image`, centered with the odd pixel at the
+    bottom/right. Returns (image, window (y1, x1, y2, x2) of the original, padding)."""
+    h, w = image.shape[:2]
+    padding = [(pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)]
+    image = np.pad(image, padding, mode="constant", constant_values=0)
+    return image, (pad_h // 2, pad_w // 2, pad_h // 2 + h, pad_w // 2 + w), padding
 
 
 def rescale_image(image: np.ndarray, scale: float, square_side: int | None = None
@@ -504,10 +516,7 @@ def rescale_image(image: np.ndarray, scale: float, square_side: int | None = Non
         pad_h, pad_w = square_side - h, square_side - w
     else:
         pad_h, pad_w = (-h) % 64, (-w) % 64
-    # Centered, with the odd pixel at the bottom/right: resize_image's placement.
-    padding = [(pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)]
-    image = np.pad(image, padding, mode="constant", constant_values=0)
-    window = (pad_h // 2, pad_w // 2, pad_h // 2 + h, pad_w // 2 + w)
+    image, window, padding = _pad_centered(image, pad_h, pad_w)  # resize_image's placement
     return image, window, float(scale), padding
 
 
