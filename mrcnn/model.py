@@ -178,7 +178,8 @@ class MaskRCNN(keras.Model):
         """The C4 model's RoI pooling (C4, stride 16) and its res5 box head and deconv mask head.
 
         One pooler serves both branches: the mask head reads the res5 output of its boxes
-        (training: the positive RoIs, pooled and run through res5 again; inference: the detections).
+        (training: the box branch's own res5 output of the positive RoIs; inference: the
+        detections, pooled and run through res5).
         """
         c = self.config
         self.roi_align_classifier = SingleLevelROIAlign(
@@ -265,13 +266,13 @@ class MaskRCNN(keras.Model):
             # Only the real positives go through the mask head, as one flat [1, n] list over the
             # batch (a box head's worth of padded slots would cost several times the mask head's
             # useful work at the paper's 512 RoIs/image, and would enter the head's BatchNorm).
+            index = _positive_index(target_class_ids[:, :positive_slots])  # [n, 2] (image, slot)
             positive_rois, mask_class_ids, mask_targets, image_ids = _positive_roi_list(
-                mask_rois, target_class_ids[:, :positive_slots], target_masks[:, :positive_slots])
+                mask_rois, target_class_ids[:, :positive_slots], target_masks[:, :positive_slots], index)
             if self.fpn is None:
                 # C4: the mask head reads the box head's res5 output of the same RoIs (Detectron's
-                # shared res5), gathered in _positive_roi_list's order: res5 runs once per step.
-                res5 = tf.gather_nd(box_outputs[3][:, :positive_slots],
-                                    _positive_index(target_class_ids[:, :positive_slots]))[None]
+                # shared res5): res5 runs once per step.
+                res5 = tf.gather_nd(box_outputs[3][:, :positive_slots], index)[None]
                 outputs["mrcnn_mask"] = self.mask_head(res5, training=training)  # [1, n, h, w, K]
             else:
                 outputs["mrcnn_mask"] = self._mask_branch(positive_rois, pyramid, training,  # [1, n, h, w, K]
@@ -701,9 +702,12 @@ class MaskRCNN(keras.Model):
                 mode = "square" if c.IMAGE_RESIZE_MODE == "crop" else c.IMAGE_RESIZE_MODE
                 # Crop mode trains on crops; at test time the whole image is seen, padded to square.
                 max_dim = c.IMAGE_MAX_DIM if c.IMAGE_RESIZE_MODE != "crop" else max(c.IMAGE_MAX_DIM, c.IMAGE_MIN_DIM)
-                resized, window, own_scale, _, _ = utils.resize_image(
-                    image, min_dim=c.IMAGE_MIN_DIM, max_dim=max_dim, min_scale=c.IMAGE_MIN_SCALE, mode=mode)
-                if scale != 1.0:
+                if scale == 1.0:
+                    resized, window, own_scale, _, _ = utils.resize_image(
+                        image, min_dim=c.IMAGE_MIN_DIM, max_dim=max_dim, min_scale=c.IMAGE_MIN_SCALE, mode=mode)
+                else:  # the config's own scale times `scale`, without resizing twice
+                    own_scale = utils.resize_scale(image.shape[0], image.shape[1], c.IMAGE_MIN_DIM, max_dim,
+                                                   c.IMAGE_MIN_SCALE, mode)
                     resized, window, own_scale = _rescale_for_inference(image, own_scale * scale, max_dim * scale,
                                                                         square=mode == "square")
             molded.append(utils.mold_image(resized.astype(np.float32), c))
@@ -925,18 +929,21 @@ def _positive_index(class_ids: tf.Tensor) -> tf.Tensor:
     return tf.where(positive | (first_slot & tf.logical_not(tf.reduce_any(positive))))
 
 
-def _positive_roi_list(rois: tf.Tensor, class_ids: tf.Tensor, masks: tf.Tensor
+def _positive_roi_list(rois: tf.Tensor, class_ids: tf.Tensor, masks: tf.Tensor, index: tf.Tensor | None = None
                        ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
     """The positive RoIs of a batch as one flat list (DetectionTargetLayer's leading slots).
 
     Args:
         rois: [B, P, 4] normalized; class_ids: [B, P] int (> 0 positive); masks: [B, P, h, w].
+        index: `_positive_index(class_ids)` when the caller already has it (to gather more per-slot
+            tensors in the same order).
 
     Returns:
         rois [1, n, 4], class_ids [1, n], masks [1, n, h, w] and image_ids [n] int32 (each RoI's
         image), in `_positive_index` order (n = 1, class id 0, without any positive).
     """
-    index = _positive_index(class_ids)
+    if index is None:
+        index = _positive_index(class_ids)
     return (tf.gather_nd(rois, index)[None], tf.gather_nd(class_ids, index)[None],
             tf.gather_nd(masks, index)[None], tf.cast(index[:, 0], tf.int32))
 
