@@ -29,25 +29,7 @@ from mrcnn.modeling.backbone import (
     get_architecture,
     make_stage,
 )
-
-MASK_ACTIVATIONS = ("sigmoid", "softmax")
-
-
-def _fold(pooled: tf.Tensor, name: str) -> tuple[tf.Tensor, tuple[tf.Tensor, list[int | None]]]:
-    """[B, N, h, w, C] -> ([B*N, h, w, C], (B, N) as a shape tensor and as static dims)."""
-    if pooled.shape.rank != 5:
-        raise ValueError(f"{name}: expected RoI features [B, N, h, w, C], got shape {pooled.shape}")
-    dynamic = tf.shape(pooled)
-    inner = [dim if dim is not None else dynamic[i + 2] for i, dim in enumerate(pooled.shape[2:])]
-    return tf.reshape(pooled, [-1] + inner), (dynamic[:2], pooled.shape[:2].as_list())
-
-
-def _unfold(x: tf.Tensor, batch_rois: tuple[tf.Tensor, list[int | None]]) -> tf.Tensor:
-    """[B*N, ...] -> [B, N, ...], static dimensions kept."""
-    dynamic, static = batch_rois
-    out = tf.reshape(x, tf.concat([dynamic, tf.shape(x)[1:]], axis=0))
-    out.set_shape(static + x.shape[1:].as_list())
-    return out
+from mrcnn.modeling.heads import check_mask_activation, fold_rois, static_or_dynamic_shape, unfold_rois
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
@@ -99,10 +81,10 @@ class C4BoxHead(keras.layers.Layer):
 
     def res5(self, pooled: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         """res5 on RoI features: [B, N, p, p, C] -> [B, N, ceil(p/2), ceil(p/2), 2048]."""
-        x, batch_rois = _fold(pooled, self.name)
+        x, batch_rois = fold_rois(pooled, self.name)
         for block in self.blocks:
             x = block(x, training=training)
-        return _unfold(x, batch_rois)
+        return unfold_rois(x, batch_rois)
 
     def call(self, pooled: tf.Tensor, training: bool | None = None
              ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -111,7 +93,7 @@ class C4BoxHead(keras.layers.Layer):
         shared = tf.reduce_mean(tf.cast(features, tf.float32), axis=[2, 3])
         logits = tf.cast(self.class_logits(shared), tf.float32)
         bbox = tf.cast(self.bbox_fc(shared), tf.float32)
-        bbox = _unfold(tf.reshape(bbox, [-1, self.num_classes, 4]), (tf.shape(logits)[:2], logits.shape[:2].as_list()))
+        bbox = unfold_rois(tf.reshape(bbox, [-1, self.num_classes, 4]), static_or_dynamic_shape(logits)[:2])
         return logits, tf.nn.softmax(logits, axis=-1), bbox, features
 
     def get_config(self) -> dict[str, Any]:
@@ -142,11 +124,9 @@ class C4MaskHead(keras.layers.Layer):
         super().__init__(**kwargs)
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
-        if activation not in MASK_ACTIVATIONS:
-            raise ValueError(f"activation must be one of {MASK_ACTIVATIONS}, got {activation!r}")
         self.num_classes = int(num_classes)
         self.conv_channels = int(conv_channels)
-        self.activation = activation
+        self.activation = check_mask_activation(activation)
         self.deconv = keras.layers.Conv2DTranspose(self.conv_channels, 2, strides=2, activation="relu",
                                                    name="mrcnn_mask_deconv")
         # Keras' "softmax" activation normalizes over the last (channel) axis.
@@ -161,8 +141,8 @@ class C4MaskHead(keras.layers.Layer):
         self.mask.build(self.deconv.compute_output_shape(shape))
 
     def call(self, features: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        x, batch_rois = _fold(features, self.name)
-        return _unfold(tf.cast(self.mask(self.deconv(x)), tf.float32), batch_rois)
+        x, batch_rois = fold_rois(features, self.name)
+        return unfold_rois(tf.cast(self.mask(self.deconv(x)), tf.float32), batch_rois)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -13,13 +13,16 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from mrcnn.config import GROUP_NORM_GROUPS, HEAD_NORMS
+from mrcnn.config import GROUP_NORM_GROUPS, HEAD_NORMS, MASK_LOSSES
 from mrcnn.modeling.backbone import BatchNorm
 
-MASK_ACTIVATIONS = ("sigmoid", "softmax")  # per-channel masks vs a softmax over the K channels
+# A mask head's output activation follows Config.MASK_LOSS: per-channel sigmoid or a softmax over
+# the K channels.
+MASK_ACTIVATIONS = MASK_LOSSES
 
 
-def _check_mask_activation(activation: str) -> str:
+def check_mask_activation(activation: str) -> str:
+    """`activation` if it is one of MASK_ACTIVATIONS; ValueError naming it otherwise."""
     if activation not in MASK_ACTIVATIONS:
         raise ValueError(f"mask activation must be one of {MASK_ACTIVATIONS}, got {activation!r}")
     return activation
@@ -47,18 +50,23 @@ def make_head_norm(kind: str, train_bn: bool | None, name: str) -> keras.layers.
     raise ValueError(f"head norm must be one of {HEAD_NORMS}, got {kind!r}")
 
 
-def _static_or_dynamic_shape(x: tf.Tensor) -> list[int | tf.Tensor]:
+def static_or_dynamic_shape(x: tf.Tensor) -> list[int | tf.Tensor]:
     """x's shape with static dimensions as ints and unknown ones as scalar tensors."""
     dynamic = tf.shape(x)
     return [dim if dim is not None else dynamic[i] for i, dim in enumerate(x.shape)]
 
 
-def _fold_rois(pooled: tf.Tensor, name: str) -> tuple[tf.Tensor, list[int | tf.Tensor]]:
-    """[B, N, h, w, C] -> ([B*N, h, w, C], [B, N])."""
+def fold_rois(pooled: tf.Tensor, name: str) -> tuple[tf.Tensor, list[int | tf.Tensor]]:
+    """[B, N, h, w, C] -> ([B*N, h, w, C], [B, N]) (static dimensions as ints), for per-RoI layers."""
     if pooled.shape.rank != 5:
         raise ValueError(f"{name}: expected pooled RoI features [B, N, h, w, C], got shape {pooled.shape}")
-    dims = _static_or_dynamic_shape(pooled)
+    dims = static_or_dynamic_shape(pooled)
     return tf.reshape(pooled, [-1] + dims[2:]), dims[:2]
+
+
+def unfold_rois(x: tf.Tensor, batch_rois: list[int | tf.Tensor]) -> tf.Tensor:
+    """[B*N, ...] -> [B, N, ...], with `batch_rois` = [B, N] from `fold_rois`."""
+    return tf.reshape(x, list(batch_rois) + static_or_dynamic_shape(x)[1:])
 
 
 def _full_window_conv(conv: keras.layers.Conv2D, x: tf.Tensor) -> tf.Tensor:
@@ -140,7 +148,7 @@ class BoxHead(keras.layers.Layer):
         self.bbox_fc.build(flat)
 
     def call(self, pooled: tf.Tensor, training: bool | None = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        x, (batch, rois) = _fold_rois(pooled, self.name)
+        x, (batch, rois) = fold_rois(pooled, self.name)
         x = keras.ops.relu(self.class_bn1(_full_window_conv(self.class_conv1, x), training=training))
         x = keras.ops.relu(self.class_bn2(_full_window_conv(self.class_conv2, x), training=training))
         shared = tf.reshape(x, [-1, self.fc_layers_size])  # [B*N, 1, 1, F] -> [B*N, F]
@@ -186,7 +194,7 @@ class MaskHead(keras.layers.Layer):
         self.conv_channels = int(conv_channels)
         self.train_bn = train_bn
         self.norm = norm
-        self.activation = _check_mask_activation(activation)
+        self.activation = check_mask_activation(activation)
         self.convs = [keras.layers.Conv2D(self.conv_channels, 3, padding="same", name=f"mrcnn_mask_conv{i}")
                       for i in range(1, 5)]
         self.bns = [make_head_norm(norm, train_bn, f"mrcnn_mask_bn{i}") for i in range(1, 5)]
@@ -208,12 +216,10 @@ class MaskHead(keras.layers.Layer):
         self.mask.build(self.deconv.compute_output_shape(shape))
 
     def call(self, pooled: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        x, (batch, rois) = _fold_rois(pooled, self.name)
+        x, (batch, rois) = fold_rois(pooled, self.name)
         for conv, bn in zip(self.convs, self.bns):
             x = keras.ops.relu(bn(conv(x), training=training))
-        masks = tf.cast(self.mask(self.deconv(x)), tf.float32)
-        dims = _static_or_dynamic_shape(masks)
-        return tf.reshape(masks, [batch, rois] + dims[1:])
+        return unfold_rois(tf.cast(self.mask(self.deconv(x)), tf.float32), [batch, rois])
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -272,7 +278,7 @@ class MLPMaskHead(keras.layers.Layer):
         self.num_classes = int(num_classes)
         self.mask_size = int(mask_size)
         self.fc_size = int(fc_size)
-        self.activation = _check_mask_activation(activation)
+        self.activation = check_mask_activation(activation)
         self.fc1 = keras.layers.Dense(self.fc_size, activation="relu", name="mrcnn_mask_fc1")
         self.fc2 = keras.layers.Dense(self.fc_size, activation="relu", name="mrcnn_mask_fc2")
         self.mask = keras.layers.Dense(self.mask_size * self.mask_size * self.num_classes, dtype="float32",
@@ -288,7 +294,7 @@ class MLPMaskHead(keras.layers.Layer):
         self.mask.build((None, self.fc_size))
 
     def call(self, pooled: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        x, (batch, rois) = _fold_rois(pooled, self.name)
+        x, (batch, rois) = fold_rois(pooled, self.name)
         x = tf.reshape(x, [-1, x.shape[1] * x.shape[2] * x.shape[3]])  # row-major flatten of [m, m, C]
         logits = tf.cast(self.mask(self.fc2(self.fc1(x))), tf.float32)
         logits = tf.reshape(logits, [batch, rois, self.mask_size, self.mask_size, self.num_classes])
