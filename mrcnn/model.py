@@ -769,7 +769,7 @@ class MaskRCNN(keras.Model):
             groups.setdefault(molded[i].shape, []).append(i)
         batch = self.config.BATCH_SIZE
         batches = [ids[k:k + batch] for ids in groups.values() for k in range(0, len(ids), batch)]
-        progress = _progress(batches, verbose, "detect")
+        progress = utils.progress(batches, verbose, "detect", "batch")
         for ids in progress:
             out = {k: v.numpy() for k, v in self._infer(tf.constant(molded[ids]), tf.constant(metas[ids])).items()}
             for j, i in enumerate(ids):
@@ -873,7 +873,7 @@ class MaskRCNN(keras.Model):
         batch = int(batch_size or self.config.BATCH_SIZE)
         molded, metas, _ = self.mold_inputs(list(images))
         starts = [k for _ in range(passes) for k in range(0, len(molded), batch)]
-        for k in _progress(starts, verbose, "recalibrate BN"):
+        for k in utils.progress(starts, verbose, "recalibrate BN", "batch"):
             self._per_canvas(self._calibrate, tf.constant(molded[k:k + batch]), tf.constant(metas[k:k + batch]))
         return len(starts)
 
@@ -1000,9 +1000,3 @@ def _as_rgb(image: np.ndarray, channels: int, index: int) -> np.ndarray:
     return image
 
 
-def _progress(items: list, verbose: int, description: str):
-    if not verbose:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=description, unit="batch")

@@ -192,19 +192,19 @@ def merge_views(views: Sequence[ViewDetections], image_shape: Sequence[int], iou
     crops = [c for v in views for c in v.crops] if with_masks else None
 
     order = np.argsort(-scores, kind="stable")
-    overlaps = utils.compute_overlaps(rois, rois) if len(rois) else np.zeros((0, 0))
-    clusters: list[np.ndarray] = []
-    taken = np.zeros(len(rois), bool)
-    for i in order:  # greedy NMS over all classes at once, clusters restricted to the class
-        if len(views) == 1:  # one view: already NMS'ed in the graph, nothing to merge
-            clusters.append(np.array([i]))
-            continue
-        if taken[i]:
-            continue
-        members = order[~taken[order] & (class_ids[order] == class_ids[i]) & (overlaps[i, order] > iou_threshold)]
-        members = np.concatenate([[i], members[members != i]])  # kept first, then by score
-        taken[members] = True
-        clusters.append(members)
+    if len(views) == 1:  # one view: already NMS'ed in the graph, nothing to merge
+        clusters = [np.array([i]) for i in order]
+    else:  # greedy NMS over all classes at once, each cluster within one class
+        overlaps = utils.compute_overlaps(rois, rois) if len(rois) else np.zeros((0, 0))
+        clusters = []
+        taken = np.zeros(len(rois), bool)
+        for i in order:
+            if taken[i]:
+                continue
+            members = order[~taken[order] & (class_ids[order] == class_ids[i]) & (overlaps[i, order] > iou_threshold)]
+            members = np.concatenate([[i], members[members != i]])  # kept first, then by score
+            taken[members] = True
+            clusters.append(members)
     clusters = clusters[:max_instances]  # formed in score order of their kept detection
 
     out_rois = np.zeros((len(clusters), 4), np.int32)
@@ -258,17 +258,9 @@ def detect_tta(model: Any, images: Sequence[np.ndarray], tta: TTA | dict[str, An
         if not flip:  # nothing to merge or map back: detect's own result (the identity case)
             return model.detect(images, verbose=verbose, scale=scale, soft_masks=soft_masks)
     per_view = []
-    for scale, flip in _progress(views, verbose):
+    for scale, flip in utils.progress(views, verbose, "tta views", "view"):
         per_view.append(detect_view(model, images, scale=scale, flip=flip))
     iou = model.config.DETECTION_NMS_THRESHOLD if tta.iou_threshold is None else float(tta.iou_threshold)
     limit = model.config.DETECTION_MAX_INSTANCES if tta.max_instances is None else int(tta.max_instances)
     return [merge_views([view[i] for view in per_view], np.asarray(image).shape, iou, limit, tta.merge, soft_masks)
             for i, image in enumerate(images)]
-
-
-def _progress(items: list, verbose: int):
-    if not verbose:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc="tta views", unit="view")

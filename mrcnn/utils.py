@@ -18,7 +18,7 @@ Conventions (docs/interfaces.md):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -968,3 +968,12 @@ def parse_image_meta(meta: np.ndarray) -> dict[str, np.ndarray]:
         "scale": meta[..., 11].astype(np.float32),
         "active_class_ids": np.rint(meta[..., 12:]).astype(np.int32),
     }
+
+
+def progress(items: Iterable, verbose: int, description: str, unit: str) -> Iterable:
+    """`items`, wrapped in a tqdm progress bar when `verbose` (tqdm is imported only then)."""
+    if not verbose:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=description, unit=unit)
