@@ -6,6 +6,8 @@
 * `StopOnNaN` stops training at the first non-finite batch loss with a message naming the epoch
   and batch.
 * TensorBoard logs go to the run's log dir.
+* `TrainingBudget` (not one of train's defaults: pass it in `custom_callbacks`) trains for a
+  wall-clock or CPU-time budget with the paper's step schedule scaled to it.
 
 A checkpoint is a Keras 3 ``.weights.h5`` file: the model's weights and, once the optimizer has
 taken a step, its variables (Keras writes them by position under ``optimizer/vars``). We add two
@@ -22,6 +24,7 @@ import contextlib
 import json
 import math
 import os
+import time
 from typing import Any
 
 import h5py
@@ -184,6 +187,70 @@ class StopOnNaN(keras.callbacks.Callback):
             print(f"\nStopping: loss became {loss} at epoch {self._epoch + 1}, batch {batch}. "
                   "The last good checkpoint is kept; lower the learning rate or check the data.")
             self.model.stop_training = True
+
+
+class TrainingBudget(keras.callbacks.Callback):
+    """Stops training once a wall-clock or CPU-time budget is spent, and (by default) drops the
+    learning rate 10x at 75% of it: the paper's schedule (lr / 10 at 120k of 160k iterations)
+    scaled to a time budget instead of an iteration count.
+
+    CPU time is `time.process_time()`: all threads of this process (TF's, the data loader's), so
+    on a shared machine a CPU budget measures the work done, not the other jobs' load. Both clocks
+    start when the callback is made (make it just before training: graph tracing counts). The
+    budget is spent when either clock passes its limit; training stops after that batch.
+
+    Args:
+        wall_seconds: wall-clock limit in seconds, or None / 0 for none.
+        cpu_seconds: CPU-time limit in seconds, or None / 0 for none.
+        decay_at: fraction of the budget after which the learning rate is multiplied by
+            `decay_factor` once; None never changes it.
+        decay_factor: the multiplier applied at `decay_at`.
+        verbose: 1 prints a line when the learning rate drops and when the budget stops training.
+
+    Attributes:
+        steps: training batches completed since the callback was made.
+        decayed: whether the learning rate has been dropped.
+    """
+
+    def __init__(self, wall_seconds: float | None = None, cpu_seconds: float | None = None,
+                 decay_at: float | None = 0.75, decay_factor: float = 0.1, verbose: int = 0) -> None:
+        super().__init__()
+        if not wall_seconds and not cpu_seconds:
+            raise ValueError("TrainingBudget needs wall_seconds or cpu_seconds (both are None or 0)")
+        if decay_at is not None and not 0.0 < decay_at < 1.0:
+            raise ValueError(f"decay_at must be in (0, 1) or None, got {decay_at!r}")
+        self.wall_seconds = float(wall_seconds) if wall_seconds else None
+        self.cpu_seconds = float(cpu_seconds) if cpu_seconds else None
+        self.decay_at = decay_at
+        self.decay_factor = float(decay_factor)
+        self.verbose = verbose
+        self.wall_start, self.cpu_start = time.monotonic(), time.process_time()
+        self.decayed = False
+        self.steps = 0
+
+    def elapsed(self) -> tuple[float, float]:
+        """(wall seconds, CPU seconds) since the callback was made."""
+        return time.monotonic() - self.wall_start, time.process_time() - self.cpu_start
+
+    def spent(self) -> float:
+        """Fraction of the budget spent: the larger of the wall and CPU fractions."""
+        wall, cpu = self.elapsed()
+        return max(wall / self.wall_seconds if self.wall_seconds else 0.0,
+                   cpu / self.cpu_seconds if self.cpu_seconds else 0.0)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.steps += 1
+        spent = self.spent()
+        if self.decay_at is not None and not self.decayed and spent > self.decay_at:
+            self.decayed = True
+            rate = self.model.optimizer.learning_rate
+            rate.assign(rate * self.decay_factor)
+            if self.verbose:
+                print(f"\nLearning rate dropped to {float(rate.numpy()):g} ({self.decay_at:.0%} of the budget spent)")
+        if spent >= 1.0:
+            self.model.stop_training = True
+            if self.verbose:
+                print(f"\nTime budget reached after {self.steps} steps: stopping training.")
 
 
 def training_callbacks(model: keras.Model, log_dir: str, checkpoint_path: str, keep_checkpoints: int = 0

@@ -1,13 +1,14 @@
-"""Tests for mrcnn/callbacks.py: atomic checkpoints, the NaN guard, optimizer state, Ctrl-C and resume."""
+"""Tests for mrcnn/callbacks.py: atomic checkpoints, the NaN guard, optimizer state, Ctrl-C, resume and the time budget."""
 
 import math
+import time
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
-from mrcnn.callbacks import AtomicCheckpoint, StopOnNaN
+from mrcnn.callbacks import AtomicCheckpoint, StopOnNaN, TrainingBudget
 
 
 def _model() -> keras.Model:
@@ -183,3 +184,72 @@ def test_checkpoint_keep_deletes_older_epochs_after_a_good_save(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c_0003.weights.h5", "c_0004.weights.h5"]
     with pytest.raises(ValueError, match="keep"):
         AtomicCheckpoint(template, keep=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# TrainingBudget
+def _sgd_model(learning_rate: float = 0.1) -> keras.Model:
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate), loss="mse")
+    return model
+
+
+def _burn_cpu(seconds: float) -> None:
+    # Busy work that process_time() counts (sleeping would not).
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        np.sqrt(np.arange(1000.0))
+
+
+class _Work(keras.callbacks.Callback):
+    def __init__(self, sleep: bool = False) -> None:
+        super().__init__()
+        self.sleep = sleep
+
+    def on_train_batch_end(self, batch, logs=None):
+        time.sleep(0.02) if self.sleep else _burn_cpu(0.02)
+
+
+def _fit_until_stopped(model: keras.Model, budget: TrainingBudget, sleep: bool = False) -> None:
+    x, y = np.zeros((8, 4), np.float32), np.zeros((8, 1), np.float32)
+    model.fit(x, y, batch_size=1, epochs=1000, verbose=0, callbacks=[_Work(sleep), budget])
+
+
+def test_cpu_budget_stops_training_and_drops_the_learning_rate():
+    model = _sgd_model()
+    budget = TrainingBudget(cpu_seconds=0.5)
+    _fit_until_stopped(model, budget)
+    wall, cpu = budget.elapsed()
+    assert cpu >= 0.5 and 0 < budget.steps < 8000  # stopped by the budget, not by the epochs
+    assert budget.decayed and float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.01)
+    assert budget.spent() >= 1.0 and wall > 0
+
+
+def test_wall_budget_counts_time_the_cpu_does_not(capsys):
+    # Sleeping costs wall time but no CPU time: only a wall budget ends this run.
+    model = _sgd_model()
+    budget = TrainingBudget(wall_seconds=0.4, decay_at=0.5, verbose=1)
+    _fit_until_stopped(model, budget, sleep=True)
+    wall, cpu = budget.elapsed()
+    assert wall >= 0.4 and cpu < wall and 0 < budget.steps < 8000
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.01)
+    printed = capsys.readouterr().out
+    assert "Learning rate dropped to 0.01" in printed and "Time budget reached" in printed
+
+
+def test_budget_without_decay_keeps_the_learning_rate():
+    model = _sgd_model()
+    budget = TrainingBudget(cpu_seconds=0.3, decay_at=None)
+    _fit_until_stopped(model, budget)
+    assert budget.spent() >= 1.0 and not budget.decayed
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.1)
+
+
+def test_budget_is_the_larger_of_the_wall_and_cpu_fractions():
+    budget = TrainingBudget(wall_seconds=3600, cpu_seconds=0.2)
+    _burn_cpu(0.1)
+    assert 0.4 < budget.spent() < 1.0
+    with pytest.raises(ValueError, match="wall_seconds or cpu_seconds"):
+        TrainingBudget()
+    with pytest.raises(ValueError, match="decay_at must be in"):
+        TrainingBudget(wall_seconds=1, decay_at=1.5)

@@ -25,6 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from mrcnn import visualize  # noqa: E402
+from mrcnn.callbacks import TrainingBudget  # noqa: E402
 from mrcnn.data.augment import HorizontalFlip  # noqa: E402
 from mrcnn.data.stick_figures import OKS_SIGMAS, StickFiguresConfig, StickFiguresDataset  # noqa: E402
 from mrcnn.evaluation.coco_eval import build_coco_results, coco_eval_stats, dataset_to_coco  # noqa: E402
@@ -48,19 +49,6 @@ class DemoConfig(StickFiguresConfig):
     KEYPOINT_HEAD_CONV_CHANNELS = 128
     MASK_HEAD = False
     SEED = 0
-
-
-class _TimeBudget(keras.callbacks.Callback):
-    """Stops training after `seconds`."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self.seconds = seconds
-        self.start = time.monotonic()
-
-    def on_train_batch_end(self, batch, logs=None):
-        if time.monotonic() - self.start > self.seconds:
-            self.model.stop_training = True
 
 
 def _dataset(count: int, seed: int, size: int) -> StickFiguresDataset:
@@ -121,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     model = MaskRCNN(mode="training", config=config, model_dir=str(logs))
     tic = time.monotonic()
     model.train(train_set, None, learning_rate=config.LEARNING_RATE, epochs=args.epochs, layers="all",
-                augmentation=HorizontalFlip(0.5), custom_callbacks=[_TimeBudget(60 * args.minutes)],
+                augmentation=HorizontalFlip(0.5), custom_callbacks=[TrainingBudget(wall_seconds=60 * args.minutes, decay_at=None)],
                 verbose=args.verbose)
     train_seconds = time.monotonic() - tic
     # From-scratch BatchNorm: re-estimate the moving statistics on inference-time inputs.

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `samples.nucleus` importable
@@ -28,6 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from mrcnn.callbacks import TrainingBudget  # noqa: E402
 from mrcnn.tiling import detect_tiled  # noqa: E402
 from samples.nucleus.augment import microscopy_augmentation  # noqa: E402
 from samples.nucleus.config import NucleusConfig, NucleusInferenceConfig  # noqa: E402
@@ -46,51 +46,6 @@ def load_split(args: argparse.Namespace, subset: str) -> NucleusDataset:
     return dataset
 
 
-class Budget(keras.callbacks.Callback):
-    """Stops training when a wall-clock or a CPU-time budget is spent; drops the learning rate 10x
-    when 75% of it is spent (the paper's step schedule, scaled to the budget).
-
-    CPU time is `time.process_time()`: all threads of this process (TF's, the data loader's), so
-    on a shared machine the budget measures the work done, not the other jobs' load. Both clocks
-    start when the callback is made (just before training: graph tracing counts) and the budget
-    is spent when either one passes its limit.
-
-    Args:
-        wall_seconds: wall-clock limit, or None for none.
-        cpu_seconds: CPU-time limit, or None for none.
-    """
-
-    def __init__(self, wall_seconds: float | None = None, cpu_seconds: float | None = None) -> None:
-        super().__init__()
-        if not wall_seconds and not cpu_seconds:
-            raise ValueError("Budget needs wall_seconds or cpu_seconds (both are None or 0)")
-        self.wall_seconds = float(wall_seconds) if wall_seconds else None
-        self.cpu_seconds = float(cpu_seconds) if cpu_seconds else None
-        self.wall_start, self.cpu_start = time.monotonic(), time.process_time()
-        self.decayed = False
-        self.steps = 0
-
-    def elapsed(self) -> tuple[float, float]:
-        """(wall seconds, CPU seconds) since the callback was made."""
-        return time.monotonic() - self.wall_start, time.process_time() - self.cpu_start
-
-    def spent(self) -> float:
-        """Fraction of the budget spent: the larger of the wall and CPU fractions."""
-        wall, cpu = self.elapsed()
-        return max(wall / self.wall_seconds if self.wall_seconds else 0.0,
-                   cpu / self.cpu_seconds if self.cpu_seconds else 0.0)
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self.steps += 1
-        spent = self.spent()
-        if not self.decayed and spent > 0.75:
-            self.decayed = True
-            rate = self.model.optimizer.learning_rate
-            rate.assign(rate * 0.1)
-        if spent >= 1.0:
-            self.model.stop_training = True
-
-
 def train(args: argparse.Namespace) -> Path:
     """Trains one model on the train split until --budget-minutes (wall) or --budget-cpu-minutes
     (CPU time) is spent; returns the weights path. Writes `<logs>/<model>_train.json` with the
@@ -102,7 +57,9 @@ def train(args: argparse.Namespace) -> Path:
     keras.utils.set_random_seed(args.seed)
     train_set = load_split(args, "train")
     augmentation = microscopy_augmentation(elastic=not args.no_elastic)
-    budget = Budget(wall_seconds=(args.budget_minutes or 0) * 60, cpu_seconds=(args.budget_cpu_minutes or 0) * 60)
+    # lr / 10 at 75% of the budget: the paper's step schedule scaled to the budget.
+    budget = TrainingBudget(wall_seconds=(args.budget_minutes or 0) * 60,
+                            cpu_seconds=(args.budget_cpu_minutes or 0) * 60, verbose=args.verbose)
     if args.model == "mrcnn":
         from mrcnn.model import MaskRCNN
 

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +28,7 @@ import scipy.ndimage as ndi
 import skimage.feature
 import skimage.segmentation
 
+from mrcnn.callbacks import TrainingBudget
 from samples.nucleus.dataset import labels_to_masks
 
 W0 = 10.0
@@ -201,19 +201,6 @@ def random_crop(image: np.ndarray, labels: np.ndarray, size: int, rng: np.random
     return image[y:y + size, x:x + size], labels[y:y + size, x:x + size]
 
 
-class _TimeBudget(keras.callbacks.Callback):
-    """Stops training after the batch that passes `seconds`."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self.seconds = float(seconds)
-        self.start = time.monotonic()
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if time.monotonic() - self.start > self.seconds:
-            self.model.stop_training = True
-
-
 def train_unet(model: keras.Model, dataset: Any, steps: int, crop: int = 256, batch_size: int = 4,
                learning_rate: float = 1e-3, augmentation: Any = None, budget_seconds: float | None = None,
                seed: int = 0, verbose: int = 1, callbacks: Sequence[keras.callbacks.Callback] = ()
@@ -225,7 +212,9 @@ def train_unet(model: keras.Model, dataset: Any, steps: int, crop: int = 256, ba
     generator = UNetGenerator(dataset, crop, batch_size, per_epoch, augmentation, seed)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    callbacks = ([_TimeBudget(budget_seconds)] if budget_seconds else []) + list(callbacks)
+    callbacks = list(callbacks)
+    if budget_seconds:  # wall clock only, constant learning rate; the CLI passes its own budget
+        callbacks.insert(0, TrainingBudget(wall_seconds=budget_seconds, decay_at=None))
     return model.fit(generator, epochs=max(1, math.ceil(steps / per_epoch)), callbacks=callbacks, verbose=verbose)
 
 

@@ -27,6 +27,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mrcnn import visualize  # noqa: E402
+from mrcnn.callbacks import TrainingBudget  # noqa: E402
 from mrcnn.data.augment import Compose, HorizontalFlip, VerticalFlip  # noqa: E402
 from mrcnn.data.shapes import ShapesConfig, ShapesDataset  # noqa: E402
 from mrcnn.evaluation.evaluate import evaluate_dataset  # noqa: E402
@@ -101,7 +102,7 @@ def _resolve_weights(model: MaskRCNN, weights: str | None) -> None:
     model.load_weights(path)
 
 
-def train(args: argparse.Namespace) -> tuple[MaskRCNN, _TimeBudget | None]:
+def train(args: argparse.Namespace) -> tuple[MaskRCNN, TrainingBudget | None]:
     """Trains heads+backbone from scratch (or continues from --weights) for --epochs epochs.
 
     Returns:
@@ -118,42 +119,12 @@ def train(args: argparse.Namespace) -> tuple[MaskRCNN, _TimeBudget | None]:
     _resolve_weights(model, args.weights)
     augmentation = Compose([HorizontalFlip(0.5), VerticalFlip(0.5)])
     if args.cpu_minutes:
-        callbacks = [_TimeBudget(args.cpu_minutes * 60, clock=time.process_time)]
+        callbacks = [TrainingBudget(cpu_seconds=args.cpu_minutes * 60, verbose=1)]
     else:
-        callbacks = [_TimeBudget(args.minutes * 60)] if args.minutes else []
+        callbacks = [TrainingBudget(wall_seconds=args.minutes * 60, verbose=1)] if args.minutes else []
     model.train(train_set, val_set, learning_rate=config.LEARNING_RATE, epochs=args.epochs, layers="all",
                 augmentation=augmentation, custom_callbacks=callbacks, verbose=args.verbose)
     return model, (callbacks[0] if callbacks else None)
-
-
-class _TimeBudget(keras.callbacks.Callback):
-    """Trains for a time budget with the paper's step schedule scaled to it.
-
-    The learning rate drops 10x once `decay_at` of the budget has passed (the paper drops it at
-    120k of 160k iterations: 0.75) and training stops after the batch that passes the budget.
-    `clock` is time.monotonic (wall time) or time.process_time (CPU time of this process, all
-    threads: a budget that other work on a shared machine does not shrink).
-    """
-
-    def __init__(self, seconds: float, decay_at: float = 0.75, clock=time.monotonic) -> None:
-        super().__init__()
-        self.seconds = seconds
-        self.decay_at = decay_at
-        self.clock = clock
-        self.start = clock()
-        self.decayed = False
-        self.steps = 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
-        elapsed = self.clock() - self.start
-        if not self.decayed and elapsed > self.decay_at * self.seconds:
-            self.decayed = True
-            self.model.optimizer.learning_rate.assign(self.model.optimizer.learning_rate * 0.1)
-            print(f"\nLearning rate dropped to {float(self.model.optimizer.learning_rate.numpy()):g}")
-        if elapsed > self.seconds:
-            print("\nTime budget reached: stopping training.")
-            self.model.stop_training = True
 
 
 def evaluate(model: MaskRCNN, count: int, verbose: int = 1) -> dict:
