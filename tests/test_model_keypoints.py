@@ -90,18 +90,27 @@ def _oks_ap(model: MaskRCNN, dataset: StickFiguresDataset) -> tuple[float, list[
     return stats["AP"], detections
 
 
+OVERFIT_STEPS = 200
+
+
 @pytest.fixture(scope="module")
 def overfit(tmp_path_factory):
-    """A keypoint-only model after 100 Adam steps on two images of one stick figure each."""
+    """A keypoint-only model after 200 Adam steps on two images of one stick figure each.
+
+    The learning rate drops 10x for the last 50 steps (the paper's step schedule). At a constant
+    3e-3 the OKS AP after 100 steps depended on the initialization: 0.65-1.0 over 15 seeds here,
+    0.25 once on CI; with the drop it was 1.0 for the weakest of those seeds.
+    """
     keras.utils.set_random_seed(0)
     config = TinyKeypointConfig()
     dataset = _figures(2, seed=3)
     model = MaskRCNN(mode="training", config=config, model_dir=str(tmp_path_factory.mktemp("logs")))
     model.ensure_built()
     model.set_trainable(".*")
-    model.compile(learning_rate=3e-3)
+    model.compile(learning_rate=keras.optimizers.schedules.PiecewiseConstantDecay([150], [3e-3, 3e-4]))
     untrained_ap, _ = _oks_ap(model, dataset)
-    history = model.fit(DataGenerator(dataset, config, shuffle=True, seed=0), epochs=100, steps_per_epoch=1, verbose=0)
+    history = model.fit(DataGenerator(dataset, config, shuffle=True, seed=0), epochs=OVERFIT_STEPS,
+                        steps_per_epoch=1, verbose=0)
     return model, dataset, history.history, untrained_ap
 
 
@@ -112,7 +121,7 @@ def test_keypoint_model_overfits_a_few_images(overfit):
     assert np.mean(history["mrcnn_keypoint_loss"][-5:]) < 0.5 * history["mrcnn_keypoint_loss"][0]
     ap, _ = _oks_ap(model, dataset)
     assert untrained_ap < 0.1
-    assert ap >= 0.5, f"keypoint OKS AP on the training images is {ap:.3f} after 100 steps"
+    assert ap >= 0.5, f"keypoint OKS AP on the training images is {ap:.3f} after {OVERFIT_STEPS} steps"
 
 
 def test_keypoint_only_detect_returns_keypoints_and_no_masks(overfit):
