@@ -31,7 +31,7 @@ class NucleusConfig(Config):
     * an RPN conv of 256 channels (RPN_CONV_CHANNELS; matterport 512): on 256 px crops the 512-wide
       3x3 conv over P2-P6 is about a third of the forward multiply-adds (3.2 of ~9.5 G per crop);
     * Adam at 3e-4 (SGD from scratch needs warm-up and far more steps), 10x lower for the last
-      quarter of the budget (samples/nucleus/nucleus.py's `Budget`). Not 1e-3: after 76 steps at
+      quarter of the budget (`mrcnn.callbacks.TrainingBudget`). Not 1e-3: after 76 steps at
       1e-3 only 6%/4%/2% of the RPN conv's channels were ever active on a DSB2018 image (P2/P3/P4;
       a dead ReLU layer, rpn_class_loss 0.58), against 92%/90%/89% at 3e-4 (rpn_class_loss 0.29).
     """
