@@ -113,6 +113,16 @@ def test_base_load_mask_is_empty_with_image_size(tmp_path):
     assert class_ids.shape == (0,) and class_ids.dtype == np.int32
 
 
+def test_base_load_keypoints_names_the_subclass_and_the_fix():
+    class NoKeypoints(Dataset):
+        pass
+
+    dataset = NoKeypoints()
+    with pytest.raises(NotImplementedError, match=r"NoKeypoints\.load_keypoints is not implemented.*image 3.*"
+                                                  r"override load_keypoints\(image_id\)"):
+        dataset.load_keypoints(3)
+
+
 # ----------------------------------------------------------------------------------------------
 # load_image conversions
 def test_load_rgb_uint8_unchanged(tmp_path):
