@@ -89,11 +89,11 @@ def make_config(variant: str, backbone: str, seed: int, inference: bool = False,
                  **VARIANTS[variant])
     if backbone == "small":
         attrs.update(BACKBONE=_small_backbone_class(), COMPUTE_BACKBONE_SHAPE=staticmethod(_small_backbone_shapes))
-    elif backbone == "narrow":
-        from mrcnn.modeling.architecture import Architecture
+    elif backbone == "narrow":  # the demo's model, read from DemoConfig so the two cannot drift apart
+        from samples.shapes.shapes import DemoConfig
 
-        attrs.update(BACKBONE=Architecture((2, 2, 2, 2), width=32, out_width=128), TOP_DOWN_PYRAMID_SIZE=128,
-                     RPN_CONV_CHANNELS=128, FPN_CLASSIF_FC_LAYERS_SIZE=256, TRAIN_BN=True, BN_MOMENTUM=0.9)
+        narrow = ("BACKBONE", "TOP_DOWN_PYRAMID_SIZE", "RPN_CONV_CHANNELS", "FPN_CLASSIF_FC_LAYERS_SIZE")
+        attrs.update({name: getattr(DemoConfig, name) for name in narrow}, TRAIN_BN=True, BN_MOMENTUM=0.9)
     else:
         attrs.update(BACKBONE="resnet50", TRAIN_BN=True, BN_MOMENTUM=0.9)
     if inference:

@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `samples.shapes` lives in the repository, not in the package
     sys.path.insert(0, str(REPO))
 
+from mrcnn.config import Config  # noqa: E402
 from mrcnn.data.shapes import ShapesDataset  # noqa: E402
 from samples.shapes.shapes import DemoConfig  # noqa: E402
 
@@ -49,9 +50,10 @@ class NotebookConfig(DemoConfig):
 
     NAME = "shapes_notebook"
     BACKBONE = "resnet50"
-    TOP_DOWN_PYRAMID_SIZE = 256
-    RPN_CONV_CHANNELS = 512
-    FPN_CLASSIF_FC_LAYERS_SIZE = 1024
+    # Config's own (matterport's) widths, undoing DemoConfig's narrow ones.
+    TOP_DOWN_PYRAMID_SIZE = Config.TOP_DOWN_PYRAMID_SIZE
+    RPN_CONV_CHANNELS = Config.RPN_CONV_CHANNELS
+    FPN_CLASSIF_FC_LAYERS_SIZE = Config.FPN_CLASSIF_FC_LAYERS_SIZE
     STEPS_PER_EPOCH = 25  # heads 1 epoch + all layers 2 epochs: 75 steps, a few CPU minutes
     VALIDATION_STEPS = 2
 
