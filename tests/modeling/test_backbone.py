@@ -154,6 +154,69 @@ def test_batchnorm_train_bn_follows_training() -> None:
     assert frozen.epsilon == pytest.approx(1e-3)
 
 
+def _frozen_bn_reference(x: np.ndarray, gamma, beta, mean, var, eps: float) -> np.ndarray:
+    """(x - mean) / sqrt(var + eps) * gamma + beta per channel (last axis), float64."""
+    return (x - mean) / np.sqrt(var + eps) * gamma + beta
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 6, 8), (5, 8), (2, 3, 4, 4, 8)])
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_frozen_batchnorm_fused_matches_keras_and_numpy(shape: tuple[int, ...], policy: str) -> None:
+    """The fused frozen path (FusedBatchNormV3, is_training=False) computes what Keras' BatchNorm
+    computes with the moving statistics: outputs and the gradients for x, gamma and beta, at any
+    rank (the fused kernel is 4-D only; other ranks are folded) and in bfloat16."""
+    rng = np.random.default_rng(3)
+    weights = [rng.uniform(0.5, 1.5, 8), rng.normal(size=8), rng.normal(size=8), rng.uniform(0.5, 2.0, 8)]
+    x64 = rng.normal(size=shape) * 2.0 + 0.5
+    dy64 = rng.normal(size=shape)
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        ours, keras_bn = BatchNorm(False), keras.layers.BatchNormalization(epsilon=1e-3)
+        for layer in (ours, keras_bn):
+            layer.build(shape)
+            layer.set_weights([w.astype(np.float32) for w in weights])
+        assert ours._fusable(tf.zeros(shape, ours.compute_dtype))
+        x = tf.constant(x64, ours.compute_dtype)
+        dy = tf.constant(dy64, ours.compute_dtype)
+        results = []
+        for layer in (ours, keras_bn):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x, training=False)
+            grads = tape.gradient(y, [x, layer.gamma.value, layer.beta.value], output_gradients=dy)
+            results.append([y] + grads)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert results[0][0].dtype == x.dtype  # bfloat16 in, bfloat16 out (as Keras)
+    tol = 1e-5 if policy == "float32" else 1e-2
+    for ours_value, keras_value in zip(*results):
+        np.testing.assert_allclose(tf.cast(ours_value, tf.float64).numpy(), tf.cast(keras_value, tf.float64).numpy(),
+                                   rtol=tol, atol=tol)
+    # Against float64 NumPy on the inputs as the layer saw them (bfloat16-rounded in mixed precision).
+    x_seen = tf.cast(x, tf.float64).numpy()
+    expected = _frozen_bn_reference(x_seen, *weights, eps=1e-3)
+    np.testing.assert_allclose(tf.cast(results[0][0], tf.float64).numpy(), expected, rtol=tol, atol=tol * 4)
+    dy_seen = tf.cast(dy, tf.float64).numpy()
+    dgamma = (dy_seen * (x_seen - weights[2]) / np.sqrt(weights[3] + 1e-3)).reshape(-1, 8).sum(0)
+    np.testing.assert_allclose(results[0][2].numpy(), dgamma, rtol=tol, atol=tol * 4)
+    np.testing.assert_allclose(results[0][3].numpy(), dy_seen.reshape(-1, 8).sum(0), rtol=tol, atol=tol * 4)
+
+
+def test_batchnorm_takes_keras_path_for_batch_statistics() -> None:
+    """train_bn=True while training uses batch statistics (Keras' path); channels-first falls back."""
+    x = tf.random.stateless_normal([8, 4, 4, 3], seed=(1, 2)) * 3.0 + 2.0
+    trained = BatchNorm(True)
+    trained(x)
+    assert trained._fusable(x)
+    out = trained(x, training=True)
+    np.testing.assert_allclose(out.numpy().mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
+    channels_first = BatchNorm(False, axis=1)
+    channels_first(x)
+    assert not channels_first._fusable(x)
+    np.testing.assert_allclose(channels_first(x).numpy(), x.numpy() / np.sqrt(1.0 + 1e-3), rtol=1e-5, atol=1e-5)
+
+
 def test_configs_round_trip() -> None:
     model = ResNet("resnet101", train_bn=True, stage5=False, bn_epsilon=1e-5, name="backbone")
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
