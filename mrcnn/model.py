@@ -331,13 +331,32 @@ class MaskRCNN(keras.Model):
         # Masks only for the final detections (the paper's inference: mask branch on the top boxes).
         detection_boxes = tf.stop_gradient(detections[..., :4])
         feats.update(proposals=proposals, mrcnn_class=mrcnn_class, mrcnn_bbox=mrcnn_bbox, detections=detections)
-        if self.mask_head is not None:
-            feats["mrcnn_mask"] = self._mask_branch(detection_boxes, pyramid, training)
-        if self.keypoint_head is not None:
-            # Keypoints, like masks, only for the final detections: [B, D, K, 3] (x, y normalized, score).
-            logits = self.keypoint_head(self.roi_align_keypoint([detection_boxes] + pyramid, training=training),
-                                        training=training)
-            feats["mrcnn_keypoints"] = heatmaps_to_keypoints(logits, detection_boxes)
+        if training:
+            # BatchNorm recalibration (batch statistics): every slot, as the heads' statistics
+            # have always been taken.
+            if self.mask_head is not None:
+                feats["mrcnn_mask"] = self._mask_branch(detection_boxes, pyramid, training)
+            if self.keypoint_head is not None:
+                logits = self.keypoint_head(self.roi_align_keypoint([detection_boxes] + pyramid, training=training),
+                                            training=training)
+                feats["mrcnn_keypoints"] = heatmaps_to_keypoints(logits, detection_boxes)
+            return feats
+        if self.mask_head is not None or self.keypoint_head is not None:
+            # The mask and keypoint heads run on the real detections alone (a trained model keeps a
+            # few of the DETECTION_MAX_INSTANCES slots; the rest are zero padding), as one flat list
+            # padded to a power of two so that the heads' convolutions see few distinct shapes.
+            index, count = _detection_slot_list(detections[..., 4])
+            boxes = tf.gather_nd(detection_boxes, index)[None]  # [1, m, 4]
+            image_ids = index[:, 0]
+            if self.mask_head is not None:
+                masks = self._mask_branch(boxes, pyramid, training, box_image_ids=image_ids)  # [1, m, h, w, K]
+                feats["mrcnn_mask"] = _scatter_detection_slots(masks[0], index, count, detections)
+            if self.keypoint_head is not None:
+                # [B, D, K, 3] (x, y normalized, score), zeros in the empty slots.
+                logits = self.keypoint_head(self.roi_align_keypoint([boxes] + pyramid, box_image_ids=image_ids,
+                                                                    training=training), training=training)
+                feats["mrcnn_keypoints"] = _scatter_detection_slots(
+                    heatmaps_to_keypoints(logits, boxes)[0], index, count, detections)
         return feats
 
     # ------------------------------------------------------------------------------------------
@@ -946,6 +965,33 @@ def _positive_roi_list(rois: tf.Tensor, class_ids: tf.Tensor, masks: tf.Tensor, 
         index = _positive_index(class_ids)
     return (tf.gather_nd(rois, index)[None], tf.gather_nd(class_ids, index)[None],
             tf.gather_nd(masks, index)[None], tf.cast(index[:, 0], tf.int32))
+
+
+def _detection_slot_list(class_ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The slots of the real detections (class id > 0) as one flat list, padded to a bucket size.
+
+    Args:
+        class_ids: [B, D] the detections' class ids (0: an empty slot).
+    Returns:
+        index [m, 2] int32 (image, slot): the n real detections of the batch first (row-major),
+        then copies of slot (0, 0) up to m = the smallest power of two >= n, at most B * D (and at
+        least 1, so that a head never runs on an empty batch); and n (int32 scalar).
+    """
+    index = tf.cast(tf.where(class_ids > 0), tf.int32)  # [n, 2]
+    count = tf.shape(index)[0]
+    # Next power of two of max(n, 1): smear the highest set bit of n - 1 to the right, add one.
+    bits = tf.maximum(count, 1) - 1
+    for shift in (1, 2, 4, 8, 16):
+        bits = tf.bitwise.bitwise_or(bits, tf.bitwise.right_shift(bits, shift))
+    size = tf.minimum(bits + 1, tf.size(class_ids))
+    return tf.concat([index, tf.zeros([size - count, 2], tf.int32)], axis=0), count
+
+
+def _scatter_detection_slots(values: tf.Tensor, index: tf.Tensor, count: tf.Tensor, detections: tf.Tensor
+                             ) -> tf.Tensor:
+    """[m, ...] per-slot results of `_detection_slot_list(...)` -> [B, D, ...], zeros in empty slots."""
+    shape = tf.concat([tf.shape(detections)[:2], tf.shape(values)[1:]], axis=0)
+    return tf.scatter_nd(index[:count], values[:count], shape)
 
 
 @contextlib.contextmanager

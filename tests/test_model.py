@@ -362,3 +362,51 @@ def test_positive_roi_list_gathers_positives_and_never_returns_empty():
     np.testing.assert_array_equal(out_ids, [[0]])
     np.testing.assert_array_equal(image_ids, [0])
     assert out_masks.shape == (1, 1, 2, 2)
+
+
+def test_detection_slot_list_pads_to_a_power_of_two():
+    from mrcnn.model import _detection_slot_list, _scatter_detection_slots
+
+    class_ids = tf.constant([[3.0, 0.0, 1.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0, 0.0]])
+    index, count = _detection_slot_list(class_ids)
+    assert int(count) == 3
+    np.testing.assert_array_equal(index.numpy(), [[0, 0], [0, 2], [1, 1], [0, 0]])  # 3 real + 1 pad
+    values = tf.constant([[10.0], [20.0], [30.0], [99.0]])
+    scattered = _scatter_detection_slots(values, index, count, tf.zeros([2, 5, 6])).numpy()
+    np.testing.assert_array_equal(scattered[..., 0], [[10, 0, 20, 0, 0], [0, 30, 0, 0, 0]])  # pad dropped
+    # No detection at all: one padding slot, so the heads never see an empty batch.
+    index, count = _detection_slot_list(tf.zeros([2, 5]))
+    assert int(count) == 0 and index.numpy().tolist() == [[0, 0]]
+    # Sizes: the next power of two, capped at B * D.
+    for real, expected in [(1, 1), (2, 2), (5, 8), (8, 8), (9, 10), (10, 10)]:
+        ids = np.zeros(10, np.float32)
+        ids[:real] = 1.0
+        index, count = _detection_slot_list(tf.constant(ids.reshape(2, 5)))
+        assert (int(count), index.shape[0]) == (real, expected)
+
+
+def test_masks_run_on_real_detections_only_and_match_all_slots(trained, config, tmp_path):
+    """The mask head runs on the real detections alone; their masks equal those of the head run on
+    every slot (the per-RoI head is independent of the other RoIs), and empty slots hold zeros."""
+    path = str(tmp_path / "tiny.weights.h5")
+    trained[0].save_weights(path)
+    rng = np.random.default_rng(4)
+    images = [_shapes(1, seed=11).load_image(0), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)]
+    probe = MaskRCNN(mode="inference", config=config)
+    probe.load_weights(path)
+    scores = probe.run_graph(images, ["detections"])["detections"][..., 5]
+    # A threshold that empties some slots but not all.
+    threshold = float(np.median(scores[scores > 0]))
+    model = MaskRCNN(mode="inference", config=TinyConfig().update(DETECTION_MIN_CONFIDENCE=threshold))
+    model.load_weights(path)
+    molded, metas, _ = model.mold_inputs(images)
+    x, meta = tf.constant(molded), tf.constant(metas)
+    out = model({"input_image": x, "input_image_meta": meta}, training=False)
+    real = out["detections"][..., 4].numpy() > 0
+    assert 0 < real.sum() < real.size
+    pyramid = model._roi_feature_maps(model._features(x, False), meta)
+    every_slot = model._mask_branch(out["detections"][..., :4], pyramid, False).numpy()
+    masks = out["mrcnn_mask"].numpy()
+    assert masks.shape == every_slot.shape
+    np.testing.assert_allclose(masks[real], every_slot[real], rtol=1e-4, atol=1e-5)
+    assert np.all(masks[~real] == 0.0)
