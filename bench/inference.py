@@ -2,8 +2,9 @@
 
 Writes bench/results/inference.json: for each input size, the median (and all) latencies of >= 5
 timed single-image `detect` calls after warm-up, and the process's peak RSS. Weights are random:
-latency does not depend on them except through the number of detections, so the mask head runs on
-all DETECTION_MAX_INSTANCES slots either way (the graph has static shapes).
+latency does not depend on them except through the number of detections, which
+DETECTION_MIN_CONFIDENCE = 0 makes the most (all DETECTION_MAX_INSTANCES slots filled): the mask
+head, which runs on the real detections only, runs on all 100, the worst case.
 
 800 px is not a multiple of 64, so it runs in `pad64` mode: the 800x800 image is kept at its size
 and zero-padded to 832x832.

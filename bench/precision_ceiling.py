@@ -9,8 +9,8 @@ bfloat16 with the same inputs, written to bench/results/precision_ceiling.json:
    GFLOP/s. The bfloat16 / float32 ratio of these is the ceiling for the whole model: the rest
    (RoIAlign, NMS, casts, numpy unmolding) gains less.
 2. **Stages** of one `detect` graph at `--size` px (ResNet-50-FPN, 81 classes, random weights,
-   DETECTION_MIN_CONFIDENCE 0 so the mask head runs on all 100 detection slots, as the graph's
-   static shapes make it do anyway): backbone + FPN + RPN, proposals, RoIAlign for the box head,
+   DETECTION_MIN_CONFIDENCE 0 so that all 100 detection slots are filled and the mask head, which
+   runs on the real detections only, runs on all 100): backbone + FPN + RPN, proposals, RoIAlign for the box head,
    box head, detection layer, mask branch, and the whole detect call (molding and unmolding too).
 
 Times are CPU seconds (`time.process_time`, all threads; minimum of `--repeats` after a warm-up),

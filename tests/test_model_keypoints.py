@@ -12,11 +12,13 @@ import math
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from mrcnn.data.generator import DataGenerator
 from mrcnn.data.stick_figures import OKS_SIGMAS, StickFiguresConfig, StickFiguresDataset
 from mrcnn.evaluation.coco_eval import build_coco_results, coco_eval_stats, dataset_to_coco
 from mrcnn.model import MaskRCNN, loss_names
+from mrcnn.modeling.keypoint_head import heatmaps_to_keypoints
 
 
 class SmallBackbone(keras.layers.Layer):
@@ -141,6 +143,24 @@ def test_keypoint_only_detect_returns_keypoints_and_no_masks(overfit):
             assert ((points[:, 2] > 0) & (points[:, 2] <= 1)).all()
     outputs = model.run_graph([image], ["mrcnn_keypoints", "detections"])
     assert outputs["mrcnn_keypoints"].shape == (1, model.config.DETECTION_MAX_INSTANCES, model.config.NUM_KEYPOINTS, 3)
+
+
+def test_keypoints_run_on_real_detections_only_and_match_all_slots(overfit):
+    """The keypoint head runs on the real detections alone (as the mask head): their keypoints equal
+    those of the head run on every slot, and empty slots hold zeros."""
+    model, dataset, _, _ = overfit
+    molded, metas, _ = model.mold_inputs([dataset.load_image(0), dataset.load_image(1)])
+    x, meta = tf.constant(molded), tf.constant(metas)
+    out = model({"input_image": x, "input_image_meta": meta}, training=False)
+    real = out["detections"][..., 4].numpy() > 0
+    assert 0 < real.sum() < real.size
+    pyramid = model._roi_feature_maps(model._features(x, False), meta)
+    boxes = out["detections"][..., :4]
+    logits = model.keypoint_head(model.roi_align_keypoint([boxes] + pyramid, training=False), training=False)
+    every_slot = heatmaps_to_keypoints(logits, boxes).numpy()
+    keypoints = out["mrcnn_keypoints"].numpy()
+    np.testing.assert_allclose(keypoints[real], every_slot[real], rtol=1e-4, atol=1e-5)
+    assert np.all(keypoints[~real] == 0.0)
 
 
 def test_mask_and_keypoint_model_trains():

@@ -242,11 +242,13 @@ def l2_weight_decay(variables: Iterable[tf.Variable], weight_decay: float,
         if _variable_short_name(variable) in _NORM_PARAMETER_NAMES:
             continue
         value = tf.cast(tf.convert_to_tensor(variable), tf.float32)
-        squares = tf.reduce_sum(tf.square(value))
+        # sum(w^2) / 2 as one op (L2Loss), whose gradient is one multiply: cheaper than
+        # square + sum over the ~45M weights of a ResNet-50-FPN every step.
+        half_squares = tf.nn.l2_loss(value)
         if per_element_normalized:
-            terms.append(squares / tf.cast(tf.size(value), tf.float32))
+            terms.append(2.0 * half_squares / tf.cast(tf.size(value), tf.float32))
         else:
-            terms.append(0.5 * squares)
+            terms.append(half_squares)
     if not terms:
         return tf.constant(0.0, tf.float32)
     return tf.cast(weight_decay, tf.float32) * tf.add_n(terms)
