@@ -10,9 +10,12 @@ As a module (setup.py does this):
     runpy.run_path("custom_ops/build.py", run_name="mrcnn_build")["build"](verbose=True)
 
 What it does:
-- CPU library: g++ -std=c++17 -shared -fPIC -O2 -Wno-deprecated-declarations with
+- CPU library: g++ -std=c++17 -shared -fPIC -O3 -Wno-deprecated-declarations with
   tf.sysconfig.get_compile_flags() / get_link_flags() (the _GLIBCXX_USE_CXX11_ABI from TF matters:
-  the wrong ABI compiles but fails to load).
+  the wrong ABI compiles but fails to load). -O3 because GCC's -O2 does not vectorize the kernels'
+  channel loops; the loops are also compiled for AVX2 and picked at load time on CPUs that have it
+  (target_clones in roi_align.h). 1000 RoIs -> 7x7 from [1, 128, 128, 256], 1 thread: forward
+  67 ms at -O2, 25 ms at -O3, 18 ms with the AVX2 clone; gradient 62 / 24 / 12 ms.
 - CUDA part (GPU kernels registered under GOOGLE_CUDA): only when `nvcc` is found AND
   tf.test.is_built_with_cuda(); the tensorflow-cpu wheel is not, so it is skipped with a message.
   The wheel lacks third_party/gpus/cuda/include, so a shim directory with that path symlinked to
@@ -49,7 +52,7 @@ HEADERS = [SRC / "kernels" / "roi_align.h"]
 LIB_DIR = REPO / "mrcnn" / "ops" / "_lib"
 LIB_PATH = LIB_DIR / "_roi_align_ops.so"
 INFO_PATH = LIB_DIR / "build_info.json"
-CXX_FLAGS = ["-std=c++17", "-shared", "-fPIC", "-O2", "-Wno-deprecated-declarations"]
+CXX_FLAGS = ["-std=c++17", "-shared", "-fPIC", "-O3", "-Wno-deprecated-declarations"]
 DEFAULT_CUDA_ARCHS = "75;80;86;89;90"
 
 
@@ -172,7 +175,7 @@ def _nvcc_cmd(nvcc: str, source: Path, obj: Path, compile_flags: list[str], shim
 
 def _host_cmd(source: Path, obj: Path, compile_flags: list[str], extra: list[str]) -> list[str]:
     cxx = os.environ.get("CXX", "g++")
-    return [cxx, *CXX_FLAGS[:1], "-c", "-fPIC", "-O2", "-Wno-deprecated-declarations",
+    return [cxx, *CXX_FLAGS[:1], "-c", "-fPIC", "-O3", "-Wno-deprecated-declarations",
             f"-I{SRC / 'kernels'}", *extra, *compile_flags, str(source), "-o", str(obj)]
 
 
