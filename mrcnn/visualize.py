@@ -561,7 +561,11 @@ def plot_overlaps(
             f"with {len(pred_scores)} scores"
         )
     fig, ax, owns = _axes(ax, (12, 10), save_path)
-    ax.imshow(overlaps, interpolation="nearest", cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    if overlaps.size:
+        ax.imshow(overlaps, interpolation="nearest", cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    else:  # an empty image has no extent (matplotlib warns about singular limits): say what is missing
+        ax.text(0.5, 0.5, "no predictions" if len(pred_class_ids) == 0 else "no ground truth",
+                ha="center", va="center", transform=ax.transAxes)
     ax.set_yticks(np.arange(len(pred_class_ids)))
     ax.set_yticklabels([f"{class_names[int(c)]} ({s:.2f})" for c, s in zip(pred_class_ids, pred_scores)])
     ax.set_xticks(np.arange(len(gt_class_ids)))

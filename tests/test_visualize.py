@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -128,9 +129,12 @@ def test_plot_overlaps(tmp_path):
     assert labels[0] == "0.900\nmatch" and labels[3] == "0.600\nmatch" and labels[5] == "0.700\nwrong"
     with pytest.raises(ValueError, match="overlaps"):
         visualize.plot_overlaps(np.array([1]), np.array([1]), np.array([0.9]), np.zeros((2, 2)), CLASS_NAMES)
-    # No predictions: compute_matches-style empty overlaps are accepted.
-    visualize.plot_overlaps(np.array([1]), np.zeros(0), np.zeros(0), np.zeros((0, 1)), CLASS_NAMES,
-                            save_path=tmp_path / "empty.png")
+    # No predictions: compute_matches-style empty overlaps are accepted, without matplotlib warnings.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ax = visualize.plot_overlaps(np.array([1]), np.zeros(0), np.zeros(0), np.zeros((0, 1)), CLASS_NAMES,
+                                     save_path=tmp_path / "empty.png")
+    assert [t.get_text() for t in ax.texts] == ["no predictions"]
 
 
 def test_draw_boxes_and_top_masks_and_images(tmp_path):
