@@ -106,6 +106,10 @@ class BatchNorm(keras.layers.BatchNormalization):
         """Whether `_frozen_fused` computes exactly what Keras' own call would: a channels-last
         BatchNorm with gamma and beta, no renormalization, on floating inputs."""
         rank = inputs.shape.rank
+        if inputs.dtype == tf.bfloat16 and tf.config.list_logical_devices("GPU"):
+            # TensorFlow's GPU FusedBatchNormV3 kernels take float32 and float16 only; bfloat16
+            # ones exist on the CPU (oneDNN).
+            return False
         return (rank is not None and rank >= 2 and self.axis in (-1, rank - 1) and self.center and self.scale
                 and not self.renorm and inputs.dtype in (tf.float32, tf.bfloat16, tf.float16))
 

@@ -203,14 +203,19 @@ def test_frozen_batchnorm_fused_matches_keras_and_numpy(shape: tuple[int, ...], 
     np.testing.assert_allclose(results[0][3].numpy(), dy_seen.reshape(-1, 8).sum(0), rtol=tol, atol=tol * 4)
 
 
-def test_batchnorm_takes_keras_path_for_batch_statistics() -> None:
-    """train_bn=True while training uses batch statistics (Keras' path); channels-first falls back."""
+def test_batchnorm_takes_keras_path_for_batch_statistics(monkeypatch) -> None:
+    """train_bn=True while training uses batch statistics (Keras' path); channels-first, and bfloat16 on a
+    GPU machine, fall back to it."""
     x = tf.random.stateless_normal([8, 4, 4, 3], seed=(1, 2)) * 3.0 + 2.0
     trained = BatchNorm(True)
     trained(x)
     assert trained._fusable(x)
     out = trained(x, training=True)
     np.testing.assert_allclose(out.numpy().mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
+    # bfloat16 with a GPU present: Keras' path (TensorFlow has no bfloat16 GPU kernel for the fused op).
+    monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind=None: ["/GPU:0"] if kind == "GPU" else [])
+    assert not trained._fusable(tf.cast(x, tf.bfloat16)) and trained._fusable(x)
+    monkeypatch.undo()
     channels_first = BatchNorm(False, axis=1)
     channels_first(x)
     assert not channels_first._fusable(x)
