@@ -331,21 +331,12 @@ class MaskRCNN(keras.Model):
         # Masks only for the final detections (the paper's inference: mask branch on the top boxes).
         detection_boxes = tf.stop_gradient(detections[..., :4])
         feats.update(proposals=proposals, mrcnn_class=mrcnn_class, mrcnn_bbox=mrcnn_bbox, detections=detections)
-        if training:
-            # BatchNorm recalibration (batch statistics): every slot, as the heads' statistics
-            # have always been taken.
-            if self.mask_head is not None:
-                feats["mrcnn_mask"] = self._mask_branch(detection_boxes, pyramid, training)
-            if self.keypoint_head is not None:
-                logits = self.keypoint_head(self.roi_align_keypoint([detection_boxes] + pyramid, training=training),
-                                            training=training)
-                feats["mrcnn_keypoints"] = heatmaps_to_keypoints(logits, detection_boxes)
-            return feats
         if self.mask_head is not None or self.keypoint_head is not None:
             # The mask and keypoint heads run on the real detections alone (a trained model keeps a
             # few of the DETECTION_MAX_INSTANCES slots; the rest are zero padding), as one flat list
             # padded to a power of two so that the heads' convolutions see few distinct shapes.
-            index, count = _detection_slot_list(detections[..., 4])
+            # BatchNorm recalibration (training: batch statistics) takes every slot, as it always has.
+            index, count = _detection_slot_list(detections[..., 4], every_slot=bool(training))
             boxes = tf.gather_nd(detection_boxes, index)[None]  # [1, m, 4]
             image_ids = index[:, 0]
             if self.mask_head is not None:
@@ -967,17 +958,19 @@ def _positive_roi_list(rois: tf.Tensor, class_ids: tf.Tensor, masks: tf.Tensor, 
             tf.gather_nd(masks, index)[None], tf.cast(index[:, 0], tf.int32))
 
 
-def _detection_slot_list(class_ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def _detection_slot_list(class_ids: tf.Tensor, every_slot: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
     """The slots of the real detections (class id > 0) as one flat list, padded to a bucket size.
 
     Args:
         class_ids: [B, D] the detections' class ids (0: an empty slot).
+        every_slot: list all B * D slots, empty ones too (n = m = B * D).
     Returns:
         index [m, 2] int32 (image, slot): the n real detections of the batch first (row-major),
         then copies of slot (0, 0) up to m = the smallest power of two >= n, at most B * D (and at
         least 1, so that a head never runs on an empty batch); and n (int32 scalar).
     """
-    index = tf.cast(tf.where(class_ids > 0), tf.int32)  # [n, 2]
+    listed = tf.ones_like(class_ids, tf.bool) if every_slot else class_ids > 0
+    index = tf.cast(tf.where(listed), tf.int32)  # [n, 2]
     count = tf.shape(index)[0]
     # Next power of two of max(n, 1): smear the highest set bit of n - 1 to the right, add one.
     bits = tf.maximum(count, 1) - 1

@@ -377,6 +377,9 @@ def test_detection_slot_list_pads_to_a_power_of_two():
     # No detection at all: one padding slot, so the heads never see an empty batch.
     index, count = _detection_slot_list(tf.zeros([2, 5]))
     assert int(count) == 0 and index.numpy().tolist() == [[0, 0]]
+    # every_slot (BatchNorm recalibration): all B * D slots, row-major, empty ones included.
+    index, count = _detection_slot_list(class_ids, every_slot=True)
+    assert int(count) == 10 and index.numpy().tolist() == [[b, d] for b in range(2) for d in range(5)]
     # Sizes: the next power of two, capped at B * D.
     for real, expected in [(1, 1), (2, 2), (5, 8), (8, 8), (9, 10), (10, 10)]:
         ids = np.zeros(10, np.float32)
