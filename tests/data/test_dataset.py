@@ -119,7 +119,8 @@ def test_base_load_keypoints_names_the_subclass_and_the_fix():
 
     dataset = NoKeypoints()
     with pytest.raises(NotImplementedError, match=r"NoKeypoints\.load_keypoints is not implemented.*image 3.*"
-                                                  r"override load_keypoints\(image_id\)"):
+                                                  r"override load_keypoints\(image_id\).*KEYPOINT_HEAD = False.*"
+                                                  r"with_keypoints=False"):
         dataset.load_keypoints(3)
 
 
