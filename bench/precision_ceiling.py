@@ -7,7 +7,9 @@ bfloat16 with the same inputs, written to bench/results/precision_ceiling.json:
 1. **Layers**: the convolutions and the matmul that dominate ResNet-50-FPN Mask R-CNN inference
    at 512 px, alone (a 3x3 conv + ReLU, or the box head's first fully-connected layer), in
    GFLOP/s. The bfloat16 / float32 ratio of these is the ceiling for the whole model: the rest
-   (RoIAlign, NMS, casts, numpy unmolding) gains less.
+   (RoIAlign, NMS, casts, numpy unmolding) gains less. Two rows measure the CPU rather than the
+   model: a 4096^3 matmul (the hardware's bfloat16 / float32 ratio where float32 is near its
+   FMA peak) and the wide 3x3 conv behind the issue's "~850 vs ~300 GFLOP/s".
 2. **Stages** of one `detect` graph at `--size` px (ResNet-50-FPN, 81 classes, random weights,
    DETECTION_MIN_CONFIDENCE 0 so that all 100 detection slots are filled and the mask head, which
    runs on the real detections only, runs on all 100): backbone + FPN + RPN, proposals, RoIAlign for the box head,
@@ -33,6 +35,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -53,6 +56,10 @@ LAYERS = [
     ("RPN conv on P2 (512 wide)", (1, 128, 128, 256), 3, 512),
     ("mask head 3x3, 100 RoIs", (100, 14, 14, 256), 3, 256),
     ("box head fc1, 1000 RoIs", (1000, 12544), 0, 1024),
+    # What this CPU's bfloat16 path can give at best, independent of Mask R-CNN's layer shapes: a
+    # large matmul (float32 near its FMA peak) and the issue's own example, a wide 3x3 conv.
+    ("peak: matmul 4096^3", (4096, 4096), 0, 4096),
+    ("issue's example: 3x3 conv 256->256 on 256x256", (1, 256, 256, 256), 3, 256),
 ]
 
 
@@ -90,6 +97,7 @@ def bench_layer(shape: tuple[int, ...], kernel: int, channels: int, dtype: tf.DT
 
 def bench_stages(size: int, precision: str, repeats: int) -> dict:
     """CPU seconds of each stage of one image's detect graph."""
+    keras.utils.set_random_seed(0)  # the same random weights in both precisions
     model = MaskRCNN(mode="inference", config=make_config(size, precision))
     image = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
     model.detect([image])  # builds the model

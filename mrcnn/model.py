@@ -851,12 +851,7 @@ class MaskRCNN(keras.Model):
         boxes, class_ids, scores = boxes[valid], class_ids[valid], scores[valid]
         result = {"rois": boxes, "class_ids": class_ids, "scores": scores}
         if mrcnn_mask is not None:
-            masks = masks[valid]
-            full_masks = np.zeros((height, width, len(valid)), dtype=np.float32 if soft_masks else bool)
-            paste = utils.unmold_soft_mask if soft_masks else utils.unmold_mask
-            for n in range(len(valid)):
-                full_masks[:, :, n] = paste(masks[n], boxes[n], (height, width))
-            result["masks"] = full_masks
+            result["masks"] = utils.paste_masks(masks[valid], boxes, (height, width), soft=soft_masks)
         if keypoints is not None:
             result["keypoints"] = points[valid]
         return result

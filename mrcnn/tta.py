@@ -224,7 +224,11 @@ def merge_views(views: Sequence[ViewDetections], image_shape: Sequence[int], iou
             for m in members:
                 y1, x1, y2, x2 = rois[m]
                 masks[y1:y2, x1:x2, n] += crops[m]
-            masks[:, :, n] /= len(members)
+            # Only the members' boxes hold non-zero values: dividing there, not over the whole
+            # strided [H, W] plane, keeps the cost at the boxes' area.
+            y1, x1 = rois[members, :2].min(axis=0)
+            y2, x2 = rois[members, 2:].max(axis=0)
+            masks[y1:y2, x1:x2, n] /= len(members)
         result["masks"] = masks if soft_masks else masks >= 0.5
     return result
 

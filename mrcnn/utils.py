@@ -724,11 +724,41 @@ def expand_mask(bbox: np.ndarray, mini_mask: np.ndarray, image_shape: Sequence[i
     mini_mask = np.asarray(mini_mask)
     if mini_mask.ndim != 3 or mini_mask.shape[-1] != bbox.shape[0]:
         raise ValueError(f"mini_mask must be [mh, mw, N] with N = {bbox.shape[0]} boxes, got shape {mini_mask.shape}")
+    return paste_masks(np.moveaxis(mini_mask, -1, 0), bbox, image_shape)
+
+
+def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_shape: Sequence[int], soft: bool = False) -> np.ndarray:
+    """Pastes one small mask per box into full-size masks: `unmold_mask` (or `unmold_soft_mask`)
+    for every instance at once.
+
+    Only each box's own pixels are written: the output starts as zeros, so building a full
+    [H, W] plane per instance (and copying it into the strided [H, W, N] output) would cost
+    O(H * W) per instance instead of O(box area).
+
+    Args:
+        masks: [N, mh, mw] float in [0, 1] (or bool).
+        boxes: [N, (y1, x1, y2, x2)] pixel boxes (y2/x2 exclusive); may extend past the image.
+        image_shape: (H, W, ...) of the output.
+        soft: float32 probabilities instead of bool masks thresholded at 0.5.
+
+    Returns:
+        [H, W, N] bool (or float32 with `soft`), the same as stacking `unmold_mask(masks[n],
+        boxes[n], image_shape)` (`unmold_soft_mask`) over n.
+    """
+    masks = np.asarray(masks)
+    boxes = np.asarray(boxes)
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be [N, mh, mw], got shape {masks.shape}")
+    if boxes.shape != (masks.shape[0], 4):
+        raise ValueError(f"boxes must be [N, 4] with N = {masks.shape[0]} masks, got shape {boxes.shape}")
     height, width = int(image_shape[0]), int(image_shape[1])
-    mask = np.zeros((height, width, bbox.shape[0]), dtype=bool)
-    for i in range(bbox.shape[0]):
-        mask[:, :, i] = unmold_mask(mini_mask[:, :, i].astype(np.float32), bbox[i], (height, width))
-    return mask
+    full = np.zeros((height, width, masks.shape[0]), dtype=np.float32 if soft else bool)
+    for n in range(masks.shape[0]):
+        part = _mask_in_box(masks[n], boxes[n], height, width)
+        if part is not None:
+            rows, cols, values = part
+            full[rows, cols, n] = values if soft else values >= 0.5
+    return full
 
 
 def unmold_mask(mask: np.ndarray, bbox: Sequence[int], image_shape: Sequence[int]) -> np.ndarray:
@@ -763,16 +793,28 @@ def unmold_soft_mask(mask: np.ndarray, bbox: Sequence[int], image_shape: Sequenc
     if mask.ndim != 2:
         raise ValueError(f"mask must be [mh, mw], got shape {mask.shape}")
     height, width = int(image_shape[0]), int(image_shape[1])
-    y1, x1, y2, x2 = (int(round(float(v))) for v in bbox)
     full = np.zeros((height, width), dtype=np.float32)
-    if y2 <= y1 or x2 <= x1:
-        return full
-    resized = resize_bilinear(mask.astype(np.float32), (y2 - y1, x2 - x1))
-    # Paste the part of the box that lies inside the image.
-    cy1, cx1, cy2, cx2 = max(y1, 0), max(x1, 0), min(y2, height), min(x2, width)
-    if cy2 > cy1 and cx2 > cx1:
-        full[cy1:cy2, cx1:cx2] = resized[cy1 - y1 : cy2 - y1, cx1 - x1 : cx2 - x1]
+    part = _mask_in_box(mask, bbox, height, width)
+    if part is not None:
+        rows, cols, values = part
+        full[rows, cols] = values
     return full
+
+
+def _mask_in_box(mask: np.ndarray, bbox: Sequence[int], height: int, width: int
+                 ) -> tuple[slice, slice, np.ndarray] | None:
+    """`mask` [mh, mw] resized bilinearly to `bbox`, cut to the part inside a [height, width] image.
+
+    Returns:
+        (rows, cols, values): the image slices the part covers and its float32 values; None for a
+        zero-area box or one wholly outside the image.
+    """
+    y1, x1, y2, x2 = (int(round(float(v))) for v in bbox)
+    cy1, cx1, cy2, cx2 = max(y1, 0), max(x1, 0), min(y2, height), min(x2, width)
+    if y2 <= y1 or x2 <= x1 or cy2 <= cy1 or cx2 <= cx1:
+        return None
+    resized = resize_bilinear(mask, (y2 - y1, x2 - x1))
+    return slice(cy1, cy2), slice(cx1, cx2), resized[cy1 - y1 : cy2 - y1, cx1 - x1 : cx2 - x1]
 
 
 # ------------------------------------------------------------------------------------------------

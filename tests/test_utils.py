@@ -422,6 +422,44 @@ def test_compose_parse_image_meta_round_trip():
     assert utils.parse_image_meta(metas[0])["window"].tolist() == [128, 0, 896, 1024]
 
 
+def _paste_on_padded_canvas(mask: np.ndarray, box: tuple[int, int, int, int], height: int, width: int) -> np.ndarray:
+    """Slow reference: resize to the box, draw on a canvas large enough for any test box, crop."""
+    pad = 200
+    canvas = np.zeros((height + 2 * pad, width + 2 * pad), np.float32)
+    y1, x1, y2, x2 = box
+    if y2 > y1 and x2 > x1:
+        canvas[y1 + pad : y2 + pad, x1 + pad : x2 + pad] = utils.resize_bilinear(mask, (y2 - y1, x2 - x1))
+    return canvas[pad : pad + height, pad : pad + width]
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_paste_masks_matches_pasting_each_mask_on_a_canvas(soft):
+    rng = np.random.default_rng(5)
+    height, width = 60, 80
+    fixed = [(10, 20, 30, 60), (-5, 40, 10, 95), (50, -30, 75, 5), (5, 5, 5, 9), (70, 10, 90, 30),
+             (0, 0, 60, 80), (-40, -40, -10, -10)]  # inside, over edges, zero area, below, whole, outside
+    ys, xs = np.sort(rng.integers(-20, 100, (2, 20, 2)), axis=-1)
+    boxes = np.concatenate([np.array(fixed), np.stack([ys[:, 0], xs[:, 0], ys[:, 1], xs[:, 1]], axis=1)])
+    masks = rng.random((len(boxes), 28, 28)).astype(np.float32)
+    pasted = utils.paste_masks(masks, boxes, (height, width, 3), soft=soft)
+    assert pasted.shape == (height, width, len(boxes)) and pasted.dtype == (np.float32 if soft else bool)
+    for n, box in enumerate(boxes):
+        expected = _paste_on_padded_canvas(masks[n], tuple(box), height, width)
+        if soft:
+            np.testing.assert_allclose(pasted[:, :, n], expected, atol=1e-6, err_msg=f"box {box}")
+        else:
+            np.testing.assert_array_equal(pasted[:, :, n], expected >= 0.5, err_msg=f"box {box}")
+    assert pasted[:, :, 3].max() == 0 and pasted[:, :, 6].max() == 0  # zero area, wholly outside
+
+
+def test_paste_masks_rejects_bad_shapes_by_name():
+    with pytest.raises(ValueError, match="masks must be"):
+        utils.paste_masks(np.zeros((28, 28)), np.zeros((1, 4)), (10, 10))
+    with pytest.raises(ValueError, match="boxes must be"):
+        utils.paste_masks(np.zeros((2, 28, 28)), np.zeros((3, 4)), (10, 10))
+    assert utils.paste_masks(np.zeros((0, 28, 28)), np.zeros((0, 4)), (10, 12)).shape == (10, 12, 0)
+
+
 def test_unmold_soft_mask_is_unmold_mask_before_its_threshold():
     soft = np.random.default_rng(3).random((28, 28)).astype(np.float32)
     for box in ((10, 20, 30, 60), (-5, 40, 10, 70), (5, 5, 5, 9)):
