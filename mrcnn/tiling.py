@@ -139,12 +139,16 @@ class _Candidates:
             )
         # Interior edges (shared with a neighbouring tile) per side: top, left, bottom, right.
         interior = (y > 0, x > 0, y + h < height, x + w < width)
+        masks = masks.astype(bool, copy=False)
+        # Every mask's occupied rows and columns in two passes over the contiguous [h, w, N] array;
+        # scanning each instance's strided [h, w] plane separately cost ~0.6 ms per instance.
+        occupied_rows, occupied_cols = masks.any(axis=1), masks.any(axis=0)  # [h, N], [w, N]
         for k in range(count):
-            mask = masks[:, :, k].astype(bool, copy=False)
-            rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+            rows, cols = np.flatnonzero(occupied_rows[:, k]), np.flatnonzero(occupied_cols[:, k])
             if rows.size == 0:
                 continue  # an empty mask is no instance
             y1, y2, x1, x2 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+            mask = masks[:, :, k]
             distances = (y1, x1, h - y2, w - x2)
             inner = [d for d, is_inner in zip(distances, interior) if is_inner]
             self.cut.append(any(d == 0 for d in inner))

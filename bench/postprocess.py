@@ -1,0 +1,128 @@
+"""Benchmark: host-side (numpy) work after the inference graph, for many instances.
+
+1. **Pasting masks** (`detect`'s last step). `MaskRCNN.detect` returns matterport's format, masks
+   [H, W, N] of the original image. Filling it one full [H, W] plane per instance
+   (`utils.unmold_mask` for each, copied into the strided output) costs O(H * W) per instance;
+   `utils.paste_masks` writes each box's pixels only, O(box area). Both run on the same random
+   masks and boxes (same outputs, checked): 100 detections at 512 and 1024 px, and 300
+   nucleus-sized instances at 1024 px, as bool masks and as `soft_masks` (float32).
+2. **Tiled inference's candidates** (`mrcnn.tiling`): cutting one tile's detections ([h, w, N]
+   masks) to their boxes. Scanning each instance's strided [h, w] plane for its extent against
+   finding every extent in two passes over the whole array (what `detect_tiled` does), 300
+   nuclei in a 512 px tile.
+
+Writes bench/results/postprocess.json (wall ms, minimum of --repeats).
+
+    python bench/postprocess.py [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from mrcnn import tiling, utils
+
+# (instances, image side px, largest box side px)
+CASES = [(100, 512, 100), (100, 1024, 200), (300, 1024, 40)]
+
+
+def _min_seconds(step: Callable[[], np.ndarray], repeats: int) -> float:
+    step()
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - tic)
+    return min(times)
+
+
+def plane_per_instance(masks: np.ndarray, boxes: np.ndarray, side: int, soft: bool) -> np.ndarray:
+    """The O(H * W)-per-instance way: one full plane per instance, copied into [H, W, N]."""
+    full = np.zeros((side, side, len(boxes)), dtype=np.float32 if soft else bool)
+    paste = utils.unmold_soft_mask if soft else utils.unmold_mask
+    for n in range(len(boxes)):
+        full[:, :, n] = paste(masks[n], boxes[n], (side, side))
+    return full
+
+
+def bench_case(count: int, side: int, box_side: int, soft: bool, repeats: int) -> dict:
+    rng = np.random.default_rng(0)
+    sizes = (rng.uniform(0.3, 1.0, (count, 2)) * box_side).astype(np.int32) + 1
+    corners = (rng.random((count, 2)) * (side - sizes)).astype(np.int32)
+    boxes = np.concatenate([corners, corners + sizes], axis=1)
+    masks = rng.random((count, 28, 28)).astype(np.float32)
+    np.testing.assert_array_equal(utils.paste_masks(masks, boxes, (side, side), soft=soft),
+                                  plane_per_instance(masks, boxes, side, soft))
+    box_wise = _min_seconds(lambda: utils.paste_masks(masks, boxes, (side, side), soft=soft), repeats)
+    per_plane = _min_seconds(lambda: plane_per_instance(masks, boxes, side, soft), repeats)
+    return {"instances": count, "image_px": side, "max_box_px": box_side, "soft": soft,
+            "paste_masks_ms": round(box_wise * 1e3, 1), "plane_per_instance_ms": round(per_plane * 1e3, 1),
+            "speedup": round(per_plane / box_wise, 1)}
+
+
+def extents_per_instance(masks: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """The O(h * w)-strided-scan-per-instance way to find each mask's box."""
+    boxes = []
+    for k in range(masks.shape[-1]):
+        mask = masks[:, :, k]
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        boxes.append((int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1))
+    return boxes
+
+
+def bench_tile_candidates(count: int, side: int, box_side: int, repeats: int) -> dict:
+    rng = np.random.default_rng(0)
+    sizes = (rng.uniform(0.3, 1.0, (count, 2)) * box_side).astype(np.int32) + 1
+    corners = (rng.random((count, 2)) * (side - sizes)).astype(np.int32)
+    masks = utils.paste_masks(rng.random((count, 28, 28)).astype(np.float32),
+                              np.concatenate([corners, corners + sizes], axis=1), (side, side))
+    # C order, as detect returns it (fancy indexing would give each instance its own contiguous plane).
+    masks = np.ascontiguousarray(masks[:, :, masks.any(axis=(0, 1))])
+    result = {"rois": np.zeros((masks.shape[-1], 4), np.int32), "class_ids": np.ones(masks.shape[-1], np.int32),
+              "scores": np.ones(masks.shape[-1], np.float32), "masks": masks}
+
+    def candidates() -> tiling._Candidates:
+        found = tiling._Candidates()
+        found.add_tile(result, 0, 0, side, side, 2 * side, 2 * side)
+        return found
+
+    assert [tuple(int(v) for v in b) for b in candidates().boxes] == extents_per_instance(masks)
+    two_passes = _min_seconds(candidates, repeats)
+    per_instance = _min_seconds(lambda: extents_per_instance(masks), repeats)
+    return {"instances": int(masks.shape[-1]), "tile_px": side, "max_box_px": box_side,
+            "add_tile_ms": round(two_passes * 1e3, 1), "scan_per_instance_ms": round(per_instance * 1e3, 1),
+            "speedup": round(per_instance / two_passes, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "postprocess.json"))
+    args = parser.parse_args()
+    rows = []
+    for count, side, box_side in CASES:
+        for soft in (False, True):
+            row = bench_case(count, side, box_side, soft, args.repeats)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    tile = bench_tile_candidates(300, 512, 40, args.repeats)
+    print(json.dumps(tile), flush=True)
+    report = {"benchmark": "host-side post-processing, wall ms, minimum of repeats: pasting N 28x28 masks into "
+                           "[H, W, N] (detect's unmolding); cutting a tile's masks to their boxes (tiled inference)",
+              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+              "numpy": np.__version__, "paste_masks": rows, "tile_candidates": tile}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
