@@ -14,7 +14,7 @@ import skimage.io
 
 from mrcnn.data.coco import CocoDataset
 from mrcnn.data.shapes import ShapesDataset, export_coco
-from mrcnn.evaluation.coco_eval import STAT_NAMES, build_coco_results, coco_eval_stats, evaluate_coco
+from mrcnn.evaluation.coco_eval import STAT_NAMES, build_coco_results, coco_eval_stats, encode_masks, evaluate_coco
 from mrcnn.utils import extract_bboxes
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -117,6 +117,29 @@ def _many_instances(tmp_path: Path, count: int = 150) -> tuple[CocoDataset, obje
 
 
 # ----------------------------------------------------------------------------------------------
+def test_encode_masks_gives_pycocotools_encoding_of_each_mask():
+    rng = np.random.default_rng(11)
+    height, width = 23, 31
+    masks = np.zeros((height, width, 9), bool)
+    masks[:, :, 1] = True  # the whole image
+    masks[0, 0, 2] = True  # first pixel only
+    masks[-1, -1, 3] = True  # last pixel only
+    masks[:, 0, 4] = masks[:, -1, 4] = True  # first and last columns
+    masks[5:9, 10:20, 5] = True  # a box inside
+    masks[0:3, 12:15, 6] = masks[20:, 12:15, 6] = True  # touching top and bottom, same columns
+    masks[:, :, 7] = rng.random((height, width)) < 0.5  # noise everywhere
+    masks[4:18, 6:11, 8] = rng.random((14, 5)) < 0.3  # noise in a band
+    encoded = encode_masks(masks)  # mask 0 stays empty
+    assert len(encoded) == masks.shape[-1]
+    for k, rle in enumerate(encoded):
+        expected = mask_util.encode(np.asfortranarray(masks[:, :, k].astype(np.uint8)))
+        assert rle["counts"] == expected["counts"] and list(rle["size"]) == [height, width], f"mask {k}"
+        np.testing.assert_array_equal(mask_util.decode(rle), masks[:, :, k])
+    assert encode_masks(np.zeros((4, 5, 0), bool)) == []
+    with pytest.raises(ValueError, match="masks must be"):
+        encode_masks(np.zeros((4, 5), bool))
+
+
 def test_shapes_ground_truth_scores_one(shapes_coco):
     dataset, coco = shapes_coco
     assert any(a["iscrowd"] for a in coco.dataset["annotations"]), "fixture should hold crowd instances"
