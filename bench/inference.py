@@ -30,8 +30,8 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -43,6 +43,9 @@ import tensorflow as tf  # noqa: E402
 from mrcnn.config import Config  # noqa: E402
 from mrcnn.model import MaskRCNN  # noqa: E402
 from mrcnn.ops.roi_align import active_implementation  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import repeat_times  # noqa: E402
 
 
 def make_config(size: int, precision: str = "float32") -> Config:
@@ -56,15 +59,6 @@ def make_config(size: int, precision: str = "float32") -> Config:
     return type("BenchConfig", (Config,), attrs)()
 
 
-def _wall_seconds(step: Callable[[], object], repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - tic)
-    return times
-
-
 def bench_size(size: int, repeats: int, precision: str = "float32") -> dict:
     keras.utils.set_random_seed(0)  # the same random weights in every precision
     model = MaskRCNN(mode="inference", config=make_config(size, precision))
@@ -73,10 +67,10 @@ def bench_size(size: int, repeats: int, precision: str = "float32") -> dict:
     detections = len(model.detect([image])[0]["class_ids"])  # builds and traces
     first = time.perf_counter() - tic
     model.detect([image])  # second warm-up
-    times = _wall_seconds(lambda: model.detect([image]), repeats)
+    times = repeat_times(lambda: model.detect([image]), repeats, warmup=0)
     molded, metas, _ = model.mold_inputs([image])
     molded, metas = tf.constant(molded), tf.constant(metas)
-    graph = _wall_seconds(lambda: [v.numpy() for v in model._infer(molded, metas).values()], repeats)
+    graph = repeat_times(lambda: [v.numpy() for v in model._infer(molded, metas).values()], repeats)
     return {"size": size, "precision": precision, "molded": int(molded.shape[1]),
             "median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4),
             "all_s": [round(t, 4) for t in times], "graph_median_s": round(statistics.median(graph), 4),

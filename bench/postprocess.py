@@ -26,7 +26,7 @@ import argparse
 import json
 import os
 import platform
-import time
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,18 +36,15 @@ import pycocotools.mask as mask_util
 from mrcnn import tiling, utils
 from mrcnn.evaluation.coco_eval import encode_masks
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import repeat_times  # noqa: E402
+
 # (instances, image side px, largest box side px)
 CASES = [(100, 512, 100), (100, 1024, 200), (300, 1024, 40)]
 
 
-def _min_seconds(step: Callable[[], np.ndarray], repeats: int) -> float:
-    step()
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - tic)
-    return min(times)
+def _min_seconds(step: Callable[[], object], repeats: int) -> float:
+    return min(repeat_times(step, repeats))
 
 
 def plane_per_instance(masks: np.ndarray, boxes: np.ndarray, side: int, soft: bool) -> np.ndarray:

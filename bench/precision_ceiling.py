@@ -41,6 +41,7 @@ import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from inference import make_config  # noqa: E402
+from timing import repeat_times  # noqa: E402
 
 from mrcnn.model import MaskRCNN  # noqa: E402
 
@@ -65,13 +66,7 @@ LAYERS = [
 
 def cpu_seconds(step: Callable[[], object], repeats: int) -> float:
     """Minimum CPU time of `repeats` calls of `step` (after one warm-up call)."""
-    step()
-    times = []
-    for _ in range(repeats):
-        tic = time.process_time()
-        step()
-        times.append(time.process_time() - tic)
-    return min(times)
+    return min(repeat_times(step, repeats, clock=time.process_time))
 
 
 def _materialize(outputs: object) -> None:

@@ -1,0 +1,27 @@
+"""Repeated timing for the benchmarks: one loop, the clock and the statistic are the caller's choice."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def repeat_times(step: Callable[[], object], repeats: int, warmup: int = 1,
+                 clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """Seconds of `repeats` calls of `step` after `warmup` untimed ones.
+
+    Args:
+        step: the work to time (it must block until done, e.g. call `.numpy()` on TF outputs).
+        repeats: timed calls.
+        warmup: untimed calls first (tracing, caches).
+        clock: `time.perf_counter` (wall) or `time.process_time` (CPU seconds of all threads,
+            robust to other jobs on a shared machine).
+    """
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        tic = clock()
+        step()
+        times.append(clock() - tic)
+    return times
