@@ -47,6 +47,15 @@ def _min_seconds(step: Callable[[], object], repeats: int) -> float:
     return min(repeat_times(step, repeats))
 
 
+def random_instances(count: int, side: int, box_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """`count` boxes [N, 4] of 0.3-1.0 x `box_side` px inside a `side` px image, and [N, 28, 28]
+    random mask-head outputs for them (the same for every run: seed 0)."""
+    rng = np.random.default_rng(0)
+    sizes = (rng.uniform(0.3, 1.0, (count, 2)) * box_side).astype(np.int32) + 1
+    corners = (rng.random((count, 2)) * (side - sizes)).astype(np.int32)
+    return np.concatenate([corners, corners + sizes], axis=1), rng.random((count, 28, 28)).astype(np.float32)
+
+
 def plane_per_instance(masks: np.ndarray, boxes: np.ndarray, side: int, soft: bool) -> np.ndarray:
     """The O(H * W)-per-instance way: one full plane per instance, copied into [H, W, N]."""
     full = np.zeros((side, side, len(boxes)), dtype=np.float32 if soft else bool)
@@ -57,11 +66,7 @@ def plane_per_instance(masks: np.ndarray, boxes: np.ndarray, side: int, soft: bo
 
 
 def bench_case(count: int, side: int, box_side: int, soft: bool, repeats: int) -> dict:
-    rng = np.random.default_rng(0)
-    sizes = (rng.uniform(0.3, 1.0, (count, 2)) * box_side).astype(np.int32) + 1
-    corners = (rng.random((count, 2)) * (side - sizes)).astype(np.int32)
-    boxes = np.concatenate([corners, corners + sizes], axis=1)
-    masks = rng.random((count, 28, 28)).astype(np.float32)
+    boxes, masks = random_instances(count, side, box_side)
     np.testing.assert_array_equal(utils.paste_masks(masks, boxes, (side, side), soft=soft),
                                   plane_per_instance(masks, boxes, side, soft))
     box_wise = _min_seconds(lambda: utils.paste_masks(masks, boxes, (side, side), soft=soft), repeats)
@@ -82,11 +87,8 @@ def extents_per_instance(masks: np.ndarray) -> list[tuple[int, int, int, int]]:
 
 
 def bench_tile_candidates(count: int, side: int, box_side: int, repeats: int) -> dict:
-    rng = np.random.default_rng(0)
-    sizes = (rng.uniform(0.3, 1.0, (count, 2)) * box_side).astype(np.int32) + 1
-    corners = (rng.random((count, 2)) * (side - sizes)).astype(np.int32)
-    masks = utils.paste_masks(rng.random((count, 28, 28)).astype(np.float32),
-                              np.concatenate([corners, corners + sizes], axis=1), (side, side))
+    boxes, small = random_instances(count, side, box_side)
+    masks = utils.paste_masks(small, boxes, (side, side))
     # C order, as detect returns it (fancy indexing would give each instance its own contiguous plane).
     masks = np.ascontiguousarray(masks[:, :, masks.any(axis=(0, 1))])
     result = {"rois": np.zeros((masks.shape[-1], 4), np.int32), "class_ids": np.ones(masks.shape[-1], np.int32),
@@ -106,11 +108,8 @@ def bench_tile_candidates(count: int, side: int, box_side: int, repeats: int) ->
 
 
 def bench_encode(count: int, side: int, box_side: int, repeats: int) -> dict:
-    rng = np.random.default_rng(0)
-    sizes = (rng.uniform(0.3, 1.0, (count, 2)) * box_side).astype(np.int32) + 1
-    corners = (rng.random((count, 2)) * (side - sizes)).astype(np.int32)
-    masks = utils.paste_masks(rng.random((count, 28, 28)).astype(np.float32),
-                              np.concatenate([corners, corners + sizes], axis=1), (side, side))
+    boxes, small = random_instances(count, side, box_side)
+    masks = utils.paste_masks(small, boxes, (side, side))
 
     def each_full_mask() -> list[dict]:
         return [mask_util.encode(np.asfortranarray(masks[:, :, k].astype(np.uint8))) for k in range(count)]
