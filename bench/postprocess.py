@@ -14,6 +14,9 @@
    `encode_masks` (run lengths over each instance's columns, compressed by pycocotools) against
    ``pycocotools.mask.encode`` on each instance's full [H, W] mask, same strings (checked), 100
    detections and 300 nuclei at 1024 px.
+4. **`visualize.display_instances`** with 300 disk-shaped nuclei on a 1024 px image: the whole
+   call (saving a PNG), and the part that changed: blending and tracing each mask inside its own
+   box against over the whole image (same image and outlines: tests/test_visualize.py).
 
 Writes bench/results/postprocess.json (wall ms, minimum of --repeats).
 
@@ -33,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pycocotools.mask as mask_util
 
-from mrcnn import tiling, utils
+from mrcnn import tiling, utils, visualize
 from mrcnn.evaluation.coco_eval import encode_masks
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -122,6 +125,48 @@ def bench_encode(count: int, side: int, box_side: int, repeats: int) -> dict:
             "speedup": round(full_masks / column_runs, 1)}
 
 
+def bench_display(count: int, side: int, repeats: int) -> dict:
+    import tempfile
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rng = np.random.default_rng(0)
+    centres = rng.uniform(20, side - 20, (count, 2))
+    radii = rng.uniform(5, 15, count)
+    yy, xx = np.mgrid[:side, :side]
+    masks = np.zeros((side, side, count), bool)
+    for k, ((cy, cx), r) in enumerate(zip(centres, radii)):
+        y1, y2, x1, x2 = int(cy - r), int(cy + r) + 1, int(cx - r), int(cx + r) + 1
+        masks[y1:y2, x1:x2, k] = (yy[y1:y2, x1:x2] - cy) ** 2 + (xx[y1:y2, x1:x2] - cx) ** 2 <= r * r
+    boxes = utils.extract_bboxes(masks)
+    image = rng.integers(0, 255, (side, side, 3), dtype=np.uint8)
+    colors = visualize.random_colors(count, seed=0)
+
+    def whole_call() -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            visualize.display_instances(image, boxes, masks, np.ones(count, np.int32), ["bg", "nucleus"],
+                                        scores=np.ones(count), save_path=f"{folder}/figure.png")
+
+    def over_whole_image() -> None:
+        blended = image.astype(np.float64)
+        for k in range(count):
+            blended = visualize.apply_mask(blended, masks[..., k], colors[k])
+            visualize._mask_outlines(masks[..., k])
+
+    def in_boxes() -> None:
+        blended = image.astype(np.float64)
+        for k, (y1, x1, y2, x2) in enumerate(boxes):
+            blended[y1:y2, x1:x2] = visualize.apply_mask(blended[y1:y2, x1:x2], masks[y1:y2, x1:x2, k], colors[k])
+            visualize._mask_outlines(masks[y1:y2, x1:x2, k])
+
+    boxed = _min_seconds(in_boxes, repeats)
+    whole = _min_seconds(over_whole_image, repeats)
+    return {"instances": count, "image_px": side, "display_instances_s": round(_min_seconds(whole_call, 1), 2),
+            "blend_and_outline_in_boxes_ms": round(boxed * 1e3, 1),
+            "blend_and_outline_over_image_ms": round(whole * 1e3, 1), "speedup": round(whole / boxed, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
@@ -138,11 +183,14 @@ def main() -> None:
     encode = [bench_encode(count, side, box_side, args.repeats) for count, side, box_side in CASES[1:]]
     for row in encode:
         print(json.dumps(row), flush=True)
+    display = bench_display(300, 1024, args.repeats)
+    print(json.dumps(display), flush=True)
     report = {"benchmark": "host-side post-processing, wall ms, minimum of repeats: pasting N 28x28 masks into "
                            "[H, W, N] (detect's unmolding); cutting a tile's masks to their boxes (tiled inference); "
-                           "COCO RLE encoding of [H, W, N] masks",
+                           "COCO RLE encoding of [H, W, N] masks; display_instances",
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-              "numpy": np.__version__, "paste_masks": rows, "tile_candidates": tile, "coco_rle": encode}
+              "numpy": np.__version__, "paste_masks": rows, "tile_candidates": tile, "coco_rle": encode,
+              "display_instances": display}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")

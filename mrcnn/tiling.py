@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from mrcnn.utils import extract_bboxes
+
 __all__ = ["detect_tiled", "tile_starts"]
 
 
@@ -140,14 +142,13 @@ class _Candidates:
         # Interior edges (shared with a neighbouring tile) per side: top, left, bottom, right.
         interior = (y > 0, x > 0, y + h < height, x + w < width)
         masks = masks.astype(bool, copy=False)
-        # Every mask's occupied rows and columns in two passes over the contiguous [h, w, N] array;
-        # scanning each instance's strided [h, w] plane separately cost ~0.6 ms per instance.
-        occupied_rows, occupied_cols = masks.any(axis=1), masks.any(axis=0)  # [h, N], [w, N]
+        # Every mask's tight box from two passes over the contiguous [h, w, N] array; scanning
+        # each instance's strided [h, w] plane separately cost ~0.6 ms per instance.
+        extents = extract_bboxes(masks)
         for k in range(count):
-            rows, cols = np.flatnonzero(occupied_rows[:, k]), np.flatnonzero(occupied_cols[:, k])
-            if rows.size == 0:
-                continue  # an empty mask is no instance
-            y1, y2, x1, x2 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+            y1, x1, y2, x2 = (int(v) for v in extents[k])
+            if y2 <= y1:
+                continue  # an empty mask (all-zero box) is no instance
             mask = masks[:, :, k]
             distances = (y1, x1, h - y2, w - x2)
             inner = [d for d, is_inner in zip(distances, interior) if is_inner]

@@ -69,6 +69,33 @@ def test_display_instances_into_given_axes():
     assert len(ax.images) == 1
 
 
+def test_display_instances_blends_and_outlines_each_mask_as_over_the_whole_image():
+    from matplotlib.figure import Figure
+
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    masks = np.zeros((40, 50, 4), bool)
+    masks[5:15, 8:20, 0] = True
+    masks[0:6, 40:50, 1] = True  # at the image corner
+    masks[12:30, 15:35, 2] = rng.random((18, 20)) < 0.6  # ragged, overlaps mask 0, several outlines
+    # mask 3 stays empty
+    boxes = np.array([[5, 8, 15, 20], [0, 40, 6, 50], [12, 15, 30, 35], [0, 0, 0, 0]])
+    colors = [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (1.0, 1.0, 0.0)]
+    ax = Figure().add_subplot()
+    visualize.display_instances(image, boxes, masks, np.ones(4, np.int32), CLASS_NAMES, ax=ax, colors=colors,
+                                show_bbox=False)
+    expected = image.astype(np.float64)
+    expected_outlines = []
+    for i in range(4):  # the plain way: blend and trace over the whole image
+        expected = visualize.apply_mask(expected, masks[..., i], colors[i])
+        expected_outlines += [outline for outline in visualize._mask_outlines(masks[..., i])]
+    np.testing.assert_array_equal(ax.images[0].get_array(), np.clip(expected, 0, 255).astype(np.uint8))
+    drawn = [patch.get_xy() for patch in ax.patches]
+    assert len(drawn) == len(expected_outlines) > 3
+    for got, want in zip(drawn, expected_outlines):
+        np.testing.assert_allclose(got[: len(want)], want)
+
+
 def test_display_instances_crowd_caption():
     from matplotlib.figure import Figure
 

@@ -40,6 +40,8 @@ import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from mrcnn.utils import extract_bboxes
+
 EVAL_TYPES = ("bbox", "segm", "keypoints")
 DEFAULT_EVAL_TYPES = ("bbox", "segm")  # what evaluate_coco scores unless told otherwise
 STAT_NAMES = (
@@ -67,7 +69,7 @@ def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
         raise ValueError(f"masks must be [H, W, N], got shape {masks.shape}")
     height, width, count = masks.shape
     masks = masks.astype(bool, copy=False)
-    occupied = masks.any(axis=0)  # [W, N]: one pass over the array for every instance's columns
+    occupied = masks.any(axis=0)  # [W, N]: every instance's columns in one pass over the array
     encoded = []
     for k in range(count):
         columns = np.flatnonzero(occupied[:, k])
@@ -461,7 +463,6 @@ def dataset_to_coco(
         A pycocotools COCO object with its index built.
     """
     from mrcnn.data.keypoints import check_keypoints
-    from mrcnn.utils import extract_bboxes
 
     image_ids = [int(i) for i in (dataset.image_ids if image_ids is None else image_ids)]
     images, annotations, categories = [], [], {}
