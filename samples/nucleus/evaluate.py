@@ -14,16 +14,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 
-from mrcnn.evaluation.coco_eval import coco_eval_stats
+from mrcnn.evaluation.coco_eval import coco_eval_stats, encode_masks
 from mrcnn.evaluation.dsb import dsb_score_dataset
+from mrcnn.utils import extract_bboxes
 
 
-def _rle(mask: np.ndarray) -> dict[str, Any]:
-    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+def _rles(masks: np.ndarray) -> list[dict[str, Any]]:
+    """COCO RLE of each of [H, W, N] masks, as JSON-ready dicts (counts as str)."""
+    return [{"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+            for rle in encode_masks(masks)]
 
 
 def ground_truth_coco(gt_masks: Sequence[np.ndarray]) -> COCO:
@@ -32,15 +33,15 @@ def ground_truth_coco(gt_masks: Sequence[np.ndarray]) -> COCO:
     images, annotations = [], []
     for image_id, masks in enumerate(gt_masks):
         images.append({"id": image_id, "height": int(masks.shape[0]), "width": int(masks.shape[1])})
-        for k in range(masks.shape[-1]):
-            rle = _rle(masks[..., k])
-            ys, xs = np.nonzero(masks[..., k])
-            if ys.size == 0:
+        masks = np.asarray(masks, bool)
+        boxes, areas = extract_bboxes(masks), masks.sum(axis=(0, 1))
+        for rle, (y1, x1, y2, x2), area in zip(_rles(masks), boxes, areas):
+            if area == 0:
                 continue
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0,
-                "segmentation": rle, "area": float(ys.size),
-                "bbox": [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)],
+                "segmentation": rle, "area": float(area),
+                "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
             })
     coco = COCO()
     coco.dataset = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "nucleus"}]}
@@ -98,9 +99,9 @@ def evaluate_nuclei(detect: Callable[[list[np.ndarray]], list[dict[str, np.ndarr
         brightfield.append(is_brightfield(image))
         keep = np.asarray(result["scores"], np.float64) >= dsb_min_score
         preds.append(masks[..., keep])
-        for k in range(masks.shape[-1]):
+        for k, rle in enumerate(_rles(masks)):
             results.append({"image_id": index, "category_id": 1, "score": float(result["scores"][k]),
-                            "segmentation": _rle(masks[..., k])})
+                            "segmentation": rle})
     coco_gt = ground_truth_coco(gts)
     stats = coco_eval_stats(coco_gt, results, "segm", image_ids=list(range(len(image_ids))), max_dets=max_dets)
     dsb = dsb_score_dataset(list(zip(gts, preds)))
