@@ -179,6 +179,24 @@ def test_detect_any_number_and_size_of_images(trained, config):
     assert sum(len(r["class_ids"]) for r in results) > 0, "min confidence 0 must give detections"
 
 
+def test_first_detect_of_an_unbuilt_model_traces_the_graph_once(config):
+    # Weights created inside the trace would make tf.function trace the graph twice (and wrap each
+    # initializer in a graph): detect builds the model eagerly first.
+    model = MaskRCNN(mode="inference", config=config)
+    traces = []
+    graph = model._infer_outputs
+
+    def _infer_outputs(images, metas):  # same __name__: the same tf.function cache key
+        traces.append(images.shape)
+        return graph(images, metas)
+
+    model._infer_outputs = _infer_outputs
+    model.detect([np.zeros((64, 64, 3), np.uint8)])
+    assert len(traces) == 1
+    model.detect([np.zeros((64, 64, 3), np.uint8)])
+    assert len(traces) == 1
+
+
 def test_detect_rejects_a_bare_image(trained):
     with pytest.raises(TypeError, match="list of images"):
         trained[0].detect(np.zeros((64, 64, 3), np.uint8))
