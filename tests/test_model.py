@@ -197,6 +197,23 @@ def test_first_detect_of_an_unbuilt_model_traces_the_graph_once(config):
     assert len(traces) == 1
 
 
+def test_plain_fit_of_an_unbuilt_model_traces_the_train_step_once(config):
+    model = MaskRCNN(mode="training", config=config)
+    model.compile(learning_rate=0.01)
+    traces = []
+    step = model.train_step
+
+    def train_step(data):
+        traces.append(1)
+        return step(data)
+
+    model.train_step = train_step
+    history = model.fit(DataGenerator(_shapes(2, seed=4), config, shuffle=False), steps_per_epoch=1, epochs=1,
+                        verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert len(traces) == 1
+
+
 def test_detect_rejects_a_bare_image(trained):
     with pytest.raises(TypeError, match="list of images"):
         trained[0].detect(np.zeros((64, 64, 3), np.uint8))
