@@ -34,7 +34,7 @@ from mrcnn.layers.keypoint_target import KeypointTargetLayer
 from mrcnn.modeling import losses as loss_fns
 from mrcnn.modeling.backbone import FPN, ResNet, get_architecture
 from mrcnn.modeling.c4_heads import C4BoxHead, C4MaskHead
-from mrcnn.modeling.heads import BoxHead, make_mask_head
+from mrcnn.modeling.heads import BoxHead, MaskHead, make_mask_head, select_class_masks
 from mrcnn.modeling.keypoint_head import KeypointHead, heatmaps_to_keypoints
 from mrcnn.modeling.rpn import RPNHead
 from mrcnn.ops.boxes import norm_boxes
@@ -226,19 +226,25 @@ class MaskRCNN(keras.Model):
         out.update(anchors=batch_anchors, rpn_class_logits=rpn_class_logits, rpn_class=rpn_class, rpn_bbox=rpn_bbox)
         return out
 
-    def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
+    def call(self, inputs: dict[str, tf.Tensor], training: bool = False,
+             detected_class_masks: bool = False) -> dict[str, tf.Tensor]:
         """Runs the training graph when `inputs` has ground truth, else the inference graph.
+
+        Args:
+            detected_class_masks: inference graph only: mrcnn_mask holds each detection's own
+                class channel alone, [B,D,h,w,1] (what `detect` needs; the FCN head then computes
+                only that channel), instead of all K.
 
         Returns:
             training graph: rpn_class_logits [B,A,2], rpn_bbox [B,A,4], rois [B,T,4] normalized,
                 target_class_ids [B,T], target_deltas [B,T,4], target_masks [B,T,h,w],
                 mrcnn_class_logits [B,T,K], mrcnn_bbox [B,T,K,4], mrcnn_mask [B,T,h,w,K].
             inference graph: the names in GRAPH_OUTPUTS; detections [B,D,6] (y1,x1,y2,x2 normalized,
-                class_id, score), mrcnn_mask [B,D,h,w,K].
+                class_id, score), mrcnn_mask [B,D,h,w,K] (or [B,D,h,w,1], above).
         """
         if "input_gt_class_ids" in inputs:
             return self._training_graph(inputs, training)
-        return self._inference_graph(inputs, training)
+        return self._inference_graph(inputs, training, detected_class_masks)
 
     def _training_graph(self, inputs: dict[str, tf.Tensor], training: bool) -> dict[str, tf.Tensor]:
         images = inputs["input_image"]
@@ -298,28 +304,40 @@ class MaskRCNN(keras.Model):
         return [meta] + [feats[f"P{i}"] for i in range(2, 6)]
 
     def _mask_branch(self, boxes: tf.Tensor, pyramid: list[tf.Tensor], training: bool,
-                     box_image_ids: tf.Tensor | None = None) -> tf.Tensor:
+                     box_image_ids: tf.Tensor | None = None, class_ids: tf.Tensor | None = None) -> tf.Tensor:
         """Mask head on `boxes` [B, N, 4] normalized (or the flat [1, N, 4] with box_image_ids).
 
         FPN: RoIAlign at MASK_POOL_SIZE from the pyramid, then the FCN head. C4: RoIAlign at
         POOL_SIZE from C4 and the box head's res5 (shared weights) before the deconv head (used at
         inference on the detections; training reuses the box branch's res5 output instead).
 
+        Args:
+            class_ids: optional [B, N] int: only each box's class channel is returned (the FCN
+                head with sigmoid masks computes only that channel; other heads select it).
+
         Returns:
-            [B, N, h, w, K] mask probabilities (h, w = MASK_SHAPE), float32.
+            [B, N, h, w, K] mask probabilities (h, w = MASK_SHAPE), float32; [B, N, h, w, 1] with
+            class_ids.
         """
         if self.fpn is None:
             pooled = self.roi_align_classifier([boxes] + pyramid, box_image_ids=box_image_ids)
-            return self.mask_head(self.box_head.res5(pooled, training=training), training=training)
-        pooled = self.roi_align_mask([boxes] + pyramid, box_image_ids=box_image_ids, training=training)
-        return self.mask_head(pooled, training=training)
+            masks = self.mask_head(self.box_head.res5(pooled, training=training), training=training)
+        else:
+            pooled = self.roi_align_mask([boxes] + pyramid, box_image_ids=box_image_ids, training=training)
+            if class_ids is not None and isinstance(self.mask_head, MaskHead):
+                return self.mask_head(pooled, training=training, class_ids=class_ids)
+            masks = self.mask_head(pooled, training=training)
+        if class_ids is None or masks.shape[-1] == 1:
+            return masks
+        return select_class_masks(masks, class_ids)
 
     @property
     def max_positive_rois(self) -> int:
         """Most positive RoIs DetectionTargetLayer samples per image (its leading slots)."""
         return max(1, int(self.config.TRAIN_ROIS_PER_IMAGE * self.config.ROI_POSITIVE_RATIO))
 
-    def _inference_graph(self, inputs: dict[str, tf.Tensor], training: bool) -> dict[str, tf.Tensor]:
+    def _inference_graph(self, inputs: dict[str, tf.Tensor], training: bool,
+                         detected_class_masks: bool = False) -> dict[str, tf.Tensor]:
         images = inputs["input_image"]
         meta = inputs["input_image_meta"]
         feats = self._features(images, training)
@@ -340,7 +358,10 @@ class MaskRCNN(keras.Model):
             boxes = tf.gather_nd(detection_boxes, index)[None]  # [1, m, 4]
             image_ids = index[:, 0]
             if self.mask_head is not None:
-                masks = self._mask_branch(boxes, pyramid, training, box_image_ids=image_ids)  # [1, m, h, w, K]
+                class_ids = (tf.cast(tf.gather_nd(detections[..., 4], index), tf.int32)[None]  # [1, m]
+                             if detected_class_masks else None)
+                masks = self._mask_branch(boxes, pyramid, training, box_image_ids=image_ids,
+                                          class_ids=class_ids)  # [1, m, h, w, K or 1]
                 feats["mrcnn_mask"] = _scatter_detection_slots(masks[0], index, count, detections)
             if self.keypoint_head is not None:
                 # [B, D, K, 3] (x, y normalized, score), zeros in the empty slots.
@@ -754,7 +775,8 @@ class MaskRCNN(keras.Model):
         return self._per_canvas(self._infer_outputs, images, metas)
 
     def _infer_outputs(self, images: tf.Tensor, metas: tf.Tensor) -> dict[str, tf.Tensor]:
-        outputs = self({"input_image": images, "input_image_meta": metas}, training=False)
+        # Unmolding reads each detection's class channel only: the graph computes just that one.
+        outputs = self({"input_image": images, "input_image_meta": metas}, training=False, detected_class_masks=True)
         return {k: outputs[k] for k in ("detections", "mrcnn_mask", "mrcnn_keypoints") if k in outputs}
 
     def detect(self, images: Sequence[np.ndarray], verbose: int = 0, tta: Any = None, scale: float = 1.0,

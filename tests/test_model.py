@@ -423,6 +423,37 @@ def test_detection_slot_list_pads_to_a_power_of_two():
         assert (int(count), index.shape[0]) == (real, expected)
 
 
+@pytest.mark.parametrize("settings", [{}, {"MASK_LOSS": "softmax"}, {"MASK_HEAD_TYPE": "mlp"},
+                                      {"MASK_CLASS_AGNOSTIC": True}, "c4"])
+def test_detected_class_masks_are_each_detections_own_channel(settings):
+    """detect's graph (detected_class_masks) returns each detection's class channel of the K masks:
+    computed alone by the FCN sigmoid head, selected from all K by the others."""
+    if settings == "c4":
+        from tests.test_model_backbones import TinyC4Config
+
+        config = TinyC4Config()
+    else:
+        config = TinyConfig().update(**settings)
+    keras.utils.set_random_seed(5)
+    model = MaskRCNN(mode="inference", config=config)
+    model.ensure_built()
+    rng = np.random.default_rng(6)
+    molded, metas, _ = model.mold_inputs([rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(2)])
+    inputs = {"input_image": tf.constant(molded), "input_image_meta": tf.constant(metas)}
+    every = model(inputs, training=False)
+    own = model(inputs, training=False, detected_class_masks=True)
+    np.testing.assert_array_equal(own["detections"].numpy(), every["detections"].numpy())
+    class_ids = every["detections"][..., 4].numpy().astype(np.int64)
+    real = class_ids > 0
+    assert real.any()  # (several classes per call: tests/modeling/test_heads.py)
+    full, masks = every["mrcnn_mask"].numpy(), own["mrcnn_mask"].numpy()
+    assert masks.shape == full.shape[:-1] + (1,)
+    channel = class_ids if full.shape[-1] > 1 else np.zeros_like(class_ids)
+    expected = np.take_along_axis(full, channel[..., None, None, None], axis=-1)
+    np.testing.assert_allclose(masks[real], expected[real], rtol=1e-5, atol=1e-6)
+    assert np.all(masks[~real] == 0.0)
+
+
 def test_masks_run_on_real_detections_only_and_match_all_slots(trained, config, tmp_path):
     """The mask head runs on the real detections alone; their masks equal those of the head run on
     every slot (the per-RoI head is independent of the other RoIs), and empty slots hold zeros."""

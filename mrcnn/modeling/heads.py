@@ -69,6 +69,44 @@ def unfold_rois(x: tf.Tensor, batch_rois: list[int | tf.Tensor]) -> tf.Tensor:
     return tf.reshape(x, list(batch_rois) + static_or_dynamic_shape(x)[1:])
 
 
+def select_class_masks(masks: tf.Tensor, class_ids: tf.Tensor) -> tf.Tensor:
+    """Each RoI's own class channel of K-channel masks.
+
+    Args:
+        masks: [B, N, h, w, K] mask probabilities.
+        class_ids: [B, N] int, a channel per RoI (0..K-1).
+    Returns:
+        [B, N, h, w, 1].
+    """
+    channels_first = tf.transpose(masks, [0, 1, 4, 2, 3])  # [B, N, K, h, w]
+    return tf.gather(channels_first, tf.cast(class_ids, tf.int32), axis=2, batch_dims=2)[..., None]
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class ClassMaskConv(keras.layers.Conv2D):
+    """The mask head's final 1x1 convolution to K class channels (matterport's ``mrcnn_mask``),
+    which can also compute one chosen channel per RoI.
+
+    Called as a Conv2D it is one. Called with ``channels`` [R] int (R = the RoIs of the batch),
+    it returns [R, h, w] logits through the activation: each RoI's dot product with its channel's
+    kernel column only (at inference the class of each detection is known, and the other K - 1
+    channels would be thrown away). Inside its own call the weights are read in the layer's
+    compute dtype (float32 for this output layer), exactly as the full convolution reads them.
+    """
+
+    def call(self, inputs: tf.Tensor, channels: tf.Tensor | None = None) -> tf.Tensor:
+        if channels is None:
+            return super().call(inputs)
+        if tuple(self.kernel_size) != (1, 1) or self.groups != 1:
+            raise ValueError(f"{self.name}: one channel per RoI needs a 1x1 convolution without groups")
+        channels = tf.cast(channels, tf.int32)
+        columns = tf.gather(tf.reshape(self.kernel, [-1, self.filters]), channels, axis=1)  # [C, R]
+        outputs = tf.einsum("rhwc,cr->rhw", tf.cast(inputs, columns.dtype), columns)
+        if self.use_bias:
+            outputs += tf.gather(self.bias, channels)[:, None, None]
+        return self.activation(outputs) if self.activation is not None else outputs
+
+
 def _full_window_conv(conv: keras.layers.Conv2D, x: tf.Tensor) -> tf.Tensor:
     """A 'valid' conv whose kernel covers the whole input, computed as one matmul.
 
@@ -182,7 +220,11 @@ class MaskHead(keras.layers.Layer):
 
     Call:
         pooled: [B, N, m, m, C] RoI features (m = MASK_POOL_SIZE).
-        Returns masks [B, N, 2m, 2m, K], probabilities in [0, 1], float32.
+        class_ids: optional [B, N] int: return only each RoI's class channel (inference on the
+            detections, whose class is known). With the sigmoid activation the final 1x1 conv
+            then computes that channel alone (K times fewer of its multiply-adds).
+        Returns masks [B, N, 2m, 2m, K] ([B, N, 2m, 2m, 1] with class_ids), probabilities in
+        [0, 1], float32.
     """
 
     def __init__(self, num_classes: int, conv_channels: int = 256, train_bn: bool | None = False,
@@ -201,8 +243,8 @@ class MaskHead(keras.layers.Layer):
         self.deconv = keras.layers.Conv2DTranspose(self.conv_channels, 2, strides=2, activation="relu",
                                                    name="mrcnn_mask_deconv")
         # Keras' "softmax" activation normalizes over the last (channel) axis: per pixel over K.
-        self.mask = keras.layers.Conv2D(self.num_classes, 1, activation=self.activation, dtype="float32",
-                                        name="mrcnn_mask")
+        self.mask = ClassMaskConv(self.num_classes, 1, activation=self.activation, dtype="float32",
+                                  name="mrcnn_mask")
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         if len(input_shape) != 5:
@@ -215,11 +257,19 @@ class MaskHead(keras.layers.Layer):
         self.deconv.build(shape)
         self.mask.build(self.deconv.compute_output_shape(shape))
 
-    def call(self, pooled: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+    def call(self, pooled: tf.Tensor, training: bool | None = None, class_ids: tf.Tensor | None = None
+             ) -> tf.Tensor:
         x, (batch, rois) = fold_rois(pooled, self.name)
         for conv, bn in zip(self.convs, self.bns):
             x = keras.ops.relu(bn(conv(x), training=training))
-        return unfold_rois(tf.cast(self.mask(self.deconv(x)), tf.float32), [batch, rois])
+        x = self.deconv(x)
+        if class_ids is None or self.num_classes == 1:
+            return unfold_rois(tf.cast(self.mask(x), tf.float32), [batch, rois])
+        if self.activation != "sigmoid":  # a softmax over K needs every channel
+            return select_class_masks(unfold_rois(tf.cast(self.mask(x), tf.float32), [batch, rois]), class_ids)
+        # Each RoI's class channel alone (a per-pixel sigmoid does not need the others).
+        masks = self.mask(x, channels=tf.reshape(class_ids, [-1]))  # [B*N, 2m, 2m]
+        return unfold_rois(tf.cast(masks, tf.float32)[..., None], [batch, rois])
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mrcnn.modeling.heads import BoxHead, MaskHead
+from mrcnn.modeling.heads import BoxHead, MaskHead, select_class_masks
 from mrcnn.modeling.rpn import RPNHead
 from mrcnn.weights import find_weight_layers
 
@@ -89,6 +89,39 @@ def test_mask_head_shapes_and_names() -> None:
     expected.update({f"mrcnn_mask_bn{i}": (16,) for i in range(1, 5)})
     expected.update(mrcnn_mask_deconv=(2, 2, 16, 16), mrcnn_mask=(1, 1, 16, 3))
     assert shapes == expected
+
+
+def test_select_class_masks_takes_each_rois_channel() -> None:
+    masks = np.random.default_rng(1).random((2, 3, 4, 5, 6)).astype(np.float32)
+    class_ids = np.array([[0, 5, 2], [3, 3, 1]])
+    selected = select_class_masks(tf.constant(masks), tf.constant(class_ids)).numpy()
+    assert selected.shape == (2, 3, 4, 5, 1)
+    for b in range(2):
+        for n in range(3):
+            np.testing.assert_array_equal(selected[b, n, :, :, 0], masks[b, n, :, :, class_ids[b, n]])
+
+
+@pytest.mark.parametrize("activation, policy", [("sigmoid", None), ("sigmoid", "mixed_bfloat16"),
+                                                ("softmax", None)])
+def test_mask_head_class_ids_give_each_rois_own_channel(activation: str, policy: str | None) -> None:
+    """With class_ids the sigmoid head computes only each RoI's class channel (its own dot product
+    with the final 1x1 conv's column): the same numbers as that channel of all K."""
+    previous = keras.config.dtype_policy()
+    if policy:
+        keras.config.set_dtype_policy(policy)
+    try:
+        head = MaskHead(num_classes=5, conv_channels=16, activation=activation)
+        pooled = tf.random.stateless_normal([2, 3, 14, 14, 8], seed=(7, 7))
+        class_ids = tf.constant([[1, 4, 2], [0, 3, 3]])
+        every = head(pooled).numpy()
+        own = head(pooled, class_ids=class_ids).numpy()
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert own.shape == (2, 3, 28, 28, 1) and own.dtype == np.float32
+    expected = np.take_along_axis(every, class_ids.numpy()[..., None, None, None], axis=-1)
+    np.testing.assert_allclose(own, expected, rtol=1e-5, atol=1e-6)
+    # The channels differ, so a wrong channel would show.
+    assert np.abs(every[..., 1] - every[..., 4]).max() > 1e-3
 
 
 def test_heads_symbolic_dynamic_roi_count() -> None:
