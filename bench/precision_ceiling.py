@@ -13,7 +13,8 @@ bfloat16 with the same inputs, written to bench/results/precision_ceiling.json:
 2. **Stages** of one `detect` graph at `--size` px (ResNet-50-FPN, 81 classes, random weights,
    DETECTION_MIN_CONFIDENCE 0 so that all 100 detection slots are filled and the mask head, which
    runs on the real detections only, runs on all 100): backbone + FPN + RPN, proposals, RoIAlign for the box head,
-   box head, detection layer, mask branch, and the whole detect call (molding and unmolding too).
+   box head, detection layer, mask branch, the whole graph with all K mask channels or with only
+   each detection's own (what `detect` runs), and the whole detect call (molding and unmolding too).
 
 Times are CPU seconds (`time.process_time`, all threads; minimum of `--repeats` after a warm-up),
 so the figures hold on a machine shared with other jobs; `--threads` sets TF's intra- and
@@ -111,6 +112,11 @@ def bench_stages(size: int, precision: str, repeats: int) -> dict:
     detection_fn = tf.function(lambda *a: model.detection(list(a)))
     detections = detection_fn(proposals, classes, deltas, meta)
     mask_fn = tf.function(lambda d, *maps: model._mask_branch(d[..., :4], list(maps), False))
+    inputs = {"input_image": images, "input_image_meta": meta}
+    # The whole graph with mrcnn_mask as all K class channels (run_graph's) or only each
+    # detection's own (detect's: the final 1x1 mask conv computes one channel per RoI).
+    graph_fns = {own: tf.function(lambda own=own: model(inputs, training=False, detected_class_masks=own))
+                 for own in (False, True)}
     stages = {
         "backbone_fpn_rpn": lambda: features_fn(images),
         "proposals": lambda: proposals_fn(*rpn),
@@ -118,6 +124,8 @@ def bench_stages(size: int, precision: str, repeats: int) -> dict:
         "box_head": lambda: head_fn(pooled),
         "detection": lambda: detection_fn(proposals, classes, deltas, meta),
         "mask_branch": lambda: mask_fn(detections, *pyramid),
+        "graph_all_class_masks": graph_fns[False],
+        "graph_own_class_mask": graph_fns[True],
         "detect_call": lambda: model.detect([image]),
     }
     return {name: round(cpu_seconds(lambda s=step: _materialize(s()), repeats), 4) for name, step in stages.items()}
