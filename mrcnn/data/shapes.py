@@ -30,6 +30,7 @@ import skimage.measure
 
 from mrcnn.config import Config
 from mrcnn.data.dataset import Dataset
+from mrcnn.evaluation.coco_eval import encode_masks, rle_to_json, uncompressed_rle_counts
 
 SHAPE_NAMES = ("square", "circle", "triangle")  # class ids 1, 2, 3 (matterport's order)
 SEGMENTATION_FORMATS = ("rle", "polygon")
@@ -310,16 +311,14 @@ def export_coco(
         file_name = f"{coco_image_id:06d}.png"
         skimage.io.imsave(str(image_folder / file_name), image, check_contrast=False)
         images.append({"id": coco_image_id, "file_name": file_name, "height": int(height), "width": int(width)})
-        for k in range(masks.shape[-1]):
-            mask = np.asfortranarray(masks[..., k].astype(np.uint8))
-            rle = mask_util.encode(mask)
+        for k, rle in enumerate(encode_masks(masks)):
             crowd = bool(class_ids[k] < 0) or bool(rng.random() < crowd_fraction)
             if crowd:
-                segm: Any = {"counts": _uncompressed_rle_counts(masks[..., k]), "size": [int(height), int(width)]}
+                segm: Any = {"counts": uncompressed_rle_counts(masks[..., k]), "size": [int(height), int(width)]}
             elif segmentation == "polygon" and not _has_holes(masks[..., k]):
-                segm = mask_to_polygons(masks[..., k]) or _rle_to_json(rle)
+                segm = mask_to_polygons(masks[..., k]) or rle_to_json(rle)
             else:
-                segm = _rle_to_json(rle)
+                segm = rle_to_json(rle)
             annotations.append({
                 "id": len(annotations) + 1,
                 "image_id": coco_image_id,
@@ -337,21 +336,6 @@ def export_coco(
 
 def _has_holes(mask: np.ndarray) -> bool:
     return bool((scipy.ndimage.binary_fill_holes(mask) != mask).any())
-
-
-def _rle_to_json(rle: dict) -> dict:
-    return {"counts": rle["counts"].decode("ascii"), "size": [int(s) for s in rle["size"]]}
-
-
-def _uncompressed_rle_counts(mask: np.ndarray) -> list[int]:
-    """COCO uncompressed RLE: run lengths over the column-major pixels, starting with a 0-run."""
-    flat = np.asarray(mask, dtype=bool).flatten(order="F")
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        counts = [0] + counts
-    return [int(c) for c in counts]
 
 
 def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:

@@ -55,9 +55,10 @@ def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
 
     ``encode`` reads the whole [H, W] image per instance (after a strided copy out of the [H, W, N]
     array); an instance only spans a few columns, and COCO's RLE runs down the columns, so here
-    each mask's run lengths are counted over the columns it occupies (numpy), the all-zero columns
-    before and after are added to the first and last zero run, and pycocotools compresses the
-    counts (``frPyObjects``). Same strings, O(H x instance width) per instance.
+    each mask's run lengths are counted over the columns it occupies (`uncompressed_rle_counts`),
+    the all-zero columns before and after are added to the first and last zero run, and
+    pycocotools compresses the counts (``frPyObjects``). Same strings, O(H x instance width) per
+    instance.
 
     Args:
         masks: [H, W, N] masks (bool, or numbers where nonzero is inside).
@@ -77,20 +78,29 @@ def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
             counts = [height * width]
         else:
             x1, x2 = int(columns[0]), int(columns[-1]) + 1
-            pixels = masks[:, x1:x2, k].T.reshape(-1)  # column-major order, as COCO's RLE
-            starts = np.flatnonzero(pixels[1:] != pixels[:-1]) + 1
-            runs = np.diff(np.concatenate([[0], starts, [pixels.size]])).tolist()
-            if pixels[0]:
-                runs.insert(0, 0)  # RLE counts start with a (possibly empty) run of zeros
-            runs[0] += x1 * height
+            counts = uncompressed_rle_counts(masks[:, x1:x2, k])
+            counts[0] += x1 * height  # the empty columns before
             after = (width - x2) * height
-            if not pixels[-1]:
-                runs[-1] += after
+            if not masks[-1, x2 - 1, k]:  # the band ends with a zero run: the empty columns extend it
+                counts[-1] += after
             elif after:
-                runs.append(after)  # COCO's counts never end with an empty run
-            counts = runs
+                counts.append(after)  # COCO's counts never end with an empty run
         encoded.append(mask_util.frPyObjects({"size": [height, width], "counts": counts}, height, width))
     return encoded
+
+
+def uncompressed_rle_counts(mask: np.ndarray) -> list[int]:
+    """COCO uncompressed RLE of a [H, W] mask: run lengths over the column-major pixels, starting
+    with a (possibly empty) run of zeros."""
+    flat = np.asarray(mask, dtype=bool).flatten(order="F")
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    counts = np.diff(np.concatenate([[0], change, [flat.size]])).tolist()  # Python ints
+    return [0] + counts if flat.size and flat[0] else counts
+
+
+def rle_to_json(rle: dict[str, Any]) -> dict[str, Any]:
+    """A compressed RLE as JSON can hold it: counts as str, size as ints."""
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def build_coco_results(
@@ -189,8 +199,7 @@ def build_coco_results(
                 "score": float(image_scores[k]),
             }
             if image_masks is not None:
-                rle = rles[k]
-                result["segmentation"] = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+                result["segmentation"] = rle_to_json(rles[k])
             if image_keypoints is not None:
                 points = image_keypoints[k].copy()
                 points[:, :2] -= 0.5  # continuous coordinates -> COCO's pixel indices
@@ -486,7 +495,7 @@ def dataset_to_coco(
             y1, x1, y2, x2 = (int(v) for v in boxes[n])
             annotation = {
                 "id": len(annotations) + 1, "image_id": info["id"], "category_id": category,
-                "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+                "segmentation": rle_to_json(rle),
                 "area": float(mask_util.area(rle)), "bbox": [x1, y1, x2 - x1, y2 - y1],
                 "iscrowd": int(class_id < 0),
             }

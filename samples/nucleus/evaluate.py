@@ -16,15 +16,14 @@ from typing import Any
 import numpy as np
 from pycocotools.coco import COCO
 
-from mrcnn.evaluation.coco_eval import coco_eval_stats, encode_masks
+from mrcnn.evaluation.coco_eval import coco_eval_stats, encode_masks, rle_to_json
 from mrcnn.evaluation.dsb import dsb_score_dataset
 from mrcnn.utils import extract_bboxes
 
 
 def _rles(masks: np.ndarray) -> list[dict[str, Any]]:
     """COCO RLE of each of [H, W, N] masks, as JSON-ready dicts (counts as str)."""
-    return [{"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-            for rle in encode_masks(masks)]
+    return [rle_to_json(rle) for rle in encode_masks(masks)]
 
 
 def ground_truth_coco(gt_masks: Sequence[np.ndarray]) -> COCO:

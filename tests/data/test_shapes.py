@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pycocotools.mask as mask_util
 import pytest
 import skimage.io
 from pycocotools.coco import COCO
@@ -13,7 +12,6 @@ from pycocotools.coco import COCO
 from mrcnn.data.shapes import (
     ShapesConfig,
     ShapesDataset,
-    _uncompressed_rle_counts,
     export_coco,
     mask_to_polygons,
 )
@@ -190,15 +188,6 @@ def test_export_coco_bad_arguments(tmp_path):
         export_coco(dataset, tmp_path, segmentation="mask")
     with pytest.raises(ValueError, match="crowd_fraction"):
         export_coco(dataset, tmp_path, crowd_fraction=1.5)
-
-
-def test_uncompressed_rle_matches_pycocotools():
-    rng = np.random.default_rng(0)
-    for first in (False, True):
-        mask = rng.random((7, 5)) > 0.5
-        mask[0, 0] = first
-        rle = mask_util.frPyObjects({"counts": _uncompressed_rle_counts(mask), "size": [7, 5]}, 7, 5)
-        np.testing.assert_array_equal(mask_util.decode(rle).astype(bool), mask)
 
 
 def test_mask_to_polygons_square():

@@ -14,7 +14,14 @@ import skimage.io
 
 from mrcnn.data.coco import CocoDataset
 from mrcnn.data.shapes import ShapesDataset, export_coco
-from mrcnn.evaluation.coco_eval import STAT_NAMES, build_coco_results, coco_eval_stats, encode_masks, evaluate_coco
+from mrcnn.evaluation.coco_eval import (
+    STAT_NAMES,
+    build_coco_results,
+    coco_eval_stats,
+    encode_masks,
+    evaluate_coco,
+    uncompressed_rle_counts,
+)
 from mrcnn.utils import extract_bboxes
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -117,6 +124,15 @@ def _many_instances(tmp_path: Path, count: int = 150) -> tuple[CocoDataset, obje
 
 
 # ----------------------------------------------------------------------------------------------
+def test_uncompressed_rle_matches_pycocotools():
+    rng = np.random.default_rng(0)
+    for first in (False, True):
+        mask = rng.random((7, 5)) > 0.5
+        mask[0, 0] = first
+        rle = mask_util.frPyObjects({"counts": uncompressed_rle_counts(mask), "size": [7, 5]}, 7, 5)
+        np.testing.assert_array_equal(mask_util.decode(rle).astype(bool), mask)
+
+
 def test_encode_masks_gives_pycocotools_encoding_of_each_mask():
     rng = np.random.default_rng(11)
     height, width = 23, 31
