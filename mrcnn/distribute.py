@@ -307,8 +307,6 @@ def fit_custom_loop(model: keras.Model, make_generator: Any, epochs: int, steps_
     callback_list = keras.callbacks.CallbackList(callbacks + [history], model=model, epochs=epochs,
                                                  steps=steps_per_epoch, verbose=0)
     with strategy.scope():
-        if hasattr(model, "ensure_built"):  # MaskRCNN makes its weights lazily: the optimizer needs them
-            model.ensure_built()
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
 
