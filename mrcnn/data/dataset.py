@@ -285,11 +285,10 @@ class Dataset:
             labelled but occluded, 2 = visible (COCO). See mrcnn/data/keypoints.py.
 
         Raises:
-            NotImplementedError: the base class has no keypoints (the message names the subclass,
-                the image, both callers and the way out of each).
+            NotImplementedError: the base class has no keypoints. Keypoint training
+                (Config.KEYPOINT_HEAD) and keypoint evaluation (dataset_to_coco(with_keypoints=True))
+                both call this; the message names the subclass, the image and how to avoid each call.
         """
-        # Reached from keypoint training (Config.KEYPOINT_HEAD) and from keypoint evaluation
-        # (dataset_to_coco(with_keypoints=True)): the message names both ways in.
         raise NotImplementedError(
             f"{type(self).__name__}.load_keypoints is not implemented (needed for image {image_id} by keypoint "
             "training, Config.KEYPOINT_HEAD = True, or keypoint evaluation, dataset_to_coco(with_keypoints=True)): "
