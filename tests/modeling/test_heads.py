@@ -173,7 +173,11 @@ def test_full_window_conv_matches_the_conv_it_replaces():
     ("none", set()),
 ])
 def test_box_head_norm_variants(norm: str, norm_names: set[str]) -> None:
-    head = BoxHead(num_classes=3, pool_size=7, fc_layers_size=64, norm=norm)
+    # 256 wide: 8 channels per GroupNorm group (the 1024-wide default has 32). With 2 per group
+    # (64 wide), normalizing two nearly equal values amplified matmul rounding past the tolerance
+    # for about 1 in 40 random initializations. Seeded so that a run is reproducible.
+    keras.utils.set_random_seed(0)
+    head = BoxHead(num_classes=3, pool_size=7, fc_layers_size=256, norm=norm)
     pooled = tf.random.stateless_normal([2, 4, 7, 7, 8], seed=(7, 7))
     logits, _, _ = head(pooled, training=True)
     names = set(find_weight_layers(head))
