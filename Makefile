@@ -39,6 +39,7 @@ bench: $(VENV)/.ops-built
 	$(PY) bench/data_pipeline.py
 	$(PY) bench/roi_align.py
 	$(PY) bench/inference.py
+	$(PY) bench/flops.py
 
 clean:
 	rm -rf build *.egg-info mrcnn/ops/_lib $(VENV)/.ops-built
