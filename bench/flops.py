@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,9 +48,8 @@ RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import inference as inference_bench  # noqa: E402
 import train_step as train_bench  # noqa: E402
+from timing import repeat_times  # noqa: E402
 
-from mrcnn.data.generator import DataGenerator  # noqa: E402
-from mrcnn.data.shapes import ShapesDataset  # noqa: E402
 from mrcnn.model import MaskRCNN  # noqa: E402
 
 
@@ -140,12 +138,7 @@ def _gflop(counter: Counter[str]) -> dict[str, float]:
 def count_train_step(size: int, rpn_conv_channels: int) -> dict[str, Any]:
     """FLOPs of one training step of bench/train_step.py's model (forward, then all gradients)."""
     config = train_bench.make_config(size, 1, "fp32", False, rpn_conv_channels)
-    dataset = ShapesDataset()
-    dataset.load_shapes(2, size, size, seed=0)
-    for class_id in range(len(dataset.class_info), config.NUM_CLASSES):
-        dataset.add_class("bench", class_id, f"class{class_id}")
-    dataset.prepare()
-    batch = {k: tf.constant(v) for k, v in DataGenerator(dataset, config, shuffle=False, seed=0)[0].items()}
+    batch = {k: tf.constant(v) for k, v in train_bench.make_batch(config, size).items()}
     keras.utils.set_random_seed(0)
     model = MaskRCNN("training", config, model_dir="/tmp/mrcnn_bench_logs")
     model.set_trainable(".*")
@@ -156,11 +149,9 @@ def count_train_step(size: int, rpn_conv_channels: int) -> dict[str, Any]:
         # The same loss train_step() minimizes (matterport's weight decay included).
         total = model._total_loss(model.compute_losses(batch, outputs))
     with backward:
-        gradients = tape.gradient(total, model.trainable_variables)
-    moved = sum(g is not None for g in gradients)
+        tape.gradient(total, model.trainable_variables)
     positives = int(tf.reduce_sum(tf.cast(outputs["target_class_ids"] > 0, tf.int32)))
-    return {"forward": forward, "backward": backward, "positive_rois": positives,
-            "variables_with_gradient": moved}
+    return {"forward": forward, "backward": backward, "positive_rois": positives}
 
 
 def count_detect(size: int) -> dict[str, Any]:
@@ -178,13 +169,8 @@ def count_detect(size: int) -> dict[str, Any]:
 
 
 def _best_rate(fn: Callable[[], tf.Tensor], flops: float, repeats: int) -> float:
-    fn().numpy()  # trace
-    best = float("inf")
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        fn().numpy()
-        best = min(best, time.perf_counter() - tic)
-    return flops / best / 1e9
+    """GFLOP/s of the fastest of `repeats` calls of `fn` (after one that traces it)."""
+    return flops / min(repeat_times(lambda: fn().numpy(), repeats)) / 1e9
 
 
 def measure_peak(repeats: int) -> dict[str, dict[str, float]]:

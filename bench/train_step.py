@@ -51,6 +51,22 @@ def make_config(size: int, replicas: int, precision: str, tiny: bool, rpn_conv_c
     return type("BenchConfig", (Config,), attrs)()
 
 
+def make_batch(config, size: int) -> dict:
+    """The benchmarks' training batch: 2 seeded shapes images of `size` px, as DataGenerator gives it.
+
+    The dataset gets placeholder classes up to config.NUM_CLASSES, so the heads are COCO-sized (81).
+    """
+    from mrcnn.data.generator import DataGenerator
+    from mrcnn.data.shapes import ShapesDataset
+
+    dataset = ShapesDataset()
+    dataset.load_shapes(2, size, size, seed=0)
+    for class_id in range(len(dataset.class_info), config.NUM_CLASSES):
+        dataset.add_class("bench", class_id, f"class{class_id}")
+    dataset.prepare()
+    return DataGenerator(dataset, config, shuffle=False, seed=0)[0]
+
+
 def run_row(size: int, mode: str, precision: str, warmup: int, repeats: int, tiny: bool,
             rpn_conv_channels: int = 512) -> dict:
     """One measurement (called in a child process)."""
@@ -65,19 +81,12 @@ def run_row(size: int, mode: str, precision: str, warmup: int, repeats: int, tin
 
     from mrcnn import distribute
     from mrcnn.config import Config
-    from mrcnn.data.generator import DataGenerator
-    from mrcnn.data.shapes import ShapesDataset
     from mrcnn.model import MaskRCNN
 
     if PRECISIONS[precision] is not None and "MIXED_PRECISION" not in Config.field_names():
         return {"skipped": "Config has no MIXED_PRECISION field yet"}
     config = make_config(size, replicas, precision, tiny, rpn_conv_channels)
-    dataset = ShapesDataset()
-    dataset.load_shapes(2, size, size, seed=0)
-    for class_id in range(len(dataset.class_info), config.NUM_CLASSES):
-        dataset.add_class("bench", class_id, f"class{class_id}")  # COCO-sized heads: 81 classes
-    dataset.prepare()
-    batch = DataGenerator(dataset, config, shuffle=False, seed=0)[0]
+    batch = make_batch(config, size)
     # Keras averages a first batch over replicas to build; bool masks cannot be added (see distribute).
     batch = {k: v.astype(np.uint8) if v.dtype == bool else v for k, v in batch.items()}
     keras.utils.set_random_seed(0)
