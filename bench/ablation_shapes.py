@@ -38,6 +38,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results" / "ablation_shapes.json"
 TRAIN_SEED, TEST_SEED = 1, 3  # samples/shapes' seeds: held-out images never seen in training
 
@@ -231,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                           train_images=args.train_images, eval_images=args.eval_images,
                           seeds=sorted({r["seed"] for r in rows}),
                           machine=dict(platform=platform.platform(), processor=platform.processor(),
-                                       cpus=os.cpu_count()),
+                                       cpus=os.cpu_count(), cpu=machine.describe()),
                           summary=_summary(rows), rows=rows)
             out.write_text(json.dumps(result, indent=2))  # after every variant: partial results survive
     print(json.dumps(_summary(rows), indent=2))

@@ -45,6 +45,9 @@ from mrcnn.data.generator import DataGenerator  # noqa: E402
 from mrcnn.data.shapes import ShapesConfig, ShapesDataset  # noqa: E402
 from samples.nucleus.dataset import NucleusDataset  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402
+
 DSB_ROOT = REPO / ".." / "shared" / "data" / "dsb2018" / "stage1_train"
 
 
@@ -188,7 +191,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "benchmark": "data_pipeline",
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+        "machine": {"cpu": machine.describe(), "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "load_average_at_end": os.getloadavg()},
         "results": results,
     }

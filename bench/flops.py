@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -47,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import inference as inference_bench  # noqa: E402
+import machine  # noqa: E402
 import train_step as train_bench  # noqa: E402
 from timing import repeat_times  # noqa: E402
 
@@ -189,16 +189,6 @@ def measure_peak(repeats: int) -> dict[str, dict[str, float]]:
     return out
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else the architecture: hosts of one machine type can differ."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.machine()
-
-
 def _load_rows(name: str) -> list[dict[str, Any]]:
     path = RESULTS / name
     return json.loads(path.read_text()).get("results", []) if path.exists() else []
@@ -265,7 +255,7 @@ def main() -> None:
                      "uncounted_functions": sum(forward.functions.values()), **floors(gflop, peak, measured)})
         print(json.dumps(rows[-1]), flush=True)
     out = {"benchmark": "FLOPs of a training step and a detect graph, and the time floor at this CPU's peak",
-           "machine": f"{cpu_model()}, {os.cpu_count()} cores", "tensorflow": tf.__version__,
+           "machine": machine.describe(), "tensorflow": tf.__version__,
            # measured_s is read from the timing benchmarks' JSON, which name the machine they ran on:
            # fraction_of_peak means something only when that machine is this one.
            "measured_s_from": "bench/results/train_step*.json, inference.json",

@@ -20,8 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +34,9 @@ import tensorflow as tf  # noqa: E402
 import mrcnn.modeling.backbone as backbone_module  # noqa: E402
 from mrcnn.modeling.backbone import ResNet  # noqa: E402
 from mrcnn.ops.grouped_conv import grouped_conv2d  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402
 
 
 def _time(step: Callable[[], object], repeats: int) -> dict:
@@ -122,7 +125,7 @@ def main() -> None:
     results.append(bench_backbone("resnext101_32x4d", "keras_conv2d_xla", min(args.sizes), args.repeats))
     report = {
         "benchmark": "grouped 3x3 convolution implementations; ResNeXt-101 32x4d vs ResNet-101 backbone",
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine.describe(),
         "load_average_1min": round(os.getloadavg()[0], 2),
         "tensorflow": tf.__version__, "keras": keras.__version__,
         "results": results,

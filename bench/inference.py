@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -45,6 +44,7 @@ from mrcnn.model import MaskRCNN  # noqa: E402
 from mrcnn.ops.roi_align import active_implementation  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402
 from timing import repeat_times  # noqa: E402
 
 
@@ -93,7 +93,7 @@ def main() -> None:
             results.append(result)
     report = {
         "benchmark": "detect latency per image, ResNet-50-FPN, 81 classes, random weights",
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine.describe(),
         "tensorflow": tf.__version__, "roi_align": active_implementation(),
         "results": results,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -21,7 +21,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "samples" / "shapes"))
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402
 from shapes import TEST_SEED, InferenceConfig, _dataset  # noqa: E402
 
 from mrcnn.evaluation.evaluate import evaluate_dataset  # noqa: E402
@@ -59,7 +60,7 @@ def main() -> None:
     for row in rows:
         print(json.dumps(row))
     report = {"benchmark": "shapes demo model, float32 vs mixed_bfloat16 inference (128 px, 1 image per call)",
-              "weights": args.weights, "eval_images": args.eval_images, "results": rows,
+              "machine": machine.describe(), "weights": args.weights, "eval_images": args.eval_images, "results": rows,
               "mask_mAP50_difference": round(rows[1]["mask_mAP50"] - rows[0]["mask_mAP50"], 4),
               "speedup": round(rows[0]["detect_median_s"] / rows[1]["detect_median_s"], 3)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

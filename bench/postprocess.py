@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +38,7 @@ from mrcnn import tiling, utils, visualize
 from mrcnn.evaluation.coco_eval import encode_masks
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402
 from timing import repeat_times  # noqa: E402
 
 # (instances, image side px, largest box side px)
@@ -188,7 +187,7 @@ def main() -> None:
     report = {"benchmark": "host-side post-processing, wall ms, minimum of repeats: pasting N 28x28 masks into "
                            "[H, W, N] (detect's unmolding); cutting a tile's masks to their boxes (tiled inference); "
                            "COCO RLE encoding of [H, W, N] masks; display_instances",
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+              "machine": machine.describe(),
               "numpy": np.__version__, "paste_masks": rows, "tile_candidates": tile, "coco_rle": encode,
               "display_instances": display}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

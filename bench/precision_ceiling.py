@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -41,6 +40,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402
 from inference import make_config  # noqa: E402
 from timing import repeat_times  # noqa: E402
 
@@ -155,7 +155,7 @@ def main() -> None:
     print(json.dumps({"stages": stages, "speedup": speedups}), flush=True)
     report = {
         "benchmark": "bfloat16 vs float32 CPU seconds: single layers and the stages of detect, ResNet-50-FPN",
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine.describe(),
         "tensorflow": tf.__version__, "threads": args.threads, "size": args.size,
         "layers": layers, "stages": stages, "stage_speedup": speedups,
     }

@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +29,9 @@ import numpy as np
 import tensorflow as tf
 
 from mrcnn.ops import roi_align as ra
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = 1024
@@ -129,7 +133,7 @@ def main() -> None:
         "setup": {"image": IMAGE, "batch": BATCH, "channels": CHANNELS, "levels": [f"P{k}" for k in LEVELS],
                   "sampling_ratio": 2, "aligned": True, "dtype": "float32", "repeats": args.repeats},
         "tf_version": tf.__version__,
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+        "machine": {"cpu": machine.describe(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads()},
         "implementations": impls,
         "results": results,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results" / "train_step.json"
 PRECISIONS = {"fp32": None, "bf16": "mixed_bfloat16"}
 
@@ -156,7 +158,7 @@ def main() -> int:
                 print(json.dumps(row), flush=True)
     out = {
         "benchmark": "training step, ResNet-50-FPN, 81 classes, 2 images per step, all layers, random weights",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine.describe(),
         "tensorflow": __import__("tensorflow").__version__,
         "tiny": args.tiny,
         "note": "2 CPU cores are shared with other work unless load_1min_before is near 0; "
