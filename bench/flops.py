@@ -189,24 +189,33 @@ def measure_peak(repeats: int) -> dict[str, dict[str, float]]:
     return out
 
 
-def _load_rows(name: str) -> list[dict[str, Any]]:
-    path = RESULTS / name
-    return json.loads(path.read_text()).get("results", []) if path.exists() else []
+def _rows_from_this_cpu(pattern: str, used: set[str]) -> list[dict[str, Any]]:
+    """Result rows of bench/results/`pattern` files measured on this CPU model (their "machine" names it).
+
+    A fraction of peak only means something when the timing and the peak come from the same CPU, and
+    hosts of this machine type differ. The names of the files read are added to `used`.
+    """
+    rows = []
+    for path in sorted(RESULTS.glob(pattern)):
+        report = json.loads(path.read_text())
+        if str(report.get("machine", "")).startswith(machine.cpu_model()):
+            used.add(path.name)
+            rows.extend(report.get("results", []))
+    return rows
 
 
-def measured_train_s(size: int, precision: str, rpn_conv_channels: int) -> float | None:
-    """The single-device seconds per step recorded by bench/train_step.py, if any."""
-    for name in ("train_step.json", "train_step_rpn256.json", "train_step_1024.json"):
-        for row in _load_rows(name):
-            if (row.get("size"), row.get("mode"), row.get("precision"), row.get("rpn_conv_channels", 512)) == (
-                    size, "single", precision, rpn_conv_channels) and "seconds_per_step" in row:
-                return float(row["seconds_per_step"])
+def measured_train_s(size: int, precision: str, rpn_conv_channels: int, used: set[str]) -> float | None:
+    """The single-device seconds per step bench/train_step.py recorded on this CPU, if any."""
+    for row in _rows_from_this_cpu("train_step*.json", used):
+        if (row.get("size"), row.get("mode"), row.get("precision"), row.get("rpn_conv_channels", 512)) == (
+                size, "single", precision, rpn_conv_channels) and "seconds_per_step" in row:
+            return float(row["seconds_per_step"])
     return None
 
 
-def measured_detect_graph_s(size: int, precision: str) -> float | None:
-    """The graph-only median of bench/inference.py (what the count covers), if recorded."""
-    for row in _load_rows("inference.json"):
+def measured_detect_graph_s(size: int, precision: str, used: set[str]) -> float | None:
+    """The graph-only median bench/inference.py recorded on this CPU (what the count covers), if any."""
+    for row in _rows_from_this_cpu("inference*.json", used):
         if row.get("size") == size and row.get("precision") == precision and "graph_median_s" in row:
             return float(row["graph_median_s"])
     return None
@@ -232,12 +241,13 @@ def main() -> None:
     peak = measure_peak(args.repeats)
     print("peak GFLOP/s", json.dumps(peak), flush=True)
     rows = []
+    used: set[str] = set()
     train_cases = [(512, 512), (512, 256)] + ([] if args.quick else [(1024, 512)])
     for size, channels in train_cases:
         counted = count_train_step(size, channels)
         forward, backward = counted["forward"], counted["backward"]
         gflop = (forward.total + backward.total) / 1e9
-        measured = {p: measured_train_s(size, p, channels) for p in ("fp32", "bf16")}
+        measured = {p: measured_train_s(size, p, channels, used) for p in ("fp32", "bf16")}
         rows.append({"work": "train_step", "size": size, "rpn_conv_channels": channels, "images": 2,
                      "gflop": round(gflop, 1), "forward_gflop": _gflop(forward.flops),
                      "backward_gflop": _gflop(backward.flops), "positive_rois": counted["positive_rois"],
@@ -248,7 +258,7 @@ def main() -> None:
         counted = count_detect(size)
         forward = counted["forward"]
         gflop = forward.total / 1e9
-        measured = {p: measured_detect_graph_s(size, name) for p, name in (("fp32", "float32"),
+        measured = {p: measured_detect_graph_s(size, name, used) for p, name in (("fp32", "float32"),
                                                                              ("bf16", "mixed_bfloat16"))}
         rows.append({"work": "detect_graph", "size": size, "images": 1, "detections": counted["detections"],
                      "gflop": round(gflop, 1), "forward_gflop": _gflop(forward.flops),
@@ -256,9 +266,8 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     out = {"benchmark": "FLOPs of a training step and a detect graph, and the time floor at this CPU's peak",
            "machine": machine.describe(), "tensorflow": tf.__version__,
-           # measured_s is read from the timing benchmarks' JSON, which name the machine they ran on:
-           # fraction_of_peak means something only when that machine is this one.
-           "measured_s_from": "bench/results/train_step*.json, inference.json",
+           # measured_s: from the timing benchmarks' JSON whose "machine" is this CPU model (none: not measured here)
+           "measured_s_from": sorted(used),
            "threads": "TensorFlow's default (all cores)", "peak_gflops": peak,
            # the most bfloat16 can speed up work that runs at the same fraction of peak in both dtypes
            "bf16_over_fp32_peak": round(peak["bfloat16"]["peak"] / peak["float32"]["peak"], 2),
