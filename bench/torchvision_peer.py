@@ -19,7 +19,7 @@ PyTorch is not a dependency of mrcnn: run this script with an interpreter that h
 torchvision (here: `pip install torch==2.14.1 torchvision==0.29.1` into a separate venv; see the
 environment notes). Uses all cores (`torch.set_num_threads(os.cpu_count())`).
 
-    /path/to/torch-venv/bin/python bench/torchvision_peer.py            # ~3 minutes on 2 cores
+    /path/to/torch-venv/bin/python bench/torchvision_peer.py            # ~5 minutes on 2 cores
     /path/to/torch-venv/bin/python bench/torchvision_peer.py --quick    # 1 repeat, seconds
 """
 
