@@ -51,7 +51,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "torchvision_peer.json"
 NUM_CLASSES = 81  # 80 COCO classes + background, as bench/train_step.py's config
 
 
-def _autocast(precision: str):
+def _autocast(precision: str) -> torch.autocast:
     """A context that runs the enclosed ops in `precision` ("fp32" or "bf16") on the CPU."""
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
