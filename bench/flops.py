@@ -189,33 +189,34 @@ def measure_peak(repeats: int) -> dict[str, dict[str, float]]:
     return out
 
 
-def _rows_from_this_cpu(pattern: str, used: set[str]) -> list[dict[str, Any]]:
-    """Result rows of bench/results/`pattern` files measured on this CPU model (their "machine" names it).
+def rows_from_this_cpu(pattern: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Result rows of bench/results/`pattern` files measured on this CPU model (their "machine" names it),
+    and the names of those files.
 
     A fraction of peak only means something when the timing and the peak come from the same CPU, and
-    hosts of this machine type differ. The names of the files read are added to `used`.
+    hosts of this machine type differ.
     """
-    rows = []
+    rows, names = [], []
     for path in sorted(RESULTS.glob(pattern)):
         report = json.loads(path.read_text())
         if str(report.get("machine", "")).startswith(machine.cpu_model()):
-            used.add(path.name)
+            names.append(path.name)
             rows.extend(report.get("results", []))
-    return rows
+    return rows, names
 
 
-def measured_train_s(size: int, precision: str, rpn_conv_channels: int, used: set[str]) -> float | None:
-    """The single-device seconds per step bench/train_step.py recorded on this CPU, if any."""
-    for row in _rows_from_this_cpu("train_step*.json", used):
+def measured_train_s(rows: list[dict[str, Any]], size: int, precision: str, rpn_conv_channels: int) -> float | None:
+    """The single-device seconds per step among bench/train_step.py's `rows`, if recorded."""
+    for row in rows:
         if (row.get("size"), row.get("mode"), row.get("precision"), row.get("rpn_conv_channels", 512)) == (
                 size, "single", precision, rpn_conv_channels) and "seconds_per_step" in row:
             return float(row["seconds_per_step"])
     return None
 
 
-def measured_detect_graph_s(size: int, precision: str, used: set[str]) -> float | None:
-    """The graph-only median bench/inference.py recorded on this CPU (what the count covers), if any."""
-    for row in _rows_from_this_cpu("inference*.json", used):
+def measured_detect_graph_s(rows: list[dict[str, Any]], size: int, precision: str) -> float | None:
+    """The graph-only median (what the count covers) among bench/inference.py's `rows`, if recorded."""
+    for row in rows:
         if row.get("size") == size and row.get("precision") == precision and "graph_median_s" in row:
             return float(row["graph_median_s"])
     return None
@@ -241,13 +242,14 @@ def main() -> None:
     peak = measure_peak(args.repeats)
     print("peak GFLOP/s", json.dumps(peak), flush=True)
     rows = []
-    used: set[str] = set()
+    train_rows, train_files = rows_from_this_cpu("train_step*.json")
+    detect_rows, detect_files = rows_from_this_cpu("inference*.json")
     train_cases = [(512, 512), (512, 256)] + ([] if args.quick else [(1024, 512)])
     for size, channels in train_cases:
         counted = count_train_step(size, channels)
         forward, backward = counted["forward"], counted["backward"]
         gflop = (forward.total + backward.total) / 1e9
-        measured = {p: measured_train_s(size, p, channels, used) for p in ("fp32", "bf16")}
+        measured = {p: measured_train_s(train_rows, size, p, channels) for p in ("fp32", "bf16")}
         rows.append({"work": "train_step", "size": size, "rpn_conv_channels": channels, "images": 2,
                      "gflop": round(gflop, 1), "forward_gflop": _gflop(forward.flops),
                      "backward_gflop": _gflop(backward.flops), "positive_rois": counted["positive_rois"],
@@ -258,7 +260,7 @@ def main() -> None:
         counted = count_detect(size)
         forward = counted["forward"]
         gflop = forward.total / 1e9
-        measured = {p: measured_detect_graph_s(size, name, used) for p, name in (("fp32", "float32"),
+        measured = {p: measured_detect_graph_s(detect_rows, size, name) for p, name in (("fp32", "float32"),
                                                                              ("bf16", "mixed_bfloat16"))}
         rows.append({"work": "detect_graph", "size": size, "images": 1, "detections": counted["detections"],
                      "gflop": round(gflop, 1), "forward_gflop": _gflop(forward.flops),
@@ -267,7 +269,7 @@ def main() -> None:
     out = {"benchmark": "FLOPs of a training step and a detect graph, and the time floor at this CPU's peak",
            "machine": machine.describe(), "tensorflow": tf.__version__,
            # measured_s: from the timing benchmarks' JSON whose "machine" is this CPU model (none: not measured here)
-           "measured_s_from": sorted(used),
+           "measured_s_from": sorted(train_files + detect_files),
            "threads": "TensorFlow's default (all cores)", "peak_gflops": peak,
            # the most bfloat16 can speed up work that runs at the same fraction of peak in both dtypes
            "bf16_over_fp32_peak": round(peak["bfloat16"]["peak"] / peak["float32"]["peak"], 2),
