@@ -47,6 +47,7 @@ from samples.nucleus.dataset import NucleusDataset  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402
+from report import write_report  # noqa: E402
 
 DSB_ROOT = REPO / ".." / "shared" / "data" / "dsb2018" / "stage1_train"
 
@@ -188,15 +189,13 @@ def main() -> None:
     elif args.only in ("all", "dsb"):
         print(f"DSB2018 not found at {DSB_ROOT}: skipped")
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "benchmark": "data_pipeline",
         "machine": {"cpu": machine.describe(), "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "load_average_at_end": os.getloadavg()},
         "results": results,
     }
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

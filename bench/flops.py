@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import inference as inference_bench  # noqa: E402
 import machine  # noqa: E402
 import train_step as train_bench  # noqa: E402
+from report import write_report  # noqa: E402
 from timing import repeat_times  # noqa: E402
 
 from mrcnn.model import MaskRCNN  # noqa: E402
@@ -274,9 +275,7 @@ def main() -> None:
            # the most bfloat16 can speed up work that runs at the same fraction of peak in both dtypes
            "bf16_over_fp32_peak": round(peak["bfloat16"]["peak"] / peak["float32"]["peak"], 2),
            "results": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
-    print(f"wrote {args.out}")
+    write_report(args.out, out)
 
 
 if __name__ == "__main__":

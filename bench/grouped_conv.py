@@ -37,6 +37,7 @@ from mrcnn.ops.grouped_conv import grouped_conv2d  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402
+from report import write_report  # noqa: E402
 
 
 def _time(step: Callable[[], object], repeats: int) -> dict:
@@ -130,9 +131,7 @@ def main() -> None:
         "tensorflow": tf.__version__, "keras": keras.__version__,
         "results": results,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

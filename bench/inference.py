@@ -45,6 +45,7 @@ from mrcnn.ops.roi_align import active_implementation  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402
+from report import write_report  # noqa: E402
 from timing import repeat_times  # noqa: E402
 
 
@@ -99,9 +100,7 @@ def main() -> None:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "reference_torchvision_s": {"800": 3.0, "1024": 4.0},
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

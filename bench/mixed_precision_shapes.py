@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "samples" / "shapes"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402
+from report import write_report  # noqa: E402
 from shapes import TEST_SEED, InferenceConfig, _dataset  # noqa: E402
 
 from mrcnn.evaluation.evaluate import evaluate_dataset  # noqa: E402
@@ -71,9 +72,7 @@ def main() -> None:
               "machine": machine.describe(), "weights": args.weights, "eval_images": args.eval_images, "results": rows,
               "mask_mAP50_difference": round(rows[1]["mask_mAP50"] - rows[0]["mask_mAP50"], 4),
               "speedup": round(rows[0]["detect_median_s"] / rows[1]["detect_median_s"], 3)}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

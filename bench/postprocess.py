@@ -39,6 +39,7 @@ from mrcnn.evaluation.coco_eval import encode_masks
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402
+from report import write_report  # noqa: E402
 from timing import repeat_times  # noqa: E402
 
 # (instances, image side px, largest box side px)
@@ -190,9 +191,7 @@ def main() -> None:
               "machine": machine.describe(),
               "numpy": np.__version__, "paste_masks": rows, "tile_candidates": tile, "coco_rle": encode,
               "display_instances": display}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ import tensorflow as tf  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402
 from inference import make_config  # noqa: E402
+from report import write_report  # noqa: E402
 from timing import repeat_times  # noqa: E402
 
 from mrcnn.model import MaskRCNN  # noqa: E402
@@ -159,9 +160,7 @@ def main() -> None:
         "tensorflow": tf.__version__, "threads": args.threads, "size": args.size,
         "layers": layers, "stages": stages, "stage_speedup": speedups,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

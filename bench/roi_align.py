@@ -18,7 +18,6 @@ Writes bench/results/roi_align.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -32,6 +31,7 @@ from mrcnn.ops import roi_align as ra
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402
+from report import write_report  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = 1024
@@ -139,9 +139,7 @@ def main() -> None:
         "results": results,
         "target": "op >= 3x faster than the fallback in forward+backward on the 2-core CPU",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402
+from report import write_report  # noqa: E402
 from timing import repeat_times  # noqa: E402
 
 try:
@@ -169,9 +170,7 @@ def main() -> None:
     report = {"benchmark": "torchvision maskrcnn_resnet50_fpn, random weights: the peer of issue 5's targets",
               "machine": machine.describe(), "torch": torch.__version__, "torchvision": torchvision.__version__,
               "threads": torch.get_num_threads(), "quick": args.quick, "results": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402
+from report import write_report  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "train_step.json"
 PRECISIONS = {"fp32": None, "bf16": "mixed_bfloat16"}
@@ -166,9 +167,7 @@ def main() -> int:
                 "it cannot be faster than single here)",
         "results": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
-    print(f"wrote {args.out}")
+    write_report(args.out, out)
     return 0
 
 

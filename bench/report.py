@@ -1,0 +1,15 @@
+"""Writing a benchmark's JSON report: one place for the folder, the format and the message."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def write_report(path: str | Path, report: dict[str, Any]) -> None:
+    """Writes `report` to the file `path` as indented JSON, creating its folder, and prints where."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
