@@ -46,7 +46,7 @@ from mrcnn.ops.roi_align import active_implementation  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402
 from report import write_report  # noqa: E402
-from timing import repeat_times  # noqa: E402
+from timing import repeat_times, summarize  # noqa: E402
 
 
 def make_config(size: int, precision: str = "float32") -> Config:
@@ -73,8 +73,7 @@ def bench_size(size: int, repeats: int, precision: str = "float32") -> dict:
     molded, metas = tf.constant(molded), tf.constant(metas)
     graph = repeat_times(lambda: [v.numpy() for v in model._infer(molded, metas).values()], repeats)
     return {"size": size, "precision": precision, "molded": int(molded.shape[1]),
-            "median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4),
-            "all_s": [round(t, 4) for t in times], "graph_median_s": round(statistics.median(graph), 4),
+            **summarize(times), "graph_median_s": round(statistics.median(graph), 4),
             "detections": detections, "first_call_s": round(first, 2)}
 
 

@@ -21,7 +21,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402
 from report import write_report  # noqa: E402
 from shapes import TEST_SEED, InferenceConfig, _dataset  # noqa: E402
+from timing import repeat_times  # noqa: E402
 
 from mrcnn.evaluation.evaluate import evaluate_dataset  # noqa: E402
 from mrcnn.model import MaskRCNN  # noqa: E402
@@ -43,12 +43,7 @@ def measure(precision: str | None, weights: str, eval_images: int, repeats: int,
     dataset = _dataset(eval_images, TEST_SEED, InferenceConfig.IMAGE_MAX_DIM)  # the demo's 128 px held-out images
     metrics = evaluate_dataset(model, dataset, verbose=0)
     image = dataset.load_image(dataset.image_ids[0])
-    model.detect([image])  # warm-up (tracing)
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        model.detect([image])
-        times.append(time.perf_counter() - tic)
+    times = repeat_times(lambda: model.detect([image]), repeats, warmup=1)  # the warm-up call traces
     return {"precision": precision or "float32", "size": size, "mask_mAP50": round(float(metrics["mask_mAP50"]), 4),
             "mask_mAP": round(float(metrics["mask_mAP"]), 4), "box_mAP50": round(float(metrics["box_mAP50"]), 4),
             "detect_median_s": round(statistics.median(times), 4), "load_1min": round(os.getloadavg()[0], 2)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 
@@ -25,3 +26,9 @@ def repeat_times(step: Callable[[], object], repeats: int, warmup: int = 1,
         step()
         times.append(clock() - tic)
     return times
+
+
+def summarize(times: list[float]) -> dict[str, float | list[float]]:
+    """The usual report of `repeat_times`: median, minimum and every time, seconds to 4 decimals."""
+    return {"median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4),
+            "all_s": [round(t, 4) for t in times]}

@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402
 from report import write_report  # noqa: E402
-from timing import repeat_times  # noqa: E402
+from timing import repeat_times, summarize  # noqa: E402
 
 try:
     import torch
@@ -57,11 +57,6 @@ def _autocast(precision: str) -> torch.autocast:
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def _summary(times: list[float]) -> dict:
-    return {"median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4),
-            "all_s": [round(t, 4) for t in times]}
-
-
 def bench_inference(size: int, precision: str, repeats: int) -> dict:
     """Latency of one `size` px image through torchvision's eval-mode Mask R-CNN (all 100 slots filled)."""
     torch.manual_seed(0)
@@ -76,7 +71,7 @@ def bench_inference(size: int, precision: str, repeats: int) -> dict:
         detections.append(len(output["scores"]))
 
     times = repeat_times(step, repeats, warmup=1)
-    return {"size": size, "precision": precision, **_summary(times), "detections": detections[-1]}
+    return {"size": size, "precision": precision, **summarize(times), "detections": detections[-1]}
 
 
 def _targets(size: int, count: int, generator: torch.Generator) -> dict:
@@ -132,7 +127,7 @@ def bench_training(size: int, precision: str, frozen_bn: bool, warmup: int, repe
 
     times = repeat_times(step, repeats, warmup=warmup)
     return {"size": size, "precision": precision, "batch_norm": "frozen" if frozen_bn else "training (default)",
-            **_summary(times), "images_per_second": round(2 / statistics.median(times), 3),
+            **summarize(times), "images_per_second": round(2 / statistics.median(times), 3),
             "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4)}
 
 
