@@ -14,6 +14,7 @@ from mrcnn.config import Config
 from mrcnn.data.generator import DataGenerator
 from mrcnn.data.shapes import ShapesDataset
 from mrcnn.model import MaskRCNN
+from mrcnn.modeling.architecture import Architecture
 from mrcnn.weights import find_weight_layers
 
 
@@ -230,6 +231,96 @@ def test_save_load_gives_identical_detections(trained, config, tmp_path):
     for key in ("rois", "class_ids", "masks"):
         np.testing.assert_array_equal(a[key], b[key])
     np.testing.assert_allclose(a["scores"], b["scores"], rtol=1e-6)
+
+
+def _assert_same_detections(ours: dict, theirs: dict) -> None:
+    for key in ("rois", "class_ids"):
+        np.testing.assert_array_equal(ours[key], theirs[key])
+    np.testing.assert_allclose(ours["scores"], theirs["scores"], rtol=1e-5, atol=1e-6)
+    # Float rounding may flip a pixel whose mask probability sits at 0.5.
+    assert np.count_nonzero(ours["masks"] != theirs["masks"]) <= 1e-3 * ours["masks"].size
+
+
+class NarrowConfig(TinyConfig):
+    """TinyConfig on a narrow ResNet: freezing copies every weight into the graph, so the
+    optimize_for_inference tests freeze 0.1 M weights, not ResNet-50's 24 M."""
+
+    BACKBONE = Architecture((1, 1, 1, 1), width=8, out_width=32)
+
+
+def _detecting_model(config: Config, seed: int) -> MaskRCNN:
+    """Random weights whose box head calls every RoI class 1 (untrained heads call all background)."""
+    keras.utils.set_random_seed(seed)
+    model = MaskRCNN(mode="inference", config=config)
+    model.ensure_built()
+    kernel, _ = model.box_head.class_logits.get_weights()
+    model.box_head.class_logits.set_weights([np.zeros_like(kernel), np.array([0.0, 4.0, 0.0, 0.0], np.float32)])
+    return model
+
+
+def test_optimize_for_inference_detects_the_same_and_follows_new_weights(tmp_path):
+    config = NarrowConfig()
+    images = [_shapes(2, seed=9).load_image(i) for i in range(2)]
+    first, second = _detecting_model(config, 1), _detecting_model(config, 2)
+    expected_first, expected_second = first.detect(images), second.detect(images)
+    assert all(len(r["class_ids"]) for r in expected_first + expected_second)
+    # A frozen graph that kept the first weights would fail the second comparison.
+    assert any(not np.array_equal(a["rois"], b["rois"]) for a, b in zip(expected_first, expected_second))
+    path = str(tmp_path / "first.weights.h5")
+    first.save_weights(path)
+
+    model = MaskRCNN(mode="inference", config=config).optimize_for_inference()
+    model.load_weights(path)
+    for ours, theirs in zip(model.detect(images), expected_first):
+        _assert_same_detections(ours, theirs)
+    assert not model._frozen_infer[(64, 64)].reads_variables()
+    model.set_weights(second.get_weights())
+    for ours, theirs in zip(model.detect(images), expected_second):
+        _assert_same_detections(ours, theirs)
+    model.load_weights(path)
+    for ours, theirs in zip(model.detect(images), expected_first):
+        _assert_same_detections(ours, theirs)
+    model.optimize_for_inference(False)  # back to the variables
+    assert not model._frozen_infer
+    for ours, theirs in zip(model.detect(images), expected_first):
+        _assert_same_detections(ours, theirs)
+
+
+def test_optimize_for_inference_refreezes_after_batchnorm_recalibration():
+    config = NarrowConfig().update(TRAIN_BN=True)
+    images = [_shapes(4, seed=6).load_image(i) for i in range(4)]
+    model = _detecting_model(config, 1).optimize_for_inference()
+    stale = model.detect(images[:1])[0]
+    model.recalibrate_batchnorm(images, batch_size=2)
+    reference = MaskRCNN(mode="inference", config=config)
+    reference.ensure_built()
+    reference.set_weights(model.get_weights())  # the recalibrated statistics are weights too
+    fresh, expected = model.detect(images[:1])[0], reference.detect(images[:1])[0]
+    _assert_same_detections(fresh, expected)
+    assert len(expected["rois"]) and (stale["rois"].shape != expected["rois"].shape
+                                       or not np.array_equal(stale["rois"], expected["rois"])
+                                       or not np.allclose(stale["scores"], expected["scores"]))
+
+
+def test_optimize_for_inference_warns_when_canvas_sizes_pile_up(monkeypatch):
+    import warnings
+
+    from mrcnn import model as model_module
+
+    monkeypatch.setattr(model_module, "FROZEN_CANVASES_WARNING", 1)
+    config = NarrowConfig().update(IMAGE_RESIZE_MODE="pad64", IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=128)
+    model = MaskRCNN(mode="inference", config=config).optimize_for_inference()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.detect([np.zeros((64, 64, 3), np.uint8)])
+        model.detect([np.full((64, 64, 3), 100, np.uint8)])  # the same 64x64 canvas: no new freeze
+    with pytest.warns(UserWarning, match="frozen 2 canvas sizes"):
+        model.detect([np.zeros((100, 64, 3), np.uint8)])  # a 128x64 canvas
+
+
+def test_optimize_for_inference_needs_an_inference_model(config):
+    with pytest.raises(ValueError, match="inference-mode model, this one is mode='training'"):
+        MaskRCNN(mode="training", config=config).optimize_for_inference()
 
 
 def _legacy_h5_from_model(model: MaskRCNN, path: str, shape_override: dict | None = None) -> dict:
