@@ -74,4 +74,5 @@ def freeze(function: Callable[..., Any], input_signature: Sequence[tf.TensorSpec
             return function(*args)
 
     concrete = tf.function(constant_weights).get_concrete_function(*input_signature)
+    values.clear()  # the graph holds its own copy; the traced closure would keep this one alive
     return FrozenFunction(concrete, input_signature)
