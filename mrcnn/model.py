@@ -809,7 +809,7 @@ class MaskRCNN(keras.Model):
         on the README's 2-core AMX Xeon, ResNet-50-FPN `detect` at 512 px took 0.921 instead of
         1.065 s (float32) and 0.288 instead of 0.337 s (bfloat16), the 128 px shapes demo model
         25.3 instead of 36.5 ms (bfloat16). Outputs are the same up to float rounding. Each
-        molded canvas size is frozen on its first call (10-34 s for ResNet-50-FPN on 2 cores)
+        molded canvas size is frozen on its first call (6-11 s for ResNet-50-FPN on 2 cores)
         and holds its own copies of the weights (the graph's constants, the optimized graph,
         oneDNN's reordered filters: +1.9-2.7 GB RSS for ResNet-50-FPN at 512 px against 0.05-0.17
         GB for the plain graph): for images of one canvas size, not for many.
