@@ -21,7 +21,8 @@ unmolding drops boxes that round to zero area in the original image).
 
 With `--optimize-for-inference` each row is timed again, on the same model right after, with
 `MaskRCNN.optimize_for_inference()` (the graph with the weights frozen as constants), under the
-row's "optimize_for_inference" key (its `first_call_s` includes freezing).
+row's "optimize_for_inference" key (its `first_call_s` includes freezing; `rss_added_mb` is the
+resident memory the frozen graph added, Linux only).
 
     python bench/inference.py [--sizes 512 800 1024] [--repeats 5] [--precisions float32 mixed_bfloat16]
     python bench/inference.py --optimize-for-inference --out bench/results/inference_frozen.json
@@ -75,13 +76,25 @@ def bench_size(size: int, repeats: int, precision: str = "float32", optimize: bo
     row = {"size": size, "precision": precision, **_latencies(model, image, repeats),
            "detections": detections, "first_call_s": round(first, 2)}
     if optimize:  # the same model and weights, right after: an A/B free of the host's drift
+        rss_plain = _resident_mb()
         model.optimize_for_inference()
         tic = time.perf_counter()
         frozen_detections = len(model.detect([image])[0]["class_ids"])  # freezes and traces
         frozen_first = time.perf_counter() - tic  # before the timed calls, not after them
         row["optimize_for_inference"] = {**_latencies(model, image, repeats), "detections": frozen_detections,
                                          "first_call_s": round(frozen_first, 2)}
+        if rss_plain is not None:  # what the frozen graph added to the process's resident memory
+            row["optimize_for_inference"]["rss_added_mb"] = round(_resident_mb() - rss_plain)
     return row
+
+
+def _resident_mb() -> float | None:
+    """This process's resident memory now (Linux /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return None
 
 
 def _latencies(model: MaskRCNN, image: np.ndarray, repeats: int) -> dict:

@@ -73,7 +73,7 @@ def layer_regex(layers: str, config: Config) -> str:
     return LAYER_REGEX.get(layers, layers)
 
 # optimize_for_inference warns past this many frozen canvas sizes: each costs a freeze and memory
-# (ResNet-50-FPN at 512 px: +1.9 GB bf16, +2.4-2.7 GB float32 RSS on the README's CPU host).
+# (ResNet-50-FPN at 512 px: +1.8-1.9 GB bf16, +2.4-2.7 GB float32 RSS on the README's CPU host).
 FROZEN_CANVASES_WARNING = 2
 
 # Names `run_graph()` understands (see its docstring).
@@ -811,7 +811,7 @@ class MaskRCNN(keras.Model):
         25.3 instead of 36.5 ms (bfloat16). Outputs are the same up to float rounding. Each
         molded canvas size is frozen on its first call (6-11 s for ResNet-50-FPN on 2 cores)
         and holds its own copies of the weights (the graph's constants, the optimized graph,
-        oneDNN's reordered filters: +1.9-2.7 GB RSS for ResNet-50-FPN at 512 px against 0.05-0.17
+        oneDNN's reordered filters: +1.8-2.7 GB RSS for ResNet-50-FPN at 512 px against 0.05-0.17
         GB for the plain graph): for images of one canvas size, not for many.
 
         The frozen graphs see the weights as they were when frozen. `load_weights`, `set_weights`
