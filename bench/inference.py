@@ -70,22 +70,21 @@ def bench_size(size: int, repeats: int, precision: str = "float32", optimize: bo
     keras.utils.set_random_seed(0)  # the same random weights in every precision
     model = MaskRCNN(mode="inference", config=make_config(size, precision))
     image = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
-    tic = time.perf_counter()
-    detections = len(model.detect([image])[0]["class_ids"])  # builds and traces
-    first = time.perf_counter() - tic
-    row = {"size": size, "precision": precision, **_latencies(model, image, repeats),
-           "detections": detections, "first_call_s": round(first, 2)}
+    row = {"size": size, "precision": precision, **_measure_detect(model, image, repeats)}
     if optimize:  # the same model and weights, right after: an A/B free of the host's drift
         rss_plain = _resident_mb()
-        model.optimize_for_inference()
-        tic = time.perf_counter()
-        frozen_detections = len(model.detect([image])[0]["class_ids"])  # freezes and traces
-        frozen_first = time.perf_counter() - tic  # before the timed calls, not after them
-        row["optimize_for_inference"] = {**_latencies(model, image, repeats), "detections": frozen_detections,
-                                         "first_call_s": round(frozen_first, 2)}
+        row["optimize_for_inference"] = _measure_detect(model.optimize_for_inference(), image, repeats)
         if rss_plain is not None:  # what the frozen graph added to the process's resident memory
             row["optimize_for_inference"]["rss_added_mb"] = round(_resident_mb() - rss_plain)
     return row
+
+
+def _measure_detect(model: MaskRCNN, image: np.ndarray, repeats: int) -> dict:
+    """The first detect call (builds, traces or freezes) timed alone, then the steady latencies."""
+    tic = time.perf_counter()
+    detections = len(model.detect([image])[0]["class_ids"])
+    first = time.perf_counter() - tic
+    return {**_latencies(model, image, repeats), "detections": detections, "first_call_s": round(first, 2)}
 
 
 def _resident_mb() -> float | None:
