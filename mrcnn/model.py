@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from mrcnn import distribute, utils
 from mrcnn.config import Config
-from mrcnn.freezing import FrozenFunction, freeze
+from mrcnn.freezing import FrozenFunction, batchnorm_fold, freeze
 from mrcnn.layers import DetectionLayer, DetectionTargetLayer, ProposalLayer, PyramidROIAlign, SingleLevelROIAlign
 from mrcnn.layers.keypoint_target import KeypointTargetLayer
 from mrcnn.modeling import losses as loss_fns
@@ -120,6 +120,7 @@ class MaskRCNN(keras.Model):
         self._anchor_cache: dict[tuple[int, int], np.ndarray] = {}
         self._traced_functions: dict[tuple[str, int, int], Any] = {}  # (function, molded H, W) -> traced
         self._constant_weights = False  # optimize_for_inference(): detect from frozen graphs
+        self._fold_batchnorm = True  # ... with each BatchNorm folded into its convolution
         self._frozen_infer: dict[tuple[int, int], FrozenFunction] = {}  # molded (H, W) -> frozen graph
         # Sublayers create their own sublayers in __init__ and read the global dtype policy there:
         # building under Config.MIXED_PRECISION makes every conv/dense compute in half precision
@@ -793,7 +794,8 @@ class MaskRCNN(keras.Model):
             self.ensure_built()
             signature = [tf.TensorSpec((None,) + tuple(images.shape[1:]), tf.float32),
                          tf.TensorSpec((None, metas.shape[1]), tf.float32)]
-            self._frozen_infer[key] = freeze(self._infer_outputs, signature, self.variables)
+            folds = self.batchnorm_folds() if self._fold_batchnorm else []
+            self._frozen_infer[key] = freeze(self._infer_outputs, signature, self.variables, folds)
             if len(self._frozen_infer) == FROZEN_CANVASES_WARNING + 1:  # once, when crossing
                 warnings.warn(f"optimize_for_inference has frozen {len(self._frozen_infer)} canvas sizes, each "
                               "holding copies of the weights and costing a freeze: with images of varying "
@@ -801,7 +803,20 @@ class MaskRCNN(keras.Model):
                               "augmentation) call optimize_for_inference(False)", stacklevel=3)
         return self._frozen_infer[key](images, metas)
 
-    def optimize_for_inference(self, enabled: bool = True) -> MaskRCNN:
+    def batchnorm_folds(self) -> list[tuple[keras.Variable, np.ndarray]]:
+        """The weight values that fold every foldable BatchNorm into the convolution before it.
+
+        The pairs are those the layers declare (`conv_batchnorm_pairs`: the backbone's, and the
+        heads' with HEAD_NORM "bn"), computed from the current weights by
+        `mrcnn.freezing.batchnorm_fold`; `optimize_for_inference` freezes with them.
+        """
+        folds = []
+        for layer in self.all_layers():
+            for conv, batchnorm in getattr(layer, "conv_batchnorm_pairs", list)():
+                folds += batchnorm_fold(conv, batchnorm)
+        return folds
+
+    def optimize_for_inference(self, enabled: bool = True, fold_batchnorm: bool = True) -> MaskRCNN:
         """Makes `detect` (and everything built on it) run graphs with the weights as constants.
 
         Frozen weights let oneDNN cache its reordered convolution filters and let Grappler fold
@@ -818,8 +833,14 @@ class MaskRCNN(keras.Model):
         and `recalibrate_batchnorm` on this model drop them (they are frozen again on the next
         call); after assigning to variables any other way, call this method again.
 
+        With `fold_batchnorm` each inference-mode BatchNorm that reads a convolution's output
+        alone (the backbone's; the heads' with HEAD_NORM "bn") is folded into that convolution's
+        kernel and bias (`mrcnn.freezing.batchnorm_fold`), so the graph skips its pass over the
+        feature map and the convolution fuses with its bias and ReLU.
+
         Args:
             enabled: False goes back to reading the variables on every call.
+            fold_batchnorm: fold the BatchNorms into their convolutions in the frozen graphs.
         Returns:
             The model, for chaining (``MaskRCNN(...).optimize_for_inference()``).
         Raises:
@@ -829,6 +850,7 @@ class MaskRCNN(keras.Model):
             raise ValueError("optimize_for_inference needs an inference-mode model, this one is "
                              f"mode={self.mode!r}")
         self._constant_weights = bool(enabled)
+        self._fold_batchnorm = bool(fold_batchnorm)
         self._frozen_infer.clear()
         return self
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mrcnn.freezing import FrozenFunction, freeze
+from mrcnn.freezing import FrozenFunction, batchnorm_fold, freeze
+from mrcnn.modeling.backbone import BatchNorm
 
 
 class TwoHeads(keras.Model):
@@ -82,3 +83,58 @@ def test_frozen_function_rejects_inputs_outside_its_signature(model):
         frozen(_inputs(2)[0], tf.constant([1, 2]))
     with pytest.raises(TypeError, match="takes 2 tensors, got 1"):
         frozen(_inputs(2)[0])
+
+
+def _conv_batchnorm(groups: int = 1, use_bias: bool = True) -> tuple[keras.Model, keras.layers.Conv2D, BatchNorm]:
+    """conv -> BatchNorm -> ReLU with a bias and statistics far from their initial values."""
+    keras.utils.set_random_seed(groups)
+    inputs = keras.Input((8, 8, 4))
+    conv = keras.layers.Conv2D(6, 3, padding="same", groups=groups, use_bias=use_bias)
+    norm = BatchNorm()
+    model = keras.Model(inputs, keras.ops.relu(norm(conv(inputs))))
+    rng = np.random.default_rng(groups)
+    if use_bias:
+        conv.bias.assign(rng.normal(0, 0.5, 6).astype(np.float32))
+    norm.set_weights([rng.uniform(0.5, 1.5, 6), rng.normal(0, 0.5, 6), rng.normal(0, 0.5, 6), rng.uniform(0.3, 2, 6)])
+    return model, conv, norm
+
+
+def _batchnorm_ops(frozen: FrozenFunction) -> int:
+    definition = frozen.concrete.graph.as_graph_def()
+    nodes = list(definition.node) + [n for f in definition.library.function for n in f.node_def]
+    return sum("BatchNorm" in node.op for node in nodes)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_batchnorm_fold_computes_conv_then_batchnorm_without_the_batchnorm(groups):
+    model, conv, norm = _conv_batchnorm(groups)
+    signature = [tf.TensorSpec((None, 8, 8, 4), tf.float32)]
+    images = tf.constant(np.random.default_rng(3).normal(size=(2, 8, 8, 4)).astype(np.float32))
+    folds = batchnorm_fold(conv, norm)
+    assert len(folds) == 6
+    folded = freeze(model, signature, model.variables, folds)
+    np.testing.assert_allclose(folded(images).numpy(), model(images).numpy(), rtol=1e-5, atol=1e-5)
+    assert _batchnorm_ops(folded) == 0  # the identity BatchNorm is skipped ...
+    assert _batchnorm_ops(freeze(model, signature, model.variables)) == 1  # ... the real one is not
+    # The variables are untouched: folding only changes what is frozen.
+    assert not np.allclose(norm.moving_variance.numpy() + norm.epsilon, 1.0)
+
+
+def test_batchnorm_fold_leaves_pairs_it_cannot_fold():
+    _, conv, norm = _conv_batchnorm(use_bias=False)  # no bias to carry the shift
+    assert batchnorm_fold(conv, norm) == []
+    transpose = keras.layers.Conv2DTranspose(6, 2, strides=2)
+    transpose.build((None, 4, 4, 4))
+    assert batchnorm_fold(transpose, norm) == []
+    _, conv, _ = _conv_batchnorm()
+    group_norm = keras.layers.GroupNormalization(2)
+    group_norm.build((None, 8, 8, 6))
+    assert batchnorm_fold(conv, group_norm) == []
+
+
+def test_freeze_rejects_overrides_it_cannot_apply(model):
+    stranger = keras.Variable(np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="not one of the variables to freeze"):
+        freeze(model, _signature(), model.variables, [(stranger, np.ones(4))])
+    with pytest.raises(ValueError, match=r"override for .* has shape \(3,\), the variable \(4,\)"):
+        freeze(model, _signature(), model.variables, [(model.norm.gamma, np.ones(3))])

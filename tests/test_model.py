@@ -286,6 +286,42 @@ def test_optimize_for_inference_detects_the_same_and_follows_new_weights(tmp_pat
         _assert_same_detections(ours, theirs)
 
 
+def _batchnorm_op_count(model: MaskRCNN) -> int:
+    """BatchNorm ops in the model's frozen graph(s), nested functions included."""
+    count = 0
+    for frozen in model._frozen_infer.values():
+        definition = frozen.concrete.graph.as_graph_def()
+        nodes = list(definition.node) + [n for f in definition.library.function for n in f.node_def]
+        count += sum("BatchNorm" in node.op for node in nodes)
+    return count
+
+
+def test_optimize_for_inference_folds_every_batchnorm_into_its_convolution():
+    config = NarrowConfig().update(HEAD_NORM="bn")
+    images = [_shapes(2, seed=5).load_image(i) for i in range(2)]
+    model = _detecting_model(config, 1)
+    batchnorms = [layer for layer in model.all_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    rng = np.random.default_rng(0)
+    for layer in batchnorms:  # statistics as trained ones, far from the identity
+        channels = layer.gamma.shape
+        layer.set_weights([rng.uniform(0.8, 1.2, channels), rng.normal(0, 0.1, channels),
+                           rng.normal(0, 0.1, channels), rng.uniform(0.5, 1.5, channels)])
+    expected = model.detect(images)
+    assert all(len(r["class_ids"]) for r in expected)
+    # Backbone and both heads: each BatchNorm and its convolution get new values (6 variables).
+    assert len(model.batchnorm_folds()) == 6 * len(batchnorms)
+    assert {layer.path.split("/")[-1] for layer in batchnorms} >= {"bn_conv1", "mrcnn_class_bn2", "mrcnn_mask_bn4"}
+
+    model.optimize_for_inference()
+    for ours, theirs in zip(model.detect(images), expected):
+        _assert_same_detections(ours, theirs)
+    assert _batchnorm_op_count(model) == 0
+    model.optimize_for_inference(fold_batchnorm=False)
+    for ours, theirs in zip(model.detect(images), expected):
+        _assert_same_detections(ours, theirs)
+    assert _batchnorm_op_count(model) == len(batchnorms)
+
+
 def test_optimize_for_inference_refreezes_after_batchnorm_recalibration():
     config = NarrowConfig().update(TRAIN_BN=True)
     images = [_shapes(4, seed=6).load_image(i) for i in range(4)]

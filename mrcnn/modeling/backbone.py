@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from mrcnn.modeling.architecture import (  # noqa: F401  (re-exported: the backbone's public names)
@@ -98,9 +99,28 @@ class BatchNorm(keras.layers.BatchNormalization):
         # Keras uses the moving statistics unless training a trainable layer (a tensor-valued
         # `training` is left to Keras).
         uses_moving_statistics = training is None or training is False or not self.trainable
+        if uses_moving_statistics and self._is_frozen_identity():
+            return tf.cast(inputs, self.compute_dtype)  # folded into the convolution before it
         if uses_moving_statistics and mask is None and self._fusable(inputs):
             return self._frozen_fused(inputs)
         return super().call(inputs, training=training, mask=mask)
+
+    def _is_frozen_identity(self) -> bool:
+        """Whether gamma, beta and the moving statistics are constants (a graph frozen by
+        `mrcnn.freezing.freeze`) that make this BatchNorm the identity, as `batchnorm_fold` leaves
+        it after folding it into the convolution before it. Read variables are not constants."""
+        if not (self.center and self.scale) or self.renorm:
+            return False
+        values = []
+        for variable in (self.gamma, self.beta, self.moving_mean, self.moving_variance):
+            value = variable.value  # the mapped tensor inside a StatelessScope, else the variable
+            static = tf.get_static_value(value) if isinstance(value, tf.Tensor) else None
+            if static is None:
+                return False
+            values.append(np.asarray(static, np.float32))
+        gamma, beta, mean, variance = values
+        scale = gamma / np.sqrt(variance + np.float32(self.epsilon))  # float32, as the kernel computes
+        return bool(np.all(scale == 1) and np.all(beta - mean * scale == 0))
 
     def _fusable(self, inputs: tf.Tensor) -> bool:
         """Whether `_frozen_fused` computes exactly what Keras' own call would: a channels-last
@@ -230,6 +250,12 @@ class BottleneckBlock(keras.layers.Layer):
             self.conv1.build(tuple(input_shape))
             self.bn1.build(self.conv1.compute_output_shape(tuple(input_shape)))
 
+    def conv_batchnorm_pairs(self) -> list[tuple[keras.layers.Conv2D, BatchNorm]]:
+        """(convolution, the BatchNorm reading only its output) for each branch of the block, the
+        pairs `optimize_for_inference` folds (`mrcnn.freezing.batchnorm_fold`)."""
+        pairs = [(self.conv2a, self.bn2a), (self.conv2b, self.bn2b), (self.conv2c, self.bn2c)]
+        return pairs + ([(self.conv1, self.bn1)] if self.conv_shortcut else [])
+
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         shape = self.conv2a.compute_output_shape(tuple(input_shape))
         if self.pad2b is not None:
@@ -346,6 +372,10 @@ class ResNet(keras.layers.Layer):
         for block in self.blocks:
             block.build(shape)
             shape = block.compute_output_shape(shape)
+
+    def conv_batchnorm_pairs(self) -> list[tuple[keras.layers.Conv2D, BatchNorm]]:
+        """The stem's (conv1, bn_conv1), for folding (the blocks declare their own pairs)."""
+        return [(self.conv1, self.bn_conv1)]
 
     def call_stem(self, images: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         """conv1 + bn_conv1 + ReLU + max-pool: [B, H, W, 3] -> [B, H/4, W/4, 64]."""

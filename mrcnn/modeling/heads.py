@@ -185,6 +185,10 @@ class BoxHead(keras.layers.Layer):
         self.class_logits.build(flat)
         self.bbox_fc.build(flat)
 
+    def conv_batchnorm_pairs(self) -> list[tuple[keras.layers.Conv2D, keras.layers.Layer]]:
+        """(mrcnn_class_conv<i>, mrcnn_class_bn<i>) with HEAD_NORM "bn", for folding; [] otherwise."""
+        return [(self.class_conv1, self.class_bn1), (self.class_conv2, self.class_bn2)] if self.norm == "bn" else []
+
     def call(self, pooled: tf.Tensor, training: bool | None = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         x, (batch, rois) = fold_rois(pooled, self.name)
         x = keras.ops.relu(self.class_bn1(_full_window_conv(self.class_conv1, x), training=training))
@@ -256,6 +260,10 @@ class MaskHead(keras.layers.Layer):
             bn.build(shape)
         self.deconv.build(shape)
         self.mask.build(self.deconv.compute_output_shape(shape))
+
+    def conv_batchnorm_pairs(self) -> list[tuple[keras.layers.Conv2D, keras.layers.Layer]]:
+        """(mrcnn_mask_conv<i>, mrcnn_mask_bn<i>) with HEAD_NORM "bn", for folding; [] otherwise."""
+        return list(zip(self.convs, self.bns)) if self.norm == "bn" else []
 
     def call(self, pooled: tf.Tensor, training: bool | None = None, class_ids: tf.Tensor | None = None
              ) -> tf.Tensor:

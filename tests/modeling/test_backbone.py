@@ -222,6 +222,33 @@ def test_batchnorm_takes_keras_path_for_batch_statistics(monkeypatch) -> None:
     np.testing.assert_allclose(channels_first(x).numpy(), x.numpy() / np.sqrt(1.0 + 1e-3), rtol=1e-5, atol=1e-5)
 
 
+def test_batchnorm_skips_itself_only_as_constant_identity() -> None:
+    # The values batchnorm_fold leaves behind (gamma 1, beta 0, mean 0, variance 1 - epsilon),
+    # mapped to constants as freezing does, make the layer return its input unchanged; a
+    # variable with those values, or constants one bfloat16 step off, is still a BatchNorm.
+    layer = BatchNorm()
+    layer.build((None, 4, 4, 3))
+    identity = [np.ones(3), np.zeros(3), np.zeros(3), np.ones(3) * (np.float32(1) - np.float32(layer.epsilon))]
+    layer.set_weights(identity)
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, 4, 4, 3)).astype(np.float32))
+    variables = [layer.gamma, layer.beta, layer.moving_mean, layer.moving_variance]
+
+    def ops_with(values: list[np.ndarray]) -> list[str]:
+        def call(inputs: tf.Tensor) -> tf.Tensor:
+            mapping = [(v, tf.constant(value, tf.float32)) for v, value in zip(variables, values)]
+            with keras.StatelessScope(state_mapping=mapping):
+                return layer(inputs)
+        graph = tf.function(call).get_concrete_function(tf.TensorSpec(x.shape)).graph
+        np.testing.assert_allclose(tf.function(call)(x).numpy(), x.numpy() * values[0][0], rtol=2e-7)
+        return [op.type for op in graph.get_operations()]
+
+    assert not any("BatchNorm" in op for op in ops_with(identity))
+    off_by_a_step = [identity[0] * (1 + 2 ** -8)] + identity[1:]
+    assert any("BatchNorm" in op for op in ops_with(off_by_a_step))
+    graph = tf.function(layer).get_concrete_function(tf.TensorSpec(x.shape)).graph  # the variables
+    assert any("BatchNorm" in op.type for op in graph.get_operations())
+
+
 def test_configs_round_trip() -> None:
     model = ResNet("resnet101", train_bn=True, stage5=False, bn_epsilon=1e-5, name="backbone")
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
