@@ -1,10 +1,12 @@
 """Benchmark: `MaskRCNN.detect` latency per image, ResNet-50-FPN, COCO-sized heads (81 classes).
 
 Writes bench/results/inference.json: for each input size, the median (and all) latencies of >= 5
-timed single-image `detect` calls after warm-up, and the process's peak RSS. Weights are random:
-latency does not depend on them except through the number of detections, which
-DETECTION_MIN_CONFIDENCE = 0 makes the most (all DETECTION_MAX_INSTANCES slots filled): the mask
-head, which runs on the real detections only, runs on all 100, the worst case.
+timed single-image `detect` calls after warm-up, and the process's peak RSS. Weights are random
+(seeded; those initialization leaves constant, biases and BatchNorm parameters, get seeded noise,
+as training would, see `perturb_constant_weights`): latency does not depend on them except
+through the number of detections, which DETECTION_MIN_CONFIDENCE = 0 makes the most (all
+DETECTION_MAX_INSTANCES slots filled): the mask head, which runs on the real detections only,
+runs on all 100, the worst case.
 
 800 px is not a multiple of 64, so it runs in `pad64` mode: the 800x800 image is kept at its size
 and zero-padded to 832x832.
@@ -22,7 +24,9 @@ unmolding drops boxes that round to zero area in the original image).
 With `--optimize-for-inference` each row is timed again, on the same model right after, with
 `MaskRCNN.optimize_for_inference()` (the graph with the weights frozen as constants), under the
 row's "optimize_for_inference" key (its `first_call_s` includes freezing; `rss_added_mb` is the
-resident memory the frozen graph added, Linux only).
+resident memory the frozen graph added, Linux only). `--also-unfolded` then times the model
+frozen once more with `optimize_for_inference(fold_batchnorm=False)`, under
+"optimize_for_inference_unfolded".
 
     python bench/inference.py [--sizes 512 800 1024] [--repeats 5] [--precisions float32 mixed_bfloat16]
     python bench/inference.py --optimize-for-inference --out bench/results/inference_frozen.json
@@ -66,9 +70,11 @@ def make_config(size: int, precision: str = "float32") -> Config:
     return type("BenchConfig", (Config,), attrs)()
 
 
-def bench_size(size: int, repeats: int, precision: str = "float32", optimize: bool = False) -> dict:
+def bench_size(size: int, repeats: int, precision: str = "float32", optimize: bool = False,
+               unfolded: bool = False) -> dict:
     keras.utils.set_random_seed(0)  # the same random weights in every precision
     model = MaskRCNN(mode="inference", config=make_config(size, precision))
+    perturb_constant_weights(model)
     image = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
     row = {"size": size, "precision": precision, **_measure_detect(model, image, repeats)}
     if optimize:  # the same model and weights, right after: an A/B free of the host's drift
@@ -76,7 +82,35 @@ def bench_size(size: int, repeats: int, precision: str = "float32", optimize: bo
         row["optimize_for_inference"] = _measure_detect(model.optimize_for_inference(), image, repeats)
         if rss_plain is not None:  # what the frozen graph added to the process's resident memory
             row["optimize_for_inference"]["rss_added_mb"] = round(_resident_mb() - rss_plain)
+        if unfolded:  # frozen again without folding the BatchNorms: what folding adds
+            model.optimize_for_inference(fold_batchnorm=False)
+            row["optimize_for_inference_unfolded"] = _measure_detect(model, image, repeats)
     return row
+
+
+# The layers whose outputs are the RPN's and heads' predictions, left as initialized.
+PREDICTION_LAYERS = ("rpn_class_raw", "rpn_bbox_pred", "mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_mask")
+
+
+def perturb_constant_weights(model: MaskRCNN, scale: float = 0.01, seed: int = 0) -> None:
+    """Adds seeded noise to every weight that initialization left constant (biases, BatchNorm's
+    gamma/beta/moving statistics), as training would.
+
+    With the weights frozen as constants (`optimize_for_inference`), Grappler simplifies the
+    graph by their values: it deletes the add of an all-zero bias, and a convolution without its
+    bias add is no longer fused with the ReLU that follows. Trained weights have no all-zero
+    biases, so timing freshly initialized ones would time a graph no user runs.
+    """
+    model.ensure_built()  # the weights exist once built
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        if variable.path.split("/")[-2] in PREDICTION_LAYERS:
+            continue  # their biases set the scores, hence how many detections the mask head runs on
+        value = keras.ops.convert_to_numpy(variable.value)
+        if value.size and np.all(value == value.flat[0]):
+            noise = rng.normal(0.0, scale, value.shape)
+            # Variances stay positive: 1 + |noise|; the rest (zeros or ones) get the noise as it is.
+            variable.assign((value + (np.abs(noise) if "variance" in variable.path else noise)).astype(value.dtype))
 
 
 def _measure_detect(model: MaskRCNN, image: np.ndarray, repeats: int) -> dict:
@@ -113,16 +147,18 @@ def main() -> None:
                         choices=["float32", "mixed_bfloat16", "mixed_float16"])
     parser.add_argument("--optimize-for-inference", action="store_true",
                         help="detect from graphs with the weights frozen as constants")
+    parser.add_argument("--also-unfolded", action="store_true",
+                        help="with --optimize-for-inference, also time the frozen graph without BatchNorm folding")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "inference.json"))
     args = parser.parse_args()
     results = []
     for size in args.sizes:
         for precision in args.precisions:
-            result = bench_size(size, args.repeats, precision, args.optimize_for_inference)
+            result = bench_size(size, args.repeats, precision, args.optimize_for_inference, args.also_unfolded)
             print(json.dumps(result), flush=True)
             results.append(result)
     report = {
-        "benchmark": "detect latency per image, ResNet-50-FPN, 81 classes, random weights",
+        "benchmark": "detect latency per image, ResNet-50-FPN, 81 classes, random weights (no constant biases or BatchNorm parameters)",
         "machine": machine.describe(),
         "tensorflow": tf.__version__, "roi_align": active_implementation(),
         "results": results,

@@ -15,7 +15,8 @@ same images and trained weights (the model was trained at 128 px, so its mAP fal
 
 `--optimize-for-inference` evaluates and times each model again right after, with
 `MaskRCNN.optimize_for_inference()` (weights frozen into the graph as constants), under the row's
-"optimize_for_inference" key, and adds the frozen speed-up.
+"optimize_for_inference" key, and adds the frozen speed-up; `--also-unfolded` then again with
+`optimize_for_inference(fold_batchnorm=False)`, under "optimize_for_inference_unfolded".
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from mrcnn.model import MaskRCNN  # noqa: E402
 
 
 def measure(precision: str | None, weights: str, eval_images: int, repeats: int, size: int,
-            optimize: bool = False) -> dict:
+            optimize: bool = False, unfolded: bool = False) -> dict:
     config = InferenceConfig().update(MIXED_PRECISION=precision, IMAGE_MIN_DIM=size, IMAGE_MAX_DIM=size)
     model = MaskRCNN(mode="inference", config=config, model_dir="/tmp/mrcnn_bench_logs")
     model.load_weights(weights)
@@ -49,6 +50,9 @@ def measure(precision: str | None, weights: str, eval_images: int, repeats: int,
     row = {"precision": precision or "float32", "size": size, **_score_and_time(model, dataset, repeats)}
     if optimize:  # the same model right after, frozen: an A/B free of the host's drift
         row["optimize_for_inference"] = _score_and_time(model.optimize_for_inference(), dataset, repeats)
+        if unfolded:  # frozen without folding the BatchNorms into their convolutions
+            row["optimize_for_inference_unfolded"] = _score_and_time(
+                model.optimize_for_inference(fold_batchnorm=False), dataset, repeats)
     return row
 
 
@@ -76,12 +80,14 @@ def main() -> None:
                         help="px the model processes the images at (a multiple of 64; default the demo's 128)")
     parser.add_argument("--optimize-for-inference", action="store_true",
                         help="detect from graphs with the weights frozen as constants")
+    parser.add_argument("--also-unfolded", action="store_true",
+                        help="with --optimize-for-inference, also time the frozen graph without BatchNorm folding")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "mixed_precision_shapes.json"))
     args = parser.parse_args()
     if not Path(args.weights).exists():
         raise SystemExit(f"no weights at {args.weights}: run `make demo` first (or pass --weights)")
-    rows = [measure(p, args.weights, args.eval_images, args.repeats, args.size, args.optimize_for_inference)
-            for p in (None, "mixed_bfloat16")]
+    rows = [measure(p, args.weights, args.eval_images, args.repeats, args.size, args.optimize_for_inference,
+                    args.also_unfolded) for p in (None, "mixed_bfloat16")]
     for row in rows:
         print(json.dumps(row))
     report = {"benchmark": f"shapes demo model, float32 vs mixed_bfloat16 inference ({args.size} px, 1 image per call)",
@@ -92,6 +98,9 @@ def main() -> None:
         report["optimize_for_inference"] = {
             **_bfloat16_against(frozen[0], frozen[1]),
             "speedup_over_float32_variables": round(rows[0]["detect_median_s"] / frozen[1]["detect_median_s"], 3)}
+    if args.optimize_for_inference and args.also_unfolded:
+        unfolded = [row["optimize_for_inference_unfolded"] for row in rows]
+        report["optimize_for_inference_unfolded"] = _bfloat16_against(unfolded[0], unfolded[1])
     write_report(args.out, report)
 
 
