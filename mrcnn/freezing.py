@@ -17,7 +17,7 @@ before it, passed to `freeze` as overrides: the frozen graph then runs one fused
 
 The price is memory: the traced graph, the runtime's optimized copy and its kernels, and oneDNN's
 reordered filters each hold the weights (README, "Optimizing for inference": ResNet-50-FPN's
-176 MB of weights added 1.8-2.4 GB of resident memory per frozen graph).
+176 MB of weights added 1.8-2.8 GB of resident memory per frozen graph).
 """
 
 from __future__ import annotations
@@ -55,11 +55,16 @@ class FrozenFunction:
                                  f"match the frozen signature {spec.dtype.name} {tuple(spec.shape)}")
         return self.concrete(*args)
 
-    def reads_variables(self) -> bool:
-        """Whether the graph (its nested functions included) still reads or writes a variable."""
+    def op_types(self) -> list[str]:
+        """The type of every op of the traced graph, its nested functions' (loops, conditions)
+        included, before Grappler's optimizations."""
         definition = self.concrete.graph.as_graph_def()
         nodes = list(definition.node) + [n for f in definition.library.function for n in f.node_def]
-        return any(node.op in _VARIABLE_OPS for node in nodes) or bool(self.concrete.captured_inputs)
+        return [node.op for node in nodes]
+
+    def reads_variables(self) -> bool:
+        """Whether the graph (its nested functions included) still reads or writes a variable."""
+        return any(op in _VARIABLE_OPS for op in self.op_types()) or bool(self.concrete.captured_inputs)
 
 
 def freeze(function: Callable[..., Any], input_signature: Sequence[tf.TensorSpec],

@@ -821,13 +821,14 @@ class MaskRCNN(keras.Model):
 
         Frozen weights let oneDNN cache its reordered convolution filters and let Grappler fold
         the per-call float32->bfloat16 weight casts of MIXED_PRECISION (see `mrcnn.freezing`):
-        on the README's 2-core AMX Xeon, ResNet-50-FPN `detect` at 512 px took 0.921 instead of
-        1.065 s (float32) and 0.288 instead of 0.337 s (bfloat16), the 128 px shapes demo model
-        25.3 instead of 36.5 ms (bfloat16). Outputs are the same up to float rounding. Each
-        molded canvas size is frozen on its first call (6-11 s for ResNet-50-FPN on 2 cores)
-        and holds its own copies of the weights (the graph's constants, the optimized graph,
-        oneDNN's reordered filters: +1.8-2.7 GB RSS for ResNet-50-FPN at 512 px against 0.05-0.17
-        GB for the plain graph): for images of one canvas size, not for many.
+        on the README's 2-core AMX Xeon, with the BatchNorms folded, ResNet-50-FPN `detect` at
+        1024 px took 2.72-2.85 instead of 3.05-3.11 s (float32) and 0.59-0.63 instead of
+        0.93-0.95 s (bfloat16), the 128 px shapes demo model 21.6 instead of 35.5 ms (bfloat16).
+        Outputs are the same up to float rounding. Each molded canvas size is frozen on its
+        first call (9-15 s for ResNet-50-FPN on 2 cores) and holds its own copies of the weights
+        (the graph's constants, the optimized graph, oneDNN's reordered filters: +1.8-2.8 GB RSS
+        for ResNet-50-FPN against 0.05-0.17 GB for the plain graph): for images of one canvas
+        size, not for many.
 
         The frozen graphs see the weights as they were when frozen. `load_weights`, `set_weights`
         and `recalibrate_batchnorm` on this model drop them (they are frozen again on the next

@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from mrcnn import utils
-from mrcnn.data.generator import DataGenerator
 from mrcnn.config import Config
+from mrcnn.data.generator import DataGenerator
 from mrcnn.freezing import freeze
 from mrcnn.model import MaskRCNN
 from tests.test_model import TinyConfig, _shapes
