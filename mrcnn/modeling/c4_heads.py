@@ -29,7 +29,13 @@ from mrcnn.modeling.backbone import (
     get_architecture,
     make_stage,
 )
-from mrcnn.modeling.heads import check_mask_activation, fold_rois, static_or_dynamic_shape, unfold_rois
+from mrcnn.modeling.heads import (
+    check_mask_activation,
+    fold_rois,
+    static_or_dynamic_shape,
+    unfold_rois,
+    upsample_deconv,
+)
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
@@ -142,7 +148,7 @@ class C4MaskHead(keras.layers.Layer):
 
     def call(self, features: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         x, batch_rois = fold_rois(features, self.name)
-        return unfold_rois(tf.cast(self.mask(self.deconv(x)), tf.float32), batch_rois)
+        return unfold_rois(tf.cast(self.mask(upsample_deconv(self.deconv, x)), tf.float32), batch_rois)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -168,6 +168,45 @@ def test_full_window_conv_matches_the_conv_it_replaces():
     np.testing.assert_allclose(_full_window_conv(pointwise, x1).numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
+def _numpy_stride2_deconv(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """A 2x2 stride-2 transposed convolution by its definition: out[2i + a, 2j + b] = x[i, j] @ K[a, b]^T + b."""
+    m, h, w, _ = x.shape
+    out = np.zeros((m, 2 * h, 2 * w, kernel.shape[2]))
+    for a in range(2):
+        for b in range(2):
+            out[:, a::2, b::2, :] = np.einsum("mijc,fc->mijf", x, kernel[a, b]) + bias
+    return out
+
+
+@pytest.mark.parametrize("activation", ["relu", None])
+def test_upsample_deconv_matches_the_transposed_conv_and_numpy(activation):
+    from mrcnn.modeling.heads import upsample_deconv
+
+    deconv = keras.layers.Conv2DTranspose(5, 2, strides=2, activation=activation, dtype="float64")
+    x = tf.constant(np.random.default_rng(0).normal(size=(3, 4, 6, 7)))
+    deconv.build(x.shape)
+    deconv.bias.assign(np.random.default_rng(1).normal(size=5))  # a non-zero bias must be applied too
+    expected = _numpy_stride2_deconv(x.numpy(), deconv.kernel.numpy(), deconv.bias.numpy())
+    expected = np.maximum(expected, 0) if activation else expected
+    np.testing.assert_allclose(upsample_deconv(deconv, x).numpy(), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(deconv(x).numpy(), expected, rtol=1e-12, atol=1e-12)
+    # Training takes gradients through it: the same as through the transposed convolution.
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ours, theirs = tf.reduce_sum(upsample_deconv(deconv, x) ** 2), tf.reduce_sum(deconv(x) ** 2)
+    for ours_grad, theirs_grad in zip(tape.gradient(ours, [x, deconv.kernel, deconv.bias]),
+                                      tape.gradient(theirs, [x, deconv.kernel, deconv.bias])):
+        np.testing.assert_allclose(ours_grad.numpy(), theirs_grad.numpy(), rtol=1e-10, atol=1e-10)
+
+
+def test_upsample_deconv_leaves_other_transposed_convs_to_keras():
+    from mrcnn.modeling.heads import upsample_deconv
+
+    deconv = keras.layers.Conv2DTranspose(5, 3, strides=2, padding="same")  # overlapping windows
+    x = tf.random.normal([2, 4, 4, 3], seed=4)
+    np.testing.assert_array_equal(upsample_deconv(deconv, x).numpy(), deconv(x).numpy())
+
+
 @pytest.mark.parametrize("norm, norm_names", [
     ("gn", {"mrcnn_class_gn1", "mrcnn_class_gn2"}),
     ("none", set()),
