@@ -17,7 +17,7 @@ before it, passed to `freeze` as overrides: the frozen graph then runs one fused
 
 The price is memory: the traced graph, the runtime's optimized copy and its kernels, and oneDNN's
 reordered filters each hold the weights (README, "Optimizing for inference": ResNet-50-FPN's
-176 MB of weights added 1.8-2.8 GB of resident memory per frozen graph).
+176 MB of weights added 1.5-2.8 GB of resident memory per frozen graph).
 """
 
 from __future__ import annotations

@@ -825,8 +825,8 @@ class MaskRCNN(keras.Model):
         1024 px took 2.72-2.85 instead of 3.05-3.11 s (float32) and 0.59-0.63 instead of
         0.93-0.95 s (bfloat16), the 128 px shapes demo model 21.6 instead of 35.5 ms (bfloat16).
         Outputs are the same up to float rounding. Each molded canvas size is frozen on its
-        first call (9-15 s for ResNet-50-FPN on 2 cores) and holds its own copies of the weights
-        (the graph's constants, the optimized graph, oneDNN's reordered filters: +1.8-2.8 GB RSS
+        first call (8-15 s for ResNet-50-FPN on 2 cores) and holds its own copies of the weights
+        (the graph's constants, the optimized graph, oneDNN's reordered filters: +1.5-2.8 GB RSS
         for ResNet-50-FPN against 0.05-0.17 GB for the plain graph): for images of one canvas
         size, not for many.
 
