@@ -12,7 +12,7 @@ from mrcnn.config import Config
 from mrcnn.data.generator import DataGenerator
 from mrcnn.freezing import freeze
 from mrcnn.model import MaskRCNN
-from tests.test_model import TinyConfig, _shapes
+from tests.test_model import TinyConfig, _set_trained_like_batchnorms, _shapes
 
 
 class Float32Config(TinyConfig):
@@ -114,12 +114,7 @@ def _model_with_batchnorm_statistics(config: Config) -> MaskRCNN:
     keras.utils.set_random_seed(0)
     model = MaskRCNN("inference", config)
     model.ensure_built()
-    rng = np.random.default_rng(0)
-    for layer in model.all_layers():
-        if isinstance(layer, keras.layers.BatchNormalization):
-            channels = layer.gamma.shape
-            layer.set_weights([rng.uniform(0.5, 1.5, channels), rng.normal(0, 0.2, channels),
-                               rng.normal(0, 0.2, channels), rng.uniform(0.5, 2.0, channels)])
+    _set_trained_like_batchnorms(model, gamma=(0.5, 1.5), shift=0.2, variance=(0.5, 2.0))
     return model
 
 

@@ -291,16 +291,25 @@ def _batchnorm_op_count(model: MaskRCNN) -> int:
     return sum("BatchNorm" in op for frozen in model._frozen_infer.values() for op in frozen.op_types())
 
 
+def _set_trained_like_batchnorms(model: MaskRCNN, gamma: tuple[float, float], shift: float,
+                                 variance: tuple[float, float]) -> list[keras.layers.BatchNormalization]:
+    """Gives every BatchNorm of the model seeded parameters far from the identity, as trained ones:
+    gamma and variance uniform in the given ranges, beta and mean normal with std `shift`.
+    Returns the BatchNorms."""
+    batchnorms = [layer for layer in model.all_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    rng = np.random.default_rng(0)
+    for layer in batchnorms:
+        channels = layer.gamma.shape
+        layer.set_weights([rng.uniform(*gamma, channels), rng.normal(0, shift, channels),
+                           rng.normal(0, shift, channels), rng.uniform(*variance, channels)])
+    return batchnorms
+
+
 def test_optimize_for_inference_folds_every_batchnorm_into_its_convolution():
     config = NarrowConfig().update(HEAD_NORM="bn")
     images = [_shapes(2, seed=5).load_image(i) for i in range(2)]
     model = _detecting_model(config, 1)
-    batchnorms = [layer for layer in model.all_layers() if isinstance(layer, keras.layers.BatchNormalization)]
-    rng = np.random.default_rng(0)
-    for layer in batchnorms:  # statistics as trained ones, far from the identity
-        channels = layer.gamma.shape
-        layer.set_weights([rng.uniform(0.8, 1.2, channels), rng.normal(0, 0.1, channels),
-                           rng.normal(0, 0.1, channels), rng.uniform(0.5, 1.5, channels)])
+    batchnorms = _set_trained_like_batchnorms(model, gamma=(0.8, 1.2), shift=0.1, variance=(0.5, 1.5))
     expected = model.detect(images)
     assert all(len(r["class_ids"]) for r in expected)
     # Backbone and both heads: each BatchNorm and its convolution get new values (6 variables).
