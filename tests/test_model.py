@@ -215,6 +215,22 @@ def test_plain_fit_of_an_unbuilt_model_traces_the_train_step_once(config):
     assert len(traces) == 1
 
 
+def test_an_images_detections_do_not_depend_on_the_batch_it_runs_in(trained, config):
+    # evaluate_dataset and the throughput benchmarks detect in batches of BATCH_SIZE (2 here): an
+    # image must come out the same alone, first or second in a batch, and in a last, short batch.
+    model = trained[0]
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
+    batched = model.detect(images)
+    alone = [model.detect([image])[0] for image in images]
+    for together, single in zip(batched, alone):
+        assert len(together["scores"]) == len(single["scores"]) > 0
+        np.testing.assert_allclose(together["scores"], single["scores"], rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(together["class_ids"], single["class_ids"])
+        np.testing.assert_allclose(together["rois"], single["rois"], atol=1)
+        assert (together["masks"] != single["masks"]).mean() < 1e-3
+
+
 def test_detect_rejects_a_bare_image(trained):
     with pytest.raises(TypeError, match="list of images"):
         trained[0].detect(np.zeros((64, 64, 3), np.uint8))
