@@ -29,6 +29,7 @@
 #define MRCNN_CUSTOM_OPS_ROI_ALIGN_KERNELS_ROI_ALIGN_H_
 
 #if !defined(__CUDACC_RTC__)
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 #endif
