@@ -80,6 +80,11 @@ def build(device: str, out_dir: Path, cuda_arch: str | None = None) -> Path:
         command = [os.environ.get("CXX", "g++"), "-std=c++17", "-O3", "-shared", "-fPIC", str(SOURCE),
                    "-o", str(library)]
     result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0 and device == "cuda" and cuda_arch is None:
+        # -arch=native needs the GPU visible to nvcc; nvcc's default target (PTX JIT-compiled by the
+        # driver) runs on any newer GPU.
+        command = [part for part in command if not part.startswith("-arch=")]
+        result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"roi_align_cuda: building the harness failed:\n{' '.join(command)}\n{result.stderr}")
     return library
