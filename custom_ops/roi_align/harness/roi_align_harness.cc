@@ -63,26 +63,21 @@ MRCNN_HARNESS_CPU(f32, float)
 MRCNN_HARNESS_CPU(f64, double)
 
 #if defined(__CUDACC__)
-#define MRCNN_HARNESS_CUDA(SUFFIX, T)                                                             \
-  extern "C" int mrcnn_roi_align_forward_cuda_##SUFFIX(                                           \
+// NAME(values = features or gradient, output = pooled features or features' gradient) on `stream`.
+#define MRCNN_HARNESS_CUDA(NAME, LAUNCHER, SUFFIX, T)                                            \
+  extern "C" int mrcnn_roi_align_##NAME##_cuda_##SUFFIX(                                          \
       const long long* dims, int pooled_h, int pooled_w, float spatial_scale, int sampling_ratio, \
-      int aligned, const T* features, const T* boxes, const int* box_indices, T* output,          \
+      int aligned, const T* values, const T* boxes, const int* box_indices, T* output,            \
       void* stream) {                                                                             \
-    return static_cast<int>(ra::LaunchRoiAlignForward<T>(                                         \
+    return static_cast<int>(ra::LAUNCHER<T>(                                                      \
         MakeShape(dims, pooled_h, pooled_w), MakeAttrs(spatial_scale, sampling_ratio, aligned),   \
-        features, boxes, box_indices, output, static_cast<cudaStream_t>(stream)));                \
-  }                                                                                               \
-  extern "C" int mrcnn_roi_align_backward_cuda_##SUFFIX(                                          \
-      const long long* dims, int pooled_h, int pooled_w, float spatial_scale, int sampling_ratio, \
-      int aligned, const T* grad, const T* boxes, const int* box_indices, T* grad_features,       \
-      void* stream) {                                                                             \
-    return static_cast<int>(ra::LaunchRoiAlignBackward<T>(                                        \
-        MakeShape(dims, pooled_h, pooled_w), MakeAttrs(spatial_scale, sampling_ratio, aligned),   \
-        grad, boxes, box_indices, grad_features, static_cast<cudaStream_t>(stream)));             \
+        values, boxes, box_indices, output, static_cast<cudaStream_t>(stream)));                  \
   }
 
-MRCNN_HARNESS_CUDA(f32, float)
-MRCNN_HARNESS_CUDA(f64, double)
+MRCNN_HARNESS_CUDA(forward, LaunchRoiAlignForward, f32, float)
+MRCNN_HARNESS_CUDA(forward, LaunchRoiAlignForward, f64, double)
+MRCNN_HARNESS_CUDA(backward, LaunchRoiAlignBackward, f32, float)  // zeroes the gradient first
+MRCNN_HARNESS_CUDA(backward, LaunchRoiAlignBackward, f64, double)
 
 extern "C" int mrcnn_roi_align_harness_has_cuda() { return 1; }
 #else
