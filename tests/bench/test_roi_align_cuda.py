@@ -75,3 +75,15 @@ def test_backward_through_the_harness_matches_the_reference(harness, aligned, sa
 def test_other_dtypes_are_refused(harness):
     with pytest.raises(TypeError, match="float32 or float64"):
         harness.forward_cpu(np.zeros((1, 2, 2, 1), np.float16), np.zeros((1, 4)), np.zeros(1, np.int32), (1, 1), 1.0)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (the CUDA toolkit) on PATH")
+def test_nvcc_builds_the_cuda_entry_points(script, tmp_path):
+    # No GPU needed to compile: this keeps roi_align.h's CUDA kernels and launchers compiling
+    # (they run only on a GPU machine, through this script's --device cuda).
+    cuda = script.Harness(script.build("cuda", tmp_path))
+    assert cuda.has_cuda
+    for name in ("forward_cuda_f32", "forward_cuda_f64", "backward_cuda_f32", "backward_cuda_f64"):
+        assert hasattr(cuda.library, f"mrcnn_roi_align_{name}")
+    # The CPU entry points of the nvcc build are the same loops.
+    assert script.check_reference(cuda.forward_cpu, np.float64, 1e-12)["passed"]
