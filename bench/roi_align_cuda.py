@@ -56,6 +56,8 @@ from tests.reference.roi_align_ref import roi_align_ref  # noqa: E402
 TIMING_CASES = (("1000 RoIs -> 7x7", 1000, 7, 256), ("200 RoIs -> 14x14", 200, 14, 256))
 TIMING_MAP = (2, 256, 256)  # images, height, width: P2 of a 1024 px input
 TIMING_SCALE = 0.25
+# (name, dtype, largest relative error against the NumPy reference) of the reference checks.
+REFERENCE_TOLERANCES = (("float64", np.float64, 1e-12), ("float32", np.float32, 1e-5))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,14 +206,14 @@ def max_error(actual: np.ndarray, expected: np.ndarray) -> float:
 def check_reference(run_forward: Callable[..., np.ndarray], dtype: type, tolerance: float) -> dict:
     """Forward of every reference case against the NumPy loops; worst relative error."""
     worst = 0.0
-    rng = np.random.default_rng(0)
-    for case in reference_cases(rng):
+    cases = reference_cases(np.random.default_rng(0))
+    for case in cases:
         expected = roi_align_ref(case["features"], case["boxes"], case["indices"], case["pooled"], case["scale"],
                                  case["ratio"], case["aligned"])
         actual = run_forward(case["features"].astype(dtype), case["boxes"], case["indices"], case["pooled"],
                              case["scale"], case["ratio"], case["aligned"])
         worst = max(worst, max_error(actual.astype(np.float64), expected))
-    return {"cases": len(reference_cases(rng)), "max_relative_error": worst, "tolerance": tolerance,
+    return {"cases": len(cases), "max_relative_error": worst, "tolerance": tolerance,
             "passed": worst <= tolerance}
 
 
@@ -260,6 +262,7 @@ class _TorchCase:
 
         self.torch, self.harness, self.device, self.tv_roi_align = torch, harness, device, tv_roi_align
         self.pooled, self.dtype = pooled, dtype
+        self.dtype_name = str(dtype).replace("torch.", "")  # "float32": NumPy's name for it too
         images, height, width = TIMING_MAP
         self.dims = (images, height, width, channels, len(boxes))
         self.host = {"features": torch.from_numpy(rng.standard_normal((images, height, width, channels))).to(dtype),
@@ -284,7 +287,7 @@ class _TorchCase:
     def _ours(self, direction: str) -> None:
         values, out = (self.features, self.output) if direction == "forward" else (self.grad, self.grad_features)
         stream = self.torch.cuda.current_stream().cuda_stream if self.device == "cuda" else 0
-        self.harness.call(direction, self.device, np.dtype(str(self.dtype).replace("torch.", "")), self.dims,
+        self.harness.call(direction, self.device, np.dtype(self.dtype_name), self.dims,
                           self.pooled, TIMING_SCALE, 2, True,
                           (values.data_ptr(), self.boxes.data_ptr(), self.indices.data_ptr(), out.data_ptr()), stream)
 
@@ -321,7 +324,7 @@ class _TorchCase:
             errors["backward_vs_torchvision"] = max_error(
                 grad_features, self.tv_forward_backward().permute(0, 2, 3, 1).cpu().numpy())
         tolerance = 1e-10 if self.dtype == self.torch.float64 else 1e-4
-        return {"dtype": str(self.dtype).replace("torch.", ""), **errors, "tolerance": tolerance,
+        return {"dtype": self.dtype_name, **errors, "tolerance": tolerance,
                 "passed": all(error <= tolerance for error in errors.values())}
 
     def time(self, repeats: int) -> dict:
@@ -350,8 +353,7 @@ def main() -> int:
         if args.device == "cuda" and not harness.has_cuda:
             raise SystemExit("roi_align_cuda: the harness was built without CUDA")
         report["reference_cpu"] = {name: check_reference(harness.forward_cpu, dtype, tolerance)
-                                   for name, dtype, tolerance in (("float64", np.float64, 1e-12),
-                                                                  ("float32", np.float32, 1e-5))}
+                                   for name, dtype, tolerance in REFERENCE_TOLERANCES}
         passed = all(check["passed"] for check in report["reference_cpu"].values())
         if not args.no_torch:
             import torch
@@ -360,7 +362,7 @@ def main() -> int:
                 report["gpu"] = torch.cuda.get_device_name(0)
                 report["reference_cuda"] = {
                     name: check_reference(_torch_forward(harness, torch, dtype), dtype, tolerance)
-                    for name, dtype, tolerance in (("float64", np.float64, 1e-12), ("float32", np.float32, 1e-5))}
+                    for name, dtype, tolerance in REFERENCE_TOLERANCES}
                 passed &= all(check["passed"] for check in report["reference_cuda"].values())
             report["torch"] = torch.__version__
             report.update(torch_section(harness, args.device, args.repeats))
