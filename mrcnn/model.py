@@ -659,10 +659,6 @@ class MaskRCNN(keras.Model):
         from mrcnn.data.generator import DataGenerator
 
         regex = layer_regex(layers, self.config)
-        if self.log_dir is None:
-            self.set_log_dir()
-        os.makedirs(self.log_dir, exist_ok=True)
-        self.config.save(os.path.join(self.log_dir, "config.json"))
         seed = self.config.SEED
         gen_kwargs = dict(workers=workers, use_multiprocessing=use_multiprocessing)
         train_gen = DataGenerator(train_dataset, self.config, shuffle=True, augmentation=augmentation, seed=seed,
@@ -673,6 +669,12 @@ class MaskRCNN(keras.Model):
         if val_dataset is not None and self.config.VALIDATION_STEPS:
             val_gen = DataGenerator(val_dataset, self.config, shuffle=False, seed=seed,
                                     steps=self.config.VALIDATION_STEPS, **gen_kwargs)
+        # The run folder is made once the datasets passed the generators' checks, so that a
+        # mismatch leaves no empty run behind for `find_last` and TensorBoard to list.
+        if self.log_dir is None:
+            self.set_log_dir()
+        os.makedirs(self.log_dir, exist_ok=True)
+        self.config.save(os.path.join(self.log_dir, "config.json"))
         # Optimizer state to carry into this stage: the previous stage's (same process) or the
         # checkpoint's that load_weights read. Restored by name once the new optimizer is built.
         carried = getattr(self, "_resume_checkpoint", None) or optimizer_state(getattr(self, "optimizer", None))
@@ -691,7 +693,8 @@ class MaskRCNN(keras.Model):
                      + list(custom_callbacks or []))
         checkpoint = next(cb for cb in callbacks if isinstance(cb, AtomicCheckpoint))
         if verbose:
-            print(f"\nStarting at epoch {self.epoch}. LR={learning_rate}\nCheckpoint path: {self.checkpoint_path}")
+            print(f"\nStarting at epoch {self.epoch}. LR={describe_learning_rate(learning_rate, self.optimizer.iterations)}"
+                  f"\nCheckpoint path: {self.checkpoint_path}")
         try:
             if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
                 # Keras 3's fit fails under this strategy (toolchain.md): same steps, explicit loop.
@@ -717,8 +720,12 @@ class MaskRCNN(keras.Model):
                 name = (self.config.NAME or "mrcnn").lower()
                 path = write_checkpoint(self, os.path.join(self.log_dir, f"mask_rcnn_{name}_interrupted.weights.h5"),
                                         self.epoch)
-                print(f"\nInterrupted. Completed epochs: {self.epoch}; last epoch checkpoint: "
-                      f"{checkpoint.last_saved}; state at the interrupt: {path}")
+                # Without an epoch finished in this call, the last one is the checkpoint it resumed from.
+                resumed_from = self.checkpoint_path.format(epoch=self.epoch) if self.epoch else None
+                last = checkpoint.last_saved or (resumed_from if resumed_from and os.path.isfile(resumed_from)
+                                                 else "none yet")
+                print(f"\nInterrupted. Completed epochs: {self.epoch}; last epoch checkpoint: {last}; "
+                      f"state at the interrupt: {path}")
             raise
         # Epochs that ended with a finite loss count as done (a NaN stop keeps the last good one).
         losses = history.history.get("loss", [])
@@ -1037,6 +1044,27 @@ def make_optimizer(config: Config, learning_rate: float | None = None) -> keras.
         # Decoupled decay off: WEIGHT_DECAY already enters the loss as an L2 term.
         return keras.optimizers.AdamW(learning_rate=lr, weight_decay=0.0, clipnorm=clip)
     return keras.optimizers.SGD(learning_rate=lr, momentum=config.LEARNING_MOMENTUM, clipnorm=clip)
+
+
+def describe_learning_rate(learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
+                           iteration: int | tf.Variable) -> str:
+    """The learning rate for a log line: the number, or a schedule's fields and its value now.
+
+    Args:
+        learning_rate: a float or a Keras LearningRateSchedule.
+        iteration: the optimizer's iteration count the schedule is read at.
+    Returns:
+        e.g. ``"0.001"`` or ``"StepSchedule(base_lr=0.02, ...): 0.00667 at iteration 0"``.
+    """
+    if not isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+        return f"{float(learning_rate):g}"
+    try:
+        fields = ", ".join(f"{key}={value!r}" for key, value in learning_rate.get_config().items())
+    except NotImplementedError:  # a schedule without get_config (the base class raises)
+        fields = "..."
+    step = int(keras.ops.convert_to_numpy(iteration))
+    value = float(keras.ops.convert_to_numpy(learning_rate(step)))
+    return f"{type(learning_rate).__name__}({fields}): {value:.3g} at iteration {step}"
 
 
 def _positive_index(class_ids: tf.Tensor) -> tf.Tensor:

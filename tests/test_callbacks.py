@@ -132,7 +132,7 @@ class _RecordStart(keras.callbacks.Callback):
         self.momenta = {v.name: v.numpy().copy() for v in optimizer.variables if v.name.endswith("_momentum")}
 
 
-def test_interrupt_after_epoch_one_then_resume_continues(tmp_path):
+def test_interrupt_after_epoch_one_then_resume_continues(tmp_path, capsys):
     from mrcnn.callbacks import checkpoint_epoch, read_optimizer_state
     from mrcnn.data.shapes import ShapesDataset
     from mrcnn.model import MaskRCNN
@@ -170,6 +170,15 @@ def test_interrupt_after_epoch_one_then_resume_continues(tmp_path):
     assert start.momenta and all(np.array_equal(start.momenta[k], saved[k]) for k in start.momenta)
     assert int(resumed.optimizer.iterations.numpy()) == 2
     assert (run_dir / "mask_rcnn_tinydist_0002.weights.h5").is_file()
+
+    # Ctrl-C before this call finished an epoch: the message names the checkpoint it resumed from.
+    capsys.readouterr()
+    with pytest.raises(KeyboardInterrupt):
+        resumed.train(dataset, None, learning_rate=0.01, epochs=3, layers="heads", verbose=1,
+                      custom_callbacks=[_InterruptAt(epoch=2)])
+    printed = capsys.readouterr().out
+    assert f"last epoch checkpoint: {run_dir / 'mask_rcnn_tinydist_0002.weights.h5'};" in printed
+    assert "LR=0.01\n" in printed
 
 
 def test_checkpoint_keep_deletes_older_epochs_after_a_good_save(tmp_path):

@@ -135,6 +135,35 @@ def test_fit_with_data_generator(config, tmp_path):
     assert resumed.find_last().endswith("_0002.weights.h5")
 
 
+def test_train_with_a_mismatched_dataset_leaves_no_run_folder(config, tmp_path):
+    wrong = ShapesDataset()
+    wrong.load_shapes(2, 64, 64, seed=2)
+    wrong.add_class("shapes", 4, "star")  # 5 classes with the background, the config has 4
+    wrong.prepare()
+    model = MaskRCNN(mode="training", config=config, model_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="NUM_CLASSES is 4"):
+        model.train(wrong, None, learning_rate=0.01, epochs=1, layers="heads", verbose=0)
+    assert list(tmp_path.iterdir()) == []  # nothing for find_last or TensorBoard to list
+    with pytest.raises(FileNotFoundError):
+        model.find_last()
+
+
+def test_describe_learning_rate_names_a_schedule_and_its_value_now():
+    from mrcnn.model import describe_learning_rate
+
+    assert describe_learning_rate(0.02, 0) == "0.02"
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([10], [0.02, 0.002])
+    text = describe_learning_rate(schedule, tf.Variable(12, dtype=tf.int64))
+    assert text.startswith("PiecewiseConstantDecay(boundaries=[10], values=[0.02, 0.002]")
+    assert text.endswith(": 0.002 at iteration 12")
+
+    class Halving(keras.optimizers.schedules.LearningRateSchedule):  # no get_config
+        def __call__(self, step):
+            return 0.1 * 0.5 ** keras.ops.cast(step, "float32")
+
+    assert describe_learning_rate(Halving(), 1) == "Halving(...): 0.05 at iteration 1"
+
+
 def test_heads_stage_freezes_the_backbone(config):
     model = MaskRCNN(mode="training", config=config)
     names = model.set_trainable(r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)")
