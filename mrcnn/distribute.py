@@ -121,6 +121,23 @@ def num_replicas() -> int:
     return int(tf.distribute.get_strategy().num_replicas_in_sync)
 
 
+def global_batch_size(config: Any, strategy: tf.distribute.Strategy | None = None) -> int:
+    """Images one training step takes over all replicas of `strategy`, every worker's included.
+
+    `config.BATCH_SIZE` (IMAGES_PER_GPU x GPU_COUNT) counts one machine's replicas; under a
+    MultiWorkerMirroredStrategy each of its `num_replicas_in_sync` replicas, on every worker, takes
+    IMAGES_PER_GPU images, so a learning rate or schedule scaled to the batch must use this.
+
+    Args:
+        config: a `Config` (its IMAGES_PER_GPU).
+        strategy: the training strategy (default: the current one).
+    Returns:
+        IMAGES_PER_GPU x replicas in sync.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    return int(config.IMAGES_PER_GPU) * int(strategy.num_replicas_in_sync)
+
+
 def _multi_replica_context() -> Any | None:
     """The replica context when running one replica of several, else None."""
     context = tf.distribute.get_replica_context()

@@ -285,6 +285,21 @@ def test_multi_worker_custom_loop_two_processes(tmp_path):
         np.testing.assert_array_equal(first[name], second[name], err_msg=name)
 
 
+def test_global_batch_size_counts_every_replica():
+    import tensorflow as tf
+
+    from mrcnn import distribute
+
+    config = _tiny_config(IMAGES_PER_GPU=3, GPU_COUNT=1)
+    assert distribute.global_batch_size(config) == 3  # the default strategy: one replica
+
+    class TwoMachinesOfTwoGPUs:  # what a MultiWorkerMirroredStrategy reports over 2 x 2 devices
+        num_replicas_in_sync = 4
+
+    assert distribute.global_batch_size(config, TwoMachinesOfTwoGPUs()) == 12
+    assert distribute.global_batch_size(config, tf.distribute.get_strategy()) == 3
+
+
 def test_make_strategy_single_device_is_default():
     import tensorflow as tf
 

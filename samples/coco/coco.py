@@ -18,7 +18,7 @@ mask_rcnn_coco.h5) or ``none`` (from scratch). Published weights are taken from 
 
 Training (`CocoConfig`, `train_stages`): the paper's recipe (Mask R-CNN, Sec. 3.1): SGD with
 momentum 0.9, weight decay 1e-4, learning rate 0.02 for a global batch of 16 images (scaled
-linearly to the actual global batch), divided by 10 at 120k of 160k iterations (both counted at
+linearly to the actual global batch: IMAGES_PER_GPU x the replicas of every worker), divided by 10 at 120k of 160k iterations (both counted at
 batch 16 and rescaled), images rescaled so the shorter side is random in [640, 800] (scale
 augmentation, as the paper's Appendix B / keypoint training) with horizontal flips. One
 learning-rate schedule runs over matterport's three stages, whose epoch boundaries keep
@@ -35,6 +35,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -120,26 +121,31 @@ class PaperSchedule:
     """Builds the paper's step schedule for a config (see module docstring)."""
 
     @staticmethod
-    def iterations(config: Any) -> tuple[int, list[int], int]:
-        """(total iterations, decay boundaries, warm-up) at the config's global batch."""
-        factor = config.SCHEDULE_BATCH / config.BATCH_SIZE
+    def iterations(config: Any, global_batch: int | None = None) -> tuple[int, list[int], int]:
+        """(total iterations, decay boundaries, warm-up) at the global batch (default BATCH_SIZE)."""
+        factor = config.SCHEDULE_BATCH / (global_batch or config.BATCH_SIZE)
         total = max(1, round(config.SCHEDULE_ITERATIONS * factor))
         boundaries = [max(1, round(b * factor)) for b in config.SCHEDULE_DECAY_AT]
         warmup = round(config.SCHEDULE_WARMUP_ITERATIONS * factor)
         return total, boundaries, warmup
 
     @staticmethod
-    def base_learning_rate(config: Any) -> float:
-        """LEARNING_RATE scaled linearly from SCHEDULE_BATCH to the global batch (Goyal et al.)."""
-        return config.LEARNING_RATE * config.BATCH_SIZE / config.SCHEDULE_BATCH
+    def base_learning_rate(config: Any, global_batch: int | None = None) -> float:
+        """LEARNING_RATE scaled linearly from SCHEDULE_BATCH to the global batch (default
+        BATCH_SIZE; Goyal et al.)."""
+        return config.LEARNING_RATE * (global_batch or config.BATCH_SIZE) / config.SCHEDULE_BATCH
 
 
-def make_schedule(config: Any):
-    """A Keras LearningRateSchedule: linear warm-up, then base LR divided by 10 at each boundary."""
+def make_schedule(config: Any, global_batch: int | None = None):
+    """A Keras LearningRateSchedule: linear warm-up, then base LR divided by 10 at each boundary.
+
+    `global_batch`: images per step over every replica and worker (`distribute.global_batch_size`;
+    default config.BATCH_SIZE, which counts one machine's replicas only).
+    """
     import keras
 
-    total, boundaries, warmup = PaperSchedule.iterations(config)
-    base = PaperSchedule.base_learning_rate(config)
+    total, boundaries, warmup = PaperSchedule.iterations(config, global_batch)
+    base = PaperSchedule.base_learning_rate(config, global_batch)
 
     @keras.saving.register_keras_serializable(package="mrcnn_samples")
     class StepSchedule(keras.optimizers.schedules.LearningRateSchedule):
@@ -164,9 +170,10 @@ def make_schedule(config: Any):
     return StepSchedule(base, boundaries, warmup)
 
 
-def train_stages(config: Any) -> list[tuple[str, int]]:
-    """[(layers, train up to epoch)] for the heads / 4+ / all stages over the whole schedule."""
-    total, _, _ = PaperSchedule.iterations(config)
+def train_stages(config: Any, global_batch: int | None = None) -> list[tuple[str, int]]:
+    """[(layers, train up to epoch)] for the heads / 4+ / all stages over the whole schedule
+    (at `global_batch` images per step, default config.BATCH_SIZE)."""
+    total, _, _ = PaperSchedule.iterations(config, global_batch)
     epochs = max(len(STAGES), math.ceil(total / config.STEPS_PER_EPOCH))
     stages, previous = [], 0
     for layers, fraction in STAGES:
@@ -197,6 +204,11 @@ def load_initial_weights(model: Any, spec: str, download: bool, verbose: int = 1
     from mrcnn import weights as weights_io
 
     if spec in ("none", "scratch"):
+        if model.mode == "training" and not model.config.TRAIN_BN:
+            # Frozen BatchNorm (TRAIN_BN False, the fine-tuning default) is an identity over
+            # untrained statistics: a random ResNet's activations then grow block after block.
+            warnings.warn("--model none trains from scratch with TRAIN_BN False: the frozen BatchNorms "
+                          "normalize nothing on a random backbone; add --set TRAIN_BN=True", stacklevel=2)
         return None
     if spec == "last":
         path = model.find_last()
@@ -233,11 +245,13 @@ def train(args: argparse.Namespace) -> Any:
     with strategy.scope():
         model = MaskRCNN(mode="training", config=config, model_dir=args.logs)
         loaded = load_initial_weights(model, args.model, args.download, args.verbose)
+    # Under TF_CONFIG the replicas of every worker share each step: the schedule scales to all of them.
+    global_batch = distribute.global_batch_size(config, strategy)
     print(f"Initial weights: {loaded or 'none (from scratch)'}; replicas: {strategy.num_replicas_in_sync}; "
-          f"global batch: {config.BATCH_SIZE}")
+          f"global batch: {global_batch}")
     augmentation = Compose([ScaleJitter(*config.SCALE_JITTER, max_size=config.IMAGE_MAX_DIM), HorizontalFlip(0.5)])
-    schedule = make_schedule(config)
-    stages = train_stages(config)
+    schedule = make_schedule(config, global_batch)
+    stages = train_stages(config, global_batch)
     if args.epochs:
         stages = [(layers, min(end, args.epochs)) for layers, end in stages]
     for layers, end in stages:

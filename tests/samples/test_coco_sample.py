@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,17 @@ def test_paper_schedule_scales_with_the_global_batch():
     assert float(schedule(boundaries[0])) == pytest.approx(base / 10)
 
 
+def test_paper_schedule_scales_to_every_workers_replicas():
+    # Two machines of one replica each (TF_CONFIG): GPU_COUNT is 1 on each, the step takes 2 images.
+    config = coco.make_config(_args(["train", "--dataset", "d", "--set", "IMAGES_PER_GPU=1"]))
+    assert config.BATCH_SIZE == 1
+    assert coco.PaperSchedule.iterations(config, global_batch=2) == (1280000, [960000], 4000)
+    assert coco.PaperSchedule.base_learning_rate(config, global_batch=2) == pytest.approx(0.02 * 2 / 16)
+    assert float(coco.make_schedule(config, global_batch=2)(4000)) == pytest.approx(0.02 * 2 / 16)
+    assert coco.train_stages(config, global_batch=2) == coco.train_stages(coco.make_config(
+        _args(["train", "--dataset", "d", "--set", "IMAGES_PER_GPU=2"])))
+
+
 def test_stages_keep_matterports_proportions():
     config = coco.make_config(_args(["train", "--dataset", "d", "--gpus", "8"]))
     assert coco.train_stages(config) == [("heads", 40), ("4+", 120), ("all", 160)]
@@ -86,6 +98,7 @@ def _coco_layout(root: Path, count: int = 4) -> Path:
     return root
 
 
+@pytest.mark.filterwarnings("ignore:--model none trains from scratch")  # one step of wiring, not learning
 def test_one_step_train_then_evaluate_on_a_coco_export(tmp_path):
     dataset_dir = _coco_layout(tmp_path / "coco")
     logs = tmp_path / "logs"
@@ -108,3 +121,15 @@ def test_missing_dataset_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="instances_train2017.json"):
         coco.main(["train", "--dataset", str(tmp_path / "nowhere"), "--model", "none", "--verbose", "0"]
                   + _set(TINY))
+
+
+def test_training_from_scratch_with_frozen_batchnorm_warns():
+    from types import SimpleNamespace
+
+    frozen = SimpleNamespace(mode="training", config=SimpleNamespace(TRAIN_BN=False))
+    with pytest.warns(UserWarning, match="TRAIN_BN=True"):
+        assert coco.load_initial_weights(frozen, "none", download=False) is None
+    learning = SimpleNamespace(mode="training", config=SimpleNamespace(TRAIN_BN=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert coco.load_initial_weights(learning, "none", download=False) is None
