@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import keras
@@ -536,3 +538,13 @@ def test_weights_file_path_offline_names_url_and_destination(tmp_path: Path) -> 
     message = str(info.value)
     assert url in message and str(tmp_path / "mask_rcnn_coco.h5") in message
     assert not (tmp_path / "mask_rcnn_coco.h5").exists()
+
+
+def test_scratch_training_with_frozen_batchnorm_warns() -> None:
+    from mrcnn.weights import warn_if_scratch_with_frozen_batchnorm
+
+    with pytest.warns(UserWarning, match="TRAIN_BN = True"):
+        assert warn_if_scratch_with_frozen_batchnorm(SimpleNamespace(TRAIN_BN=False)) is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert warn_if_scratch_with_frozen_batchnorm(SimpleNamespace(TRAIN_BN=True)) is False

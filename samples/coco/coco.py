@@ -35,7 +35,6 @@ import json
 import math
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -204,11 +203,8 @@ def load_initial_weights(model: Any, spec: str, download: bool, verbose: int = 1
     from mrcnn import weights as weights_io
 
     if spec in ("none", "scratch"):
-        if model.mode == "training" and not model.config.TRAIN_BN:
-            # Frozen BatchNorm (TRAIN_BN False, the fine-tuning default) is an identity over
-            # untrained statistics: a random ResNet's activations then grow block after block.
-            warnings.warn("--model none trains from scratch with TRAIN_BN False: the frozen BatchNorms "
-                          "normalize nothing on a random backbone; add --set TRAIN_BN=True", stacklevel=2)
+        if model.mode == "training":
+            weights_io.warn_if_scratch_with_frozen_batchnorm(model.config)
         return None
     if spec == "last":
         path = model.find_last()

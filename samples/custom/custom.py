@@ -132,10 +132,11 @@ def resolve_start_weights(args: argparse.Namespace, config: Config) -> tuple[str
 
 def load_start_weights(model: Any, kind: str, path: Path | None, exclude: list[str] | None) -> None:
     """Loads what `resolve_start_weights` found into a built model."""
-    from mrcnn.weights import MATTERPORT_HEAD_LAYERS, load_imagenet_backbone
+    from mrcnn.weights import MATTERPORT_HEAD_LAYERS, load_imagenet_backbone, warn_if_scratch_with_frozen_batchnorm
 
     if kind == "none":
         print("Training from scratch (no starting weights)")
+        warn_if_scratch_with_frozen_batchnorm(model.config)
         return
     if kind == "last":
         path = Path(model.find_last())

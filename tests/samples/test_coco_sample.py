@@ -98,7 +98,7 @@ def _coco_layout(root: Path, count: int = 4) -> Path:
     return root
 
 
-@pytest.mark.filterwarnings("ignore:--model none trains from scratch")  # one step of wiring, not learning
+@pytest.mark.filterwarnings("ignore:training from scratch with TRAIN_BN False")  # one step of wiring, not learning
 def test_one_step_train_then_evaluate_on_a_coco_export(tmp_path):
     dataset_dir = _coco_layout(tmp_path / "coco")
     logs = tmp_path / "logs"

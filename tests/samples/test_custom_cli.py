@@ -51,6 +51,7 @@ def test_coco_needs_resnet101(tmp_path: Path, capsys) -> None:
     assert "ResNet-101" in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("ignore:training from scratch with TRAIN_BN False")  # one step of wiring
 def test_train_then_detect_and_splash(tmp_path: Path) -> None:
     """One heads step (the all-layers stage is the same call with another regex), then inference
     commands that find the run's checkpoint, config.json and class_names.json through --weights last."""
