@@ -430,8 +430,12 @@ def warn_if_scratch_with_frozen_batchnorm(config: Any) -> bool:
 
     Frozen BatchNorm, the fine-tuning default, applies the moving statistics, which are identities
     (mean 0, variance 1) before any training: on a random ResNet nothing is normalized and the
-    activations grow block after block (the first steps of the COCO sample from scratch, ResNet-50 at
-    128 px, gave RPN class losses of 14-24 where random logits give about ln 2 = 0.69). Call it where a sample starts training without weights to load.
+    activations grow block after block. Measured on the COCO sample's config (ResNet-50-FPN at 128 px,
+    2 COCO images, the same random weights, first step): RPN class loss 9.4 and total loss 47.0
+    with frozen BatchNorm, 2.9 and 13.3 with TRAIN_BN. A layer that a stage leaves frozen (the
+    backbone under layers="heads") keeps inference-mode BatchNorm even with TRAIN_BN, so training
+    from scratch also means training all layers. Call it where a sample starts training without
+    weights to load.
 
     Args:
         config: the training `Config` (its TRAIN_BN).
@@ -440,9 +444,10 @@ def warn_if_scratch_with_frozen_batchnorm(config: Any) -> bool:
     """
     if config.TRAIN_BN:
         return False
-    warnings.warn("training from scratch with TRAIN_BN False: the frozen BatchNorms normalize nothing "
-                  "on a random backbone; set TRAIN_BN = True (--set TRAIN_BN=True) or start from "
-                  "pretrained weights", stacklevel=2)
+    warnings.warn("training from scratch with TRAIN_BN False: frozen BatchNorm applies untrained moving "
+                  "statistics, which normalize nothing on a random backbone; start from pretrained weights "
+                  "(imagenet), or set TRAIN_BN = True (--set TRAIN_BN=True) and train all layers (a frozen "
+                  "layer's BatchNorm stays in inference mode)", stacklevel=2)
     return True
 
 
