@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -172,6 +174,17 @@ def test_folded_bfloat16_graph_is_as_close_to_float32_as_the_variables() -> None
         assert error <= 1.5 * variables_error + 2 ** -8 * np.abs(want).max(), (name, error, variables_error)
 
 
+def test_float16_without_a_gpu_warns_to_use_bfloat16() -> None:
+    if tf.config.list_logical_devices("GPU"):
+        pytest.skip("the warning is for machines without a GPU")
+    with pytest.warns(UserWarning, match="use 'mixed_bfloat16' on CPUs"):
+        MaskRCNN("inference", Float16Config())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MaskRCNN("inference", BFloat16Config())
+
+
+@pytest.mark.filterwarnings("ignore:MIXED_PRECISION 'mixed_float16' without a GPU")  # loss scaling, not speed
 def test_float16_wraps_the_optimizer_in_loss_scaling(batch) -> None:
     model = MaskRCNN("training", Float16Config())
     model.ensure_built()
