@@ -207,7 +207,19 @@ def load_initial_weights(model: Any, spec: str, download: bool, verbose: int = 1
             weights_io.warn_if_scratch_with_frozen_batchnorm(model.config)
         return None
     if spec == "last":
-        path = model.find_last()
+        try:
+            path = model.find_last()
+        except FileNotFoundError as error:
+            from mrcnn import distribute
+
+            if distribute.is_multi_worker_config(distribute.read_tf_config()):
+                # Only the chief writes checkpoints; this worker would otherwise leave its peers
+                # failing in their first collective with nothing but "the tasks have crashed".
+                raise FileNotFoundError(
+                    f"{error}. Under TF_CONFIG only the chief writes checkpoints and every worker must load "
+                    "them: give all workers one shared --logs folder, or copy the chief's checkpoint to "
+                    "each worker and pass its path as --model") from error
+            raise
         model.load_weights(path)
         return path
     if spec == "imagenet":

@@ -6,6 +6,7 @@ import json
 import shutil
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -124,8 +125,6 @@ def test_missing_dataset_names_the_path(tmp_path):
 
 
 def test_training_from_scratch_with_frozen_batchnorm_warns():
-    from types import SimpleNamespace
-
     frozen = SimpleNamespace(mode="training", config=SimpleNamespace(TRAIN_BN=False))
     with pytest.warns(UserWarning, match="TRAIN_BN=True"):
         assert coco.load_initial_weights(frozen, "none", download=False) is None
@@ -133,3 +132,17 @@ def test_training_from_scratch_with_frozen_batchnorm_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert coco.load_initial_weights(learning, "none", download=False) is None
+
+
+def test_resuming_a_multi_worker_run_without_the_chiefs_checkpoints_says_how(monkeypatch, tmp_path):
+    from mrcnn.model import MaskRCNN
+
+    model = SimpleNamespace(mode="training", find_last=lambda: MaskRCNN.find_last(
+        SimpleNamespace(config=SimpleNamespace(NAME="coco"), model_dir=str(tmp_path))))
+    with pytest.raises(FileNotFoundError, match="no checkpoint of 'coco'") as single:
+        coco.load_initial_weights(model, "last", download=False)
+    assert "TF_CONFIG" not in str(single.value)
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                                                "task": {"type": "worker", "index": 1}}))
+    with pytest.raises(FileNotFoundError, match="shared --logs folder"):
+        coco.load_initial_weights(model, "last", download=False)
