@@ -762,6 +762,7 @@ class MaskRCNN(keras.Model):
         molded, metas, windows = [], [], []
         for i, image in enumerate(images):
             image = _as_rgb(np.asarray(image), c.IMAGE_CHANNEL_COUNT, index=i)
+            _warn_if_not_8_bit_range(image)
             if target_shape is not None:
                 resized, window, own_scale, _, _ = utils.resize_image(image, min_dim=min(target_shape),
                                                                       max_dim=max(target_shape), mode="square")
@@ -878,7 +879,9 @@ class MaskRCNN(keras.Model):
         """Detects instances in any number of images of any size.
 
         Args:
-            images: list of [H,W,3] RGB (or [H,W] grayscale / [H,W,4] RGBA) images.
+            images: list of [H,W,3] RGB (or [H,W] grayscale / [H,W,4] RGBA) images with values on
+                the 0..255 scale (uint8, or any dtype holding 0..255; a 16-bit image or a float
+                one in [0, 1] warns: map it as your Dataset's load_image does).
             verbose: 1 shows a progress bar over batches.
             tta: test-time augmentation (paper Appendix B; `mrcnn.tta`): None (plain detection), an
                 `mrcnn.tta.TTA` or a dict of its fields, e.g. ``{"scales": (0.75, 1, 1.25), "hflip": True}``.
@@ -1168,6 +1171,24 @@ def _rescale_for_inference(image: np.ndarray, scale: float, canvas: float, squar
         side = 64 * int(np.ceil(longest / 64))
     resized, window, scale, _ = utils.rescale_image(image, scale, square_side=side)
     return resized, window, scale
+
+
+def _warn_if_not_8_bit_range(image: np.ndarray) -> None:
+    """Warns about an image whose values are not on the 0..255 scale `Dataset.load_image` trains on.
+
+    A 16-bit microscopy frame (values up to 65535) or a float image in [0, 1] would otherwise be
+    molded as it is and detected on a scale the model never saw, without any error. The message is
+    the same for every image of a dtype, so Python's warning filter shows it once per call site.
+    """
+    if image.dtype == np.uint8 or image.size == 0:
+        return
+    if np.issubdtype(image.dtype, np.integer) and int(image.max()) > 255:
+        warnings.warn(f"detect/mold_inputs got a {image.dtype} image with values above 255; it is molded "
+                      "as it is, while Dataset.load_image trains on 0..255: map it the same way first, e.g. "
+                      "mrcnn.data.dataset.to_rgb_uint8(image, uint16_scaling='range' or 'image_max')", stacklevel=4)
+    elif np.issubdtype(image.dtype, np.floating) and 0 < float(image.max()) <= 1.0:
+        warnings.warn(f"detect/mold_inputs got a {image.dtype} image with values in [0, 1]; images are "
+                      "expected on the 0..255 scale (as Dataset.load_image gives): multiply it by 255", stacklevel=4)
 
 
 def _as_rgb(image: np.ndarray, channels: int, index: int) -> np.ndarray:

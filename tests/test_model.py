@@ -260,6 +260,22 @@ def test_an_images_detections_do_not_depend_on_the_batch_it_runs_in(trained, con
         assert (together["masks"] != single["masks"]).mean() < 1e-3
 
 
+def test_mold_inputs_warns_about_images_off_the_8_bit_scale(config):
+    import warnings
+
+    model = MaskRCNN(mode="inference", config=config)
+    rng = np.random.default_rng(0)
+    with pytest.warns(UserWarning, match="uint16 image with values above 255"):
+        model.mold_inputs([rng.integers(0, 4096, (40, 50), dtype=np.uint16)])
+    with pytest.warns(UserWarning, match=r"values in \[0, 1\]; .* multiply it by 255"):
+        model.mold_inputs([rng.random((40, 50, 3), dtype=np.float32)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the 0..255 scale in any dtype, and blank images, pass quietly
+        model.mold_inputs([rng.integers(0, 256, (40, 50, 3), dtype=np.uint8),
+                           rng.integers(0, 256, (40, 50), dtype=np.uint16),
+                           rng.random((40, 50, 3)) * 255, np.zeros((40, 50, 3), np.float32)])
+
+
 def test_detect_rejects_a_bare_image(trained):
     with pytest.raises(TypeError, match="list of images"):
         trained[0].detect(np.zeros((64, 64, 3), np.uint8))
