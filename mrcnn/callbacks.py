@@ -169,6 +169,24 @@ class AtomicCheckpoint(keras.callbacks.Callback):
                     os.remove(self.checkpoint_path.format(epoch=old_epoch))
 
 
+class DataEpochFollowsTraining(keras.callbacks.Callback):
+    """Sets a `DataGenerator`'s epoch to the epoch training starts, before any of its batches.
+
+    The generator's order and augmentation draws are functions of (seed, epoch, index); its own
+    `on_epoch_end` counter would drift from the training epoch because Keras 3's `fit` also calls
+    `on_epoch_end` once before the first epoch (`EpochIterator.reset`). With this callback epoch e
+    of `fit` reads the generator's epoch e, as `distribute.fit_custom_loop` does, and a resumed
+    run reads exactly the batches an uninterrupted one would have.
+    """
+
+    def __init__(self, generator: Any) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.generator.epoch = int(epoch)
+
+
 class StopOnNaN(keras.callbacks.Callback):
     """Stops training at the first batch whose loss is NaN or infinite, saying where."""
 

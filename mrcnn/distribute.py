@@ -313,7 +313,8 @@ def fit_custom_loop(model: keras.Model, make_generator: Any, epochs: int, steps_
         initial_epoch: first epoch (resume).
         callbacks: Keras callbacks.
         make_val_generator, validation_steps: optional validation data (one replica's batch).
-        verbose: 1 prints one line per epoch.
+        verbose: as fit's: 1 a progress bar per epoch (its values the running means, then the
+            validation losses), 2 one line per epoch, 0 nothing.
     Returns:
         The History callback, as fit returns.
     """
@@ -349,10 +350,19 @@ def fit_custom_loop(model: keras.Model, make_generator: Any, epochs: int, steps_
             metric.reset_state()
         callback_list.on_epoch_begin(epoch)
         tic = time.monotonic()
+        progress = None
+        if verbose == 1:
+            print(f"Epoch {epoch + 1}/{epochs}", flush=True)
+            # No value averaged by the bar: the logged losses are already running means.
+            progress = keras.utils.Progbar(steps_per_epoch, stateless_metrics=())
+        steps_done = 0
         for step in range(steps_per_epoch):
             callback_list.on_train_batch_begin(step)
             logs = {k: float(v) for k, v in train_one(iterator).items()}
             callback_list.on_train_batch_end(step, logs)
+            steps_done = step + 1
+            if progress is not None:
+                progress.update(steps_done, list(logs.items()), finalize=False)
             if model.stop_training:
                 break
         epoch_logs = dict(logs)
@@ -364,7 +374,9 @@ def fit_custom_loop(model: keras.Model, make_generator: Any, epochs: int, steps_
                 val_logs = {k: float(v) for k, v in test_one(val_iterator).items()}
             epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
         callback_list.on_epoch_end(epoch, epoch_logs)
-        if verbose:
+        if progress is not None:
+            progress.update(steps_done, list(epoch_logs.items()), finalize=True)
+        elif verbose:
             values = " - ".join(f"{k}: {v:.4f}" for k, v in epoch_logs.items())
             print(f"Epoch {epoch + 1}/{epochs} - {time.monotonic() - tic:.1f}s - {values}", flush=True)
         if model.stop_training or (logs and not math.isfinite(logs.get("loss", 0.0))):

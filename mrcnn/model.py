@@ -657,6 +657,7 @@ class MaskRCNN(keras.Model):
         """
         from mrcnn.callbacks import (
             AtomicCheckpoint,
+            DataEpochFollowsTraining,
             optimizer_state,
             restore_optimizer_state,
             training_callbacks,
@@ -670,7 +671,6 @@ class MaskRCNN(keras.Model):
         train_gen = DataGenerator(train_dataset, self.config, shuffle=True, augmentation=augmentation, seed=seed,
                                   steps=self.config.STEPS_PER_EPOCH,
                                   no_augmentation_sources=no_augmentation_sources, **gen_kwargs)
-        train_gen.epoch = self.epoch  # a resumed run continues the data order, not epoch 0's again
         val_gen = None
         if val_dataset is not None and self.config.VALIDATION_STEPS:
             val_gen = DataGenerator(val_dataset, self.config, shuffle=False, seed=seed,
@@ -714,10 +714,13 @@ class MaskRCNN(keras.Model):
                         val_dataset, distribute.replica_config(self.config), shuffle=False, seed=val_gen.seed),
                     validation_steps=self.config.VALIDATION_STEPS)
             else:
+                # The generator orders and augments by (seed, epoch) itself: Keras must neither
+                # shuffle its batches (with Python's global RNG) nor choose its epoch.
                 history = self.fit(train_gen, initial_epoch=self.epoch, epochs=epochs,
                                    steps_per_epoch=self.config.STEPS_PER_EPOCH, validation_data=val_gen,
                                    validation_steps=self.config.VALIDATION_STEPS if val_gen is not None else None,
-                                   callbacks=callbacks, verbose=verbose)
+                                   callbacks=[DataEpochFollowsTraining(train_gen)] + callbacks, verbose=verbose,
+                                   shuffle=False)
         except KeyboardInterrupt:
             self.epoch = checkpoint.completed_epochs or self.epoch
             for stray in Path(self.log_dir).glob("*.tmp.weights.h5"):  # a checkpoint write cut short

@@ -262,3 +262,38 @@ def test_budget_is_the_larger_of_the_wall_and_cpu_fractions():
         TrainingBudget()
     with pytest.raises(ValueError, match="decay_at must be in"):
         TrainingBudget(wall_seconds=1, decay_at=1.5)
+
+
+# ----------------------------------------------------------------------------------------------
+# DataEpochFollowsTraining
+class _EpochRecordingBatches(keras.utils.PyDataset):
+    """Two batches; records the `epoch` attribute each read sees, and advances it at epoch end
+    (as DataGenerator does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch = 0
+        self.reads: list[tuple[int, int]] = []
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int):
+        self.reads.append((self.epoch, index))
+        return np.ones((2, 3), np.float32), np.ones((2, 1), np.float32)
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+
+
+def test_data_epoch_follows_the_training_epoch_from_initial_epoch_on():
+    from mrcnn.callbacks import DataEpochFollowsTraining
+
+    batches = _EpochRecordingBatches()
+    _model().fit(batches, initial_epoch=2, epochs=4, shuffle=False, verbose=0,
+                 callbacks=[DataEpochFollowsTraining(batches)])
+    trained = batches.reads[-4:]  # Keras also reads batches before training to learn their spec
+    assert trained == [(2, 0), (2, 1), (3, 0), (3, 1)]
+    unaligned = _EpochRecordingBatches()
+    _model().fit(unaligned, initial_epoch=2, epochs=4, shuffle=False, verbose=0)
+    assert unaligned.reads[-4:] != trained  # what the callback is for: fit alone starts elsewhere

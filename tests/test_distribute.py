@@ -285,6 +285,40 @@ def test_multi_worker_custom_loop_two_processes(tmp_path):
         np.testing.assert_array_equal(first[name], second[name], err_msg=name)
 
 
+def test_custom_loop_on_one_device_trains_as_train_does(tmp_path, capsys):
+    """fit_custom_loop is what multi-worker training runs; on one device it must match `train`
+    (model.fit): the same batches in the same order each epoch, the same losses and weights."""
+    import keras
+
+    from mrcnn import distribute
+    from mrcnn.data.generator import DataGenerator
+    from mrcnn.model import MaskRCNN
+
+    config = _tiny_config(IMAGES_PER_GPU=1, GPU_COUNT=1, STEPS_PER_EPOCH=2)
+    dataset = _shapes(3, seed=1)  # 3 images, 2 steps: each epoch reads a different part of its order
+    keras.utils.set_random_seed(0)
+    reference = MaskRCNN("training", config, model_dir=str(tmp_path / "fit"))
+    reference.ensure_built()
+    start = str(tmp_path / "start.weights.h5")
+    reference.save_weights(start)
+    fitted = reference.train(dataset, None, learning_rate=0.01, epochs=2, layers="all", verbose=0).history
+    looped_model = MaskRCNN("training", config, model_dir=str(tmp_path / "loop"))
+    looped_model.load_weights(start)
+    looped_model.set_trainable(".*")
+    looped_model.compile(learning_rate=0.01)
+    capsys.readouterr()
+    looped = distribute.fit_custom_loop(
+        looped_model, lambda: DataGenerator(dataset, config, shuffle=True, seed=config.SEED), epochs=2,
+        steps_per_epoch=2, verbose=1).history
+    printed = capsys.readouterr().out
+    assert looped["loss"] == pytest.approx(fitted["loss"], rel=1e-4)
+    expected, actual = _weights(reference), _weights(looped_model)
+    for name, value in expected.items():
+        np.testing.assert_allclose(actual[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+    assert "Epoch 1/2" in printed and "Epoch 2/2" in printed and "2/2" in printed  # fit's verbose=1 bar
+    assert "rpn_class_loss:" in printed
+
+
 def test_global_batch_size_counts_every_replica():
     import tensorflow as tf
 
