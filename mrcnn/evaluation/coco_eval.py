@@ -239,7 +239,9 @@ def evaluate_coco(
     Returns:
         ``{"bbox": {name: float}, "segm": {name: float}}`` for the requested types with the
         names in `STAT_NAMES` (-1 where the images hold no ground truth of that kind, as in
-        COCO), plus ``seconds_per_image`` (time in `model.detect`), ``num_images``,
+        COCO), plus ``seconds_per_image`` (time in `model.detect`), ``first_batch_seconds``
+        (the first call, which traces the graph), ``seconds_per_image_after_first_batch`` (the
+        steady rate; None with a single batch), ``num_images``,
         ``num_detections``, ``max_dets`` and, when the model found nothing, a ``note``.
 
     Raises:
@@ -264,6 +266,7 @@ def evaluate_coco(
 
     results: list[dict[str, Any]] = []
     detect_seconds = 0.0
+    first_batch_seconds = None  # includes tracing the graph (and freezing it, optimize_for_inference)
     batch = max(1, int(model.config.BATCH_SIZE))
     from tqdm.auto import tqdm
 
@@ -273,7 +276,9 @@ def evaluate_coco(
             images = [dataset.load_image(i) for i in ids]
             tic = time.perf_counter()
             detections = model.detect(images, verbose=0)
-            detect_seconds += time.perf_counter() - tic
+            elapsed = time.perf_counter() - tic
+            detect_seconds += elapsed
+            first_batch_seconds = elapsed if first_batch_seconds is None else first_batch_seconds
             results.extend(build_coco_results(
                 dataset, ids,
                 [r["rois"] for r in detections], [r["class_ids"] for r in detections],
@@ -295,6 +300,11 @@ def evaluate_coco(
         metrics[eval_type] = coco_eval_stats(coco, results, eval_type, coco_image_ids, max_dets=max_dets,
                                              cat_ids=cat_ids or None, verbose=verbose, kpt_oks_sigmas=kpt_oks_sigmas)
     metrics["seconds_per_image"] = detect_seconds / len(image_ids)
+    first_batch = min(batch, len(image_ids))
+    metrics["first_batch_seconds"] = first_batch_seconds
+    metrics["seconds_per_image_after_first_batch"] = (
+        (detect_seconds - first_batch_seconds) / (len(image_ids) - first_batch) if len(image_ids) > first_batch
+        else None)
     metrics["num_images"] = len(image_ids)
     metrics["num_detections"] = len(results)
     metrics["max_dets"] = int(max_dets)

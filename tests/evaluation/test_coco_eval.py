@@ -171,6 +171,26 @@ def test_shapes_ground_truth_scores_one(shapes_coco):
     assert metrics["seconds_per_image"] >= 0.0
 
 
+def test_time_per_image_separates_the_first_call(shapes_coco, monkeypatch):
+    from mrcnn.evaluation import coco_eval
+
+    dataset, coco = shapes_coco
+    clock = {"now": 0.0}
+
+    class TracingModel(OracleModel):  # the first call costs 10 s (a trace), then 1 s per image
+        def detect(self, images, verbose=0):
+            clock["now"] += 10.0 if not self.batches else float(len(images))
+            return super().detect(images, verbose)
+
+    monkeypatch.setattr(coco_eval.time, "perf_counter", lambda: clock["now"])
+    metrics = evaluate_coco(TracingModel(dataset, batch_size=4), dataset, coco, eval_types="bbox", verbose=0)
+    assert metrics["first_batch_seconds"] == 10.0
+    assert metrics["seconds_per_image_after_first_batch"] == 1.0  # 2 images in 2 s after the first 4
+    assert metrics["seconds_per_image"] == pytest.approx(12.0 / 6)
+    one_batch = evaluate_coco(TracingModel(dataset, batch_size=8), dataset, coco, eval_types="bbox", verbose=0)
+    assert one_batch["seconds_per_image_after_first_batch"] is None
+
+
 def test_person_ground_truth_scores_one(person_coco):
     dataset, coco = person_coco
     metrics = evaluate_coco(OracleModel(dataset, coco_boxes=True), dataset, coco, verbose=0)
