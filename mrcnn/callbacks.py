@@ -169,22 +169,33 @@ class AtomicCheckpoint(keras.callbacks.Callback):
                     os.remove(self.checkpoint_path.format(epoch=old_epoch))
 
 
-class DataEpochFollowsTraining(keras.callbacks.Callback):
-    """Sets a `DataGenerator`'s epoch to the epoch training starts, before any of its batches.
+class GeneratorEpochs(keras.callbacks.Callback):
+    """Pins `DataGenerator` epochs to training: the training data's to the epoch that starts, the
+    validation data's to 0.
 
-    The generator's order and augmentation draws are functions of (seed, epoch, index); its own
-    `on_epoch_end` counter would drift from the training epoch because Keras 3's `fit` also calls
-    `on_epoch_end` once before the first epoch (`EpochIterator.reset`). With this callback epoch e
-    of `fit` reads the generator's epoch e, as `distribute.fit_custom_loop` does, and a resumed
-    run reads exactly the batches an uninterrupted one would have.
+    A generator's order and random draws (augmentation, RPN anchor sampling) are functions of
+    (seed, epoch, index). Its own `on_epoch_end` counter drifts from the training epoch: Keras
+    3's `fit` also calls it once before the first epoch (`EpochIterator.reset`), and once per
+    validation pass. With this callback epoch e of `fit` reads the training generator's epoch e,
+    as `distribute.fit_custom_loop` does, a resumed run reads exactly the batches an
+    uninterrupted one would, and every validation pass scores the same draws, so validation
+    losses differ between epochs only because the weights do.
+
+    Args:
+        train: the training generator (anything with an ``epoch`` attribute).
+        validation: the validation generator, or None.
     """
 
-    def __init__(self, generator: Any) -> None:
+    def __init__(self, train: Any, validation: Any = None) -> None:
         super().__init__()
-        self.generator = generator
+        self.train, self.validation = train, validation
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.generator.epoch = int(epoch)
+        self.train.epoch = int(epoch)
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        if self.validation is not None:
+            self.validation.epoch = 0
 
 
 class StopOnNaN(keras.callbacks.Callback):

@@ -255,7 +255,7 @@ def replica_config(config: Any) -> Any:
 
 
 def distributed_batches(strategy: tf.distribute.Strategy, make_generator: Any, steps_per_epoch: int,
-                        initial_epoch: int = 0) -> tf.distribute.DistributedDataset:
+                        initial_epoch: int = 0, same_every_epoch: bool = False) -> tf.distribute.DistributedDataset:
     """Per-replica batches for `strategy.run`, each replica reading different images.
 
     Every worker builds the same deterministic `DataGenerator` (one replica's batch size) from
@@ -268,6 +268,8 @@ def distributed_batches(strategy: tf.distribute.Strategy, make_generator: Any, s
         make_generator: () -> DataGenerator with BATCH_SIZE = IMAGES_PER_GPU.
         steps_per_epoch: global steps per epoch.
         initial_epoch: the first epoch (resume).
+        same_every_epoch: read the generator's `initial_epoch` every epoch (validation: the same
+            draws each pass, as `callbacks.GeneratorEpochs` gives `fit`).
     """
     replicas = strategy.num_replicas_in_sync
 
@@ -285,7 +287,7 @@ def distributed_batches(strategy: tf.distribute.Strategy, make_generator: Any, s
                 for step in range(steps_per_epoch):
                     for replica in range(first, first + local):
                         yield generator[(step * replicas + replica) % len(generator)]
-                epoch += 1
+                epoch += 0 if same_every_epoch else 1
 
         return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(2)
 
@@ -341,7 +343,8 @@ def fit_custom_loop(model: keras.Model, make_generator: Any, epochs: int, steps_
     iterator = iter(distributed_batches(strategy, make_generator, steps_per_epoch, initial_epoch))
     val_iterator = None
     if make_val_generator is not None and validation_steps:
-        val_iterator = iter(distributed_batches(strategy, make_val_generator, validation_steps, 0))
+        val_iterator = iter(distributed_batches(strategy, make_val_generator, validation_steps, 0,
+                                                same_every_epoch=True))
     model.stop_training = False
     callback_list.on_train_begin()
     logs: dict[str, float] = {}

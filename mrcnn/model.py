@@ -657,7 +657,7 @@ class MaskRCNN(keras.Model):
         """
         from mrcnn.callbacks import (
             AtomicCheckpoint,
-            DataEpochFollowsTraining,
+            GeneratorEpochs,
             optimizer_state,
             restore_optimizer_state,
             training_callbacks,
@@ -719,7 +719,7 @@ class MaskRCNN(keras.Model):
                 history = self.fit(train_gen, initial_epoch=self.epoch, epochs=epochs,
                                    steps_per_epoch=self.config.STEPS_PER_EPOCH, validation_data=val_gen,
                                    validation_steps=self.config.VALIDATION_STEPS if val_gen is not None else None,
-                                   callbacks=[DataEpochFollowsTraining(train_gen)] + callbacks, verbose=verbose,
+                                   callbacks=[GeneratorEpochs(train_gen, val_gen)] + callbacks, verbose=verbose,
                                    shuffle=False)
         except KeyboardInterrupt:
             self.epoch = checkpoint.completed_epochs or self.epoch

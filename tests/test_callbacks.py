@@ -265,7 +265,7 @@ def test_budget_is_the_larger_of_the_wall_and_cpu_fractions():
 
 
 # ----------------------------------------------------------------------------------------------
-# DataEpochFollowsTraining
+# GeneratorEpochs
 class _EpochRecordingBatches(keras.utils.PyDataset):
     """Two batches; records the `epoch` attribute each read sees, and advances it at epoch end
     (as DataGenerator does)."""
@@ -286,14 +286,16 @@ class _EpochRecordingBatches(keras.utils.PyDataset):
         self.epoch += 1
 
 
-def test_data_epoch_follows_the_training_epoch_from_initial_epoch_on():
-    from mrcnn.callbacks import DataEpochFollowsTraining
+def test_generator_epochs_follow_training_and_validation_stays_at_zero():
+    from mrcnn.callbacks import GeneratorEpochs
 
-    batches = _EpochRecordingBatches()
-    _model().fit(batches, initial_epoch=2, epochs=4, shuffle=False, verbose=0,
-                 callbacks=[DataEpochFollowsTraining(batches)])
+    batches, validation = _EpochRecordingBatches(), _EpochRecordingBatches()
+    _model().fit(batches, validation_data=validation, initial_epoch=2, epochs=4, shuffle=False, verbose=0,
+                 callbacks=[GeneratorEpochs(batches, validation)])
     trained = batches.reads[-4:]  # Keras also reads batches before training to learn their spec
     assert trained == [(2, 0), (2, 1), (3, 0), (3, 1)]
-    unaligned = _EpochRecordingBatches()
-    _model().fit(unaligned, initial_epoch=2, epochs=4, shuffle=False, verbose=0)
+    assert validation.reads[-4:] == [(0, 0), (0, 1), (0, 0), (0, 1)]  # both passes: the same draws
+    unaligned, unpinned = _EpochRecordingBatches(), _EpochRecordingBatches()
+    _model().fit(unaligned, validation_data=unpinned, initial_epoch=2, epochs=4, shuffle=False, verbose=0)
     assert unaligned.reads[-4:] != trained  # what the callback is for: fit alone starts elsewhere
+    assert unpinned.reads[-4:] != validation.reads[-4:]

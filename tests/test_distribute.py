@@ -319,6 +319,33 @@ def test_custom_loop_on_one_device_trains_as_train_does(tmp_path, capsys):
     assert "rpn_class_loss:" in printed
 
 
+def test_distributed_batches_follow_the_epoch_or_repeat_it():
+    import tensorflow as tf
+
+    from mrcnn import distribute
+
+    class Recording:  # a DataGenerator's protocol: len, epoch, [index]
+        def __init__(self) -> None:
+            self.epoch, self.reads = 0, []
+
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+            self.reads.append((self.epoch, index))
+            return {"x": np.full((1, 2), index, np.float32)}
+
+    strategy = tf.distribute.get_strategy()
+    for same, expected in ((False, [(3, 0), (3, 1), (4, 0), (4, 1)]), (True, [(3, 0), (3, 1)] * 2)):
+        generator = Recording()
+        iterator = iter(distribute.distributed_batches(strategy, lambda g=generator: g, steps_per_epoch=2,
+                                                       initial_epoch=3, same_every_epoch=same))
+        generator.reads.clear()  # the signature sample
+        for _ in range(4):  # two epochs of two steps
+            next(iterator)
+        assert generator.reads[:4] == expected, same
+
+
 def test_global_batch_size_counts_every_replica():
     import tensorflow as tf
 
