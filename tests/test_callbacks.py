@@ -270,8 +270,8 @@ class _EpochRecordingBatches(keras.utils.PyDataset):
     """Two batches; records the `epoch` attribute each read sees, and advances it at epoch end
     (as DataGenerator does)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, workers: int = 1) -> None:
+        super().__init__(workers=workers)
         self.epoch = 0
         self.reads: list[tuple[int, int]] = []
 
@@ -286,10 +286,11 @@ class _EpochRecordingBatches(keras.utils.PyDataset):
         self.epoch += 1
 
 
-def test_generator_epochs_follow_training_and_validation_stays_at_zero():
+@pytest.mark.parametrize("workers", [1, 2])  # 2: Keras' threaded enqueuer (train --workers)
+def test_generator_epochs_follow_training_and_validation_stays_at_zero(workers):
     from mrcnn.callbacks import GeneratorEpochs
 
-    batches, validation = _EpochRecordingBatches(), _EpochRecordingBatches()
+    batches, validation = _EpochRecordingBatches(workers), _EpochRecordingBatches(workers)
     _model().fit(batches, validation_data=validation, initial_epoch=2, epochs=4, shuffle=False, verbose=0,
                  callbacks=[GeneratorEpochs(batches, validation)])
     trained = batches.reads[-4:]  # Keras also reads batches before training to learn their spec
