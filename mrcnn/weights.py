@@ -438,11 +438,11 @@ def warn_if_scratch_with_frozen_batchnorm(config: Any) -> bool:
     weights to load.
 
     Args:
-        config: the training `Config` (its TRAIN_BN).
+        config: the training `Config` (its TRAIN_BN: only False warns).
     Returns:
         True when it warned.
     """
-    if config.TRAIN_BN:
+    if config.TRAIN_BN is not False:  # True, or None (BatchNorm follows `training`, as matterport's)
         return False
     warnings.warn("training from scratch with TRAIN_BN False: frozen BatchNorm applies untrained moving "
                   "statistics, which normalize nothing on a random backbone; start from pretrained weights "

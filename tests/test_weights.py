@@ -548,3 +548,4 @@ def test_scratch_training_with_frozen_batchnorm_warns() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert warn_if_scratch_with_frozen_batchnorm(SimpleNamespace(TRAIN_BN=True)) is False
+        assert warn_if_scratch_with_frozen_batchnorm(SimpleNamespace(TRAIN_BN=None)) is False
