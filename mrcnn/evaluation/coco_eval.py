@@ -30,7 +30,6 @@ import contextlib
 import copy
 import io
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from mrcnn.evaluation.detect_timer import DetectTimer
 from mrcnn.utils import extract_bboxes
 
 EVAL_TYPES = ("bbox", "segm", "keypoints")
@@ -265,8 +265,7 @@ def evaluate_coco(
         raise ValueError(f"COCO image ids {missing[:10]} of the dataset are not in the given COCO ground truth")
 
     results: list[dict[str, Any]] = []
-    detect_seconds = 0.0
-    first_batch_seconds = None  # includes tracing the graph (and freezing it, optimize_for_inference)
+    timer = DetectTimer()
     batch = max(1, int(model.config.BATCH_SIZE))
     from tqdm.auto import tqdm
 
@@ -274,11 +273,8 @@ def evaluate_coco(
         for start in range(0, len(image_ids), batch):
             ids = image_ids[start:start + batch]
             images = [dataset.load_image(i) for i in ids]
-            tic = time.perf_counter()
-            detections = model.detect(images, verbose=0)
-            elapsed = time.perf_counter() - tic
-            detect_seconds += elapsed
-            first_batch_seconds = elapsed if first_batch_seconds is None else first_batch_seconds
+            with timer.measure(len(images)):
+                detections = model.detect(images, verbose=0)
             results.extend(build_coco_results(
                 dataset, ids,
                 [r["rois"] for r in detections], [r["class_ids"] for r in detections],
@@ -299,12 +295,7 @@ def evaluate_coco(
     for eval_type in eval_types:
         metrics[eval_type] = coco_eval_stats(coco, results, eval_type, coco_image_ids, max_dets=max_dets,
                                              cat_ids=cat_ids or None, verbose=verbose, kpt_oks_sigmas=kpt_oks_sigmas)
-    metrics["seconds_per_image"] = detect_seconds / len(image_ids)
-    first_batch = min(batch, len(image_ids))
-    metrics["first_batch_seconds"] = first_batch_seconds
-    metrics["seconds_per_image_after_first_batch"] = (
-        (detect_seconds - first_batch_seconds) / (len(image_ids) - first_batch) if len(image_ids) > first_batch
-        else None)
+    metrics.update(timer.summary())
     metrics["num_images"] = len(image_ids)
     metrics["num_detections"] = len(results)
     metrics["max_dets"] = int(max_dets)

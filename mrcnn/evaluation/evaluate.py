@@ -5,13 +5,13 @@ For COCO-style evaluation through pycocotools see mrcnn.evaluation.coco_eval.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from mrcnn.evaluation.ap import compute_ap
+from mrcnn.evaluation.detect_timer import DetectTimer
 from mrcnn.utils import extract_bboxes
 
 DEFAULT_IOU_THRESHOLDS = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2))
@@ -34,7 +34,8 @@ def evaluate_dataset(model: Any, dataset: Any, image_ids: Sequence[int] | None =
         verbose: 1 shows a progress bar.
     Returns:
         dict with box_mAP50, box_mAP, mask_mAP50, mask_mAP (means over images), num_images,
-        images_without_gt, seconds_per_image (detection only).
+        images_without_gt, and `DetectTimer.summary`'s seconds_per_image, first_batch_seconds
+        and seconds_per_image_after_first_batch (detection only; the first call traces the graph).
     """
     if 0.5 not in [round(float(t), 2) for t in iou_thresholds]:
         raise ValueError(f"iou_thresholds must include 0.5, got {list(iou_thresholds)}")
@@ -43,16 +44,15 @@ def evaluate_dataset(model: Any, dataset: Any, image_ids: Sequence[int] | None =
         raise ValueError("evaluate_dataset needs at least one image id")
     per_image: dict[str, list[float]] = {"box": [], "mask": []}
     per_image_50: dict[str, list[float]] = {"box": [], "mask": []}
-    detect_seconds = 0.0
+    timer = DetectTimer()
     skipped = 0
     batch = max(1, int(model.config.BATCH_SIZE))
     progress = _progress(len(image_ids), verbose)
     for start in range(0, len(image_ids), batch):
         ids = image_ids[start:start + batch]
         images = [dataset.load_image(i) for i in ids]
-        tic = time.perf_counter()
-        results = model.detect(images, verbose=0)
-        detect_seconds += time.perf_counter() - tic
+        with timer.measure(len(images)):
+            results = model.detect(images, verbose=0)
         for image_id, result in zip(ids, results):
             gt_masks, gt_class_ids = dataset.load_mask(image_id)
             keep = gt_class_ids > 0
@@ -79,7 +79,7 @@ def evaluate_dataset(model: Any, dataset: Any, image_ids: Sequence[int] | None =
         "mask_mAP": _mean(per_image["mask"]),
         "num_images": evaluated,
         "images_without_gt": skipped,
-        "seconds_per_image": detect_seconds / len(image_ids),
+        **timer.summary(),
     }
 
 

@@ -172,7 +172,7 @@ def test_shapes_ground_truth_scores_one(shapes_coco):
 
 
 def test_time_per_image_separates_the_first_call(shapes_coco, monkeypatch):
-    from mrcnn.evaluation import coco_eval
+    from mrcnn.evaluation import detect_timer
 
     dataset, coco = shapes_coco
     clock = {"now": 0.0}
@@ -182,7 +182,7 @@ def test_time_per_image_separates_the_first_call(shapes_coco, monkeypatch):
             clock["now"] += 10.0 if not self.batches else float(len(images))
             return super().detect(images, verbose)
 
-    monkeypatch.setattr(coco_eval.time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(detect_timer.time, "perf_counter", lambda: clock["now"])
     metrics = evaluate_coco(TracingModel(dataset, batch_size=4), dataset, coco, eval_types="bbox", verbose=0)
     assert metrics["first_batch_seconds"] == 10.0
     assert metrics["seconds_per_image_after_first_batch"] == 1.0  # 2 images in 2 s after the first 4
