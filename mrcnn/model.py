@@ -1195,6 +1195,11 @@ def _warn_if_not_8_bit_range(image: np.ndarray) -> None:
 
 
 def _as_rgb(image: np.ndarray, channels: int, index: int) -> np.ndarray:
+    """[H, W, channels] view of one input image; ValueError/TypeError naming the image otherwise."""
+    if image.dtype.kind in "USO":  # a path (or paths), not pixels
+        what = repr(image.item()) if image.ndim == 0 else f"an array of {image.dtype}"
+        raise TypeError(f"image {index} is {what}, not pixels: detect takes image arrays; read files first, "
+                        "e.g. mrcnn.data.dataset.read_image_rgb(path)")
     if image.ndim == 2:
         image = np.stack([image] * 3, axis=-1)
     if image.ndim != 3:
@@ -1205,6 +1210,10 @@ def _as_rgb(image: np.ndarray, channels: int, index: int) -> np.ndarray:
         image = np.repeat(image, 3, axis=-1)
     if image.shape[-1] != channels:
         raise ValueError(f"image {index} has {image.shape[-1]} channels, the config expects {channels}")
+    if min(image.shape[:2]) < 1:
+        raise ValueError(f"image {index} is empty: shape {image.shape}")
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise ValueError(f"image {index} has NaN or infinite values")
     return image
 
 

@@ -276,6 +276,19 @@ def test_mold_inputs_warns_about_images_off_the_8_bit_scale(config):
                            rng.random((40, 50, 3)) * 255, np.zeros((40, 50, 3), np.float32)])
 
 
+def test_mold_inputs_names_the_bad_image(config):
+    model = MaskRCNN(mode="inference", config=config)
+    good = np.zeros((20, 20, 3), np.uint8)
+    with pytest.raises(TypeError, match=r"image 1 is 'photo.png', not pixels: .*read_image_rgb"):
+        model.mold_inputs([good, "photo.png"])
+    with pytest.raises(ValueError, match=r"image 1 is empty: shape \(0, 10, 3\)"):
+        model.mold_inputs([good, np.zeros((0, 10, 3), np.uint8)])
+    with pytest.raises(ValueError, match="image 2 has NaN or infinite values"):
+        model.mold_inputs([good, good, np.full((20, 20, 3), np.nan, np.float32)])
+    with pytest.raises(ValueError, match=r"image 0 must be \[H,W\] or \[H,W,C\]"):
+        model.mold_inputs([np.zeros((1, 2, 3, 4), np.uint8)])
+
+
 def test_detect_rejects_a_bare_image(trained):
     with pytest.raises(TypeError, match="list of images"):
         trained[0].detect(np.zeros((64, 64, 3), np.uint8))
