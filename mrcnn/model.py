@@ -765,7 +765,7 @@ class MaskRCNN(keras.Model):
         molded, metas, windows = [], [], []
         for i, image in enumerate(images):
             image = _as_rgb(np.asarray(image), c.IMAGE_CHANNEL_COUNT, index=i)
-            _warn_if_not_8_bit_range(image)
+            _check_pixel_values(image, index=i)
             if target_shape is not None:
                 resized, window, own_scale, _, _ = utils.resize_image(image, min_dim=min(target_shape),
                                                                       max_dim=max(target_shape), mode="square")
@@ -1176,26 +1176,32 @@ def _rescale_for_inference(image: np.ndarray, scale: float, canvas: float, squar
     return resized, window, scale
 
 
-def _warn_if_not_8_bit_range(image: np.ndarray) -> None:
-    """Warns about an image whose values are not on the 0..255 scale `Dataset.load_image` trains on.
+def _check_pixel_values(image: np.ndarray, index: int) -> None:
+    """Raises for NaN/inf pixels; warns about values off the 0..255 scale `Dataset.load_image` trains on.
 
     A 16-bit microscopy frame (values up to 65535) or a float image in [0, 1] would otherwise be
-    molded as it is and detected on a scale the model never saw, without any error. The message is
-    the same for every image of a dtype, so Python's warning filter shows it once per call site.
+    molded as it is and detected on a scale the model never saw, without any error. The warning's
+    message is the same for every image of a dtype, so Python's warning filter shows it once per
+    call site. `image` is `_as_rgb`'s output (not empty).
     """
-    if image.dtype == np.uint8 or image.size == 0:
+    if image.dtype == np.uint8:
         return
-    if np.issubdtype(image.dtype, np.integer) and int(image.max()) > 255:
+    if image.dtype.kind == "f":
+        if not np.isfinite(image).all():
+            raise ValueError(f"image {index} has NaN or infinite values")
+        if 0 < float(image.max()) <= 1.0:
+            warnings.warn(f"detect/mold_inputs got a {image.dtype} image with values in [0, 1]; images are "
+                          "expected on the 0..255 scale (as Dataset.load_image gives): multiply it by 255",
+                          stacklevel=4)
+    elif np.issubdtype(image.dtype, np.integer) and int(image.max()) > 255:
         warnings.warn(f"detect/mold_inputs got a {image.dtype} image with values above 255; it is molded "
                       "as it is, while Dataset.load_image trains on 0..255: map it the same way first, e.g. "
                       "mrcnn.data.dataset.to_rgb_uint8(image, uint16_scaling='range' or 'image_max')", stacklevel=4)
-    elif np.issubdtype(image.dtype, np.floating) and 0 < float(image.max()) <= 1.0:
-        warnings.warn(f"detect/mold_inputs got a {image.dtype} image with values in [0, 1]; images are "
-                      "expected on the 0..255 scale (as Dataset.load_image gives): multiply it by 255", stacklevel=4)
 
 
 def _as_rgb(image: np.ndarray, channels: int, index: int) -> np.ndarray:
-    """[H, W, channels] view of one input image; ValueError/TypeError naming the image otherwise."""
+    """[H, W, channels] view of one input image (its shape and dtype checked; its values by
+    `_check_pixel_values`); ValueError/TypeError naming the image otherwise."""
     if image.dtype.kind in "USO":  # a path (or paths), not pixels
         what = repr(image.item()) if image.ndim == 0 else f"an array of {image.dtype}"
         raise TypeError(f"image {index} is {what}, not pixels: detect takes image arrays; read files first, "
@@ -1212,8 +1218,6 @@ def _as_rgb(image: np.ndarray, channels: int, index: int) -> np.ndarray:
         raise ValueError(f"image {index} has {image.shape[-1]} channels, the config expects {channels}")
     if min(image.shape[:2]) < 1:
         raise ValueError(f"image {index} is empty: shape {image.shape}")
-    if image.dtype.kind == "f" and not np.isfinite(image).all():
-        raise ValueError(f"image {index} has NaN or infinite values")
     return image
 
 
