@@ -153,13 +153,14 @@ class PyramidROIAlign(keras.layers.Layer):
 
         pooled_levels = []
         box_positions = []
-        num_boxes = tf.shape(boxes, out_type=tf.int64)[1]
+        num_boxes = tf.shape(boxes)[1]
         for offset, feature_map in enumerate(feature_maps):
             level = MIN_LEVEL + offset
             ix = tf.where(tf.equal(levels, level))  # [k, 2] (image, box) int64
             level_boxes = tf.gather_nd(boxes_px, ix)
+            ix = tf.cast(ix, tf.int32)
             if box_image_ids is None:
-                box_indices = tf.cast(ix[:, 0], tf.int32)
+                box_indices = ix[:, 0]
             else:
                 box_indices = tf.gather(box_image_ids, ix[:, 1])
             pooled_levels.append(
@@ -175,10 +176,11 @@ class PyramidROIAlign(keras.layers.Layer):
             )
             box_positions.append(ix[:, 0] * num_boxes + ix[:, 1])
 
-        # Every box sits in exactly one level: sorting by flat position restores the input order.
-        pooled = tf.concat(pooled_levels, axis=0)
-        order = tf.argsort(tf.concat(box_positions, axis=0))
-        pooled = tf.gather(pooled, order)
+        # Every box sits in exactly one level: stitching each level's rows back to their flat
+        # positions restores the input order in one copy. (A concat + gather by argsort did the
+        # same, but the gather's gradient is sparse: densifying it took an UnsortedSegmentSum per
+        # level, ~2% of a 512 px training step; the stitch's gradient is one dense gather per level.)
+        pooled = tf.dynamic_stitch(box_positions, pooled_levels)
         channels = feature_maps[0].shape[-1]
         out_shape = tf.concat(
             [tf.shape(boxes)[:2], tf.constant(self.pool_size, tf.int32), tf.shape(feature_maps[0])[-1:]], axis=0
