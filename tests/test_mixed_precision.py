@@ -44,10 +44,12 @@ def test_policy_reaches_convs_not_outputs_and_is_restored() -> None:
     model.ensure_built()
     assert keras.config.dtype_policy().name == before  # the global policy is put back
     layers = _layers_by_name(model)
-    for name in ("conv1", "res2a_branch2a", "fpn_p2", "rpn_conv_shared", "mrcnn_mask_conv1"):
+    # The mask head's 1x1 output conv too: its logits are cast to float32 before the sigmoid.
+    for name in ("conv1", "res2a_branch2a", "fpn_p2", "rpn_conv_shared", "mrcnn_mask_conv1", "mrcnn_mask"):
         assert layers[name].compute_dtype == "bfloat16", name
-    # Logits, box deltas and mask probabilities are float32: losses and NMS never see bfloat16.
-    for name in ("rpn_class_raw", "rpn_bbox_pred", "mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_mask"):
+    # Logits and box deltas are computed in float32: losses and NMS never see bfloat16. (The RPN's
+    # two-class softmax reads the difference of two logits, which bfloat16 rounding would swamp.)
+    for name in ("rpn_class_raw", "rpn_bbox_pred", "mrcnn_class_logits", "mrcnn_bbox_fc"):
         assert layers[name].compute_dtype == "float32", name
     assert {v.dtype for v in model.weights} == {"float32"}  # variables stay float32 (same weight files)
     outputs = model.run_graph([np.zeros((64, 64, 3), np.uint8)], ["P2", "rpn_class", "detections", "mrcnn_mask"])

@@ -30,6 +30,7 @@ from mrcnn.modeling.backbone import (
     make_stage,
 )
 from mrcnn.modeling.heads import (
+    ClassMaskConv,
     check_mask_activation,
     fold_rois,
     static_or_dynamic_shape,
@@ -135,9 +136,8 @@ class C4MaskHead(keras.layers.Layer):
         self.activation = check_mask_activation(activation)
         self.deconv = keras.layers.Conv2DTranspose(self.conv_channels, 2, strides=2, activation="relu",
                                                    name="mrcnn_mask_deconv")
-        # Keras' "softmax" activation normalizes over the last (channel) axis.
-        self.mask = keras.layers.Conv2D(self.num_classes, 1, activation=activation, dtype="float32",
-                                        name="mrcnn_mask")
+        # Keras' "softmax" activation normalizes over the last (channel) axis; it runs in float32.
+        self.mask = ClassMaskConv(self.num_classes, 1, activation=activation, name="mrcnn_mask")
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         if len(input_shape) != 5 or input_shape[-1] is None:

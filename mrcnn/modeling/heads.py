@@ -87,24 +87,51 @@ class ClassMaskConv(keras.layers.Conv2D):
     """The mask head's final 1x1 convolution to K class channels (matterport's ``mrcnn_mask``),
     which can also compute one chosen channel per RoI.
 
-    Called as a Conv2D it is one. Called with ``channels`` [R] int (R = the RoIs of the batch),
-    it returns [R, h, w] logits through the activation: each RoI's dot product with its channel's
-    kernel column only (at inference the class of each detection is known, and the other K - 1
-    channels would be thrown away). Inside its own call the weights are read in the layer's
-    compute dtype (float32 for this output layer), exactly as the full convolution reads them.
+    Called as a Conv2D it is one, except that the activation (sigmoid or softmax) always runs in
+    float32: the 1x1 product computes in the layer's compute dtype (bfloat16/float16 under mixed
+    precision, with float32 accumulation), and its logits are cast to float32 before the
+    activation, so the mask probabilities are float32. (As a float32 layer it had to cast its
+    [R, 28, 28, 256] input up first, which cost more than the product itself.) Called with
+    ``channels`` [R] int (R = the RoIs of the batch), it returns [R, h, w] probabilities: each
+    RoI's dot product with its channel's kernel column only (at inference the class of each
+    detection is known, and the other K - 1 channels would be thrown away).
+
+    Args:
+        filters, kernel_size, **kwargs: as keras.layers.Conv2D.
+        activation: applied in float32 to the logits (None: float32 logits).
     """
+
+    def __init__(self, filters: int, kernel_size: Any, activation: Any = None, **kwargs: Any) -> None:
+        super().__init__(filters, kernel_size, activation=None, **kwargs)
+        self.logit_activation = keras.activations.get(activation)
 
     def call(self, inputs: tf.Tensor, channels: tf.Tensor | None = None) -> tf.Tensor:
         if channels is None:
-            return super().call(inputs)
-        if tuple(self.kernel_size) != (1, 1) or self.groups != 1:
-            raise ValueError(f"{self.name}: one channel per RoI needs a 1x1 convolution without groups")
-        channels = tf.cast(channels, tf.int32)
-        columns = tf.gather(tf.reshape(self.kernel, [-1, self.filters]), channels, axis=1)  # [C, R]
-        outputs = tf.einsum("rhwc,cr->rhw", tf.cast(inputs, columns.dtype), columns)
-        if self.use_bias:
-            outputs += tf.gather(self.bias, channels)[:, None, None]
-        return self.activation(outputs) if self.activation is not None else outputs
+            logits = super().call(inputs)
+        else:
+            if tuple(self.kernel_size) != (1, 1) or self.groups != 1:
+                raise ValueError(f"{self.name}: one channel per RoI needs a 1x1 convolution without groups")
+            channels = tf.cast(channels, tf.int32)
+            # Inside call Keras reads the variables in the compute dtype, as the full convolution.
+            columns = tf.gather(tf.reshape(self.kernel, [-1, self.filters]), channels, axis=1)  # [C, R]
+            logits = tf.einsum("rhwc,cr->rhw", tf.cast(inputs, columns.dtype), columns)
+            if self.use_bias:
+                logits += tf.gather(self.bias, channels)[:, None, None]
+        logits = tf.cast(logits, tf.float32)
+        return self.logit_activation(logits) if self.logit_activation is not None else logits
+
+    def compute_output_spec(self, inputs: keras.KerasTensor, channels: keras.KerasTensor | None = None
+                            ) -> keras.KerasTensor:
+        if channels is None:
+            shape = self.compute_output_shape(inputs.shape)
+        else:
+            shape = tuple(inputs.shape[:3])
+        return keras.KerasTensor(shape, dtype="float32")
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config["activation"] = keras.activations.serialize(self.logit_activation)
+        return config
 
 
 def _full_window_conv(conv: keras.layers.Conv2D, x: tf.Tensor) -> tf.Tensor:
@@ -279,8 +306,7 @@ class MaskHead(keras.layers.Layer):
         self.deconv = keras.layers.Conv2DTranspose(self.conv_channels, 2, strides=2, activation="relu",
                                                    name="mrcnn_mask_deconv")
         # Keras' "softmax" activation normalizes over the last (channel) axis: per pixel over K.
-        self.mask = ClassMaskConv(self.num_classes, 1, activation=self.activation, dtype="float32",
-                                  name="mrcnn_mask")
+        self.mask = ClassMaskConv(self.num_classes, 1, activation=self.activation, name="mrcnn_mask")
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         if len(input_shape) != 5:

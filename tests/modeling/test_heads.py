@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mrcnn.modeling.heads import BoxHead, MaskHead, select_class_masks
+from mrcnn.modeling.heads import BoxHead, ClassMaskConv, MaskHead, select_class_masks
 from mrcnn.modeling.rpn import RPNHead
 from mrcnn.weights import find_weight_layers
 
@@ -143,6 +143,33 @@ def test_outputs_float32_under_mixed_precision() -> None:
     finally:
         keras.config.set_dtype_policy(previous)
     assert all(o.dtype == tf.float32 for o in outputs)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
+def test_class_mask_conv_products_in_bfloat16_activation_in_float32(activation: str) -> None:
+    """Under mixed_bfloat16 the 1x1 product is bfloat16 and the activation reads float32 logits
+    (the sigmoid of a bfloat16 logit would be rounded to 8 bits again); the config keeps the
+    activation."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        layer = ClassMaskConv(3, 1, activation=activation, name="mrcnn_mask")
+        linear = ClassMaskConv(3, 1, name="linear")
+        x = tf.random.stateless_normal([4, 6, 6, 8], seed=(3, 3))
+        probs = layer(x)
+        linear.build(x.shape)
+        linear.set_weights(layer.get_weights())
+        logits = linear(x)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert layer.compute_dtype == "bfloat16"
+    assert probs.dtype == tf.float32 and logits.dtype == tf.float32
+    # float32 logits holding bfloat16 values: the product's rounding, not the activation's.
+    np.testing.assert_array_equal(tf.cast(tf.cast(logits, tf.bfloat16), tf.float32).numpy(), logits.numpy())
+    expected = tf.nn.sigmoid(logits) if activation == "sigmoid" else tf.nn.softmax(logits, axis=-1)
+    np.testing.assert_allclose(probs.numpy(), expected.numpy(), rtol=1e-6, atol=1e-7)
+    clone = ClassMaskConv.from_config(layer.get_config())
+    assert clone.get_config()["activation"] == activation and clone.get_config() == layer.get_config()
 
 
 def test_head_configs_round_trip() -> None:
