@@ -170,6 +170,49 @@ def test_op_equals_fallback(dtype):
         np.testing.assert_allclose(op, fallback, rtol=tol, atol=tol)
 
 
+def _bfloat16_bits(tensor: tf.Tensor) -> np.ndarray:
+    return tf.bitcast(tensor, tf.uint16).numpy()
+
+
+@requires_op
+@pytest.mark.parametrize("sampling_ratio, aligned", [(2, True), (0, False), (1, True)])
+def test_op_bfloat16_is_the_float32_result_rounded_once(sampling_ratio, aligned):
+    """The op reads bfloat16 features as they are and sums in float32: forward and gradient are
+    the float32 op's on the widened inputs, rounded to bfloat16 once (bit for bit, as tf.cast)."""
+    f = tf.cast(features((2, 9, 11, 3), seed=12, dtype=np.float32), tf.bfloat16)
+    widened = tf.cast(f, tf.float32)
+    upstream = tf.cast(np.random.default_rng(13).normal(size=(len(BOXES), 3, 2, 3)), tf.bfloat16)
+    args = (BOXES, BOX_INDICES, (3, 2), SCALE, sampling_ratio, aligned)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([f, widened])
+        got = ra.roi_align(f, *args, implementation="op")
+        want = ra.roi_align(widened, *args, implementation="op")
+        loss_got = tf.reduce_sum(tf.cast(got, tf.float32) * tf.cast(upstream, tf.float32))
+        loss_want = tf.reduce_sum(want * tf.cast(upstream, tf.float32))
+    assert got.dtype == tf.bfloat16
+    np.testing.assert_array_equal(_bfloat16_bits(got), _bfloat16_bits(tf.cast(want, tf.bfloat16)))
+    grad_got, grad_want = tape.gradient(loss_got, f), tape.gradient(loss_want, widened)
+    assert grad_got.dtype == tf.bfloat16 and np.abs(grad_want.numpy()).max() > 0.1
+    np.testing.assert_array_equal(_bfloat16_bits(grad_got), _bfloat16_bits(tf.cast(grad_want, tf.bfloat16)))
+    # And the NumPy reference, to bfloat16's precision (8 bits).
+    reference = roi_align_ref(widened.numpy().astype(np.float64), *args)
+    np.testing.assert_allclose(tf.cast(got, tf.float64).numpy(), reference, rtol=2**-8, atol=2**-8)
+
+
+@requires_op
+def test_op_bfloat16_rounds_ties_to_even_and_keeps_nan():
+    """One sample halfway between two columns averages them: 1 and 1 + 2**-7 give 1 + 2**-8, a tie
+    that rounds to the even 1.0; 1 + 2**-7 and 1 + 2**-6 give a tie that rounds up to 1 + 2**-6."""
+    columns = np.array([[1.0, 1.0 + 2**-7, 1.0 + 2**-6, np.nan, 3.0]], np.float32)
+    f = tf.cast(np.repeat(columns, 2, axis=0)[None, :, :, None], tf.bfloat16)  # [1, 2, 5, 1]
+    # aligned, scale 1, one bin and one sample: the sample sits at the box centre minus 0.5 px.
+    boxes = np.array([[0.5, 0.5, 1.5, 1.5], [0.5, 1.5, 1.5, 2.5], [0.5, 2.5, 1.5, 3.5], [0.5, 4.0, 1.5, 5.0]])
+    got = tf.cast(ra.roi_align(f, boxes, [0, 0, 0, 0], 1, 1.0, 1, True, implementation="op"), tf.float32)
+    got = got.numpy().reshape(-1)
+    assert got[0] == 1.0 and got[1] == 1.0 + 2**-6
+    assert np.isnan(got[2]) and got[3] == 3.0  # a NaN stays NaN; a sample on the last column alone is exact
+
+
 # ------------------------------------------------------------------------------------------------
 # Gradients
 # ------------------------------------------------------------------------------------------------
@@ -403,12 +446,13 @@ def test_build_script_importable_without_running_cli():
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.gpu
 @requires_op
-@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64, tf.bfloat16])
 def test_gpu_matches_cpu(dtype):
     f = tf.constant(features((2, 20, 17, 8), seed=10), dtype)
     rng = np.random.default_rng(11)
     corners = rng.uniform(-10, 90, size=(50, 2, 2))
-    boxes = tf.constant(np.concatenate([corners.min(1), corners.max(1)], axis=1), dtype)
+    box_dtype = tf.float64 if dtype == tf.float64 else tf.float32
+    boxes = tf.constant(np.concatenate([corners.min(1), corners.max(1)], axis=1), box_dtype)
     indices = tf.constant(rng.integers(0, 2, size=50), tf.int32)
     upstream = tf.constant(rng.normal(size=(50, 7, 7, 8)), dtype)
     results = {}
@@ -419,6 +463,8 @@ def test_gpu_matches_cpu(dtype):
             loss = tf.reduce_sum(out * upstream)
         results[device] = (out.numpy(), tape.gradient(loss, f).numpy(), out.device)
     assert "GPU" in results["/GPU:0"][2]
-    tol = 1e-5 if dtype == tf.float32 else 1e-12
+    # bfloat16: float32 sums in another order (FMA, atomics) may round to the neighbouring value.
+    tol = {tf.float32: 1e-5, tf.float64: 1e-12, tf.bfloat16: 2**-7}[dtype]
+    results = {device: tuple(np.asarray(a, np.float64) for a in value[:2]) for device, value in results.items()}
     np.testing.assert_allclose(results["/GPU:0"][0], results["/CPU:0"][0], rtol=tol, atol=tol)
     np.testing.assert_allclose(results["/GPU:0"][1], results["/CPU:0"][1], rtol=tol * 10, atol=tol * 10)

@@ -63,21 +63,29 @@ MRCNN_HARNESS_CPU(f32, float)
 MRCNN_HARNESS_CPU(f64, double)
 
 #if defined(__CUDACC__)
-// NAME(values = features or gradient, output = pooled features or features' gradient) on `stream`.
-#define MRCNN_HARNESS_CUDA(NAME, LAUNCHER, SUFFIX, T)                                            \
-  extern "C" int mrcnn_roi_align_##NAME##_cuda_##SUFFIX(                                          \
+// forward(features -> pooled) and backward(gradient -> features' gradient, zeroed first) on
+// `stream` (float32 / float64: the accumulator is the output itself, no scratch buffer).
+#define MRCNN_HARNESS_CUDA(SUFFIX, T)                                                             \
+  extern "C" int mrcnn_roi_align_forward_cuda_##SUFFIX(                                           \
       const long long* dims, int pooled_h, int pooled_w, float spatial_scale, int sampling_ratio, \
       int aligned, const T* values, const T* boxes, const int* box_indices, T* output,            \
       void* stream) {                                                                             \
-    return static_cast<int>(ra::LAUNCHER<T>(                                                      \
+    return static_cast<int>(ra::LaunchRoiAlignForward<T>(                                         \
         MakeShape(dims, pooled_h, pooled_w), MakeAttrs(spatial_scale, sampling_ratio, aligned),   \
         values, boxes, box_indices, output, static_cast<cudaStream_t>(stream)));                  \
+  }                                                                                               \
+  extern "C" int mrcnn_roi_align_backward_cuda_##SUFFIX(                                          \
+      const long long* dims, int pooled_h, int pooled_w, float spatial_scale, int sampling_ratio, \
+      int aligned, const T* values, const T* boxes, const int* box_indices, T* output,            \
+      void* stream) {                                                                             \
+    return static_cast<int>(ra::LaunchRoiAlignBackward<T>(                                        \
+        MakeShape(dims, pooled_h, pooled_w), MakeAttrs(spatial_scale, sampling_ratio, aligned),   \
+        values, boxes, box_indices, output, static_cast<T*>(nullptr),                             \
+        static_cast<cudaStream_t>(stream)));                                                      \
   }
 
-MRCNN_HARNESS_CUDA(forward, LaunchRoiAlignForward, f32, float)
-MRCNN_HARNESS_CUDA(forward, LaunchRoiAlignForward, f64, double)
-MRCNN_HARNESS_CUDA(backward, LaunchRoiAlignBackward, f32, float)  // zeroes the gradient first
-MRCNN_HARNESS_CUDA(backward, LaunchRoiAlignBackward, f64, double)
+MRCNN_HARNESS_CUDA(f32, float)
+MRCNN_HARNESS_CUDA(f64, double)
 
 extern "C" int mrcnn_roi_align_harness_has_cuda() { return 1; }
 #else

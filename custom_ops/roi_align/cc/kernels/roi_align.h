@@ -7,6 +7,13 @@
 // here includes TF, the same kernels can be driven from a plain nvcc program or CuPy
 // (RawModule with -D MRCNN_ROI_ALIGN_NO_LAUNCHERS) on a machine without TensorFlow.
 //
+// Storage and compute types: features, output and gradients are stored as S, boxes and all
+// arithmetic use T. S = T = float or double, or S = bfloat16 with T = float: bfloat16 is stored as
+// its raw 16 bits (std::uint16_t, the layout of Eigen::bfloat16), widened exactly to float on load
+// and rounded to nearest-even on store (as TensorFlow's Cast), with float sums in between (the
+// gradient accumulates in a float scratch buffer), so results equal the float32 computation on
+// the widened inputs, rounded once.
+//
 // Layout and coordinates:
 //   features      [N, H, W, C]  NHWC, row-major
 //   boxes         [K, 4]        (y1, x1, y2, x2) in input-image pixels
@@ -31,6 +38,8 @@
 #if !defined(__CUDACC_RTC__)
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 #endif
 
@@ -45,9 +54,50 @@ namespace roi_align {
 
 #if defined(__CUDACC_RTC__)
 typedef long long index_t;
+typedef unsigned short bf16_bits_t;
+typedef unsigned int u32_t;
 #else
 typedef std::int64_t index_t;
+typedef std::uint16_t bf16_bits_t;  // bfloat16 storage: the top 16 bits of a float32
+typedef std::uint32_t u32_t;
 #endif
+
+// Storage -> compute. float and double are used as they are; bfloat16 widens exactly.
+template <typename T>
+MRCNN_HD T Widen(T value) {
+  return value;
+}
+MRCNN_HD float Widen(bf16_bits_t bits) {
+  const u32_t word = static_cast<u32_t>(bits) << 16;
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(word);
+#else
+  float value;
+  std::memcpy(&value, &word, sizeof(value));
+  return value;
+#endif
+}
+
+// Compute -> storage. float -> bfloat16 rounds to nearest, ties to even, and turns NaN into the
+// quiet NaN 0x7FC0 / 0xFFC0: exactly Eigen's (TensorFlow's Cast) rounding.
+template <typename T>
+MRCNN_HD void Narrow(T value, T* out) {
+  *out = value;
+}
+MRCNN_HD void Narrow(float value, bf16_bits_t* out) {
+#if defined(__CUDA_ARCH__)
+  u32_t word = __float_as_uint(value);
+#else
+  u32_t word;
+  std::memcpy(&word, &value, sizeof(word));
+#endif
+  if ((word & 0x7FFFFFFFu) > 0x7F800000u) {  // NaN
+    *out = static_cast<bf16_bits_t>((word & 0x80000000u) ? 0xFFC0u : 0x7FC0u);
+    return;
+  }
+  word += 0x7FFFu + ((word >> 16) & 1u);
+  *out = static_cast<bf16_bits_t>(word >> 16);
+}
 
 // Sizes of one call. All counts are >= 0; pooled sizes >= 1.
 struct Shape {
@@ -184,23 +234,26 @@ struct AxisTapTable {
 };
 
 // Forward for boxes [box_begin, box_end). Boxes must have valid image indices (checked by the
-// caller). Writes every output element of those boxes.
-template <typename T>
-MRCNN_CPU_CLONES void ForwardBoxesCpu(const Shape& shape, const Attrs& attrs, const T* features, const T* boxes,
-                     const std::int32_t* box_indices, T* output, index_t box_begin,
+// caller). Writes every output element of those boxes. S: storage type, T: compute type.
+template <typename S, typename T = S>
+MRCNN_CPU_CLONES void ForwardBoxesCpu(const Shape& shape, const Attrs& attrs, const S* features, const T* boxes,
+                     const std::int32_t* box_indices, S* output, index_t box_begin,
                      index_t box_end) {
+  constexpr bool kNarrow = !std::is_same<S, T>::value;
   const index_t C = shape.channels;
   const int PH = shape.pooled_h, PW = shape.pooled_w;
   AxisTapTable<T> rows, cols;
+  std::vector<T> sums(kNarrow ? static_cast<size_t>(C) : 0);  // one bin's sums, then rounded to S
   for (index_t k = box_begin; k < box_end; ++k) {
     const Roi<T> roi = MakeRoi(boxes + 4 * k, attrs, PH, PW);
     rows.Build(roi.start_y, roi.bin_h, roi.grid_h, PH, shape.height, roi.inv_count);
     cols.Build(roi.start_x, roi.bin_w, roi.grid_w, PW, shape.width, static_cast<T>(1));
-    const T* image = features + static_cast<index_t>(box_indices[k]) * shape.height * shape.width * C;
+    const S* image = features + static_cast<index_t>(box_indices[k]) * shape.height * shape.width * C;
     const int ta = rows.taps(), tb = cols.taps();
     for (int p = 0; p < PH; ++p) {
       for (int q = 0; q < PW; ++q) {
-        T* __restrict__ out = output + ((k * PH + p) * PW + q) * C;
+        S* const bin_out = output + ((k * PH + p) * PW + q) * C;
+        T* __restrict__ out = kNarrow ? sums.data() : reinterpret_cast<T*>(bin_out);
         for (index_t c = 0; c < C; ++c) out[c] = static_cast<T>(0);
         for (int a = 0; a < ta; ++a) {
           const T wy = rows.weight[static_cast<size_t>(p) * ta + a];
@@ -210,9 +263,12 @@ MRCNN_CPU_CLONES void ForwardBoxesCpu(const Shape& shape, const Attrs& attrs, co
             const T wx = cols.weight[static_cast<size_t>(q) * tb + b];
             if (wx == static_cast<T>(0)) continue;
             const T w = wy * wx;
-            const T* __restrict__ in = image + (row + cols.index[static_cast<size_t>(q) * tb + b]) * C;
-            for (index_t c = 0; c < C; ++c) out[c] += w * in[c];
+            const S* __restrict__ in = image + (row + cols.index[static_cast<size_t>(q) * tb + b]) * C;
+            for (index_t c = 0; c < C; ++c) out[c] += w * Widen(in[c]);
           }
+        }
+        if (kNarrow) {
+          for (index_t c = 0; c < C; ++c) Narrow(out[c], bin_out + c);
         }
       }
     }
@@ -221,9 +277,10 @@ MRCNN_CPU_CLONES void ForwardBoxesCpu(const Shape& shape, const Attrs& attrs, co
 
 // Backward for channels [c_begin, c_end) of all boxes: grad_features[.., c] += w * grad[.., c].
 // Threads own disjoint channel ranges, so there are no races and the result is deterministic.
-// grad_features must be zeroed by the caller.
-template <typename T>
-MRCNN_CPU_CLONES void BackwardChannelsCpu(const Shape& shape, const Attrs& attrs, const T* grad, const T* boxes,
+// grad_features (compute type T: for bfloat16 storage a float scratch buffer, see
+// NarrowChannelsCpu) must be zeroed by the caller.
+template <typename S, typename T = S>
+MRCNN_CPU_CLONES void BackwardChannelsCpu(const Shape& shape, const Attrs& attrs, const S* grad, const T* boxes,
                          const std::int32_t* box_indices, T* grad_features, index_t c_begin,
                          index_t c_end) {
   const index_t C = shape.channels;
@@ -237,7 +294,7 @@ MRCNN_CPU_CLONES void BackwardChannelsCpu(const Shape& shape, const Attrs& attrs
     const int ta = rows.taps(), tb = cols.taps();
     for (int p = 0; p < PH; ++p) {
       for (int q = 0; q < PW; ++q) {
-        const T* __restrict__ g = grad + ((k * PH + p) * PW + q) * C;
+        const S* __restrict__ g = grad + ((k * PH + p) * PW + q) * C;
         for (int a = 0; a < ta; ++a) {
           const T wy = rows.weight[static_cast<size_t>(p) * ta + a];
           if (wy == static_cast<T>(0)) continue;
@@ -247,11 +304,22 @@ MRCNN_CPU_CLONES void BackwardChannelsCpu(const Shape& shape, const Attrs& attrs
             if (wx == static_cast<T>(0)) continue;
             const T w = wy * wx;
             T* __restrict__ dst = image + (row + cols.index[static_cast<size_t>(q) * tb + b]) * C;
-            for (index_t c = c_begin; c < c_end; ++c) dst[c] += w * g[c];
+            for (index_t c = c_begin; c < c_end; ++c) dst[c] += w * Widen(g[c]);
           }
         }
       }
     }
+  }
+}
+
+// Rounds channels [c_begin, c_end) of every pixel of the accumulated gradient to storage type S.
+template <typename S, typename T>
+MRCNN_CPU_CLONES void NarrowChannelsCpu(const T* sums, S* out, index_t pixels, index_t channels,
+                                        index_t c_begin, index_t c_end) {
+  for (index_t i = 0; i < pixels; ++i) {
+    const T* __restrict__ from = sums + i * channels;
+    S* __restrict__ to = out + i * channels;
+    for (index_t c = c_begin; c < c_end; ++c) Narrow(from[c], to + c);
   }
 }
 #endif  // !__CUDACC_RTC__
@@ -289,10 +357,11 @@ __device__ __forceinline__ void ForEachTap(const Shape& shape, const Roi<T>& roi
   }
 }
 
-template <typename T>
-__global__ void RoiAlignForwardKernel(Shape shape, Attrs attrs, const T* __restrict__ features,
+// S: storage type of features / output, T: compute type (see the top of this file).
+template <typename S, typename T = S>
+__global__ void RoiAlignForwardKernel(Shape shape, Attrs attrs, const S* __restrict__ features,
                                       const T* __restrict__ boxes,
-                                      const int* __restrict__ box_indices, T* __restrict__ output) {
+                                      const int* __restrict__ box_indices, S* __restrict__ output) {
   const index_t C = shape.channels;
   const index_t total = shape.num_boxes * shape.pooled_h * shape.pooled_w * C;
   for (index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
@@ -305,15 +374,17 @@ __global__ void RoiAlignForwardKernel(Shape shape, Attrs attrs, const T* __restr
     T sum = static_cast<T>(0);
     if (b >= 0 && b < shape.batch) {  // out-of-range indices are rejected on the CPU; here: 0
       const Roi<T> roi = MakeRoi(boxes + 4 * k, attrs, shape.pooled_h, shape.pooled_w);
-      const T* image = features + static_cast<index_t>(b) * shape.height * shape.width * C + c;
-      ForEachTap(shape, roi, p, q, [&](index_t pixel, T w) { sum += w * image[pixel * C]; });
+      const S* image = features + static_cast<index_t>(b) * shape.height * shape.width * C + c;
+      ForEachTap(shape, roi, p, q, [&](index_t pixel, T w) { sum += w * Widen(image[pixel * C]); });
     }
-    output[i] = sum;
+    Narrow(sum, output + i);
   }
 }
 
-template <typename T>
-__global__ void RoiAlignBackwardKernel(Shape shape, Attrs attrs, const T* __restrict__ grad,
+// grad_features has the compute type T (for bfloat16 storage: a float scratch buffer that
+// NarrowKernel then rounds).
+template <typename S, typename T = S>
+__global__ void RoiAlignBackwardKernel(Shape shape, Attrs attrs, const S* __restrict__ grad,
                                        const T* __restrict__ boxes,
                                        const int* __restrict__ box_indices,
                                        T* __restrict__ grad_features) {
@@ -327,12 +398,20 @@ __global__ void RoiAlignBackwardKernel(Shape shape, Attrs attrs, const T* __rest
     const index_t k = i / C / shape.pooled_w / shape.pooled_h;
     const int b = box_indices[k];
     if (b < 0 || b >= shape.batch) continue;
-    const T g = grad[i];
+    const T g = Widen(grad[i]);
     if (g == static_cast<T>(0)) continue;
     const Roi<T> roi = MakeRoi(boxes + 4 * k, attrs, shape.pooled_h, shape.pooled_w);
     T* image = grad_features + static_cast<index_t>(b) * shape.height * shape.width * C + c;
     // Many bins touch the same pixel: atomics (float and double are native on sm_60+).
     ForEachTap(shape, roi, p, q, [&](index_t pixel, T w) { atomicAdd(image + pixel * C, w * g); });
+  }
+}
+
+template <typename S, typename T>
+__global__ void NarrowKernel(index_t count, const T* __restrict__ from, S* __restrict__ to) {
+  for (index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += static_cast<index_t>(blockDim.x) * gridDim.x) {
+    Narrow(from[i], to + i);
   }
 }
 
@@ -345,33 +424,41 @@ inline int RoiAlignBlocks(index_t total, int threads) {
   return static_cast<int>(blocks < 1 ? 1 : blocks);
 }
 
-template <typename T>
-cudaError_t LaunchRoiAlignForward(const Shape& shape, const Attrs& attrs, const T* features,
-                                  const T* boxes, const int* box_indices, T* output,
+template <typename S, typename T = S>
+cudaError_t LaunchRoiAlignForward(const Shape& shape, const Attrs& attrs, const S* features,
+                                  const T* boxes, const int* box_indices, S* output,
                                   cudaStream_t stream) {
   const index_t total = shape.num_boxes * shape.pooled_h * shape.pooled_w * shape.channels;
   if (total == 0) return cudaSuccess;
   const int threads = 256;
-  RoiAlignForwardKernel<T><<<RoiAlignBlocks(total, threads), threads, 0, stream>>>(
+  RoiAlignForwardKernel<S, T><<<RoiAlignBlocks(total, threads), threads, 0, stream>>>(
       shape, attrs, features, boxes, box_indices, output);
   return cudaGetLastError();
 }
 
-// Zeroes grad_features ([N, H, W, C]) and accumulates into it.
-template <typename T>
-cudaError_t LaunchRoiAlignBackward(const Shape& shape, const Attrs& attrs, const T* grad,
-                                   const T* boxes, const int* box_indices, T* grad_features,
-                                   cudaStream_t stream) {
+// Writes grad_features ([N, H, W, C]): zeroes the accumulator and adds into it. With S == T the
+// accumulator is grad_features itself (scratch may be null); otherwise scratch, [N, H, W, C] of
+// T, is accumulated into and then rounded into grad_features.
+template <typename S, typename T = S>
+cudaError_t LaunchRoiAlignBackward(const Shape& shape, const Attrs& attrs, const S* grad,
+                                   const T* boxes, const int* box_indices, S* grad_features,
+                                   T* scratch, cudaStream_t stream) {
+  T* sums = std::is_same<S, T>::value ? reinterpret_cast<T*>(grad_features) : scratch;
   const index_t feature_count = shape.batch * shape.height * shape.width * shape.channels;
   if (feature_count > 0) {
-    cudaError_t status = cudaMemsetAsync(grad_features, 0, sizeof(T) * feature_count, stream);
+    cudaError_t status = cudaMemsetAsync(sums, 0, sizeof(T) * feature_count, stream);
     if (status != cudaSuccess) return status;
   }
   const index_t total = shape.num_boxes * shape.pooled_h * shape.pooled_w * shape.channels;
-  if (total == 0) return cudaSuccess;
   const int threads = 256;
-  RoiAlignBackwardKernel<T><<<RoiAlignBlocks(total, threads), threads, 0, stream>>>(
-      shape, attrs, grad, boxes, box_indices, grad_features);
+  if (total > 0) {
+    RoiAlignBackwardKernel<S, T><<<RoiAlignBlocks(total, threads), threads, 0, stream>>>(
+        shape, attrs, grad, boxes, box_indices, sums);
+  }
+  if (!std::is_same<S, T>::value && feature_count > 0) {
+    NarrowKernel<S, T><<<RoiAlignBlocks(feature_count, threads), threads, 0, stream>>>(
+        feature_count, sums, grad_features);
+  }
   return cudaGetLastError();
 }
 #endif  // launchers

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "roi_align.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -37,17 +38,44 @@ namespace ra = ::mrcnn::roi_align;
 using ::tensorflow::DEVICE_GPU;
 using GPUDevice = Eigen::GpuDevice;
 namespace roi_align {
-// Defined (explicitly instantiated for float and double) in roi_align_kernels.cu.cc.
-template <typename T>
-cudaError_t LaunchRoiAlignForward(const Shape& shape, const Attrs& attrs, const T* features,
-                                  const T* boxes, const int* box_indices, T* output,
+// Defined in roi_align.h and explicitly instantiated in roi_align_kernels.cu.cc for (S, T) =
+// (float, float), (double, double) and (bfloat16 bits, float).
+template <typename S, typename T>
+cudaError_t LaunchRoiAlignForward(const Shape& shape, const Attrs& attrs, const S* features,
+                                  const T* boxes, const int* box_indices, S* output,
                                   cudaStream_t stream);
-template <typename T>
-cudaError_t LaunchRoiAlignBackward(const Shape& shape, const Attrs& attrs, const T* grad,
-                                   const T* boxes, const int* box_indices, T* grad_features,
-                                   cudaStream_t stream);
+template <typename S, typename T>
+cudaError_t LaunchRoiAlignBackward(const Shape& shape, const Attrs& attrs, const S* grad,
+                                   const T* boxes, const int* box_indices, S* grad_features,
+                                   T* scratch, cudaStream_t stream);
 }  // namespace roi_align
 #endif
+
+// The TF dtype T of the features -> the kernels' storage type S and compute (boxes) type C.
+template <typename T>
+struct KernelTypes {
+  using Storage = T;
+  using Compute = T;
+};
+template <>
+struct KernelTypes<Eigen::bfloat16> {
+  static_assert(sizeof(Eigen::bfloat16) == sizeof(ra::bf16_bits_t), "bfloat16 is 16 bits");
+  using Storage = ra::bf16_bits_t;  // Eigen::bfloat16 holds exactly these bits
+  using Compute = float;
+};
+template <typename T>
+constexpr bool NeedsScratch() {
+  return !std::is_same<typename KernelTypes<T>::Storage, typename KernelTypes<T>::Compute>::value;
+}
+
+template <typename T>
+const typename KernelTypes<T>::Storage* StorageData(const Tensor& tensor) {
+  return reinterpret_cast<const typename KernelTypes<T>::Storage*>(tensor.flat<T>().data());
+}
+template <typename T>
+typename KernelTypes<T>::Storage* StorageData(Tensor* tensor) {
+  return reinterpret_cast<typename KernelTypes<T>::Storage*>(tensor->flat<T>().data());
+}
 
 namespace {
 
@@ -134,21 +162,24 @@ struct RoiAlignLauncher;
 
 template <typename T>
 struct RoiAlignLauncher<CPUDevice, T> {
+  using S = typename KernelTypes<T>::Storage;
+  using C = typename KernelTypes<T>::Compute;
+
   static void Forward(OpKernelContext* ctx, const ra::Shape& shape, const ra::Attrs& attrs,
                       const Tensor& features, const Tensor& boxes, const Tensor& box_indices,
                       Tensor* output) {
     if (!CheckBoxIndicesHost(ctx, box_indices, shape.batch)) return;
-    const T* f = features.flat<T>().data();
-    const T* b = boxes.flat<T>().data();
+    const S* f = StorageData<T>(features);
+    const C* b = boxes.flat<C>().data();
     const int32_t* idx = box_indices.flat<int32_t>().data();
-    T* out = output->flat<T>().data();
+    S* out = StorageData<T>(output);
     const auto& workers = *ctx->device()->tensorflow_cpu_worker_threads();
     const int64_t cost = static_cast<int64_t>(shape.pooled_h) * shape.pooled_w *
                          TapsPerBin(attrs) * std::max<int64_t>(shape.channels, 1) * 2;
     // One work unit per box; boxes write disjoint outputs.
     tensorflow::Shard(workers.num_threads, workers.workers, shape.num_boxes, cost,
                       [&](int64_t begin, int64_t end) {
-                        ra::ForwardBoxesCpu<T>(shape, attrs, f, b, idx, out, begin, end);
+                        ra::ForwardBoxesCpu<S, C>(shape, attrs, f, b, idx, out, begin, end);
                       });
   }
 
@@ -156,13 +187,22 @@ struct RoiAlignLauncher<CPUDevice, T> {
                        const Tensor& grads, const Tensor& boxes, const Tensor& box_indices,
                        Tensor* grad_features) {
     if (!CheckBoxIndicesHost(ctx, box_indices, shape.batch)) return;
-    grad_features->flat<T>().device(ctx->eigen_device<CPUDevice>()) =
-        grad_features->flat<T>().constant(T(0));
-    if (shape.num_boxes == 0 || shape.channels == 0) return;
-    const T* g = grads.flat<T>().data();
-    const T* b = boxes.flat<T>().data();
+    // The sums: grad_features itself, or (bfloat16) a float32 scratch tensor rounded at the end.
+    Tensor scratch;
+    Tensor* sums = grad_features;
+    if (NeedsScratch<T>()) {
+      OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DataTypeToEnum<C>::value,
+                                             grad_features->shape(), &scratch));
+      sums = &scratch;
+    }
+    sums->flat<C>().device(ctx->eigen_device<CPUDevice>()) = sums->flat<C>().constant(C(0));
+    if (shape.channels == 0) return;
+    const S* g = StorageData<T>(grads);
+    const C* b = boxes.flat<C>().data();
     const int32_t* idx = box_indices.flat<int32_t>().data();
-    T* out = grad_features->flat<T>().data();
+    C* acc = sums->flat<C>().data();
+    S* out = StorageData<T>(grad_features);
+    const int64_t pixels = shape.batch * shape.height * shape.width;
     const auto& workers = *ctx->device()->tensorflow_cpu_worker_threads();
     // Threads own disjoint channel blocks: no atomics, deterministic sums. One block per thread
     // (every block has the same work): each block walks all taps, so smaller blocks would repeat
@@ -170,13 +210,18 @@ struct RoiAlignLauncher<CPUDevice, T> {
     const int64_t threads = std::max(workers.num_threads, 1);
     const int64_t block = std::max<int64_t>(16, (shape.channels + threads - 1) / threads);
     const int64_t num_blocks = (shape.channels + block - 1) / block;
-    const int64_t cost = shape.num_boxes * shape.pooled_h * shape.pooled_w * TapsPerBin(attrs) *
-                         block * 2;
+    const int64_t cost = (shape.num_boxes * shape.pooled_h * shape.pooled_w * TapsPerBin(attrs) +
+                          (NeedsScratch<T>() ? pixels : 0)) * block * 2;
     tensorflow::Shard(workers.num_threads, workers.workers, num_blocks, cost,
                       [&](int64_t begin, int64_t end) {
                         const int64_t c0 = begin * block;
                         const int64_t c1 = std::min(end * block, shape.channels);
-                        ra::BackwardChannelsCpu<T>(shape, attrs, g, b, idx, out, c0, c1);
+                        if (shape.num_boxes > 0) {
+                          ra::BackwardChannelsCpu<S, C>(shape, attrs, g, b, idx, acc, c0, c1);
+                        }
+                        if (NeedsScratch<T>()) {
+                          ra::NarrowChannelsCpu<S, C>(acc, out, pixels, shape.channels, c0, c1);
+                        }
                       });
   }
 };
@@ -184,14 +229,17 @@ struct RoiAlignLauncher<CPUDevice, T> {
 #if GOOGLE_CUDA
 template <typename T>
 struct RoiAlignLauncher<GPUDevice, T> {
+  using S = typename KernelTypes<T>::Storage;
+  using C = typename KernelTypes<T>::Compute;
+
   // Box indices live in device memory: they are not checked on the host (that would need a
   // synchronous copy); the CUDA kernels give 0 (and no gradient) for an out-of-range index.
   static void Forward(OpKernelContext* ctx, const ra::Shape& shape, const ra::Attrs& attrs,
                       const Tensor& features, const Tensor& boxes, const Tensor& box_indices,
                       Tensor* output) {
-    const cudaError_t status = ra::LaunchRoiAlignForward<T>(
-        shape, attrs, features.flat<T>().data(), boxes.flat<T>().data(),
-        box_indices.flat<int32_t>().data(), output->flat<T>().data(),
+    const cudaError_t status = ra::LaunchRoiAlignForward<S, C>(
+        shape, attrs, StorageData<T>(features), boxes.flat<C>().data(),
+        box_indices.flat<int32_t>().data(), StorageData<T>(output),
         ctx->eigen_device<GPUDevice>().stream());
     OP_REQUIRES(ctx, status == cudaSuccess,
                 ::tensorflow::errors::Internal("RoiAlign CUDA launch failed: ",
@@ -201,9 +249,16 @@ struct RoiAlignLauncher<GPUDevice, T> {
   static void Backward(OpKernelContext* ctx, const ra::Shape& shape, const ra::Attrs& attrs,
                        const Tensor& grads, const Tensor& boxes, const Tensor& box_indices,
                        Tensor* grad_features) {
-    const cudaError_t status = ra::LaunchRoiAlignBackward<T>(
-        shape, attrs, grads.flat<T>().data(), boxes.flat<T>().data(),
-        box_indices.flat<int32_t>().data(), grad_features->flat<T>().data(),
+    Tensor scratch;  // bfloat16: float32 sums (atomics), rounded into grad_features at the end
+    C* sums = nullptr;
+    if (NeedsScratch<T>()) {
+      OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DataTypeToEnum<C>::value,
+                                             grad_features->shape(), &scratch));
+      sums = scratch.flat<C>().data();
+    }
+    const cudaError_t status = ra::LaunchRoiAlignBackward<S, C>(
+        shape, attrs, StorageData<T>(grads), boxes.flat<C>().data(),
+        box_indices.flat<int32_t>().data(), StorageData<T>(grad_features), sums,
         ctx->eigen_device<GPUDevice>().stream());
     OP_REQUIRES(ctx, status == cudaSuccess,
                 ::tensorflow::errors::Internal("RoiAlignGrad CUDA launch failed: ",
@@ -286,27 +341,39 @@ class RoiAlignGradOp : public OpKernel {
   OpAttrs op_;
 };
 
-#define MRCNN_REGISTER_CPU(T)                                                            \
-  REGISTER_KERNEL_BUILDER(                                                               \
-      Name("RoiAlign").Device(DEVICE_CPU).TypeConstraint<T>("T"), RoiAlignOp<CPUDevice, T>); \
-  REGISTER_KERNEL_BUILDER(Name("RoiAlignGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"),  \
+#define MRCNN_REGISTER_CPU(T, TB)                                                            \
+  REGISTER_KERNEL_BUILDER(Name("RoiAlign")                                                   \
+                              .Device(DEVICE_CPU)                                            \
+                              .TypeConstraint<T>("T")                                        \
+                              .TypeConstraint<TB>("Tboxes"),                                 \
+                          RoiAlignOp<CPUDevice, T>);                                         \
+  REGISTER_KERNEL_BUILDER(Name("RoiAlignGrad")                                               \
+                              .Device(DEVICE_CPU)                                            \
+                              .TypeConstraint<T>("T")                                        \
+                              .TypeConstraint<TB>("Tboxes"),                                 \
                           RoiAlignGradOp<CPUDevice, T>);
-MRCNN_REGISTER_CPU(float)
-MRCNN_REGISTER_CPU(double)
+MRCNN_REGISTER_CPU(float, float)
+MRCNN_REGISTER_CPU(double, double)
+MRCNN_REGISTER_CPU(Eigen::bfloat16, float)
 #undef MRCNN_REGISTER_CPU
 
 #if GOOGLE_CUDA
 // features_shape is read on the host to allocate the output.
-#define MRCNN_REGISTER_GPU(T)                                                               \
-  REGISTER_KERNEL_BUILDER(                                                                  \
-      Name("RoiAlign").Device(DEVICE_GPU).TypeConstraint<T>("T"), RoiAlignOp<GPUDevice, T>); \
-  REGISTER_KERNEL_BUILDER(Name("RoiAlignGrad")                                              \
-                              .Device(DEVICE_GPU)                                           \
-                              .TypeConstraint<T>("T")                                       \
-                              .HostMemory("features_shape"),                                \
+#define MRCNN_REGISTER_GPU(T, TB)                                                            \
+  REGISTER_KERNEL_BUILDER(Name("RoiAlign")                                                   \
+                              .Device(DEVICE_GPU)                                            \
+                              .TypeConstraint<T>("T")                                        \
+                              .TypeConstraint<TB>("Tboxes"),                                 \
+                          RoiAlignOp<GPUDevice, T>);                                         \
+  REGISTER_KERNEL_BUILDER(Name("RoiAlignGrad")                                               \
+                              .Device(DEVICE_GPU)                                            \
+                              .TypeConstraint<T>("T")                                        \
+                              .TypeConstraint<TB>("Tboxes")                                  \
+                              .HostMemory("features_shape"),                                 \
                           RoiAlignGradOp<GPUDevice, T>);
-MRCNN_REGISTER_GPU(float)
-MRCNN_REGISTER_GPU(double)
+MRCNN_REGISTER_GPU(float, float)
+MRCNN_REGISTER_GPU(double, double)
+MRCNN_REGISTER_GPU(Eigen::bfloat16, float)
 #undef MRCNN_REGISTER_GPU
 #endif  // GOOGLE_CUDA
 

@@ -27,12 +27,16 @@ absl::Status BoxesShape(InferenceContext* c, int boxes_input, int indices_input,
 
 }  // namespace
 
+// Types: T is the features' (and output's / gradients') dtype, Tboxes the boxes' and the
+// arithmetic's: (float, float), (double, double) or (bfloat16, float) (bfloat16 features are
+// read and written as they are, computed in float32 with float32 boxes).
 REGISTER_OP("RoiAlign")
     .Input("features: T")       // [N, H, W, C]
-    .Input("boxes: T")          // [K, 4] (y1, x1, y2, x2), input-image pixels
+    .Input("boxes: Tboxes")     // [K, 4] (y1, x1, y2, x2), input-image pixels
     .Input("box_indices: int32")  // [K] in [0, N)
     .Output("output: T")        // [K, pooled_height, pooled_width, C]
-    .Attr("T: {float, double}")
+    .Attr("T: {bfloat16, float, double}")
+    .Attr("Tboxes: {float, double}")
     .Attr("pooled_height: int >= 1")
     .Attr("pooled_width: int >= 1")
     .Attr("spatial_scale: float")
@@ -53,11 +57,12 @@ REGISTER_OP("RoiAlign")
 
 REGISTER_OP("RoiAlignGrad")
     .Input("grads: T")           // [K, pooled_height, pooled_width, C], d loss / d output
-    .Input("boxes: T")           // [K, 4] as in the forward op
+    .Input("boxes: Tboxes")      // [K, 4] as in the forward op
     .Input("box_indices: int32")  // [K]
     .Input("features_shape: int32")  // [4] = shape of the forward features
     .Output("grad_features: T")  // [N, H, W, C]
-    .Attr("T: {float, double}")
+    .Attr("T: {bfloat16, float, double}")
+    .Attr("Tboxes: {float, double}")
     .Attr("pooled_height: int >= 1")
     .Attr("pooled_width: int >= 1")
     .Attr("spatial_scale: float")
