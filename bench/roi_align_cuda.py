@@ -11,8 +11,11 @@ TensorFlow op compiles. This script:
    - forward against the NumPy reference (`tests/reference/roi_align_ref.py`, loops from the
      definition) on small cases: both `aligned` modes, fixed and adaptive sampling, rectangular
      bins, boxes partly or wholly outside the map, a zero-size box, several images;
-   - on CUDA, forward and backward against the harness's CPU kernels in float64 (the same numbers
-     up to the order in which atomics sum the gradient) on the timing sizes;
+   - the same forward in bfloat16 (bfloat16 features, float32 boxes and sums: the TF op's
+     mixed-precision path) within bfloat16's precision;
+   - on CUDA, forward and backward against the harness's CPU kernels in float64, float32 and
+     bfloat16 (the same numbers up to the order in which atomics sum the gradient; bfloat16 to
+     one rounding step) on the timing sizes;
    - forward and backward against `torchvision.ops.roi_align` where torchvision is installed;
 3. times forward and forward + backward, ours against torchvision on the same device (CUDA
    events; on the CPU, wall time), on the README's RoIAlign rows: 1000 RoIs -> 7x7 and 200 RoIs
@@ -57,7 +60,24 @@ TIMING_CASES = (("1000 RoIs -> 7x7", 1000, 7, 256), ("200 RoIs -> 14x14", 200, 1
 TIMING_MAP = (2, 256, 256)  # images, height, width: P2 of a 1024 px input
 TIMING_SCALE = 0.25
 # (name, dtype, largest relative error against the NumPy reference) of the reference checks.
-REFERENCE_TOLERANCES = (("float64", np.float64, 1e-12), ("float32", np.float32, 1e-5))
+# bfloat16 (8 significant bits; the reference reads the unrounded float64 features): 2**-7.
+REFERENCE_TOLERANCES = (("float64", np.float64, 1e-12), ("float32", np.float32, 1e-5),
+                        ("bfloat16", "bfloat16", 2.0**-7))
+SUFFIXES = {"float32": "f32", "float64": "f64", "bfloat16": "bf16"}
+
+
+def to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits (uint16): round to nearest, ties to even; NaN -> quiet NaN (as tf.cast)."""
+    values = np.ascontiguousarray(values, np.float32)
+    bits = values.view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    quiet_nan = np.where(np.signbit(values), 0xFFC0, 0x7FC0).astype(np.uint16)
+    return np.where(np.isnan(values), quiet_nan, rounded)
+
+
+def from_bfloat16_bits(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bits (uint16) -> float32, exactly."""
+    return (np.ascontiguousarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -107,18 +127,21 @@ class Harness:
         devices = ("cpu", "cuda") if self.has_cuda else ("cpu",)
         for direction in directions:
             for device in devices:
-                for suffix in ("f32", "f64"):
+                for suffix in SUFFIXES.values():
                     function = getattr(self.library, f"mrcnn_roi_align_{direction}_{device}_{suffix}")
                     arguments = [ctypes.POINTER(ctypes.c_longlong), ctypes.c_int, ctypes.c_int, ctypes.c_float,
                                  ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 4
                     function.argtypes = arguments + ([ctypes.c_void_p] if device == "cuda" else [])
                     function.restype = ctypes.c_int
 
-    def call(self, direction: str, device: str, dtype: np.dtype, dims: tuple[int, ...], pooled: tuple[int, int],
-             spatial_scale: float, sampling_ratio: int, aligned: bool, pointers: tuple[int, int, int, int],
-             stream: int = 0) -> None:
-        """Runs one entry point; raises RuntimeError on a non-zero status (a CUDA error code)."""
-        suffix = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}[np.dtype(dtype)]
+    def call(self, direction: str, device: str, dtype: np.dtype | str, dims: tuple[int, ...],
+             pooled: tuple[int, int], spatial_scale: float, sampling_ratio: int, aligned: bool,
+             pointers: tuple[int, int, int, int], stream: int = 0) -> None:
+        """Runs one entry point; raises RuntimeError on a non-zero status (a CUDA error code).
+
+        `dtype`: float32, float64 or "bfloat16" (values as bfloat16 bits, boxes float32).
+        """
+        suffix = SUFFIXES[dtype if isinstance(dtype, str) else np.dtype(dtype).name]
         function = getattr(self.library, f"mrcnn_roi_align_{direction}_{device}_{suffix}")
         dims_array = (ctypes.c_longlong * 5)(*dims)
         arguments = [dims_array, pooled[0], pooled[1], spatial_scale, sampling_ratio, int(aligned), *pointers]
@@ -145,6 +168,28 @@ class Harness:
         self.call("backward", "cpu", grad.dtype, (*features_shape, len(boxes)), grad.shape[1:3], spatial_scale,
                   sampling_ratio, aligned, _pointers(grad, boxes, box_indices, grad_features))
         return grad_features
+
+    def forward_cpu_bf16(self, features: np.ndarray, boxes: np.ndarray, box_indices: np.ndarray,
+                         pooled: tuple[int, int], spatial_scale: float, sampling_ratio: int = 2,
+                         aligned: bool = True) -> np.ndarray:
+        """`forward_cpu` through the bfloat16 kernels: features rounded to bfloat16, result widened to float32."""
+        bits = to_bfloat16_bits(features)
+        boxes, box_indices = np.ascontiguousarray(boxes, np.float32), np.ascontiguousarray(box_indices, np.int32)
+        output = np.zeros((len(boxes), *pooled, features.shape[3]), np.uint16)
+        self.call("forward", "cpu", "bfloat16", (*features.shape, len(boxes)), pooled, spatial_scale,
+                  sampling_ratio, aligned, _pointers(bits, boxes, box_indices, output))
+        return from_bfloat16_bits(output)
+
+    def backward_cpu_bf16(self, grad: np.ndarray, features_shape: tuple[int, ...], boxes: np.ndarray,
+                          box_indices: np.ndarray, spatial_scale: float, sampling_ratio: int = 2,
+                          aligned: bool = True) -> np.ndarray:
+        """`backward_cpu` through the bfloat16 kernels (grad rounded to bfloat16, result widened)."""
+        bits = to_bfloat16_bits(grad)
+        boxes, box_indices = np.ascontiguousarray(boxes, np.float32), np.ascontiguousarray(box_indices, np.int32)
+        grad_features = np.empty(features_shape, np.uint16)
+        self.call("backward", "cpu", "bfloat16", (*features_shape, len(boxes)), grad.shape[1:3], spatial_scale,
+                  sampling_ratio, aligned, _pointers(bits, boxes, box_indices, grad_features))
+        return from_bfloat16_bits(grad_features)
 
 
 def _contiguous(values: np.ndarray, boxes: np.ndarray, box_indices: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -210,8 +255,9 @@ def check_reference(run_forward: Callable[..., np.ndarray], dtype: type, toleran
     for case in cases:
         expected = roi_align_ref(case["features"], case["boxes"], case["indices"], case["pooled"], case["scale"],
                                  case["ratio"], case["aligned"])
-        actual = run_forward(case["features"].astype(dtype), case["boxes"], case["indices"], case["pooled"],
-                             case["scale"], case["ratio"], case["aligned"])
+        values = case["features"].astype(np.float32 if dtype == "bfloat16" else dtype)
+        actual = run_forward(values, case["boxes"], case["indices"], case["pooled"], case["scale"], case["ratio"],
+                             case["aligned"])
         worst = max(worst, max_error(actual.astype(np.float64), expected))
     return {"cases": len(cases), "max_relative_error": worst, "tolerance": tolerance,
             "passed": worst <= tolerance}
@@ -244,7 +290,7 @@ def torch_section(harness: Harness, device: str, repeats: int) -> dict:
     for name, count, size, channels in TIMING_CASES:
         boxes, indices = random_boxes(rng, count, images, height / TIMING_SCALE, width / TIMING_SCALE)
         row: dict = {"case": name, "features": [images, height, width, channels]}
-        for dtype in (torch.float64, torch.float32):
+        for dtype in (torch.float64, torch.float32, torch.bfloat16):
             case = _TorchCase(harness, device, tv_roi_align, rng, boxes, indices, (size, size), channels, dtype)
             section["checks"].append({"case": name, **case.check()})
             if dtype == torch.float32:
@@ -263,6 +309,9 @@ class _TorchCase:
         self.torch, self.harness, self.device, self.tv_roi_align = torch, harness, device, tv_roi_align
         self.pooled, self.dtype = pooled, dtype
         self.dtype_name = str(dtype).replace("torch.", "")  # "float32": NumPy's name for it too
+        # bfloat16: boxes stay float32 (the kernels' compute type); torchvision is not compared.
+        self.bfloat16 = dtype == torch.bfloat16
+        box_dtype = torch.float32 if self.bfloat16 else dtype
         images, height, width = TIMING_MAP
         self.dims = (images, height, width, channels, len(boxes))
         self.host = {"features": torch.from_numpy(rng.standard_normal((images, height, width, channels))).to(dtype),
@@ -271,7 +320,7 @@ class _TorchCase:
         on = torch.device(device)
         self.features = self.host["features"].to(on)
         self.grad = self.host["grad"].to(on)
-        self.boxes = torch.from_numpy(boxes).to(dtype).to(on)
+        self.boxes = torch.from_numpy(boxes).to(box_dtype).to(on)
         self.indices = torch.from_numpy(indices).to(on)
         self.output = torch.empty((len(boxes), *pooled, channels), dtype=dtype, device=on)
         self.grad_features = torch.empty_like(self.features)
@@ -287,7 +336,8 @@ class _TorchCase:
     def _ours(self, direction: str) -> None:
         values, out = (self.features, self.output) if direction == "forward" else (self.grad, self.grad_features)
         stream = self.torch.cuda.current_stream().cuda_stream if self.device == "cuda" else 0
-        self.harness.call(direction, self.device, np.dtype(self.dtype_name), self.dims,
+        self.harness.call(direction, self.device, self.dtype_name if self.bfloat16 else np.dtype(self.dtype_name),
+                          self.dims,
                           self.pooled, TIMING_SCALE, 2, True,
                           (values.data_ptr(), self.boxes.data_ptr(), self.indices.data_ptr(), out.data_ptr()), stream)
 
@@ -311,19 +361,25 @@ class _TorchCase:
         """Relative errors against the CPU kernels (on CUDA) and torchvision; passed if all within tolerance."""
         self.ours_forward_backward()
         self.synchronize()
-        output, grad_features = self.output.cpu().numpy(), self.grad_features.cpu().numpy()
+        widen = (lambda t: t.float()) if self.bfloat16 else (lambda t: t)  # NumPy has no bfloat16
+        output, grad_features = (widen(t).cpu().numpy() for t in (self.output, self.grad_features))
         errors = {}
         if self.device == "cuda":  # the same kernels' CPU loops: equal up to the atomics' summation order
             host = self.host
-            errors["forward_vs_cpu"] = max_error(output, self.harness.forward_cpu(
-                host["features"].numpy(), host["boxes"], host["indices"], self.pooled, TIMING_SCALE))
-            errors["backward_vs_cpu"] = max_error(grad_features, self.harness.backward_cpu(
-                host["grad"].numpy(), tuple(host["features"].shape), host["boxes"], host["indices"], TIMING_SCALE))
-        if self.tv_roi_align is not None:
+            forward = self.harness.forward_cpu_bf16 if self.bfloat16 else self.harness.forward_cpu
+            backward = self.harness.backward_cpu_bf16 if self.bfloat16 else self.harness.backward_cpu
+            errors["forward_vs_cpu"] = max_error(output, forward(
+                host["features"].float().numpy() if self.bfloat16 else host["features"].numpy(), host["boxes"],
+                host["indices"], self.pooled, TIMING_SCALE))
+            errors["backward_vs_cpu"] = max_error(grad_features, backward(
+                host["grad"].float().numpy() if self.bfloat16 else host["grad"].numpy(),
+                tuple(host["features"].shape), host["boxes"], host["indices"], TIMING_SCALE))
+        if self.tv_roi_align is not None and not self.bfloat16:
             errors["forward_vs_torchvision"] = max_error(output, self.tv_forward().permute(0, 2, 3, 1).cpu().numpy())
             errors["backward_vs_torchvision"] = max_error(
                 grad_features, self.tv_forward_backward().permute(0, 2, 3, 1).cpu().numpy())
-        tolerance = 1e-10 if self.dtype == self.torch.float64 else 1e-4
+        # bfloat16: float32 sums in another order (FMA, atomics) may round to the neighbouring value.
+        tolerance = {"float64": 1e-10, "float32": 1e-4, "bfloat16": 2.0**-7}[self.dtype_name]
         return {"dtype": self.dtype_name, **errors, "tolerance": tolerance,
                 "passed": all(error <= tolerance for error in errors.values())}
 
@@ -352,8 +408,10 @@ def main() -> int:
         harness = Harness(build(args.device, Path(folder), args.cuda_arch))
         if args.device == "cuda" and not harness.has_cuda:
             raise SystemExit("roi_align_cuda: the harness was built without CUDA")
-        report["reference_cpu"] = {name: check_reference(harness.forward_cpu, dtype, tolerance)
-                                   for name, dtype, tolerance in REFERENCE_TOLERANCES}
+        report["reference_cpu"] = {
+            name: check_reference(harness.forward_cpu_bf16 if dtype == "bfloat16" else harness.forward_cpu, dtype,
+                                  tolerance)
+            for name, dtype, tolerance in REFERENCE_TOLERANCES}
         passed = all(check["passed"] for check in report["reference_cpu"].values())
         if not args.no_torch:
             import torch
@@ -378,15 +436,22 @@ def main() -> int:
 
 def _torch_forward(harness: Harness, torch: object, dtype: type) -> Callable[..., np.ndarray]:
     """A forward with `forward_cpu`'s signature that runs the CUDA kernel on copies of the arrays."""
+    bfloat16 = dtype == "bfloat16"
+
     def forward(features, boxes, box_indices, pooled, spatial_scale, sampling_ratio=2, aligned=True):
+        if bfloat16:  # bfloat16 bits (as int16: torch's uint16 lacks CUDA kernels) in, float32 boxes
+            arrays = (to_bfloat16_bits(features).view(np.int16), np.asarray(boxes, np.float32))
+        else:
+            arrays = (features.astype(dtype), np.asarray(boxes, dtype))
         on = [torch.from_numpy(np.ascontiguousarray(array)).cuda() for array in
-              (features.astype(dtype), np.asarray(boxes, dtype), np.asarray(box_indices, np.int32))]
+              (*arrays, np.asarray(box_indices, np.int32))]
         output = torch.zeros((len(boxes), *pooled, features.shape[3]), dtype=on[0].dtype, device="cuda")
-        harness.call("forward", "cuda", np.dtype(dtype), (*features.shape, len(boxes)), pooled, spatial_scale,
-                     sampling_ratio, aligned, tuple(t.data_ptr() for t in (*on, output)),
+        harness.call("forward", "cuda", dtype if bfloat16 else np.dtype(dtype), (*features.shape, len(boxes)),
+                     pooled, spatial_scale, sampling_ratio, aligned, tuple(t.data_ptr() for t in (*on, output)),
                      torch.cuda.current_stream().cuda_stream)
         torch.cuda.synchronize()
-        return output.cpu().numpy()
+        output = output.cpu().numpy()
+        return from_bfloat16_bits(output.view(np.uint16)) if bfloat16 else output
     return forward
 
 

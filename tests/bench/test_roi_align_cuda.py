@@ -87,3 +87,37 @@ def test_nvcc_builds_the_cuda_entry_points(script, tmp_path):
         assert hasattr(cuda.library, f"mrcnn_roi_align_{name}")
     # The CPU entry points of the nvcc build are the same loops.
     assert script.check_reference(cuda.forward_cpu, np.float64, 1e-12)["passed"]
+
+
+def test_bfloat16_bits_round_as_tensorflow(script):
+    import tensorflow as tf
+
+    values = np.random.default_rng(3).normal(size=1000).astype(np.float32) * 100
+    ties = np.array([1.0 + 2**-8, 1.0 + 3 * 2**-8, -(1.0 + 2**-8), np.nan, -np.nan, np.inf, 0.0], np.float32)
+    values = np.concatenate([values, ties])
+    expected = tf.bitcast(tf.cast(values, tf.bfloat16), tf.uint16).numpy()
+    np.testing.assert_array_equal(script.to_bfloat16_bits(values), expected)
+    finite = np.isfinite(values)
+    np.testing.assert_array_equal(script.from_bfloat16_bits(expected)[finite],
+                                  tf.cast(tf.cast(values, tf.bfloat16), tf.float32).numpy()[finite])
+
+
+def test_bfloat16_kernels_round_the_float32_result_once(script, harness):
+    """The harness's bfloat16 entry points: float32 sums of the widened inputs, rounded once."""
+    rng = np.random.default_rng(5)
+    case = script.reference_cases(rng)[3]
+    features = script.from_bfloat16_bits(script.to_bfloat16_bits(case["features"].astype(np.float32)))
+    args = (case["boxes"].astype(np.float32), case["indices"])
+    got = harness.forward_cpu_bf16(features, *args, case["pooled"], case["scale"], case["ratio"], case["aligned"])
+    want = harness.forward_cpu(features, *args, case["pooled"], case["scale"], case["ratio"], case["aligned"])
+    np.testing.assert_array_equal(script.to_bfloat16_bits(got), script.to_bfloat16_bits(want))
+    grad = script.from_bfloat16_bits(script.to_bfloat16_bits(rng.normal(size=want.shape).astype(np.float32)))
+    got = harness.backward_cpu_bf16(grad, features.shape, *args, case["scale"], case["ratio"], case["aligned"])
+    want = harness.backward_cpu(grad, features.shape, *args, case["scale"], case["ratio"], case["aligned"])
+    assert np.abs(want).max() > 0.1
+    np.testing.assert_array_equal(script.to_bfloat16_bits(got), script.to_bfloat16_bits(want))
+
+
+def test_bfloat16_reference_check_passes(script, harness):
+    result = script.check_reference(harness.forward_cpu_bf16, "bfloat16", 2.0**-7)
+    assert result["passed"], result
