@@ -12,7 +12,12 @@ with respect to the four feature maps). Median and min over the repeats after wa
 The machine's load average is recorded: on a shared machine the numbers move with it.
 Writes bench/results/roi_align.json.
 
-    python bench/roi_align.py [--repeats 5] [--out bench/results/roi_align.json]
+`--dtype bfloat16` times bfloat16 feature maps (and upstream gradients): "op" is the compiled op
+reading and writing bfloat16 (float32 sums), "op_float32_casts" the same op in float32 with the
+maps cast up and the pooled features cast down around it (what the model ran before the op took
+bfloat16), "tf" the fallback (which casts to float32 itself).
+
+    python bench/roi_align.py [--repeats 5] [--dtype float32] [--out bench/results/roi_align.json]
 """
 
 from __future__ import annotations
@@ -55,9 +60,15 @@ def make_rois(count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndar
 def build_fns(impl: str, per_level, pool: int):
     """tf.functions for forward and forward+backward over all levels."""
 
+    def pool_one(features, boxes, indices, level):
+        if impl == "op_float32_casts":
+            pooled = ra.roi_align(tf.cast(features, tf.float32), boxes, indices, pool, 1.0 / 2**level, 2, True,
+                                  implementation="op")
+            return tf.cast(pooled, features.dtype)
+        return ra.roi_align(features, boxes, indices, pool, 1.0 / 2**level, 2, True, implementation=impl)
+
     def pool_all(maps):
-        return [ra.roi_align(maps[i], boxes, indices, pool, 1.0 / 2**level, 2, True, implementation=impl)
-                for i, (level, boxes, indices, _) in enumerate(per_level)]
+        return [pool_one(maps[i], boxes, indices, level) for i, (level, boxes, indices, _) in enumerate(per_level)]
 
     @tf.function
     def forward(maps):
@@ -67,7 +78,8 @@ def build_fns(impl: str, per_level, pool: int):
     def forward_backward(maps):
         with tf.GradientTape() as tape:
             tape.watch(maps)
-            loss = tf.add_n([tf.reduce_sum(out * lv[3]) for out, lv in zip(pool_all(maps), per_level)])
+            loss = tf.add_n([tf.reduce_sum(tf.cast(out * lv[3], tf.float32))
+                             for out, lv in zip(pool_all(maps), per_level)])
         return tape.gradient(loss, maps)
 
     return forward, forward_backward
@@ -93,14 +105,19 @@ def _sync(result) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="dtype of the feature maps and upstream gradients")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "roi_align.json")
     args = parser.parse_args()
+    dtype = tf.as_dtype(args.dtype)
 
     impls = ["op", "tf"] if ra.load_op_library() is not None else ["tf"]
+    if dtype == tf.bfloat16 and "op" in impls:
+        impls.insert(1, "op_float32_casts")
     if impls == ["tf"]:
         print(f"compiled op unavailable ({ra.op_load_error()}): timing the fallback only")
     rng = np.random.default_rng(0)
-    maps = [tf.constant(rng.normal(size=(BATCH, IMAGE // 2**k, IMAGE // 2**k, CHANNELS)).astype(np.float32))
+    maps = [tf.constant(rng.normal(size=(BATCH, IMAGE // 2**k, IMAGE // 2**k, CHANNELS)).astype(np.float32), dtype)
             for k in LEVELS]
     results = {}
     for case, (count, pool) in CASES.items():
@@ -109,29 +126,33 @@ def main() -> None:
         for level in LEVELS:
             keep = levels == level
             upstream = rng.normal(size=(int(keep.sum()), pool, pool, CHANNELS)).astype(np.float32)
-            per_level.append((level, tf.constant(boxes[keep]), tf.constant(indices[keep]), tf.constant(upstream)))
+            per_level.append((level, tf.constant(boxes[keep]), tf.constant(indices[keep]),
+                              tf.constant(upstream, dtype)))
         entry = {"rois": count, "output": [pool, pool],
                  "rois_per_level": {f"P{lv}": int((levels == lv).sum()) for lv in LEVELS}}
         outputs = {}
         for impl in impls:
             forward, forward_backward = build_fns(impl, per_level, pool)
-            outputs[impl] = [o.numpy() for o in forward(maps)]
+            outputs[impl] = [tf.cast(o, tf.float32).numpy() for o in forward(maps)]
             entry[impl] = {"forward": time_fn(forward, maps, args.repeats),
                            "forward_backward": time_fn(forward_backward, maps, args.repeats),
                            "load_avg_1min": round(os.getloadavg()[0], 2)}
             print(f"{case} {impl}: forward {entry[impl]['forward']['median_ms']} ms, "
                   f"forward+backward {entry[impl]['forward_backward']['median_ms']} ms", flush=True)
-        if len(impls) == 2:
+        if "op" in impls:
             entry["max_abs_diff_op_vs_tf"] = float(max(np.abs(a - b).max() if a.size else 0.0
                                                        for a, b in zip(outputs["op"], outputs["tf"])))
             for phase in ("forward", "forward_backward"):
                 entry[f"speedup_{phase}"] = round(entry["tf"][phase]["median_ms"] / entry["op"][phase]["median_ms"], 2)
+                if "op_float32_casts" in impls:
+                    entry[f"speedup_over_casts_{phase}"] = round(
+                        entry["op_float32_casts"][phase]["median_ms"] / entry["op"][phase]["median_ms"], 2)
         results[case] = entry
 
     report = {
         "benchmark": "roi_align",
         "setup": {"image": IMAGE, "batch": BATCH, "channels": CHANNELS, "levels": [f"P{k}" for k in LEVELS],
-                  "sampling_ratio": 2, "aligned": True, "dtype": "float32", "repeats": args.repeats},
+                  "sampling_ratio": 2, "aligned": True, "dtype": args.dtype, "repeats": args.repeats},
         "tf_version": tf.__version__,
         "machine": {"cpu": machine.describe(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads()},

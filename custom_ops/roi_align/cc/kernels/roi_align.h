@@ -282,9 +282,12 @@ template <typename S, typename T = S>
 MRCNN_CPU_CLONES void BackwardChannelsCpu(const Shape& shape, const Attrs& attrs, const S* grad, const T* boxes,
                          const std::int32_t* box_indices, T* grad_features, index_t c_begin,
                          index_t c_end) {
+  constexpr bool kWiden = !std::is_same<S, T>::value;
   const index_t C = shape.channels;
   const int PH = shape.pooled_h, PW = shape.pooled_w;
   AxisTapTable<T> rows, cols;
+  // bfloat16: each bin's gradient widened once (not once per tap), channels [c_begin, c_end).
+  std::vector<T> widened(kWiden ? static_cast<size_t>(c_end - c_begin) : 0);
   for (index_t k = 0; k < shape.num_boxes; ++k) {
     const Roi<T> roi = MakeRoi(boxes + 4 * k, attrs, PH, PW);
     rows.Build(roi.start_y, roi.bin_h, roi.grid_h, PH, shape.height, roi.inv_count);
@@ -293,7 +296,15 @@ MRCNN_CPU_CLONES void BackwardChannelsCpu(const Shape& shape, const Attrs& attrs
     const int ta = rows.taps(), tb = cols.taps();
     for (int p = 0; p < PH; ++p) {
       for (int q = 0; q < PW; ++q) {
-        const S* __restrict__ g = grad + ((k * PH + p) * PW + q) * C;
+        const S* bin_grad = grad + ((k * PH + p) * PW + q) * C;
+        // g[c - offset] is the bin's gradient at channel c, in the compute type.
+        const T* __restrict__ g = reinterpret_cast<const T*>(bin_grad);
+        index_t offset = 0;
+        if (kWiden) {
+          for (index_t c = c_begin; c < c_end; ++c) widened[c - c_begin] = Widen(bin_grad[c]);
+          g = widened.data();
+          offset = c_begin;
+        }
         for (int a = 0; a < ta; ++a) {
           const T wy = rows.weight[static_cast<size_t>(p) * ta + a];
           if (wy == static_cast<T>(0)) continue;
@@ -303,7 +314,7 @@ MRCNN_CPU_CLONES void BackwardChannelsCpu(const Shape& shape, const Attrs& attrs
             if (wx == static_cast<T>(0)) continue;
             const T w = wy * wx;
             T* __restrict__ dst = image + (row + cols.index[static_cast<size_t>(q) * tb + b]) * C;
-            for (index_t c = c_begin; c < c_end; ++c) dst[c] += w * Widen(g[c]);
+            for (index_t c = c_begin; c < c_end; ++c) dst[c] += w * g[c - offset];
           }
         }
       }

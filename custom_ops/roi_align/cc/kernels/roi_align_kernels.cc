@@ -201,8 +201,6 @@ struct RoiAlignLauncher<CPUDevice, T> {
     const C* b = boxes.flat<C>().data();
     const int32_t* idx = box_indices.flat<int32_t>().data();
     C* acc = sums->flat<C>().data();
-    S* out = StorageData<T>(grad_features);
-    const int64_t pixels = shape.batch * shape.height * shape.width;
     const auto& workers = *ctx->device()->tensorflow_cpu_worker_threads();
     // Threads own disjoint channel blocks: no atomics, deterministic sums. One block per thread
     // (every block has the same work): each block walks all taps, so smaller blocks would repeat
@@ -210,19 +208,27 @@ struct RoiAlignLauncher<CPUDevice, T> {
     const int64_t threads = std::max(workers.num_threads, 1);
     const int64_t block = std::max<int64_t>(16, (shape.channels + threads - 1) / threads);
     const int64_t num_blocks = (shape.channels + block - 1) / block;
-    const int64_t cost = (shape.num_boxes * shape.pooled_h * shape.pooled_w * TapsPerBin(attrs) +
-                          (NeedsScratch<T>() ? pixels : 0)) * block * 2;
-    tensorflow::Shard(workers.num_threads, workers.workers, num_blocks, cost,
-                      [&](int64_t begin, int64_t end) {
-                        const int64_t c0 = begin * block;
-                        const int64_t c1 = std::min(end * block, shape.channels);
-                        if (shape.num_boxes > 0) {
+    const int64_t cost = shape.num_boxes * shape.pooled_h * shape.pooled_w * TapsPerBin(attrs) *
+                         block * 2;
+    if (shape.num_boxes > 0) {
+      tensorflow::Shard(workers.num_threads, workers.workers, num_blocks, cost,
+                        [&](int64_t begin, int64_t end) {
+                          const int64_t c0 = begin * block;
+                          const int64_t c1 = std::min(end * block, shape.channels);
                           ra::BackwardChannelsCpu<S, C>(shape, attrs, g, b, idx, acc, c0, c1);
-                        }
-                        if (NeedsScratch<T>()) {
-                          ra::NarrowChannelsCpu<S, C>(acc, out, pixels, shape.channels, c0, c1);
-                        }
-                      });
+                        });
+    }
+    if (NeedsScratch<T>()) {
+      // Rounded to bfloat16 in contiguous pixel ranges, one per work unit.
+      S* out = StorageData<T>(grad_features);
+      const int64_t pixels = shape.batch * shape.height * shape.width;
+      tensorflow::Shard(workers.num_threads, workers.workers, pixels, shape.channels * 2,
+                        [&](int64_t begin, int64_t end) {
+                          ra::NarrowChannelsCpu<S, C>(acc + begin * shape.channels,
+                                                      out + begin * shape.channels, end - begin,
+                                                      shape.channels, 0, shape.channels);
+                        });
+    }
   }
 };
 
