@@ -347,40 +347,27 @@ class RoiAlignGradOp : public OpKernel {
   OpAttrs op_;
 };
 
-#define MRCNN_REGISTER_CPU(T, TB)                                                            \
-  REGISTER_KERNEL_BUILDER(Name("RoiAlign")                                                   \
-                              .Device(DEVICE_CPU)                                            \
-                              .TypeConstraint<T>("T")                                        \
-                              .TypeConstraint<TB>("Tboxes"),                                 \
-                          RoiAlignOp<CPUDevice, T>);                                         \
-  REGISTER_KERNEL_BUILDER(Name("RoiAlignGrad")                                               \
-                              .Device(DEVICE_CPU)                                            \
-                              .TypeConstraint<T>("T")                                        \
-                              .TypeConstraint<TB>("Tboxes"),                                 \
-                          RoiAlignGradOp<CPUDevice, T>);
-MRCNN_REGISTER_CPU(float, float)
-MRCNN_REGISTER_CPU(double, double)
-MRCNN_REGISTER_CPU(Eigen::bfloat16, float)
-#undef MRCNN_REGISTER_CPU
-
+// features_shape is read on the host to allocate the output (on the CPU all memory is host memory).
+#define MRCNN_REGISTER(DEVICE, DEVICE_TYPE, T, TB)                                         \
+  REGISTER_KERNEL_BUILDER(Name("RoiAlign")                                                 \
+                              .Device(DEVICE)                                              \
+                              .TypeConstraint<T>("T")                                      \
+                              .TypeConstraint<TB>("Tboxes"),                               \
+                          RoiAlignOp<DEVICE_TYPE, T>);                                     \
+  REGISTER_KERNEL_BUILDER(Name("RoiAlignGrad")                                             \
+                              .Device(DEVICE)                                              \
+                              .TypeConstraint<T>("T")                                      \
+                              .TypeConstraint<TB>("Tboxes")                                \
+                              .HostMemory("features_shape"),                               \
+                          RoiAlignGradOp<DEVICE_TYPE, T>);
+MRCNN_REGISTER(DEVICE_CPU, CPUDevice, float, float)
+MRCNN_REGISTER(DEVICE_CPU, CPUDevice, double, double)
+MRCNN_REGISTER(DEVICE_CPU, CPUDevice, Eigen::bfloat16, float)
 #if GOOGLE_CUDA
-// features_shape is read on the host to allocate the output.
-#define MRCNN_REGISTER_GPU(T, TB)                                                            \
-  REGISTER_KERNEL_BUILDER(Name("RoiAlign")                                                   \
-                              .Device(DEVICE_GPU)                                            \
-                              .TypeConstraint<T>("T")                                        \
-                              .TypeConstraint<TB>("Tboxes"),                                 \
-                          RoiAlignOp<GPUDevice, T>);                                         \
-  REGISTER_KERNEL_BUILDER(Name("RoiAlignGrad")                                               \
-                              .Device(DEVICE_GPU)                                            \
-                              .TypeConstraint<T>("T")                                        \
-                              .TypeConstraint<TB>("Tboxes")                                  \
-                              .HostMemory("features_shape"),                                 \
-                          RoiAlignGradOp<GPUDevice, T>);
-MRCNN_REGISTER_GPU(float, float)
-MRCNN_REGISTER_GPU(double, double)
-MRCNN_REGISTER_GPU(Eigen::bfloat16, float)
-#undef MRCNN_REGISTER_GPU
+MRCNN_REGISTER(DEVICE_GPU, GPUDevice, float, float)
+MRCNN_REGISTER(DEVICE_GPU, GPUDevice, double, double)
+MRCNN_REGISTER(DEVICE_GPU, GPUDevice, Eigen::bfloat16, float)
 #endif  // GOOGLE_CUDA
+#undef MRCNN_REGISTER
 
 }  // namespace mrcnn
