@@ -37,114 +37,108 @@ ra::Attrs MakeAttrs(float spatial_scale, int sampling_ratio, int aligned) {
   return attrs;
 }
 
-}  // namespace
-
-#define MRCNN_HARNESS_CPU(SUFFIX, T)                                                              \
-  extern "C" int mrcnn_roi_align_forward_cpu_##SUFFIX(                                            \
-      const long long* dims, int pooled_h, int pooled_w, float spatial_scale, int sampling_ratio, \
-      int aligned, const T* features, const T* boxes, const int* box_indices, T* output) {        \
-    const ra::Shape shape = MakeShape(dims, pooled_h, pooled_w);                                  \
-    ra::ForwardBoxesCpu<T>(shape, MakeAttrs(spatial_scale, sampling_ratio, aligned), features,    \
-                           boxes, box_indices, output, 0, shape.num_boxes);                       \
-    return 0;                                                                                     \
-  }                                                                                               \
-  /* grad_features is zeroed here, as the op does. */                                             \
-  extern "C" int mrcnn_roi_align_backward_cpu_##SUFFIX(                                           \
-      const long long* dims, int pooled_h, int pooled_w, float spatial_scale, int sampling_ratio, \
-      int aligned, const T* grad, const T* boxes, const int* box_indices, T* grad_features) {     \
-    const ra::Shape shape = MakeShape(dims, pooled_h, pooled_w);                                  \
-    const long long count = shape.batch * shape.height * shape.width * shape.channels;            \
-    for (long long i = 0; i < count; ++i) grad_features[i] = static_cast<T>(0);                   \
-    ra::BackwardChannelsCpu<T>(shape, MakeAttrs(spatial_scale, sampling_ratio, aligned), grad,    \
-                               boxes, box_indices, grad_features, 0, shape.channels);             \
-    return 0;                                                                                     \
-  }
-
-MRCNN_HARNESS_CPU(f32, float)
-MRCNN_HARNESS_CPU(f64, double)
-
-// bfloat16 (_bf16): features, output and gradients are raw bfloat16 bits (uint16), boxes float32;
-// the sums are float32 (the backward's in a scratch buffer), rounded once, as the TF op.
-extern "C" int mrcnn_roi_align_forward_cpu_bf16(const long long* dims, int pooled_h, int pooled_w,
-                                                float spatial_scale, int sampling_ratio, int aligned,
-                                                const ra::bf16_bits_t* features, const float* boxes,
-                                                const int* box_indices, ra::bf16_bits_t* output) {
+// The entry points' bodies, for storage type S and compute (boxes) type T.
+template <typename S, typename T>
+int ForwardCpu(const long long* dims, int pooled_h, int pooled_w, float spatial_scale, int sampling_ratio,
+               int aligned, const S* features, const T* boxes, const int* box_indices, S* output) {
   const ra::Shape shape = MakeShape(dims, pooled_h, pooled_w);
-  ra::ForwardBoxesCpu<ra::bf16_bits_t, float>(shape, MakeAttrs(spatial_scale, sampling_ratio, aligned),
-                                              features, boxes, box_indices, output, 0, shape.num_boxes);
+  ra::ForwardBoxesCpu<S, T>(shape, MakeAttrs(spatial_scale, sampling_ratio, aligned), features, boxes,
+                            box_indices, output, 0, shape.num_boxes);
   return 0;
 }
 
-extern "C" int mrcnn_roi_align_backward_cpu_bf16(const long long* dims, int pooled_h, int pooled_w,
-                                                 float spatial_scale, int sampling_ratio, int aligned,
-                                                 const ra::bf16_bits_t* grad, const float* boxes,
-                                                 const int* box_indices, ra::bf16_bits_t* grad_features) {
+// grad_features is zeroed here, as the op does; bfloat16 sums in a float32 buffer, rounded once.
+template <typename S, typename T>
+int BackwardCpu(const long long* dims, int pooled_h, int pooled_w, float spatial_scale, int sampling_ratio,
+                int aligned, const S* grad, const T* boxes, const int* box_indices, S* grad_features) {
   const ra::Shape shape = MakeShape(dims, pooled_h, pooled_w);
-  const long long pixels = shape.batch * shape.height * shape.width;
-  std::vector<float> sums(static_cast<size_t>(pixels * shape.channels), 0.0f);
-  ra::BackwardChannelsCpu<ra::bf16_bits_t, float>(shape, MakeAttrs(spatial_scale, sampling_ratio, aligned),
-                                                  grad, boxes, box_indices, sums.data(), 0, shape.channels);
-  ra::NarrowChannelsCpu<ra::bf16_bits_t, float>(sums.data(), grad_features, pixels, shape.channels, 0,
-                                                shape.channels);
+  const long long count = shape.batch * shape.height * shape.width * shape.channels;
+  const bool narrow = !std::is_same<S, T>::value;
+  std::vector<T> scratch(narrow ? static_cast<size_t>(count) : 0);
+  T* sums = narrow ? scratch.data() : reinterpret_cast<T*>(grad_features);
+  for (long long i = 0; i < count; ++i) sums[i] = static_cast<T>(0);
+  ra::BackwardChannelsCpu<S, T>(shape, MakeAttrs(spatial_scale, sampling_ratio, aligned), grad, boxes,
+                                box_indices, sums, 0, shape.channels);
+  if (narrow) ra::NarrowCpu<S, T>(sums, grad_features, count);
   return 0;
 }
 
 #if defined(__CUDACC__)
-// forward(features -> pooled) and backward(gradient -> features' gradient, zeroed first) on
-// `stream` (float32 / float64: the accumulator is the output itself, no scratch buffer).
-#define MRCNN_HARNESS_CUDA(SUFFIX, T)                                                             \
-  extern "C" int mrcnn_roi_align_forward_cuda_##SUFFIX(                                           \
-      const long long* dims, int pooled_h, int pooled_w, float spatial_scale, int sampling_ratio, \
-      int aligned, const T* values, const T* boxes, const int* box_indices, T* output,            \
-      void* stream) {                                                                             \
-    return static_cast<int>(ra::LaunchRoiAlignForward<T>(                                         \
-        MakeShape(dims, pooled_h, pooled_w), MakeAttrs(spatial_scale, sampling_ratio, aligned),   \
-        values, boxes, box_indices, output, static_cast<cudaStream_t>(stream)));                  \
-  }                                                                                               \
-  extern "C" int mrcnn_roi_align_backward_cuda_##SUFFIX(                                          \
-      const long long* dims, int pooled_h, int pooled_w, float spatial_scale, int sampling_ratio, \
-      int aligned, const T* values, const T* boxes, const int* box_indices, T* output,            \
-      void* stream) {                                                                             \
-    return static_cast<int>(ra::LaunchRoiAlignBackward<T>(                                        \
-        MakeShape(dims, pooled_h, pooled_w), MakeAttrs(spatial_scale, sampling_ratio, aligned),   \
-        values, boxes, box_indices, output, static_cast<T*>(nullptr),                             \
-        static_cast<cudaStream_t>(stream)));                                                      \
-  }
-
-MRCNN_HARNESS_CUDA(f32, float)
-MRCNN_HARNESS_CUDA(f64, double)
-
-extern "C" int mrcnn_roi_align_forward_cuda_bf16(const long long* dims, int pooled_h, int pooled_w,
-                                                 float spatial_scale, int sampling_ratio, int aligned,
-                                                 const ra::bf16_bits_t* features, const float* boxes,
-                                                 const int* box_indices, ra::bf16_bits_t* output,
-                                                 void* stream) {
-  return static_cast<int>(ra::LaunchRoiAlignForward<ra::bf16_bits_t, float>(
-      MakeShape(dims, pooled_h, pooled_w), MakeAttrs(spatial_scale, sampling_ratio, aligned), features,
-      boxes, box_indices, output, static_cast<cudaStream_t>(stream)));
+template <typename S, typename T>
+int ForwardCuda(const long long* dims, int pooled_h, int pooled_w, float spatial_scale, int sampling_ratio,
+                int aligned, const S* features, const T* boxes, const int* box_indices, S* output, void* stream) {
+  return static_cast<int>(ra::LaunchRoiAlignForward<S, T>(
+      MakeShape(dims, pooled_h, pooled_w), MakeAttrs(spatial_scale, sampling_ratio, aligned), features, boxes,
+      box_indices, output, static_cast<cudaStream_t>(stream)));
 }
 
-// The float32 scratch the sums need is allocated and freed on the stream here (the TF op gets it
-// from TensorFlow's allocator).
-extern "C" int mrcnn_roi_align_backward_cuda_bf16(const long long* dims, int pooled_h, int pooled_w,
-                                                  float spatial_scale, int sampling_ratio, int aligned,
-                                                  const ra::bf16_bits_t* grad, const float* boxes,
-                                                  const int* box_indices, ra::bf16_bits_t* grad_features,
-                                                  void* stream) {
+// Zeroes the gradient first. bfloat16's float32 scratch is allocated and freed on the stream here
+// (the TF op gets it from TensorFlow's allocator); float32 / float64 sum into the output itself.
+template <typename S, typename T>
+int BackwardCuda(const long long* dims, int pooled_h, int pooled_w, float spatial_scale, int sampling_ratio,
+                 int aligned, const S* grad, const T* boxes, const int* box_indices, S* grad_features,
+                 void* stream) {
   const ra::Shape shape = MakeShape(dims, pooled_h, pooled_w);
   const cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
-  const size_t bytes = sizeof(float) * static_cast<size_t>(shape.batch * shape.height * shape.width *
-                                                           shape.channels);
-  float* scratch = nullptr;
-  cudaError_t status = cudaMallocAsync(reinterpret_cast<void**>(&scratch), bytes > 0 ? bytes : 1,
-                                       cuda_stream);
-  if (status != cudaSuccess) return static_cast<int>(status);
-  status = ra::LaunchRoiAlignBackward<ra::bf16_bits_t, float>(
-      shape, MakeAttrs(spatial_scale, sampling_ratio, aligned), grad, boxes, box_indices,
-      grad_features, scratch, cuda_stream);
-  const cudaError_t freed = cudaFreeAsync(scratch, cuda_stream);
+  T* scratch = nullptr;
+  if (!std::is_same<S, T>::value) {
+    const size_t bytes = sizeof(T) * static_cast<size_t>(shape.batch * shape.height * shape.width *
+                                                         shape.channels);
+    const cudaError_t allocated = cudaMallocAsync(reinterpret_cast<void**>(&scratch), bytes > 0 ? bytes : 1,
+                                                  cuda_stream);
+    if (allocated != cudaSuccess) return static_cast<int>(allocated);
+  }
+  const cudaError_t status = ra::LaunchRoiAlignBackward<S, T>(
+      shape, MakeAttrs(spatial_scale, sampling_ratio, aligned), grad, boxes, box_indices, grad_features,
+      scratch, cuda_stream);
+  const cudaError_t freed = scratch != nullptr ? cudaFreeAsync(scratch, cuda_stream) : cudaSuccess;
   return static_cast<int>(status != cudaSuccess ? status : freed);
 }
+#endif
+
+}  // namespace
+
+// Entry points: (dims, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned, values, boxes,
+// box_indices, output[, stream]), values = features or gradient, output = pooled features or the
+// features' gradient; S the values' type, T the boxes'.
+#define MRCNN_HARNESS_CPU(SUFFIX, S, T)                                                            \
+  extern "C" int mrcnn_roi_align_forward_cpu_##SUFFIX(                                             \
+      const long long* dims, int pooled_h, int pooled_w, float spatial_scale, int sampling_ratio,  \
+      int aligned, const S* values, const T* boxes, const int* box_indices, S* output) {           \
+    return ForwardCpu<S, T>(dims, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned,      \
+                            values, boxes, box_indices, output);                                   \
+  }                                                                                                \
+  extern "C" int mrcnn_roi_align_backward_cpu_##SUFFIX(                                            \
+      const long long* dims, int pooled_h, int pooled_w, float spatial_scale, int sampling_ratio,  \
+      int aligned, const S* values, const T* boxes, const int* box_indices, S* output) {           \
+    return BackwardCpu<S, T>(dims, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned,     \
+                             values, boxes, box_indices, output);                                  \
+  }
+
+MRCNN_HARNESS_CPU(f32, float, float)
+MRCNN_HARNESS_CPU(f64, double, double)
+MRCNN_HARNESS_CPU(bf16, ra::bf16_bits_t, float)  // raw bfloat16 bits (uint16), float32 boxes
+
+#if defined(__CUDACC__)
+#define MRCNN_HARNESS_CUDA(SUFFIX, S, T)                                                           \
+  extern "C" int mrcnn_roi_align_forward_cuda_##SUFFIX(                                            \
+      const long long* dims, int pooled_h, int pooled_w, float spatial_scale, int sampling_ratio,  \
+      int aligned, const S* values, const T* boxes, const int* box_indices, S* output,             \
+      void* stream) {                                                                              \
+    return ForwardCuda<S, T>(dims, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned,     \
+                             values, boxes, box_indices, output, stream);                          \
+  }                                                                                                \
+  extern "C" int mrcnn_roi_align_backward_cuda_##SUFFIX(                                           \
+      const long long* dims, int pooled_h, int pooled_w, float spatial_scale, int sampling_ratio,  \
+      int aligned, const S* values, const T* boxes, const int* box_indices, S* output,             \
+      void* stream) {                                                                              \
+    return BackwardCuda<S, T>(dims, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned,    \
+                              values, boxes, box_indices, output, stream);                         \
+  }
+
+MRCNN_HARNESS_CUDA(f32, float, float)
+MRCNN_HARNESS_CUDA(f64, double, double)
+MRCNN_HARNESS_CUDA(bf16, ra::bf16_bits_t, float)
 
 extern "C" int mrcnn_roi_align_harness_has_cuda() { return 1; }
 #else

@@ -276,8 +276,8 @@ MRCNN_CPU_CLONES void ForwardBoxesCpu(const Shape& shape, const Attrs& attrs, co
 
 // Backward for channels [c_begin, c_end) of all boxes: grad_features[.., c] += w * grad[.., c].
 // Threads own disjoint channel ranges, so there are no races and the result is deterministic.
-// grad_features (compute type T: for bfloat16 storage a float scratch buffer, see
-// NarrowChannelsCpu) must be zeroed by the caller.
+// grad_features (compute type T: for bfloat16 storage a float scratch buffer, rounded afterwards
+// by NarrowCpu) must be zeroed by the caller.
 template <typename S, typename T = S>
 MRCNN_CPU_CLONES void BackwardChannelsCpu(const Shape& shape, const Attrs& attrs, const S* grad, const T* boxes,
                          const std::int32_t* box_indices, T* grad_features, index_t c_begin,
@@ -322,15 +322,10 @@ MRCNN_CPU_CLONES void BackwardChannelsCpu(const Shape& shape, const Attrs& attrs
   }
 }
 
-// Rounds channels [c_begin, c_end) of every pixel of the accumulated gradient to storage type S.
+// Rounds `count` accumulated values to storage type S (the CPU twin of NarrowKernel).
 template <typename S, typename T>
-MRCNN_CPU_CLONES void NarrowChannelsCpu(const T* sums, S* out, index_t pixels, index_t channels,
-                                        index_t c_begin, index_t c_end) {
-  for (index_t i = 0; i < pixels; ++i) {
-    const T* __restrict__ from = sums + i * channels;
-    S* __restrict__ to = out + i * channels;
-    for (index_t c = c_begin; c < c_end; ++c) Narrow(from[c], to + c);
-  }
+MRCNN_CPU_CLONES void NarrowCpu(const T* __restrict__ from, S* __restrict__ to, index_t count) {
+  for (index_t i = 0; i < count; ++i) Narrow(from[i], to + i);
 }
 #endif  // !__CUDACC_RTC__
 

@@ -224,9 +224,9 @@ struct RoiAlignLauncher<CPUDevice, T> {
       const int64_t pixels = shape.batch * shape.height * shape.width;
       tensorflow::Shard(workers.num_threads, workers.workers, pixels, shape.channels * 2,
                         [&](int64_t begin, int64_t end) {
-                          ra::NarrowChannelsCpu<S, C>(acc + begin * shape.channels,
-                                                      out + begin * shape.channels, end - begin,
-                                                      shape.channels, 0, shape.channels);
+                          ra::NarrowCpu<S, C>(acc + begin * shape.channels,
+                                              out + begin * shape.channels,
+                                              (end - begin) * shape.channels);
                         });
     }
   }
