@@ -336,9 +336,7 @@ class _TorchCase:
     def _ours(self, direction: str) -> None:
         values, out = (self.features, self.output) if direction == "forward" else (self.grad, self.grad_features)
         stream = self.torch.cuda.current_stream().cuda_stream if self.device == "cuda" else 0
-        self.harness.call(direction, self.device, self.dtype_name if self.bfloat16 else np.dtype(self.dtype_name),
-                          self.dims,
-                          self.pooled, TIMING_SCALE, 2, True,
+        self.harness.call(direction, self.device, self.dtype_name, self.dims, self.pooled, TIMING_SCALE, 2, True,
                           (values.data_ptr(), self.boxes.data_ptr(), self.indices.data_ptr(), out.data_ptr()), stream)
 
     def ours_forward(self) -> None:
@@ -369,11 +367,10 @@ class _TorchCase:
             forward = self.harness.forward_cpu_bf16 if self.bfloat16 else self.harness.forward_cpu
             backward = self.harness.backward_cpu_bf16 if self.bfloat16 else self.harness.backward_cpu
             errors["forward_vs_cpu"] = max_error(output, forward(
-                host["features"].float().numpy() if self.bfloat16 else host["features"].numpy(), host["boxes"],
-                host["indices"], self.pooled, TIMING_SCALE))
+                widen(host["features"]).numpy(), host["boxes"], host["indices"], self.pooled, TIMING_SCALE))
             errors["backward_vs_cpu"] = max_error(grad_features, backward(
-                host["grad"].float().numpy() if self.bfloat16 else host["grad"].numpy(),
-                tuple(host["features"].shape), host["boxes"], host["indices"], TIMING_SCALE))
+                widen(host["grad"]).numpy(), tuple(host["features"].shape), host["boxes"], host["indices"],
+                TIMING_SCALE))
         if self.tv_roi_align is not None and not self.bfloat16:
             errors["forward_vs_torchvision"] = max_error(output, self.tv_forward().permute(0, 2, 3, 1).cpu().numpy())
             errors["backward_vs_torchvision"] = max_error(
@@ -446,7 +443,7 @@ def _torch_forward(harness: Harness, torch: object, dtype: type) -> Callable[...
         on = [torch.from_numpy(np.ascontiguousarray(array)).cuda() for array in
               (*arrays, np.asarray(box_indices, np.int32))]
         output = torch.zeros((len(boxes), *pooled, features.shape[3]), dtype=on[0].dtype, device="cuda")
-        harness.call("forward", "cuda", dtype if bfloat16 else np.dtype(dtype), (*features.shape, len(boxes)),
+        harness.call("forward", "cuda", dtype, (*features.shape, len(boxes)),
                      pooled, spatial_scale, sampling_ratio, aligned, tuple(t.data_ptr() for t in (*on, output)),
                      torch.cuda.current_stream().cuda_stream)
         torch.cuda.synchronize()

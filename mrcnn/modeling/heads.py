@@ -117,8 +117,8 @@ class ClassMaskConv(keras.layers.Conv2D):
             logits = tf.einsum("rhwc,cr->rhw", tf.cast(inputs, columns.dtype), columns)
             if self.use_bias:
                 logits += tf.gather(self.bias, channels)[:, None, None]
-        logits = tf.cast(logits, tf.float32)
-        return self.logit_activation(logits) if self.logit_activation is not None else logits
+        # keras.activations.get(None) is the identity: without an activation these are the logits.
+        return self.logit_activation(tf.cast(logits, tf.float32))
 
     def compute_output_spec(self, inputs: keras.KerasTensor, channels: keras.KerasTensor | None = None
                             ) -> keras.KerasTensor:

@@ -62,8 +62,8 @@ BUILD_INFO_PATH = LIBRARY_PATH.parent / "build_info.json"
 # per call: the feature maps up, the pooled output down). The rest (float16; bfloat16 in the
 # pure-TF fallback) is cast to float32 and back. Boxes are never half precision (0.5 px steps at
 # 1024 px).
-_OP_DTYPES = (tf.float32, tf.float64)
-_OP_NATIVE_DTYPES = (tf.float32, tf.float64, tf.bfloat16)
+_FALLBACK_DTYPES = (tf.float32, tf.float64)
+_OP_DTYPES = (tf.float32, tf.float64, tf.bfloat16)
 _FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
 
@@ -285,7 +285,7 @@ _roi_align_tf_traced = tf.function(_roi_align_tf_core, reduce_retracing=True, au
 
 
 @tf.autograph.experimental.do_not_convert
-def _prepare_inputs(features, boxes, box_indices, output_size, native_dtypes=_OP_DTYPES):
+def _prepare_inputs(features, boxes, box_indices, output_size, native_dtypes=_FALLBACK_DTYPES):
     """Converts, checks and picks the dtypes: features stay in `native_dtypes`, others become
     float32; boxes take float64 with float64 features, float32 otherwise."""
     features = tf.convert_to_tensor(features)
@@ -439,7 +439,7 @@ def roi_align_op(features, boxes, box_indices, output_size, spatial_scale: float
     if library is None:
         raise RuntimeError(f"RoIAlign op unavailable: {_load_error}")
     features, boxes, box_indices, ph, pw, in_dtype = _prepare_inputs(features, boxes, box_indices, output_size,
-                                                                     native_dtypes=_OP_NATIVE_DTYPES)
+                                                                     native_dtypes=_OP_DTYPES)
     out = library.roi_align(features, boxes, box_indices, pooled_height=ph, pooled_width=pw,
                             spatial_scale=_float32_attr(spatial_scale), sampling_ratio=int(sampling_ratio),
                             aligned=bool(aligned))
