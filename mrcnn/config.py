@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -225,6 +227,7 @@ class Config:
             value = getattr(self, name)
             if isinstance(value, (list, dict, np.ndarray)):
                 setattr(self, name, _copy_value(value))
+        self._check_scalar_types()  # before the derived values: they compute with these fields
         self._compute_derived()
         self.validate()
 
@@ -255,6 +258,7 @@ class Config:
         Raises:
             ValueError: naming the offending field and its value.
         """
+        self._check_scalar_types()
         if not isinstance(self.NUM_CLASSES, (int, np.integer)) or self.NUM_CLASSES < 2:
             raise ValueError(
                 f"NUM_CLASSES must be an int >= 2 (background + at least one class), got {self.NUM_CLASSES!r}"
@@ -416,9 +420,24 @@ class Config:
                              f"(derived fields {list(DERIVED_FIELDS)} are computed)")
         for name, value in fields.items():
             setattr(self, name, value)
+        self._check_scalar_types()
         self._compute_derived()
         self.validate()
         return self
+
+    def _check_scalar_types(self) -> None:
+        """Raises ValueError for a field annotated int, float, bool or str holding another type.
+
+        A value of the wrong kind (e.g. ``--set IMAGE_MIN_DIM=abc`` arriving as a string) would
+        otherwise fail later inside an arithmetic or comparison, with a TypeError naming no field.
+        """
+        for name, (kind, optional) in SCALAR_FIELDS.items():
+            value = getattr(self, name)
+            if value is None and optional:
+                continue
+            if not _is_scalar_of(value, kind):
+                expected = _SCALAR_NAMES[kind] + (" or None" if optional else "")
+                raise ValueError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})")
 
     # ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -527,6 +546,35 @@ class C4Config(Config):
 def c4_defaults() -> dict[str, Any]:
     """The fields `C4Config` sets, as a fresh dict (for ``config.update(**c4_defaults())``)."""
     return {name: _copy_value(value) for name, value in vars(C4Config).items() if name.isupper()}
+
+
+_SCALAR_NAMES = {int: "an int", float: "a number", bool: "True or False", str: "a string"}
+
+
+def _scalar_fields(config_class: type) -> dict[str, tuple[type, bool]]:
+    """Fields annotated ``int``, ``float``, ``bool`` or ``str`` (``| None`` allowed) -> (type, None allowed)."""
+    fields = {}
+    for name, hint in typing.get_type_hints(config_class).items():
+        members = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        kinds = [member for member in members if member is not type(None)]
+        if name.isupper() and len(kinds) == 1 and kinds[0] in _SCALAR_NAMES:
+            fields[name] = (kinds[0], len(kinds) < len(members))
+    return fields
+
+
+def _is_scalar_of(value: Any, kind: type) -> bool:
+    """Whether `value` is a `kind` (numpy scalars included; an int is a number; a bool only a bool)."""
+    is_bool = isinstance(value, (bool, np.bool_))
+    if kind is bool or is_bool:
+        return kind is bool and is_bool
+    if kind is int:
+        return isinstance(value, (int, np.integer))
+    if kind is float:
+        return isinstance(value, (int, float, np.integer, np.floating))
+    return isinstance(value, str)
+
+
+SCALAR_FIELDS = _scalar_fields(Config)
 
 
 def _copy_value(value: Any) -> Any:

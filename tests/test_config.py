@@ -89,6 +89,33 @@ def test_validate_names_the_bad_field(overrides, message):
         bad()
 
 
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("IMAGE_MIN_DIM", "abc", r"IMAGE_MIN_DIM must be an int, got 'abc' \(str\)"),  # --set IMAGE_MIN_DIM=abc
+        ("NUM_CLASSES", "3", "NUM_CLASSES must be an int, got '3'"),
+        ("GPU_COUNT", 2.0, r"GPU_COUNT must be an int, got 2.0 \(float\)"),
+        ("STEPS_PER_EPOCH", True, "STEPS_PER_EPOCH must be an int, got True"),
+        ("LEARNING_RATE", "1e-3", "LEARNING_RATE must be a number, got '1e-3'"),
+        ("USE_MINI_MASK", 1, r"USE_MINI_MASK must be True or False, got 1 \(int\)"),
+        ("TRAIN_BN", "no", "TRAIN_BN must be True or False or None"),
+        ("NAME", 3, "NAME must be a string or None"),
+        ("IMAGE_RESIZE_MODE", None, "IMAGE_RESIZE_MODE must be a string, got None"),
+    ],
+)
+def test_scalar_fields_of_the_wrong_type_are_named(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        type("Bad", (TinyConfig,), {field: value})()
+    with pytest.raises(ValueError, match=message):  # update() checks before computing derived values
+        TinyConfig().update(**{field: value})
+
+
+def test_scalar_fields_take_numpy_scalars_ints_for_numbers_and_none_where_optional():
+    config = TinyConfig().update(IMAGE_MIN_DIM=np.int64(128), LEARNING_RATE=1, DETECTION_MIN_CONFIDENCE=np.float32(0.5),
+                                 USE_MINI_MASK=np.bool_(False), TRAIN_BN=None, SEED=None, NAME=None)
+    assert config.IMAGE_MIN_DIM == 128 and config.LEARNING_RATE == 1 and config.TRAIN_BN is None
+
+
 def test_mask_ablation_defaults_are_the_papers():
     # Table 2: sigmoid per-class masks (b), class-specific (K channels), FCN head (e).
     assert (Config.MASK_LOSS, Config.MASK_CLASS_AGNOSTIC, Config.MASK_HEAD_TYPE) == ("sigmoid", False, "fcn")

@@ -317,16 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs a command; returns 0, 2 with one error line for a missing file or bad input, 130 on Ctrl-C."""
+    from mrcnn.cli import run_command
+
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "train":
-            train(args)
-        else:
-            evaluate(args)
-    except KeyboardInterrupt:
-        print("Interrupted: resume with --model last")
-        return 130
-    return 0
+    command = train if args.command == "train" else evaluate
+    return run_command(lambda: command(args), prog="coco.py", show_traceback=args.verbose >= 2,
+                       interrupted_hint="Interrupted: resume with --model last")
 
 
 if __name__ == "__main__":

@@ -330,17 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs a command; returns 0, or 2 with the message on stderr for a missing file or bad input."""
-    from mrcnn.weights import WeightsNotAvailableError
+    """Runs a command; returns 0, 2 with one error line for a missing file or bad input, 130 on Ctrl-C."""
+    from mrcnn.cli import run_command
 
     args = build_parser().parse_args(argv)
-    commands = {"train": train, "evaluate": evaluate, "detect": detect, "splash": splash}
-    try:
-        commands[args.command](args)
-    except (WeightsNotAvailableError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    command = {"train": train, "evaluate": evaluate, "detect": detect, "splash": splash}[args.command]
+    return run_command(lambda: command(args), prog="custom.py", show_traceback=args.verbose >= 2,
+                       interrupted_hint="Interrupted: resume with --weights last")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from mrcnn.callbacks import TrainingBudget  # noqa: E402
+from mrcnn.cli import run_command  # noqa: E402
 from mrcnn.tiling import detect_tiled  # noqa: E402
 from samples.nucleus.augment import microscopy_augmentation  # noqa: E402
 from samples.nucleus.config import NucleusConfig, NucleusInferenceConfig  # noqa: E402
@@ -177,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         # Must run before TF starts its runtime (the first op); one thread each lets two runs share 2 cores.
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    {"train": train, "evaluate": evaluate, "detect": detect}[args.command](args)
-    return 0
+    command = {"train": train, "evaluate": evaluate, "detect": detect}[args.command]
+    return run_command(lambda: command(args), prog="nucleus.py", show_traceback=args.verbose >= 2)
 
 
 if __name__ == "__main__":

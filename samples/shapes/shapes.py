@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 
 from mrcnn import visualize  # noqa: E402
 from mrcnn.callbacks import TrainingBudget  # noqa: E402
+from mrcnn.cli import run_command  # noqa: E402
 from mrcnn.data.augment import Compose, HorizontalFlip, VerticalFlip  # noqa: E402
 from mrcnn.data.shapes import ShapesConfig, ShapesDataset  # noqa: E402
 from mrcnn.evaluation.evaluate import evaluate_dataset  # noqa: E402
@@ -238,7 +239,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs a command; returns 0, 2 with one error line for a missing file or bad input, 130 on Ctrl-C."""
     args = _parser().parse_args(argv)
+    return run_command(lambda: _run(args), prog="shapes.py", show_traceback=args.verbose >= 2,
+                       interrupted_hint="Interrupted: continue with train --weights last")
+
+
+def _run(args: argparse.Namespace) -> None:
     if args.command == "demo":
         demo(args)
     elif args.command == "train":
@@ -250,7 +257,6 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(evaluate(model, args.eval_images, verbose=args.verbose), indent=2))
         else:
             print(f"Wrote {draw(model, args.count, args.out)}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -118,10 +118,17 @@ def test_one_step_train_then_evaluate_on_a_coco_export(tmp_path):
     assert (logs / "detections_val2017.json").is_file()
 
 
-def test_missing_dataset_names_the_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match="instances_train2017.json"):
-        coco.main(["train", "--dataset", str(tmp_path / "nowhere"), "--model", "none", "--verbose", "0"]
-                  + _set(TINY))
+def test_missing_dataset_names_the_path(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert coco.main(["train", "--dataset", str(missing), "--model", "none", "--verbose", "0"] + _set(TINY)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("coco.py: error: ") and str(missing / "annotations" / "instances_train2017.json") in err
+    assert "Traceback" not in err
+
+
+def test_a_set_value_of_the_wrong_type_names_the_field(tmp_path, capsys):
+    assert coco.main(["evaluate", "--dataset", str(tmp_path), "--set", "IMAGE_MIN_DIM=abc"]) == 2
+    assert "IMAGE_MIN_DIM must be an int, got 'abc'" in capsys.readouterr().err
 
 
 def test_training_from_scratch_with_frozen_batchnorm_warns():

@@ -1,0 +1,46 @@
+"""Exit statuses and error messages for the command-line scripts (``samples/*/*.py``).
+
+A missing dataset folder or a mistyped ``--set`` field is the user's input, not a bug: the scripts
+print one ``prog: error: ...`` line (argparse's form) and exit with 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable
+
+# What the library raises for bad input: a missing file, dataset or weights (WeightsNotAvailableError
+# is a FileNotFoundError) and a bad value (Config fields, dataset contents, arguments).
+USER_ERRORS = (FileNotFoundError, ValueError)
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # the shell's status for SIGINT
+
+
+def run_command(command: Callable[[], object], prog: str, show_traceback: bool = False,
+                interrupted_hint: str | None = None) -> int:
+    """Runs one command of a script and returns the process exit status.
+
+    Args:
+        command: the work, with its arguments bound.
+        prog: the script's name, first on the error line.
+        show_traceback: also print the traceback of a user error (e.g. ``--verbose 2``); errors of
+            any other type always propagate with theirs.
+        interrupted_hint: printed on Ctrl-C, e.g. how to resume (the checkpoint is already written
+            by ``MaskRCNN.train``).
+
+    Returns:
+        0 on success, 2 after a user error (message on stderr), 130 after Ctrl-C.
+    """
+    try:
+        command()
+    except USER_ERRORS as error:
+        if show_traceback:
+            traceback.print_exc()
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        if interrupted_hint:
+            print(interrupted_hint, file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0

@@ -1,0 +1,43 @@
+"""Tests for mrcnn/cli.py."""
+
+import pytest
+
+from mrcnn.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, run_command
+
+
+def _raise(error: BaseException):
+    def command():
+        raise error
+    return command
+
+
+def test_success_is_zero_and_runs_the_command():
+    ran = []
+    assert run_command(lambda: ran.append(1), prog="x.py") == 0
+    assert ran == [1]
+
+
+@pytest.mark.parametrize("error", [FileNotFoundError("no such file: data/annotations.json"),
+                                   ValueError("IMAGE_MIN_DIM must be an int, got 'abc' (str)")])
+def test_user_errors_print_one_line_without_traceback(error, capsys):
+    assert run_command(_raise(error), prog="x.py") == EXIT_USER_ERROR == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"x.py: error: {error}\n"
+    assert captured.out == ""
+
+
+def test_show_traceback_keeps_the_traceback(capsys):
+    assert run_command(_raise(ValueError("bad")), prog="x.py", show_traceback=True) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback") and err.endswith("x.py: error: bad\n")
+
+
+def test_other_errors_propagate():
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_command(_raise(RuntimeError("a bug")), prog="x.py")
+
+
+def test_ctrl_c_exits_130_with_the_hint(capsys):
+    assert run_command(_raise(KeyboardInterrupt()), prog="x.py", interrupted_hint="resume with --model last") == 130
+    assert EXIT_INTERRUPTED == 130
+    assert capsys.readouterr().err == "resume with --model last\n"
