@@ -552,11 +552,18 @@ class MaskRCNN(keras.Model):
                      exclude: Sequence[str] | None = None, skip_mismatch: bool = False) -> dict[str, Any] | None:
         """Loads weights.
 
-        A Keras 3 `.weights.h5` file loads by structure (as saved by `save_weights`). With
-        `by_name=True` (or any legacy Keras-2 `.h5`, e.g. matterport's `mask_rcnn_coco.h5`),
-        weights load by layer name and layers named in `exclude` are skipped, so heads for a
-        different class count can be left out. Loading a checkpoint from a run's log dir also
-        sets the epoch counter so that training continues at the next epoch.
+        A Keras 3 `.weights.h5` file (`save_weights`, or a checkpoint of `train`, whose optimizer
+        state `train` then restores) loads by structure. With `by_name=True`, `exclude` or
+        `skip_mismatch` (and for any legacy Keras-2 `.h5`, e.g. matterport's `mask_rcnn_coco.h5`),
+        weights load by layer name from either format, layers named in `exclude` are skipped and,
+        with `skip_mismatch`, layers whose shapes differ too: heads for a different class count can
+        be left out (fine-tuning one's own checkpoint on new classes as well as matterport's; the
+        optimizer state is then not restored). Loading a checkpoint from a run's log dir also sets
+        the epoch counter so that training continues at the next epoch.
+
+        Returns:
+            By name: `weights.load_weights_by_name`'s report ("loaded", "skipped",
+            "missing_in_file", "unmatched_in_file" layer names); by structure: None.
 
         Raises:
             FileNotFoundError: naming the missing file.
@@ -569,7 +576,7 @@ class MaskRCNN(keras.Model):
             raise FileNotFoundError(f"weights file not found: {path}")
         self.ensure_built()
         report = None
-        if by_name or exclude or not str(path).endswith(".weights.h5"):
+        if by_name or exclude or skip_mismatch or not str(path).endswith(".weights.h5"):
             report = weights_io.load_weights_by_name(self, str(path), exclude=exclude, skip_mismatch=skip_mismatch)
         else:
             # The optimizer state in a checkpoint is restored by name when `train` has built the
@@ -589,6 +596,30 @@ class MaskRCNN(keras.Model):
 
     # ------------------------------------------------------------------------------------------
     # Logs, checkpoints, training
+    def _check_train_arguments(self, layers: str, regex: str, epochs: int) -> None:
+        """Fails before any work when `layers` selects no layer; warns about a stage with nothing to
+        do and about a GPU_COUNT the model's strategy does not provide (the model must be built)."""
+        from mrcnn.weights import find_weight_layers
+
+        try:
+            pattern = re.compile(regex)
+        except re.error as error:
+            raise ValueError(f"layers={layers!r} is neither one of {list(LAYER_REGEX)} nor a valid regular "
+                             f"expression: {error}") from error
+        if not any(pattern.fullmatch(name) for name in find_weight_layers(self)):
+            raise ValueError(f"layers={layers!r} selects none of the model's layers: use one of {list(LAYER_REGEX)} "
+                             "or a regular expression matching whole layer names, e.g. r'(mrcnn_.*)|(rpn_.*)'")
+        if epochs <= self.epoch:
+            warnings.warn(f"train(epochs={epochs}) has nothing to do: {self.epoch} epochs are done and `epochs` is "
+                          "the epoch to train up to (as in Keras' fit), not a count of epochs to add", stacklevel=3)
+        replicas = self.distribute_strategy.num_replicas_in_sync
+        if self.config.GPU_COUNT > 1 and replicas == 1:
+            warnings.warn(f"config.GPU_COUNT is {self.config.GPU_COUNT} but this model was built outside a "
+                          f"multi-device strategy: it trains on one device with batches of BATCH_SIZE = "
+                          f"{self.config.BATCH_SIZE} images. Build it under "
+                          "mrcnn.distribute.make_strategy(config).scope() to train one replica per GPU",
+                          stacklevel=3)
+
     def set_log_dir(self, model_path: str | None = None) -> None:
         """Sets the log dir and epoch counter; from a checkpoint path of ours, continues its run."""
         self.epoch = 0
@@ -666,6 +697,9 @@ class MaskRCNN(keras.Model):
         from mrcnn.data.generator import DataGenerator
 
         regex = layer_regex(layers, self.config)
+        with self.distribute_strategy.scope():  # weights made under a multi-device strategy are mirrored
+            self.ensure_built()
+        self._check_train_arguments(layers, regex, epochs)
         seed = self.config.SEED
         gen_kwargs = dict(workers=workers, use_multiprocessing=use_multiprocessing)
         train_gen = DataGenerator(train_dataset, self.config, shuffle=True, augmentation=augmentation, seed=seed,

@@ -154,7 +154,8 @@ def _attr_strings(group: h5py.Group, name: str) -> list[str] | None:
     return None
 
 
-def _open_legacy_h5(path: str) -> tuple[h5py.File, h5py.Group, list[str]]:
+def _open_h5(path: str) -> tuple[h5py.File, h5py.Group, list[str] | None]:
+    """(file, weights root, layer_names) of a Keras-2 h5 file; layer_names None for a Keras 3 file."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights file not found: {path}")
     if os.path.isdir(path):
@@ -167,12 +168,50 @@ def _open_legacy_h5(path: str) -> tuple[h5py.File, h5py.Group, list[str]]:
     if layer_names is None and "model_weights" in handle:
         root = handle["model_weights"]
         layer_names = _attr_strings(root, "layer_names")
+    return handle, root, layer_names
+
+
+def _open_legacy_h5(path: str) -> tuple[h5py.File, h5py.Group, list[str]]:
+    """`_open_h5` for readers of Keras-2 files only: ValueError for anything else."""
+    handle, root, layer_names = _open_h5(path)
     if layer_names is None:
         handle.close()
-        raise ValueError(
-            f"weights file {path} has no 'layer_names' attribute: it is not a Keras-2 (legacy h5) weights "
-            "file. A Keras 3 '.weights.h5' file loads with model.load_weights(path).")
+        raise ValueError(f"weights file {path} has no 'layer_names' attribute: it is not a Keras-2 (legacy h5) "
+                         "weights file")
     return handle, root, layer_names
+
+
+def _keras3_entries(root: h5py.Group, path: str, name_map: dict[str, str] | None = None
+                    ) -> dict[str, list[tuple[str, str, h5py.Dataset]]]:
+    """Layer name -> [(group path, weight index, dataset)] of a Keras 3 ``.weights.h5`` file.
+
+    Keras 3 stores a layer's own variables as datasets "0", "1", ... of a "vars" group (in the
+    order of ``layer.weights``) and records the layer's name in that group's "name" attribute
+    (files without it cannot be read by name). The optimizer state our checkpoints
+    carry (the top-level "optimizer" group) is not a layer's and is left out.
+    """
+    rename = name_map or {}
+    entries: dict[str, list[tuple[str, str, h5py.Dataset]]] = {}
+    unnamed: list[str] = []
+
+    def visit(name: str, item: h5py.Group | h5py.Dataset) -> None:
+        if not isinstance(item, h5py.Group) or name.split("/")[-1] != "vars" or not len(item):
+            return
+        if name.split("/")[0] == "optimizer":
+            return
+        if "name" not in item.attrs:
+            unnamed.append(name)
+            return
+        layer = _decode(item.attrs["name"])
+        entries.setdefault(rename.get(layer, layer), []).extend(
+            (name, key, item[key]) for key in sorted(item, key=lambda key: int(key) if key.isdigit() else key))
+
+    root.visititems(visit)
+    if unnamed:
+        raise ValueError(f"weights file {path}: its variable groups (e.g. {unnamed[0]!r}) carry no layer names "
+                         "(written by an older Keras 3), so it cannot be loaded by name: load it by structure "
+                         "with model.load_weights(path) into the model that saved it")
+    return entries
 
 
 def _file_entries(root: h5py.Group, layer_names: list[str], model_names: set[str],
@@ -224,11 +263,13 @@ def _pair_weights(layer_name: str, stored: list[tuple[str, tuple[int, ...]]],
 def load_weights_by_name(model: keras.layers.Layer, filepath: str | os.PathLike,
                          exclude: Iterable[str] | str | None = None, skip_mismatch: bool = False,
                          name_map: dict[str, str] | None = None) -> LoadReport:
-    """Loads a Keras-2 h5 weights file into `model` by layer name, nested layers included.
+    """Loads an h5 weights file into `model` by layer name, nested layers included.
 
     Args:
         model: a built Keras model or layer (call it once so that its weights exist).
-        filepath: the .h5 file (weights-only or full-model Keras-2 file).
+        filepath: a Keras-2 .h5 file (weights-only or full model, e.g. matterport's
+            ``mask_rcnn_coco.h5``) or a Keras 3 ``.weights.h5`` file (``save_weights`` or a training
+            checkpoint of this package: its optimizer state is not read).
         exclude: layer names not to load. Each entry matches a layer name exactly, or as a regular
             expression over the whole name (``re.fullmatch``): "mrcnn_bbox" excludes only
             mrcnn_bbox (not mrcnn_bbox_fc), "res5.*" all of stage 5. A group name (e.g. "rpn_model")
@@ -254,13 +295,14 @@ def load_weights_by_name(model: keras.layers.Layer, filepath: str | os.PathLike,
     excluded = _Excluder(exclude)
     model_layers = find_weight_layers(model)
     all_names = {layer.name for layer in iter_layers(model)}
-    handle, root, layer_names = _open_legacy_h5(path)
+    handle, root, layer_names = _open_h5(path)
     loaded: list[str] = []
     skipped: list[str] = []
     unmatched: list[str] = []
     assignments: list[tuple[keras.Variable, np.ndarray]] = []
     try:
-        entries = _file_entries(root, layer_names, set(model_layers) | all_names, path, name_map)
+        entries = (_file_entries(root, layer_names, set(model_layers) | all_names, path, name_map)
+                   if layer_names is not None else _keras3_entries(root, path, name_map))
         for owner, stored in entries.items():
             if excluded(owner) or any(excluded(group) for group, _, _ in stored):
                 skipped.append(owner)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+import warnings
 
 import h5py
 import keras
@@ -13,9 +15,9 @@ import tensorflow as tf
 from mrcnn.config import Config
 from mrcnn.data.generator import DataGenerator
 from mrcnn.data.shapes import ShapesDataset
-from mrcnn.model import MaskRCNN
+from mrcnn.model import MaskRCNN, layer_regex
 from mrcnn.modeling.architecture import Architecture
-from mrcnn.weights import find_weight_layers
+from mrcnn.weights import MATTERPORT_HEAD_LAYERS, find_weight_layers, own_weights
 
 
 class TinySettings:
@@ -146,6 +148,31 @@ def test_train_with_a_mismatched_dataset_leaves_no_run_folder(config, tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing for find_last or TensorBoard to list
     with pytest.raises(FileNotFoundError):
         model.find_last()
+
+
+@pytest.mark.parametrize("layers, message", [("head", "selects none of the model's layers"),
+                                             ("bogus", "selects none"), ("res(5", "nor a valid regular expression")])
+def test_train_rejects_layers_that_select_nothing_before_any_work(config, tmp_path, layers, message):
+    model = MaskRCNN(mode="training", config=config, model_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=rf"layers='{re.escape(layers)}' .*{message}") as error:
+        model.train(_shapes(2, seed=2), None, learning_rate=0.01, epochs=1, layers=layers, verbose=0)
+    assert "['heads', '3+', '4+', '5+', 'all']" in str(error.value)  # the choices
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_warns_about_a_stage_with_nothing_to_do_and_an_unused_gpu_count(config):
+    model = MaskRCNN(mode="training", config=config)
+    model.ensure_built()
+    model.epoch = 2
+    with pytest.warns(UserWarning, match=r"train\(epochs=2\) has nothing to do: 2 epochs are done"):
+        model._check_train_arguments("heads", layer_regex("heads", config), epochs=2)
+    two_gpus = MaskRCNN(mode="training", config=type(config)().update(GPU_COUNT=2))
+    two_gpus.ensure_built()
+    with pytest.warns(UserWarning, match="GPU_COUNT is 2 but this model was built outside a multi-device strategy"):
+        two_gpus._check_train_arguments("heads", layer_regex("heads", config), epochs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model._check_train_arguments("all", layer_regex("all", config), epochs=3)
 
 
 def test_describe_learning_rate_names_a_schedule_and_its_value_now():
@@ -486,6 +513,54 @@ def test_by_name_shape_mismatch_names_layer_and_shapes(config, tmp_path):
         model.load_weights(path, by_name=True)
     # Excluding the mismatched layer (the fine-tuning idiom) loads the rest.
     model.load_weights(path, by_name=True, exclude=["mrcnn_class_logits"])
+
+
+def _randomize(model: MaskRCNN, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    model.set_weights([rng.normal(size=w.shape).astype(w.dtype) for w in model.get_weights()])
+
+
+def test_keras3_weights_load_by_name_like_by_structure(config, tmp_path):
+    """A Keras 3 .weights.h5 (save_weights or a train checkpoint) also loads by name, with exclude."""
+    source = MaskRCNN(mode="inference", config=config)
+    source.ensure_built()
+    _randomize(source, 1)
+    path = str(tmp_path / "own.weights.h5")
+    source.save_weights(path)
+
+    target = MaskRCNN(mode="inference", config=config)
+    target.ensure_built()
+    _randomize(target, 2)
+    kept = {w.path: w.numpy().copy() for layer in target.all_layers() if layer.name == "mrcnn_mask" for w in layer.weights}
+    report = target.load_weights(path, by_name=True, exclude=["mrcnn_mask"])
+    assert "mrcnn_mask" in report["skipped"] and report["missing_in_file"] == [] and report["unmatched_in_file"] == []
+    for mine, theirs in zip(target.weights, source.weights):
+        expected = kept[mine.path] if mine.path in kept else theirs.numpy()
+        np.testing.assert_array_equal(mine.numpy(), expected, err_msg=mine.path)
+
+
+def test_own_checkpoint_fine_tunes_on_another_class_count(config, tmp_path):
+    """matterport's idiom on one's own checkpoint: a new NUM_CLASSES leaves the class-sized heads out."""
+    source = MaskRCNN(mode="inference", config=config)
+    source.ensure_built()
+    _randomize(source, 3)
+    path = str(tmp_path / "mask_rcnn_own_0001.weights.h5")
+    source.save_weights(path)
+    more_classes = type(config)().update(NUM_CLASSES=config.NUM_CLASSES + 2)
+    target = MaskRCNN(mode="inference", config=more_classes)
+    target.ensure_built()
+    with pytest.raises(ValueError, match=r"layer 'mrcnn_(bbox_fc|class_logits|mask)'.*has shape.*skip_mismatch"):
+        target.load_weights(path, by_name=True)
+    report = target.load_weights(path, skip_mismatch=True)
+    assert sorted(report["skipped"]) == ["mrcnn_bbox_fc", "mrcnn_class_logits", "mrcnn_mask"]
+    source_layers = find_weight_layers(source)
+    target_layers = find_weight_layers(target)
+    assert sorted(report["loaded"]) == sorted(set(target_layers) - set(report["skipped"]))
+    for name in report["loaded"]:
+        for mine, theirs in zip(own_weights(target_layers[name]), own_weights(source_layers[name]), strict=True):
+            np.testing.assert_array_equal(mine.numpy(), theirs.numpy(), err_msg=f"{name}/{mine.name}")
+    report = target.load_weights(path, by_name=True, exclude=MATTERPORT_HEAD_LAYERS)
+    assert set(report["skipped"]) >= {"mrcnn_bbox_fc", "mrcnn_class_logits", "mrcnn_mask"}
 
 
 def test_load_weights_missing_file(config):
