@@ -227,9 +227,7 @@ class Config:
             value = getattr(self, name)
             if isinstance(value, (list, dict, np.ndarray)):
                 setattr(self, name, _copy_value(value))
-        self._check_scalar_types()  # before the derived values: they compute with these fields
-        self._compute_derived()
-        self.validate()
+        self.validate()  # computes the derived values first
 
     # ----------------------------------------------------------------------------------------
     @classmethod
@@ -253,12 +251,17 @@ class Config:
         self.IMAGE_META_SIZE = 1 + 3 + 3 + 4 + 1 + self.NUM_CLASSES
 
     def validate(self) -> None:
-        """Checks field values and their consistency.
+        """Recomputes the derived values, then checks field values and their consistency.
+
+        Derived values (BATCH_SIZE, IMAGE_SHAPE, IMAGE_META_SIZE) follow the fields here, so a field
+        set on an instance (``config.IMAGES_PER_GPU = 4``) takes effect at the latest when `MaskRCNN`
+        validates its config; `update()` does it at once.
 
         Raises:
             ValueError: naming the offending field and its value.
         """
-        self._check_scalar_types()
+        self._check_scalar_types()  # before the derived values: they compute with these fields
+        self._compute_derived()
         if not isinstance(self.NUM_CLASSES, (int, np.integer)) or self.NUM_CLASSES < 2:
             raise ValueError(
                 f"NUM_CLASSES must be an int >= 2 (background + at least one class), got {self.NUM_CLASSES!r}"
@@ -420,8 +423,6 @@ class Config:
                              f"(derived fields {list(DERIVED_FIELDS)} are computed)")
         for name, value in fields.items():
             setattr(self, name, value)
-        self._check_scalar_types()
-        self._compute_derived()
         self.validate()
         return self
 
@@ -480,7 +481,6 @@ class Config:
             elif name == "BACKBONE" and isinstance(value, dict):
                 value = Architecture(**value)
             setattr(config, name, value)
-        config._compute_derived()
         config.validate()
         return config
 

@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from mrcnn import distribute, utils
 from mrcnn.config import Config
+from mrcnn.data.dataset import conform_channels
 from mrcnn.freezing import FrozenFunction, batchnorm_fold, freeze
 from mrcnn.layers import DetectionLayer, DetectionTargetLayer, ProposalLayer, PyramidROIAlign, SingleLevelROIAlign
 from mrcnn.layers.keypoint_target import KeypointTargetLayer
@@ -1240,16 +1241,7 @@ def _as_rgb(image: np.ndarray, channels: int, index: int) -> np.ndarray:
         what = repr(image.item()) if image.ndim == 0 else f"an array of {image.dtype}"
         raise TypeError(f"image {index} is {what}, not pixels: detect takes image arrays; read files first, "
                         "e.g. mrcnn.data.dataset.read_image_rgb(path)")
-    if image.ndim == 2:
-        image = np.stack([image] * 3, axis=-1)
-    if image.ndim != 3:
-        raise ValueError(f"image {index} must be [H,W] or [H,W,C], got shape {image.shape}")
-    if image.shape[-1] == 4 and channels == 3:
-        image = image[..., :3]
-    elif image.shape[-1] == 1 and channels == 3:
-        image = np.repeat(image, 3, axis=-1)
-    if image.shape[-1] != channels:
-        raise ValueError(f"image {index} has {image.shape[-1]} channels, the config expects {channels}")
+    image = conform_channels(image, channels, where=f"image {index}")
     if min(image.shape[:2]) < 1:
         raise ValueError(f"image {index} is empty: shape {image.shape}")
     return image

@@ -203,6 +203,17 @@ def test_update_recomputes_derived_values_and_validates():
         config.update(OPTIMIZER="rmsprop")
 
 
+def test_validate_recomputes_derived_values_of_fields_set_on_the_instance():
+    config = TinyConfig()
+    config.IMAGES_PER_GPU = 1  # matterport notebooks set fields on an inference config like this
+    config.IMAGE_MIN_DIM = config.IMAGE_MAX_DIM = 256
+    config.validate()  # MaskRCNN(config=...) runs it
+    assert config.BATCH_SIZE == 2 and config.IMAGE_SHAPE.tolist() == [256, 256, 3]
+    config.IMAGE_MAX_DIM = 100
+    with pytest.raises(ValueError, match="IMAGE_MAX_DIM=100 must be divisible by 64"):
+        config.validate()
+
+
 # Keypoint R-CNN fields (their own block in config.py)
 class _KeypointConfig(Config):
     NUM_CLASSES = 2

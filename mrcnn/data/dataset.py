@@ -325,6 +325,38 @@ def read_image_rgb(path: str | Path, uint16_scaling: str = "range") -> np.ndarra
         raise ValueError(f"image file {path_str}: {error}") from error
 
 
+def conform_channels(image: np.ndarray, channels: int, where: str = "image") -> np.ndarray:
+    """An image with the config's channel count, as `detect` and training take it.
+
+    With ``channels == 3``: [H, W] and [H, W, 1] grayscale are repeated to 3 channels and RGBA
+    loses its alpha (as `Dataset.load_image` does); [H, W] becomes [H, W, 1] otherwise. Values and
+    dtype are left alone.
+
+    Args:
+        image: [H, W] or [H, W, C] array.
+        channels: config.IMAGE_CHANNEL_COUNT.
+        where: how error messages name the image, e.g. "image 3 (path/to/file.png)".
+
+    Returns:
+        [H, W, channels] (a view when nothing had to be repeated).
+
+    Raises:
+        ValueError: naming `where`, for another rank or a channel count that cannot be conformed.
+    """
+    if image.ndim == 2:
+        image = image[:, :, np.newaxis]
+    if image.ndim != 3:
+        raise ValueError(f"{where} must be [H,W] or [H,W,C], got shape {image.shape}")
+    if channels == 3 and image.shape[-1] == 4:
+        image = image[:, :, :3]
+    elif channels == 3 and image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    if image.shape[-1] != channels:
+        raise ValueError(f"{where} has {image.shape[-1]} channels, the config expects {channels} "
+                         "(IMAGE_CHANNEL_COUNT)")
+    return image
+
+
 def to_rgb_uint8(image: np.ndarray, uint16_scaling: str = "range") -> np.ndarray:
     """Converts an image array to [H, W, 3] uint8 RGB.
 

@@ -7,6 +7,7 @@ padded) image; deltas ``(dy, dx, log(dh), log(dw))`` with ``h = y2 - y1`` (docs/
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -15,6 +16,7 @@ import scipy.ndimage as ndi
 from mrcnn import utils
 from mrcnn.data import keypoints as kp
 from mrcnn.data.augment import Augmenter
+from mrcnn.data.dataset import conform_channels
 
 # matterport's RPN labelling thresholds (Faster R-CNN paper, section 3.1.2).
 RPN_POSITIVE_IOU = 0.7
@@ -69,14 +71,15 @@ def load_image_gt(
     if getattr(dataset, "load_label_mask", None) is not None and not with_keypoints:
         # Datasets of non-overlapping instances (nuclei) hand over one label image: much faster.
         return load_image_gt_from_labels(dataset, config, image_id, augmentation, rng)
-    image = np.asarray(dataset.load_image(image_id))
+    where = f"image {image_id} ({dataset.image_reference(image_id)})"
+    image = _checked_image(dataset.load_image(image_id), config, where)
     mask, class_ids = dataset.load_mask(image_id)
     mask = np.asarray(mask)
-    class_ids = np.asarray(class_ids).astype(np.int32).reshape(-1)
-    if image.ndim != 3 or mask.ndim != 3 or image.shape[:2] != mask.shape[:2] or mask.shape[-1] != class_ids.shape[0]:
+    class_ids = _checked_class_ids(class_ids, config, where, "load_mask")
+    if mask.ndim != 3 or image.shape[:2] != mask.shape[:2] or mask.shape[-1] != class_ids.shape[0]:
         raise ValueError(
-            f"image {image_id} ({dataset.image_reference(image_id)}): load_image gave {image.shape}, load_mask gave "
-            f"masks {mask.shape} and class_ids {class_ids.shape}; expected [H, W, 3], [H, W, N] and [N]"
+            f"{where}: load_image gave {image.shape}, load_mask gave masks {mask.shape} and class_ids "
+            f"{class_ids.shape}; expected [H, W, {config.IMAGE_CHANNEL_COUNT}], [H, W, N] and [N]"
         )
     if mask.dtype != np.bool_:
         mask = mask > 0
@@ -160,14 +163,15 @@ def load_image_gt_from_labels(
     """
     if rng is None:
         rng = np.random.default_rng()
-    image = np.asarray(dataset.load_image(image_id))
+    where = f"image {image_id} ({dataset.image_reference(image_id)})"
+    image = _checked_image(dataset.load_image(image_id), config, where)
     labels, class_ids = dataset.load_label_mask(image_id)
     labels = np.asarray(labels)
-    class_ids = np.asarray(class_ids).astype(np.int32).reshape(-1)
-    if image.ndim != 3 or labels.shape != image.shape[:2] or not np.issubdtype(labels.dtype, np.integer):
+    class_ids = _checked_class_ids(class_ids, config, where, "load_label_mask")
+    if labels.shape != image.shape[:2] or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(
-            f"image {image_id} ({dataset.image_reference(image_id)}): load_image gave {image.shape}, load_label_mask "
-            f"gave labels {labels.shape} {labels.dtype}; expected [H, W, 3] and [H, W] integer"
+            f"{where}: load_image gave {image.shape}, load_label_mask gave labels {labels.shape} {labels.dtype}; "
+            f"expected [H, W, {config.IMAGE_CHANNEL_COUNT}] and [H, W] integer"
         )
     if augmentation is not None:
         image, stacked = augmentation(image, labels[:, :, None], rng)
@@ -190,6 +194,29 @@ def load_image_gt_from_labels(
     active_class_ids[dataset.source_class_ids[dataset.image_info[image_id]["source"]]] = 1
     image_meta = utils.compose_image_meta(image_id, original_shape, image.shape, window, scale, active_class_ids)
     return np.ascontiguousarray(image), image_meta, class_ids, bbox, mask
+
+
+def _checked_image(image: Any, config: Any, where: str) -> np.ndarray:
+    """`load_image`'s output with IMAGE_CHANNEL_COUNT channels (grayscale and RGBA conformed as
+    `detect` does, `conform_channels`); warns once about floats on the [0, 1] scale."""
+    image = conform_channels(np.asarray(image), int(config.IMAGE_CHANNEL_COUNT), where)
+    if image.dtype.kind == "f" and image.size and 0 < float(np.nanmax(image)) <= 1.0:
+        # The same text for every image: Python's warning filter shows it once.
+        warnings.warn("load_image gave a float image with values in [0, 1]; the model trains on the 0..255 "
+                      "scale (Dataset.load_image returns uint8) and would see nearly black images: multiply "
+                      "by 255 or return uint8", stacklevel=3)
+    return image
+
+
+def _checked_class_ids(class_ids: Any, config: Any, where: str, source: str) -> np.ndarray:
+    """[N] int32 class ids; ValueError naming the image for ids that are neither a class nor a crowd (< 0)."""
+    class_ids = np.asarray(class_ids).astype(np.int32).reshape(-1)
+    bad = class_ids[(class_ids == 0) | (class_ids >= config.NUM_CLASSES)]
+    if bad.size:
+        raise ValueError(f"{where}: {source} gave class ids {sorted(set(bad.tolist()))}, outside "
+                         f"1..{config.NUM_CLASSES - 1} (NUM_CLASSES = {config.NUM_CLASSES}; 0 is the background, "
+                         "negative ids mark crowd regions)")
+    return class_ids
 
 
 def labels_to_targets(

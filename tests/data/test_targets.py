@@ -216,6 +216,53 @@ def test_load_image_gt_shapes_and_alignment(use_mini_mask):
             np.testing.assert_array_equal(utils.extract_bboxes(mask), bbox)
 
 
+class _Overridden(SquaresDataset):
+    """SquaresDataset whose load_image / load_mask outputs go through `image_fn` / `class_fn`."""
+
+    def __init__(self, image_fn=None, class_fn=None):
+        super().__init__(1, 96, 128, instances=2, seed=5)
+        self.prepare()
+        self.image_fn, self.class_fn = image_fn or (lambda image: image), class_fn or (lambda ids: ids)
+
+    def load_image(self, image_id):
+        return self.image_fn(super().load_image(image_id))
+
+    def load_mask(self, image_id):
+        masks, class_ids = super().load_mask(image_id)
+        return masks, self.class_fn(class_ids)
+
+
+@pytest.mark.parametrize("bad", [0, 4, 9])
+def test_load_image_gt_names_class_ids_outside_the_config(bad):
+    dataset = _Overridden(class_fn=lambda ids: np.array([ids[0], bad]))
+    with pytest.raises(ValueError, match=rf"image 0 \(.*\): load_mask gave class ids \[{bad}\], outside 1..3 "
+                                         r"\(NUM_CLASSES = 4"):
+        targets.load_image_gt(dataset, TinyConfig(), 0, rng=np.random.default_rng(0))
+    crowd = _Overridden(class_fn=lambda ids: np.array([ids[0], -2]))  # negative: a crowd region, allowed
+    assert targets.load_image_gt(crowd, TinyConfig(), 0, rng=np.random.default_rng(0))[2][1] == -2
+
+
+@pytest.mark.parametrize("convert", [lambda rgb: rgb[:, :, 0], lambda rgb: rgb[:, :, :1],
+                                     lambda rgb: np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])],
+                         ids=["gray", "gray1", "rgba"])
+def test_load_image_gt_conforms_grayscale_and_rgba_as_detect_does(convert):
+    plain = targets.load_image_gt(_Overridden(), TinyConfig(), 0, rng=np.random.default_rng(0))[0]
+    image = targets.load_image_gt(_Overridden(image_fn=convert), TinyConfig(), 0, rng=np.random.default_rng(0))[0]
+    assert image.shape == (128, 128, 3) and image.dtype == np.uint8
+    expected = convert(plain)  # the same conversion of the resized image (nearest-free: values are flat colours)
+    expected = expected[:, :, :3] if expected.ndim == 3 and expected.shape[-1] == 4 else expected
+    np.testing.assert_array_equal(image, np.broadcast_to(expected.reshape(128, 128, -1), image.shape))
+
+
+def test_load_image_gt_names_a_wrong_channel_count_and_warns_about_0_1_floats():
+    two = _Overridden(image_fn=lambda rgb: rgb[:, :, :2])
+    with pytest.raises(ValueError, match=r"image 0 \(.*\) has 2 channels, the config expects 3 \(IMAGE_CHANNEL_COUNT\)"):
+        targets.load_image_gt(two, TinyConfig(), 0, rng=np.random.default_rng(0))
+    unit = _Overridden(image_fn=lambda rgb: rgb.astype(np.float32) / 255)
+    with pytest.warns(UserWarning, match=r"float image with values in \[0, 1\]"):
+        targets.load_image_gt(unit, TinyConfig(), 0, rng=np.random.default_rng(0))
+
+
 def test_load_image_gt_drops_vanished_instances_and_marks_active_classes():
     dataset = SquaresDataset(1, 96, 128, instances=2, seed=1)
     dataset.add_class("other", 1, "other thing")  # a class the image's source does not have
