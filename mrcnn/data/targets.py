@@ -36,6 +36,7 @@ def load_image_gt(
     augmentation: Augmenter | None = None,
     rng: np.random.Generator | None = None,
     with_keypoints: bool = False,
+    use_mini_mask: bool | None = None,
 ) -> tuple[np.ndarray, ...]:
     """Loads one image with its ground truth, resized (and augmented) for training.
 
@@ -52,6 +53,8 @@ def load_image_gt(
         rng: random generator for augmentation and the "crop" resize mode; a fresh unseeded one when None.
         with_keypoints: also load `dataset.load_keypoints` and return them, moved through the same
             augmentation (mirrors swap left/right partners, see config.KEYPOINT_FLIP_MAP) and resize.
+        use_mini_mask: overrides config.USE_MINI_MASK (None: the config's). matterport's keyword:
+            evaluation code compares full-size masks, ``load_image_gt(..., use_mini_mask=False)``.
 
     Returns:
         image: [H, W, 3] uint8, the molded size (config.IMAGE_SHAPE except in "none"/"pad64" modes).
@@ -59,7 +62,7 @@ def load_image_gt(
             is the shape after augmentation and before resizing (the frame window/scale refer to).
         class_ids: [N] int32 internal class ids (negative for crowd instances).
         bbox: [N, (y1, x1, y2, x2)] int32 pixel boxes in the molded image.
-        mask: [mh, mw, N] bool mini masks (MINI_MASK_SHAPE) when USE_MINI_MASK, else [H, W, N] bool.
+        mask: [mh, mw, N] bool mini masks (MINI_MASK_SHAPE) with mini masks, else [H, W, N] bool.
         keypoints (only with `with_keypoints`): [N, NUM_KEYPOINTS, 3] float32 (x, y, visibility) in
             continuous pixel coordinates of the molded image; keypoints cropped away get visibility 0.
 
@@ -68,9 +71,10 @@ def load_image_gt(
     """
     if rng is None:
         rng = np.random.default_rng()
+    mini_mask = bool(config.USE_MINI_MASK if use_mini_mask is None else use_mini_mask)
     if getattr(dataset, "load_label_mask", None) is not None and not with_keypoints:
         # Datasets of non-overlapping instances (nuclei) hand over one label image: much faster.
-        return load_image_gt_from_labels(dataset, config, image_id, augmentation, rng)
+        return load_image_gt_from_labels(dataset, config, image_id, augmentation, rng, use_mini_mask=mini_mask)
     where = f"image {image_id} ({dataset.image_reference(image_id)})"
     image = _checked_image(dataset.load_image(image_id), config, where)
     mask, class_ids = dataset.load_mask(image_id)
@@ -113,7 +117,7 @@ def load_image_gt(
         mode=config.IMAGE_RESIZE_MODE,
         rng=rng,
     )
-    if config.USE_MINI_MASK:
+    if mini_mask:
         # Same result as resize_mask + extract_bboxes + minimize_mask, without full-size masks.
         bbox, mask = utils.resize_and_minimize_mask(mask, scale, padding, crop, config.MINI_MASK_SHAPE)
         keep = bbox[:, 2] > bbox[:, 0]
@@ -148,6 +152,7 @@ def load_image_gt_from_labels(
     image_id: int,
     augmentation: Augmenter | None = None,
     rng: np.random.Generator | None = None,
+    use_mini_mask: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """`load_image_gt` for datasets whose instances never overlap and come as one label image.
 
@@ -186,7 +191,8 @@ def load_image_gt_from_labels(
         image, min_dim=config.IMAGE_MIN_DIM, max_dim=config.IMAGE_MAX_DIM, min_scale=config.IMAGE_MIN_SCALE,
         mode=config.IMAGE_RESIZE_MODE, rng=rng,
     )
-    mini_shape = tuple(config.MINI_MASK_SHAPE) if config.USE_MINI_MASK else None
+    mini_mask = config.USE_MINI_MASK if use_mini_mask is None else use_mini_mask
+    mini_shape = tuple(config.MINI_MASK_SHAPE) if mini_mask else None
     present, bbox, mask = labels_to_targets(labels, class_ids.shape[0], scale, padding, crop, mini_shape)
     class_ids = class_ids[present]
 

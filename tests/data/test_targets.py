@@ -263,6 +263,30 @@ def test_load_image_gt_names_a_wrong_channel_count_and_warns_about_0_1_floats():
         targets.load_image_gt(unit, TinyConfig(), 0, rng=np.random.default_rng(0))
 
 
+class _Labelled(SquaresDataset):
+    """SquaresDataset through the label-image path (its squares overlap: the later one wins, in both paths)."""
+
+    def load_label_mask(self, image_id):
+        masks, class_ids = self.load_mask(image_id)
+        labels = np.zeros(masks.shape[:2], np.int32)
+        for k in range(masks.shape[-1]):
+            labels[masks[:, :, k]] = k + 1
+        return labels, class_ids
+
+
+@pytest.mark.parametrize("labelled", [False, True])
+def test_load_image_gt_use_mini_mask_overrides_the_config(labelled):
+    """matterport's evaluation idiom: load_image_gt(..., use_mini_mask=False) gives full-size masks."""
+    dataset = (_Labelled if labelled else SquaresDataset)(1, 96, 128, instances=(1, 1), seed=5)
+    dataset.prepare()
+    config = TinyConfig()
+    assert config.USE_MINI_MASK
+    mini = targets.load_image_gt(dataset, config, 0, rng=np.random.default_rng(0))[4]
+    full = targets.load_image_gt(dataset, config, 0, rng=np.random.default_rng(0), use_mini_mask=False)[4]
+    assert mini.shape == tuple(config.MINI_MASK_SHAPE) + (1,) and full.shape == (128, 128, 1)
+    assert full.sum() == dataset.load_mask(0)[0].sum()  # scale 1: the same pixels, padded
+
+
 def test_load_image_gt_drops_vanished_instances_and_marks_active_classes():
     dataset = SquaresDataset(1, 96, 128, instances=2, seed=1)
     dataset.add_class("other", 1, "other thing")  # a class the image's source does not have
