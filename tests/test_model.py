@@ -515,22 +515,20 @@ def test_by_name_shape_mismatch_names_layer_and_shapes(config, tmp_path):
     model.load_weights(path, by_name=True, exclude=["mrcnn_class_logits"])
 
 
-def _randomize(model: MaskRCNN, seed: int) -> None:
+def _built_random_model(config: Config, seed: int) -> MaskRCNN:
+    model = MaskRCNN(mode="inference", config=config)
+    model.ensure_built()
     rng = np.random.default_rng(seed)
     model.set_weights([rng.normal(size=w.shape).astype(w.dtype) for w in model.get_weights()])
+    return model
 
 
 def test_keras3_weights_load_by_name_like_by_structure(config, tmp_path):
     """A Keras 3 .weights.h5 (save_weights or a train checkpoint) also loads by name, with exclude."""
-    source = MaskRCNN(mode="inference", config=config)
-    source.ensure_built()
-    _randomize(source, 1)
+    source = _built_random_model(config, 1)
     path = str(tmp_path / "own.weights.h5")
     source.save_weights(path)
-
-    target = MaskRCNN(mode="inference", config=config)
-    target.ensure_built()
-    _randomize(target, 2)
+    target = _built_random_model(config, 2)
     kept = {w.path: w.numpy().copy() for layer in target.all_layers() if layer.name == "mrcnn_mask" for w in layer.weights}
     report = target.load_weights(path, by_name=True, exclude=["mrcnn_mask"])
     assert "mrcnn_mask" in report["skipped"] and report["missing_in_file"] == [] and report["unmatched_in_file"] == []
@@ -541,14 +539,10 @@ def test_keras3_weights_load_by_name_like_by_structure(config, tmp_path):
 
 def test_own_checkpoint_fine_tunes_on_another_class_count(config, tmp_path):
     """matterport's idiom on one's own checkpoint: a new NUM_CLASSES leaves the class-sized heads out."""
-    source = MaskRCNN(mode="inference", config=config)
-    source.ensure_built()
-    _randomize(source, 3)
+    source = _built_random_model(config, 3)
     path = str(tmp_path / "mask_rcnn_own_0001.weights.h5")
     source.save_weights(path)
-    more_classes = type(config)().update(NUM_CLASSES=config.NUM_CLASSES + 2)
-    target = MaskRCNN(mode="inference", config=more_classes)
-    target.ensure_built()
+    target = _built_random_model(type(config)().update(NUM_CLASSES=config.NUM_CLASSES + 2), 4)
     with pytest.raises(ValueError, match=r"layer 'mrcnn_(bbox_fc|class_logits|mask)'.*has shape.*skip_mismatch"):
         target.load_weights(path, by_name=True)
     report = target.load_weights(path, skip_mismatch=True)
