@@ -771,6 +771,14 @@ class MaskRCNN(keras.Model):
                 print(f"\nInterrupted. Completed epochs: {self.epoch}; last epoch checkpoint: {last}; "
                       f"state at the interrupt: {path}")
             raise
+        except tf.errors.OpError:
+            failure = train_gen.failure or (val_gen.failure if val_gen is not None else None)
+            if failure is None:
+                raise
+            # A batch failed to load (a missing or corrupt image, a bad load_mask): its own
+            # exception, not tf.data's wrapper of it. Finished epochs keep their checkpoints.
+            self.epoch = checkpoint.completed_epochs or self.epoch
+            raise failure from None
         # Epochs that ended with a finite loss count as done (a NaN stop keeps the last good one).
         losses = history.history.get("loss", [])
         done = [e + 1 for e, loss in zip(history.epoch, losses) if np.isfinite(loss)]

@@ -175,6 +175,30 @@ def test_train_warns_about_a_stage_with_nothing_to_do_and_an_unused_gpu_count(co
         model._check_train_arguments("all", layer_regex("all", config), epochs=3)
 
 
+class _LosesAFile(ShapesDataset):
+    """Shapes whose `fail_at`-th image read raises as a missing file would (not in the first batch)."""
+
+    fail_at = 0
+    reads = 0
+
+    def load_image(self, image_id):
+        self.reads += 1
+        if self.reads == self.fail_at:
+            raise FileNotFoundError(f"image file not found: lost/{image_id}.png")
+        return super().load_image(image_id)
+
+
+def test_a_batch_that_fails_to_load_mid_training_raises_its_own_error(config, tmp_path):
+    dataset = _LosesAFile()
+    dataset.load_shapes(4, 64, 64, seed=2)
+    dataset.prepare()
+    dataset.fail_at = 2 * config.BATCH_SIZE + 1  # after the batch Keras reads first
+    model = MaskRCNN(mode="training", config=config, model_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"^image file not found: lost/\d\.png$"):
+        model.train(dataset, None, learning_rate=0.01, epochs=3, layers="heads", verbose=0)
+    assert dataset.reads == dataset.fail_at
+
+
 def test_describe_learning_rate_names_a_schedule_and_its_value_now():
     from mrcnn.model import describe_learning_rate
 

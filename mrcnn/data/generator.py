@@ -107,6 +107,7 @@ class DataGenerator(keras.utils.PyDataset):
         self.mask_shape = tuple(config.MINI_MASK_SHAPE) if config.USE_MINI_MASK else self.image_shape[:2]
         # The permutation of one (epoch, pass) is reused by all its batches; cache the latest few.
         self._orders: dict[tuple[int, int], np.ndarray] = {}
+        self.failure: Exception | None = None  # the exception of the batch that failed to load
 
     # --------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -142,6 +143,16 @@ class DataGenerator(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         if not 0 <= index < len(self):
             raise IndexError(f"batch index {index} out of range for {len(self)} batches")
+        try:
+            return self._batch(index)
+        except Exception as error:
+            # Keras runs this inside tf.data, which re-raises it as a TF OpError (UnknownError,
+            # InvalidArgumentError) with the message buried in a graph traceback; MaskRCNN.train
+            # raises this original instead (e.g. the FileNotFoundError of a missing image).
+            self.failure = error
+            raise
+
+    def _batch(self, index: int) -> dict[str, np.ndarray]:
         config = self.config
         batch = self.batch_size
         max_gt = int(config.MAX_GT_INSTANCES)
