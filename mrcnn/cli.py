@@ -6,9 +6,12 @@ print one ``prog: error: ...`` line (argparse's form) and exit with 2 instead of
 
 from __future__ import annotations
 
+import ast
+import json
 import sys
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 # What the library raises for bad input: a missing file, dataset or weights (WeightsNotAvailableError
 # is a FileNotFoundError) and a bad value (Config fields, dataset contents, arguments).
@@ -44,3 +47,30 @@ def run_command(command: Callable[[], object], prog: str, show_traceback: bool =
             print(interrupted_hint, file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``--set`` items -> Config fields: ``["image_max_dim=128", "BACKBONE=resnet50"]`` ->
+    ``{"IMAGE_MAX_DIM": 128, "BACKBONE": "resnet50"}``.
+
+    Field names are upper-cased. A value is a Python literal when it parses as one (numbers, tuples,
+    lists, None, True), else JSON (null, true, false), else the string itself (``resnet50``);
+    `Config.update` then checks names and types.
+
+    Raises:
+        ValueError: naming an item without ``=``.
+    """
+    overrides: dict[str, Any] = {}
+    for item in items or []:
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--set takes FIELD=VALUE items, got {item!r}")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+        overrides[name.strip().upper()] = value
+    return overrides

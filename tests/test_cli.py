@@ -2,7 +2,7 @@
 
 import pytest
 
-from mrcnn.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, run_command
+from mrcnn.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, parse_overrides, run_command
 
 
 def _raise(error: BaseException):
@@ -41,3 +41,14 @@ def test_ctrl_c_exits_130_with_the_hint(capsys):
     assert run_command(_raise(KeyboardInterrupt()), prog="x.py", interrupted_hint="resume with --model last") == 130
     assert EXIT_INTERRUPTED == 130
     assert capsys.readouterr().err == "resume with --model last\n"
+
+
+def test_parse_overrides_upper_cases_names_and_reads_python_or_json_values():
+    assert parse_overrides(["image_max_dim=64", "BACKBONE=resnet50", "SCALE_JITTER=(48, 64)", "TRAIN_BN=true",
+                            "SEED=null", "MASK_SHAPE=[14, 14]", "LEARNING_RATE=1e-3", "NAME=my run"]) == {
+        "IMAGE_MAX_DIM": 64, "BACKBONE": "resnet50", "SCALE_JITTER": (48, 64), "TRAIN_BN": True, "SEED": None,
+        "MASK_SHAPE": [14, 14], "LEARNING_RATE": 1e-3, "NAME": "my run"}
+    assert parse_overrides(None) == {}
+    for bad in ("IMAGE_MAX_DIM", "=3"):
+        with pytest.raises(ValueError, match=f"FIELD=VALUE items, got '{bad}'"):
+            parse_overrides([bad])

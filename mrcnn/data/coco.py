@@ -35,6 +35,7 @@ import json
 import shutil
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -158,9 +159,13 @@ class CocoDataset(Dataset):
             The COCO object if `return_coco`, else None.
 
         Raises:
-            FileNotFoundError: naming the annotation file or image folder that is missing.
+            FileNotFoundError: naming the annotation file or image folder that is missing, or
+                (with a count and examples) image files that are not in `image_dir`.
             ValueError: naming the file when it is not COCO-format JSON, or the class ids that
-                it does not define.
+                it does not define, or a category without a name.
+
+        Warns:
+            UserWarning: for annotations whose image id no image has (they are left out).
         """
         json_path, image_dir = Path(json_path), Path(image_dir)
         if not json_path.is_file():
@@ -190,11 +195,25 @@ class CocoDataset(Dataset):
 
         for class_id in class_ids:
             category = coco.loadCats(class_id)[0]
+            if "name" not in category:
+                raise ValueError(f"category {class_id} in {json_path} has no 'name'")
             self.add_class(source, class_id, category["name"])
             if category.get("keypoints") and self.keypoint_names is None:
                 # The first category with keypoints (COCO: person) defines the keypoint types.
                 self.keypoint_names = tuple(category["keypoints"])
                 self.skeleton = tuple((int(a) - 1, int(b) - 1) for a, b in category.get("skeleton", []))
+        orphans = sorted({a["image_id"] for a in coco.anns.values()} - set(coco.imgs), key=str)
+        if orphans:
+            # pycocotools indexes them under ids no image has: they would vanish without a word.
+            count = sum(1 for a in coco.anns.values() if a["image_id"] not in coco.imgs)
+            warnings.warn(f"{json_path}: {count} annotations refer to image ids that no image has "
+                          f"(e.g. {orphans[:5]}); they are left out. Image ids must match 'images' entries "
+                          "exactly (same numbers, not strings)", stacklevel=2)
+        missing = [coco.imgs[i].get("file_name") for i in image_ids
+                   if "file_name" in coco.imgs[i] and not (image_dir / coco.imgs[i]["file_name"]).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} of the {len(image_ids)} images of {json_path} are not in "
+                                    f"{image_dir}, e.g. {missing[:3]}")
         for image_id in image_ids:
             info = coco.imgs[image_id]
             if "file_name" not in info:

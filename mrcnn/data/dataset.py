@@ -215,8 +215,11 @@ class Dataset:
         """The id in `source` of internal class `class_id`.
 
         Raises:
-            ValueError: if the class does not come from `source`.
+            ValueError: if the class does not exist or does not come from `source`.
         """
+        if not 0 <= class_id < len(self.class_info):
+            raise ValueError(f"internal class {class_id} does not exist: the dataset has {len(self.class_info)} "
+                             f"classes (0..{len(self.class_info) - 1}, background included)")
         info = self.class_info[class_id]
         if info["source"] != source:
             raise ValueError(
@@ -323,6 +326,17 @@ def read_image_rgb(path: str | Path, uint16_scaling: str = "range") -> np.ndarra
         return to_rgb_uint8(image, uint16_scaling=uint16_scaling)
     except ValueError as error:
         raise ValueError(f"image file {path_str}: {error}") from error
+
+
+def check_num_classes(dataset: Any, config: Any) -> None:
+    """Raises ValueError unless the dataset's class count (background included) is config.NUM_CLASSES.
+
+    The model has NUM_CLASSES outputs and the image meta one active-class flag per dataset class:
+    a model trained on another class count returns ids the dataset cannot map back.
+    """
+    if dataset.num_classes != config.NUM_CLASSES:
+        raise ValueError(f"dataset has {dataset.num_classes} classes (background included) but "
+                         f"config.NUM_CLASSES is {config.NUM_CLASSES}: they must match")
 
 
 def conform_channels(image: np.ndarray, channels: int, where: str = "image") -> np.ndarray:

@@ -32,6 +32,7 @@ import numpy as np
 from mrcnn import utils
 from mrcnn.data import targets
 from mrcnn.data.augment import Augmenter
+from mrcnn.data.dataset import check_num_classes
 
 # Stream tags mixed into the seed so that shuffling and per-batch randomness never share a stream.
 _SHUFFLE_STREAM = 0
@@ -83,10 +84,7 @@ class DataGenerator(keras.utils.PyDataset):
         self.image_ids = np.asarray(dataset.image_ids)
         if self.image_ids.size == 0:
             raise ValueError("dataset has no images: add images and call dataset.prepare() first")
-        if dataset.num_classes != config.NUM_CLASSES:
-            # The image meta carries one active-class flag per dataset class; the model reads NUM_CLASSES.
-            raise ValueError(f"dataset has {dataset.num_classes} classes (background included) but "
-                             f"config.NUM_CLASSES is {config.NUM_CLASSES}: they must match")
+        check_num_classes(dataset, config)
         if steps is not None and (not isinstance(steps, (int, np.integer)) or steps < 1):
             raise ValueError(f"steps must be a positive int or None, got {steps!r}")
         self.steps = None if steps is None else int(steps)

@@ -39,6 +39,7 @@ import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from mrcnn.data.dataset import check_num_classes
 from mrcnn.evaluation.detect_timer import DetectTimer
 from mrcnn.utils import extract_bboxes
 
@@ -245,8 +246,8 @@ def evaluate_coco(
         ``num_detections``, ``max_dets`` and, when the model found nothing, a ``note``.
 
     Raises:
-        ValueError: for unknown eval types, max_dets < 10, no images, or images that are not
-            in `coco`.
+        ValueError: for unknown eval types, max_dets < 10, no images, images that are not in
+            `coco`, or a model whose config.NUM_CLASSES is not the dataset's class count.
     """
     eval_types = (eval_types,) if isinstance(eval_types, str) else tuple(eval_types)
     unknown = [t for t in eval_types if t not in EVAL_TYPES]
@@ -254,6 +255,8 @@ def evaluate_coco(
         raise ValueError(f"eval_types must be a non-empty subset of {EVAL_TYPES}, got {eval_types}")
     if int(max_dets) < 10:
         raise ValueError(f"max_dets must be >= 10 (COCO reports AR at 1 and 10 detections too), got {max_dets}")
+    if getattr(model.config, "NUM_CLASSES", None) is not None:  # stand-in models may not say
+        check_num_classes(dataset, model.config)
     image_ids = [int(i) for i in (dataset.image_ids if image_ids is None else image_ids)]
     if limit:
         image_ids = image_ids[:limit]

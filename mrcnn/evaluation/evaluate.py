@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from mrcnn.data.dataset import check_num_classes
 from mrcnn.evaluation.ap import compute_ap
 from mrcnn.evaluation.detect_timer import DetectTimer
 from mrcnn.utils import extract_bboxes
@@ -36,9 +37,15 @@ def evaluate_dataset(model: Any, dataset: Any, image_ids: Sequence[int] | None =
         dict with box_mAP50, box_mAP, mask_mAP50, mask_mAP (means over images), num_images,
         images_without_gt, and `DetectTimer.summary`'s seconds_per_image, first_batch_seconds
         and seconds_per_image_after_first_batch (detection only; the first call traces the graph).
+
+    Raises:
+        ValueError: iou_thresholds without 0.5, no images, or a model whose config.NUM_CLASSES is
+            not the dataset's class count.
     """
     if 0.5 not in [round(float(t), 2) for t in iou_thresholds]:
         raise ValueError(f"iou_thresholds must include 0.5, got {list(iou_thresholds)}")
+    if getattr(model.config, "NUM_CLASSES", None) is not None:  # stand-in models may not say
+        check_num_classes(dataset, model.config)
     image_ids = list(dataset.image_ids if image_ids is None else image_ids)
     if not image_ids:
         raise ValueError("evaluate_dataset needs at least one image id")

@@ -30,7 +30,6 @@ and restores from checkpoints, so a resumed run continues it exactly.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import math
 import os
@@ -81,31 +80,12 @@ def _config_classes():
     return CocoConfig, CocoInferenceConfig
 
 
-def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """``["IMAGE_MAX_DIM=128", "BACKBONE=resnet50"]`` -> {"IMAGE_MAX_DIM": 128, "BACKBONE": "resnet50"}.
-
-    Values are Python literals when they parse as one (numbers, tuples, None, True), else strings.
-
-    Raises:
-        ValueError: naming an item without ``=``.
-    """
-    overrides: dict[str, Any] = {}
-    for item in items or []:
-        name, sep, raw = item.partition("=")
-        if not sep or not name:
-            raise ValueError(f"--set takes FIELD=VALUE items, got {item!r}")
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        overrides[name.strip().upper()] = value
-    return overrides
-
-
 def make_config(args: argparse.Namespace, inference: bool = False):
     """The config of a command line: CocoConfig (or its inference variant) + --gpus, --steps, --set."""
     train_cls, inference_cls = _config_classes()
     config = (inference_cls if inference else train_cls)()
+    from mrcnn.cli import parse_overrides
+
     overrides = parse_overrides(getattr(args, "set", None))
     if not inference and getattr(args, "gpus", None):
         overrides.setdefault("GPU_COUNT", int(args.gpus))
@@ -280,7 +260,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     ((dataset, coco),) = load_datasets(args, (args.val_subset,))
     model = MaskRCNN(mode="inference", config=config, model_dir=args.logs)
     loaded = load_initial_weights(model, args.model, args.download, args.verbose)
-    print(f"Evaluating {loaded} on {len(dataset.image_ids)} images of {args.val_subset}{args.year}")
+    print(f"Evaluating {loaded or 'random weights (--model none)'} on {len(dataset.image_ids)} images of "
+          f"{args.val_subset}{args.year}")
     results_path = Path(args.logs) / f"detections_{args.val_subset}{args.year}.json"
     results_path.parent.mkdir(parents=True, exist_ok=True)
     stats = evaluate_coco(model, dataset, coco, eval_types=("bbox", "segm"), max_dets=args.max_dets,

@@ -36,6 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from mrcnn.cli import parse_overrides  # noqa: E402
 from mrcnn.config import Config  # noqa: E402
 from samples.custom.polygon_dataset import PolygonDataset  # noqa: E402
 
@@ -55,24 +56,6 @@ class CustomConfig(Config):
     VALIDATION_STEPS = 5
     DETECTION_MIN_CONFIDENCE = 0.9  # few classes: keep only confident detections (matterport's balloon)
     LEARNING_RATE = 0.001
-
-
-def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """["IMAGE_MAX_DIM=64", "BACKBONE=resnet101"] -> {"IMAGE_MAX_DIM": 64, "BACKBONE": "resnet101"}.
-
-    Raises:
-        ValueError: an item without '='.
-    """
-    overrides: dict[str, Any] = {}
-    for item in items or []:
-        name, sep, text = item.partition("=")
-        if not sep or not name:
-            raise ValueError(f"--set expects FIELD=VALUE, got {item!r}")
-        try:
-            overrides[name.strip()] = json.loads(text)
-        except json.JSONDecodeError:
-            overrides[name.strip()] = text  # a bare string such as resnet101
-    return overrides
 
 
 def make_config(num_classes: int, overrides: dict[str, Any] | None = None, inference: bool = False,
@@ -130,6 +113,34 @@ def resolve_start_weights(args: argparse.Namespace, config: Config) -> tuple[str
     return "file", path
 
 
+def own_weights_file(args: argparse.Namespace) -> Path | None:
+    """The weights file of --weights last (the newest checkpoint under --logs) or --weights PATH;
+    None for imagenet, coco and none. FileNotFoundError naming what is missing."""
+    from mrcnn.model import MaskRCNN
+
+    if args.weights in ("imagenet", "coco", "none"):
+        return None
+    if args.weights == "last":
+        # find_last needs only model_dir and the config's NAME; layers get weights only when called.
+        probe = MaskRCNN(mode="inference", config=make_config(1, _name_override(args.set)), model_dir=args.logs)
+        return Path(probe.find_last())
+    path = Path(args.weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"--weights {args.weights}: no such file (expected imagenet, coco, last, none "
+                                "or a path)")
+    return path
+
+
+def saved_config(weights: Path) -> dict[str, Any] | None:
+    """The config.json that training wrote beside `weights` (the run's settings), or None (said)."""
+    saved = weights.parent / "config.json"
+    if not saved.is_file():
+        print(f"No config.json beside {weights}: CustomConfig's defaults and --set apply")
+        return None
+    print(f"Settings of the run that wrote the weights: {saved} (--set overrides them)")
+    return json.loads(saved.read_text())
+
+
 def load_start_weights(model: Any, kind: str, path: Path | None, exclude: list[str] | None) -> None:
     """Loads what `resolve_start_weights` found into a built model."""
     from mrcnn.weights import MATTERPORT_HEAD_LAYERS, load_imagenet_backbone, warn_if_scratch_with_frozen_batchnorm
@@ -164,7 +175,8 @@ def train(args: argparse.Namespace) -> Any:
     train_set = load_subset(args.dataset, "train", classes, args.class_attribute, args.default_class)
     class_names = train_set.class_names[1:]
     val_set = load_subset(args.dataset, "val", class_names, args.class_attribute, args.default_class)
-    config = make_config(len(class_names), parse_overrides(args.set))
+    own = own_weights_file(args)  # continuing a run (--weights last or a checkpoint): its settings
+    config = make_config(len(class_names), parse_overrides(args.set), base=saved_config(own) if own else None)
     kind, path = resolve_start_weights(args, config)
     if args.verbose:
         config.display()
@@ -193,16 +205,10 @@ def inference_model(args: argparse.Namespace) -> tuple[Any, list[str]]:
     """The model for evaluate/detect/splash, configured from the run that wrote the weights."""
     from mrcnn.model import MaskRCNN
 
-    if args.weights == "last":
-        # find_last needs only model_dir and the config's NAME; layers get weights only when called.
-        probe = MaskRCNN(mode="inference", config=make_config(1, _name_override(args.set)), model_dir=args.logs)
-        path = Path(probe.find_last())
-    else:
-        path = Path(args.weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"--weights {args.weights}: no such file (expected last or a path)")
-    saved = path.parent / "config.json"
-    base = json.loads(saved.read_text()) if saved.is_file() else None
+    path = own_weights_file(args)
+    if path is None:
+        raise ValueError(f"--weights {args.weights}: evaluate, detect and splash take last or a weights file")
+    base = saved_config(path)
     names_file = path.parent / CLASS_NAMES_FILE
     class_names = _split(args.classes) or (json.loads(names_file.read_text()) if names_file.is_file() else None)
     if class_names is None:
@@ -238,8 +244,8 @@ def detect(args: argparse.Namespace) -> list[str]:
     """Draws detections on each --image into --out (one PNG per image: name_<i>.png when several)."""
     from mrcnn import visualize
 
+    images = _read_images(args.image)  # missing images fail before the model is built
     model, class_names = inference_model(args)
-    images = _read_images(args.image)
     written = []
     for i, (image, r) in enumerate(zip(images, model.detect(images, verbose=args.verbose))):
         out = _numbered(args.out, i, len(images))
@@ -256,8 +262,8 @@ def splash(args: argparse.Namespace) -> list[str]:
 
     from mrcnn import visualize
 
+    images = _read_images(args.image)  # missing images fail before the model is built
     model, _ = inference_model(args)
-    images = _read_images(args.image)
     written = []
     for i, (image, r) in enumerate(zip(images, model.detect(images, verbose=args.verbose))):
         out = _numbered(args.out, i, len(images))

@@ -305,6 +305,29 @@ def test_missing_files_name_the_path(tmp_path, handmade):
         CocoDataset().load_coco(tmp_path / "coco", "train", year="2017")
 
 
+def _rewrite(json_path: Path, edit) -> None:
+    data = json.loads(json_path.read_text())
+    edit(data)
+    json_path.write_text(json.dumps(data))
+
+
+def test_missing_images_orphan_annotations_and_unnamed_categories_are_reported_at_load(handmade):
+    json_path, image_dir, _ = handmade
+    (image_dir / "b.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 of the 2 images of .*handmade.json are not in .*imgs, e.g. \['b.png'\]"):
+        CocoDataset().load_coco_json(json_path, image_dir)
+    _rewrite(json_path, lambda data: data["images"].pop())  # b.png's entry gone: loads again
+    _rewrite(json_path, lambda data: data["annotations"][2].update(image_id="11"))  # a string id
+    dataset = CocoDataset()
+    with pytest.warns(UserWarning, match=r"1 annotations refer to image ids that no image has \(e.g. \['11'\]\)"):
+        dataset.load_coco_json(json_path, image_dir)
+    dataset.prepare()
+    assert len(dataset.image_info[0]["annotations"]) == 5
+    _rewrite(json_path, lambda data: data["categories"][0].pop("name"))
+    with pytest.raises(ValueError, match="category 7 in .*handmade.json has no 'name'"):
+        CocoDataset().load_coco_json(json_path, image_dir)
+
+
 def test_not_a_coco_file(tmp_path):
     (tmp_path / "images").mkdir()
     bad = tmp_path / "bad.json"

@@ -276,6 +276,16 @@ def test_bad_arguments(shapes_coco):
         evaluate_coco(model, dataset, coco, eval_types=("keypoints",), verbose=0)
     with pytest.raises(ValueError, match="max_dets"):
         evaluate_coco(model, dataset, coco, max_dets=5, verbose=0)
+    model.config.NUM_CLASSES, model.batches = 81, []  # e.g. a COCO-class model on a 4-class dataset
+    with pytest.raises(ValueError, match=rf"dataset has {dataset.num_classes} classes .* config.NUM_CLASSES is 81"):
+        evaluate_coco(model, dataset, coco, verbose=0)
+    assert model.batches == []  # checked before any detection
+
+
+def test_build_coco_results_names_a_class_id_the_dataset_lacks(shapes_coco):
+    dataset, _ = shapes_coco
+    with pytest.raises(ValueError, match=rf"internal class 50 does not exist: the dataset has {dataset.num_classes}"):
+        build_coco_results(dataset, [0], np.array([[0, 0, 4, 4]]), np.array([50]), np.array([0.9]))
 
 
 # ----------------------------------------------------------------------------------------------

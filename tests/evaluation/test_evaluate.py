@@ -63,3 +63,12 @@ def test_batches_follow_the_models_batch_size(dataset):
 def test_thresholds_must_include_half(dataset):
     with pytest.raises(ValueError, match="0.5"):
         evaluate_dataset(OracleModel(dataset), dataset, iou_thresholds=[0.75], verbose=0)
+
+
+def test_a_model_of_another_class_count_is_refused(dataset):
+    model = OracleModel(dataset)
+    model.config.NUM_CLASSES = dataset.num_classes + 1
+    with pytest.raises(ValueError, match=rf"config.NUM_CLASSES is {dataset.num_classes + 1}: they must match"):
+        evaluate_dataset(model, dataset, verbose=0)
+    model.config.NUM_CLASSES = dataset.num_classes
+    assert evaluate_dataset(model, dataset, image_ids=[0], verbose=0)["mask_mAP"] == 1.0

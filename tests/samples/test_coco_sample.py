@@ -29,13 +29,6 @@ def _args(argv: list[str]):
     return coco.build_parser().parse_args(argv)
 
 
-def test_parse_overrides_literals_and_errors():
-    assert coco.parse_overrides(["image_max_dim=64", "BACKBONE=resnet50", "SCALE_JITTER=(48, 64)"]) == {
-        "IMAGE_MAX_DIM": 64, "BACKBONE": "resnet50", "SCALE_JITTER": (48, 64)}
-    with pytest.raises(ValueError, match="FIELD=VALUE.*'IMAGE_MAX_DIM'"):
-        coco.parse_overrides(["IMAGE_MAX_DIM"])
-
-
 def test_gpus_set_the_replica_count_and_global_batch():
     args = _args(["train", "--dataset", "d", "--gpus", "4", "--steps", "7"])
     config = coco.make_config(args)

@@ -25,13 +25,6 @@ def _set(items: list[str]) -> list[str]:
     return [arg for item in items for arg in ("--set", item)]
 
 
-def test_parse_overrides() -> None:
-    assert custom.parse_overrides(["IMAGE_MAX_DIM=64", "BACKBONE=resnet101", "MINI_MASK_SHAPE=[16,16]"]) == {
-        "IMAGE_MAX_DIM": 64, "BACKBONE": "resnet101", "MINI_MASK_SHAPE": [16, 16]}
-    with pytest.raises(ValueError, match="FIELD=VALUE.*'IMAGE_MAX_DIM'"):
-        custom.parse_overrides(["IMAGE_MAX_DIM"])
-
-
 @pytest.mark.parametrize("weights, key, extra", [
     ("imagenet", "imagenet_keras_resnet50", []),
     ("coco", "coco", ["--set", "BACKBONE=resnet101"]),
@@ -62,6 +55,13 @@ def test_train_then_detect_and_splash(tmp_path: Path) -> None:
     assert json.loads((run / "class_names.json").read_text()) == ["balloon", "box"]
     assert [p.name for p in run.glob("*.weights.h5")] == ["mask_rcnn_custom_0001.weights.h5"]
     assert json.loads((run / "config.json").read_text())["IMAGE_MAX_DIM"] == 64
+    # Continuing the run keeps its settings (config.json), with --set on top.
+    assert custom.main(["train", "--dataset", str(FIXTURE), "--weights", "last", "--logs", logs,
+                        "--epochs-heads", "2", "--epochs-all", "2", "--verbose", "0", "--set", "VALIDATION_STEPS=2"]) == 0
+    assert sorted(p.name for p in run.glob("*.weights.h5")) == ["mask_rcnn_custom_0001.weights.h5",
+                                                                "mask_rcnn_custom_0002.weights.h5"]
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["IMAGE_MAX_DIM"] == 64 and saved["TRAIN_ROIS_PER_IMAGE"] == 8 and saved["VALIDATION_STEPS"] == 2
 
     image = str(FIXTURE / "val" / "c.png")
     out = str(tmp_path / "splash.png")
