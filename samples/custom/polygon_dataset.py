@@ -114,6 +114,7 @@ class PolygonDataset(Dataset):
 
         Raises:
             FileNotFoundError: the folder is missing or holds no annotation file.
+            ValueError: an image annotated in two of its files (naming both).
         """
         folder = Path(folder)
         if not folder.is_dir():
@@ -127,6 +128,14 @@ class PolygonDataset(Dataset):
                 images.extend(read_via(path, folder, class_attribute=class_attribute, default_class=default_class))
         if not images:
             raise FileNotFoundError(f"no labelme or VIA JSON files in {folder}")
+        first_file: dict[Path, Path] = {}
+        for image in images:
+            earlier = first_file.setdefault(Path(image.path).resolve(), Path(image.annotation_file))
+            if earlier != Path(image.annotation_file):
+                # It would train (and be scored) twice, with whichever regions each file holds.
+                raise ValueError(f"{image.path} is annotated in both {earlier.name} and "
+                                 f"{Path(image.annotation_file).name}: keep one annotation file per image in "
+                                 f"{folder} (a VIA project file and its exported annotations hold the same regions)")
         return self.add_annotated_images(images, class_names, source)
 
     def load_mask(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:

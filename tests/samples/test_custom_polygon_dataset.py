@@ -63,6 +63,19 @@ def test_via1_file_and_missing_folder(tmp_path: Path) -> None:
         PolygonDataset().load_folder(tmp_path)
 
 
+def test_an_image_annotated_in_two_files_of_a_folder_is_refused(tmp_path: Path) -> None:
+    """A VIA project file beside its own export: every image would count twice."""
+    import shutil
+
+    for name in ("c.png", "d.png", "via_project.json"):
+        shutil.copy(FIXTURE / "val" / name, tmp_path / name)
+    shutil.copy(FIXTURE / "val" / "via_project.json", tmp_path / "via_export.json")
+    with pytest.raises(ValueError, match=r"c.png is annotated in both via_export.json and via_project.json"):
+        PolygonDataset().load_folder(tmp_path)
+    (tmp_path / "via_export.json").unlink()
+    assert PolygonDataset().load_folder(tmp_path) == ["balloon", "box"]
+
+
 def test_feeds_the_training_pipeline() -> None:
     class SmallConfig(Config):
         NAME = "polygons"
