@@ -204,9 +204,12 @@ def load_image_gt_from_labels(
 
 def _checked_image(image: Any, config: Any, where: str) -> np.ndarray:
     """`load_image`'s output with IMAGE_CHANNEL_COUNT channels (grayscale and RGBA conformed as
-    `detect` does, `conform_channels`); warns once about floats on the [0, 1] scale."""
+    `detect` does, `conform_channels`); ValueError for NaN/inf pixels (the loss would turn NaN with
+    no image named); warns once about floats on the [0, 1] scale."""
     image = conform_channels(np.asarray(image), int(config.IMAGE_CHANNEL_COUNT), where)
-    if image.dtype.kind == "f" and image.size and 0 < float(np.nanmax(image)) <= 1.0:
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise ValueError(f"{where}: load_image gave NaN or infinite pixel values")
+    if image.dtype.kind == "f" and image.size and 0 < float(image.max()) <= 1.0:
         # The same text for every image: Python's warning filter shows it once.
         warnings.warn("load_image gave a float image with values in [0, 1]; the model trains on the 0..255 "
                       "scale (Dataset.load_image returns uint8) and would see nearly black images: multiply "

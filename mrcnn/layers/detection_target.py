@@ -150,9 +150,13 @@ class DetectionTargetLayer(keras.layers.Layer):
         gt_masks = tf.cast(gt_masks, tf.float32)
         rois_count = self.train_rois_per_image
         mh, mw = self.mask_shape
+        # One image after another: the random subsets draw from stateful shuffle kernels that all
+        # images share, so images run in parallel would race for them and a seeded run (SEED,
+        # keras.utils.set_random_seed) would not repeat. The sampling is a small part of a step.
         outputs = tf.map_fn(
             self._one_image,
             (proposals, gt_class_ids, gt_boxes, gt_masks),
+            parallel_iterations=1,
             fn_output_signature=(
                 tf.TensorSpec([rois_count, 4], tf.float32),
                 tf.TensorSpec([rois_count], tf.int32),

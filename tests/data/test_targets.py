@@ -254,10 +254,17 @@ def test_load_image_gt_conforms_grayscale_and_rgba_as_detect_does(convert):
     np.testing.assert_array_equal(image, np.broadcast_to(expected.reshape(128, 128, -1), image.shape))
 
 
-def test_load_image_gt_names_a_wrong_channel_count_and_warns_about_0_1_floats():
+def test_load_image_gt_names_a_wrong_channel_count_and_nan_pixels_and_warns_about_0_1_floats():
     two = _Overridden(image_fn=lambda rgb: rgb[:, :, :2])
     with pytest.raises(ValueError, match=r"image 0 \(.*\) has 2 channels, the config expects 3 \(IMAGE_CHANNEL_COUNT\)"):
         targets.load_image_gt(two, TinyConfig(), 0, rng=np.random.default_rng(0))
+    def with_nan(rgb):
+        image = rgb.astype(np.float32)
+        image[3, 4, 1] = np.nan
+        return image
+
+    with pytest.raises(ValueError, match=r"image 0 \(.*\): load_image gave NaN or infinite pixel values"):
+        targets.load_image_gt(_Overridden(image_fn=with_nan), TinyConfig(), 0, rng=np.random.default_rng(0))
     unit = _Overridden(image_fn=lambda rgb: rgb.astype(np.float32) / 255)
     with pytest.warns(UserWarning, match=r"float image with values in \[0, 1\]"):
         targets.load_image_gt(unit, TinyConfig(), 0, rng=np.random.default_rng(0))
