@@ -4,7 +4,8 @@
   it into place, so an interrupted write never leaves a truncated checkpoint; it refuses to write
   weights from an epoch whose loss is not finite, so the last good checkpoint survives a NaN.
 * `StopOnNaN` stops training at the first non-finite batch loss with a message naming the epoch
-  and batch.
+  and batch; `MaskRCNN.train` then puts the last good checkpoint back and raises
+  `TrainingDivergedError`.
 * TensorBoard logs go to the run's log dir.
 * `TrainingBudget` (not one of train's defaults: pass it in `custom_callbacks`) trains for a
   wall-clock or CPU-time budget with the paper's step schedule scaled to it.
@@ -32,19 +33,24 @@ import keras
 import numpy as np
 
 EPOCH_ATTR = "mrcnn_epoch"
+# Ctrl-C states only: the optimizer's iteration count when the last completed epoch ended.
+EPOCH_ITERATIONS_ATTR = "mrcnn_epoch_iterations"
 OPTIMIZER_NAMES_ATTR = "mrcnn_optimizer_variables"
 # The learning rate is given anew by each training stage (or computed by a schedule from the
 # iteration count): restoring the saved value would override the stage's own.
 _NOT_RESTORED = ("learning_rate",)
 
 
-def write_checkpoint(model: keras.Model, path: str, epoch: int) -> str:
+def write_checkpoint(model: keras.Model, path: str, epoch: int, epoch_iterations: int | None = None) -> str:
     """Saves weights (+ optimizer variables when built) to `path` atomically, with resume attributes.
 
     Args:
         model: the model; its optimizer, when compiled and built, is saved too.
         path: target file ending in ``.weights.h5``.
         epoch: epochs completed at this point (stored as ``mrcnn_epoch``).
+        epoch_iterations: for a state saved within an epoch (Ctrl-C), the optimizer's iteration
+            count when epoch `epoch` ended (``mrcnn_epoch_iterations``): a run resumed from it
+            repeats the unfinished epoch from that count, so its learning-rate schedule lines up.
     Returns:
         `path`.
     """
@@ -53,13 +59,20 @@ def write_checkpoint(model: keras.Model, path: str, epoch: int) -> str:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     # Keras 3 insists on the .weights.h5 suffix, so the temporary file keeps it.
     tmp_path = path[: -len(".weights.h5")] + ".tmp.weights.h5"
-    model.save_weights(tmp_path)
-    optimizer = getattr(model, "optimizer", None)
-    names = [v.name for v in optimizer.variables] if optimizer is not None and optimizer.built else []
-    with h5py.File(tmp_path, "a") as f:
-        f.attrs[EPOCH_ATTR] = int(epoch)
-        f.attrs[OPTIMIZER_NAMES_ATTR] = json.dumps(names)
-    os.replace(tmp_path, path)
+    try:
+        model.save_weights(tmp_path)
+        optimizer = getattr(model, "optimizer", None)
+        names = [v.name for v in optimizer.variables] if optimizer is not None and optimizer.built else []
+        with h5py.File(tmp_path, "a") as f:
+            f.attrs[EPOCH_ATTR] = int(epoch)
+            f.attrs[OPTIMIZER_NAMES_ATTR] = json.dumps(names)
+            if epoch_iterations is not None:
+                f.attrs[EPOCH_ITERATIONS_ATTR] = int(epoch_iterations)
+        os.replace(tmp_path, path)
+    except BaseException:  # a second Ctrl-C or a full disk mid-write: no stray temporary file
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp_path)
+        raise
     return path
 
 
@@ -67,6 +80,14 @@ def checkpoint_epoch(path: str) -> int | None:
     """Epochs completed recorded in a checkpoint (None for files written by other tools)."""
     with h5py.File(path, "r") as f:
         value = f.attrs.get(EPOCH_ATTR)
+    return None if value is None else int(value)
+
+
+def checkpoint_epoch_iterations(path: str) -> int | None:
+    """The iteration count at the end of the last completed epoch, recorded in a Ctrl-C state
+    (None for epoch checkpoints, which are written at that count, and for other files)."""
+    with h5py.File(path, "r") as f:
+        value = f.attrs.get(EPOCH_ITERATIONS_ATTR)
     return None if value is None else int(value)
 
 
@@ -152,6 +173,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self.keep = int(keep)
         self.last_saved: str | None = None
         self.completed_epochs: int | None = None  # epochs completed at the last checkpoint
+        self.saved_iterations: int | None = None  # the optimizer's iteration count at that checkpoint
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         loss = (logs or {}).get("loss")
@@ -161,6 +183,9 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         path = write_checkpoint(self.model, self.checkpoint_path.format(epoch=epoch + 1), epoch + 1)
         self.last_saved = path
         self.completed_epochs = epoch + 1
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None and optimizer.built:
+            self.saved_iterations = int(optimizer.iterations.numpy())
         if self.verbose:
             print(f"\nEpoch {epoch + 1}: saved {path}")
         if self.keep:
@@ -196,6 +221,10 @@ class GeneratorEpochs(keras.callbacks.Callback):
     def on_test_begin(self, logs: dict | None = None) -> None:
         if self.validation is not None:
             self.validation.epoch = 0
+
+
+class TrainingDivergedError(RuntimeError):
+    """`MaskRCNN.train` stopped because the loss became NaN or infinite (see `StopOnNaN`)."""
 
 
 class StopOnNaN(keras.callbacks.Callback):

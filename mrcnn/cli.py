@@ -1,7 +1,8 @@
 """Exit statuses and error messages for the command-line scripts (``samples/*/*.py``).
 
 A missing dataset folder or a mistyped ``--set`` field is the user's input, not a bug: the scripts
-print one ``prog: error: ...`` line (argparse's form) and exit with 2 instead of a traceback.
+print one ``prog: error: ...`` line (argparse's form) and exit with 2 instead of a traceback; a
+training run stopped by a NaN loss exits with 1 and one line saying which checkpoint is kept.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 # is a FileNotFoundError) and a bad value (Config fields, dataset contents, arguments).
 USER_ERRORS = (FileNotFoundError, ValueError)
 EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 1  # training stopped on a NaN/infinite loss
 EXIT_INTERRUPTED = 130  # the shell's status for SIGINT
 
 
@@ -33,8 +35,11 @@ def run_command(command: Callable[[], object], prog: str, show_traceback: bool =
             by ``MaskRCNN.train``).
 
     Returns:
-        0 on success, 2 after a user error (message on stderr), 130 after Ctrl-C.
+        0 on success, 2 after a user error, 1 after training diverged (`TrainingDivergedError`;
+        messages on stderr), 130 after Ctrl-C.
     """
+    from mrcnn.callbacks import TrainingDivergedError
+
     try:
         command()
     except USER_ERRORS as error:
@@ -42,6 +47,11 @@ def run_command(command: Callable[[], object], prog: str, show_traceback: bool =
             traceback.print_exc()
         print(f"{prog}: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except TrainingDivergedError as error:
+        if show_traceback:
+            traceback.print_exc()
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return EXIT_DIVERGED
     except KeyboardInterrupt:
         if interrupted_hint:
             print(interrupted_hint, file=sys.stderr)

@@ -19,6 +19,8 @@ import contextlib
 import datetime
 import os
 import re
+import signal
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -73,6 +75,9 @@ def layer_regex(layers: str, config: Config) -> str:
         return LAYER_REGEX["5+"]
     return LAYER_REGEX.get(layers, layers)
 
+# The data seed of a multi-worker run whose config has SEED None: the workers must share it.
+MULTI_WORKER_DEFAULT_SEED = 0
+
 # optimize_for_inference warns past this many frozen canvas sizes: each costs a freeze and memory
 # (ResNet-50-FPN at 512 px: +1.8-1.9 GB bf16, +2.4-2.7 GB float32 RSS on the README's CPU host).
 FROZEN_CANVASES_WARNING = 2
@@ -118,6 +123,7 @@ class MaskRCNN(keras.Model):
         self.epoch = 0
         self.log_dir: str | None = None
         self.checkpoint_path: str | None = None
+        self._new_run = False  # set_log_dir() for a new run: its folder is not claimed yet
         self._anchor_cache: dict[tuple[int, int], np.ndarray] = {}
         self._traced_functions: dict[tuple[str, int, int], Any] = {}  # (function, molded H, W) -> traced
         self._constant_weights = False  # optimize_for_inference(): detect from frozen graphs
@@ -624,6 +630,7 @@ class MaskRCNN(keras.Model):
     def set_log_dir(self, model_path: str | None = None) -> None:
         """Sets the log dir and epoch counter; from a checkpoint path of ours, continues its run."""
         self.epoch = 0
+        self._new_run = True  # a new run's folder is claimed when `train` first writes to it
         now = datetime.datetime.now()
         name = (self.config.NAME or "mrcnn").lower()
         if model_path:
@@ -638,12 +645,18 @@ class MaskRCNN(keras.Model):
                     self.epoch = int(match.group(3))  # continue at the next epoch (1-based names)
                 self.log_dir = str(Path(model_path).parent)
                 self.checkpoint_path = os.path.join(self.log_dir, f"mask_rcnn_{name}_{{epoch:04d}}.weights.h5")
+                self._new_run = False
                 return
         self.log_dir = os.path.join(self.model_dir, f"{name}{now:%Y%m%dT%H%M%S}")
         self.checkpoint_path = os.path.join(self.log_dir, f"mask_rcnn_{name}_{{epoch:04d}}.weights.h5")
 
     def find_last(self) -> str:
-        """Path of the newest checkpoint of the newest run of this config's NAME in model_dir.
+        """Path of the newest state of the newest run of this config's NAME in model_dir.
+
+        That is the run's last epoch checkpoint (``mask_rcnn_<name>_<NNNN>.weights.h5``), or its
+        Ctrl-C state (``..._interrupted.weights.h5``) when that was written after it, e.g. a run
+        stopped during its first epoch; never a leftover temporary file. Runs without either are
+        passed over.
 
         Raises:
             FileNotFoundError: when there is no run or no checkpoint.
@@ -651,10 +664,13 @@ class MaskRCNN(keras.Model):
         name = (self.config.NAME or "mrcnn").lower()
         model_dir = Path(self.model_dir)
         runs = sorted(d for d in model_dir.glob(f"{name}*") if d.is_dir()) if model_dir.is_dir() else []
-        # Numbered epoch checkpoints only: not a leftover temporary file, not a Ctrl-C state.
         numbered = re.compile(rf"mask_rcnn_{re.escape(name)}_\d{{4}}\.weights\.h5")
         for run in reversed(runs):
             checkpoints = sorted(p for p in run.glob(f"mask_rcnn_{name}_*.weights.h5") if numbered.fullmatch(p.name))
+            interrupted = run / f"mask_rcnn_{name}_interrupted.weights.h5"
+            if interrupted.is_file() and (not checkpoints or
+                                          interrupted.stat().st_mtime_ns > checkpoints[-1].stat().st_mtime_ns):
+                return str(interrupted)
             if checkpoints:
                 return str(checkpoints[-1])
         raise FileNotFoundError(f"no checkpoint of '{name}' found under {model_dir}")
@@ -673,6 +689,8 @@ class MaskRCNN(keras.Model):
         `mrcnn.distribute.fit_custom_loop` instead of `fit`. On Ctrl-C (KeyboardInterrupt) the
         state so far is written to ``mask_rcnn_<name>_interrupted.weights.h5`` in the log dir
         (the last epoch checkpoint stays the newest numbered one) and the interrupt is re-raised.
+        Under a multi-worker strategy a config with SEED None reads data with seed
+        `MULTI_WORKER_DEFAULT_SEED`: the workers must draw one order to read disjoint batches.
 
         Args:
             train_dataset, val_dataset: prepared `Dataset`s.
@@ -686,10 +704,17 @@ class MaskRCNN(keras.Model):
             no_augmentation_sources: dataset sources never augmented.
         Returns:
             The Keras History of this stage.
+
+        Raises:
+            ValueError: for `layers` that select no layer, or datasets that do not fit the config.
+            TrainingDivergedError: the loss became NaN or infinite; the model's weights and optimizer
+                state are then those of the last good checkpoint (when one exists).
+            FileNotFoundError, ValueError, ...: a batch's own loading error (a missing image file).
         """
         from mrcnn.callbacks import (
             AtomicCheckpoint,
-            GeneratorEpochs,
+            StopOnNaN,
+            checkpoint_epoch_iterations,
             optimizer_state,
             restore_optimizer_state,
             training_callbacks,
@@ -702,6 +727,10 @@ class MaskRCNN(keras.Model):
             self.ensure_built()
         self._check_train_arguments(layers, regex, epochs)
         seed = self.config.SEED
+        if seed is None and isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # Every worker must draw the same order to read disjoint shards of each global batch;
+            # a seed of each process's own would make them overlap.
+            seed = MULTI_WORKER_DEFAULT_SEED
         gen_kwargs = dict(workers=workers, use_multiprocessing=use_multiprocessing)
         train_gen = DataGenerator(train_dataset, self.config, shuffle=True, augmentation=augmentation, seed=seed,
                                   steps=self.config.STEPS_PER_EPOCH,
@@ -712,9 +741,7 @@ class MaskRCNN(keras.Model):
                                     steps=self.config.VALIDATION_STEPS, **gen_kwargs)
         # The run folder is made once the datasets passed the generators' checks, so that a
         # mismatch leaves no empty run behind for `find_last` and TensorBoard to list.
-        if self.log_dir is None:
-            self.set_log_dir()
-        os.makedirs(self.log_dir, exist_ok=True)
+        self.make_log_dir()
         self.config.save(os.path.join(self.log_dir, "config.json"))
         # Optimizer state to carry into this stage: the previous stage's (same process) or the
         # checkpoint's that load_weights read. Restored by name once the new optimizer is built.
@@ -726,6 +753,11 @@ class MaskRCNN(keras.Model):
             self.optimizer.build(self.trainable_variables)
             if carried:
                 report = restore_optimizer_state(self.optimizer, carried)
+                rewind = checkpoint_epoch_iterations(carried) if isinstance(carried, str) else None
+                if rewind is not None:
+                    # A Ctrl-C state: this run repeats its unfinished epoch from the first batch, so
+                    # the schedule must count from where that epoch began.
+                    self.optimizer.iterations.assign(rewind)
                 if verbose:
                     print(f"Optimizer state: {len(report['restored'])} variables restored "
                           f"(iteration {int(self.optimizer.iterations.numpy())}), {len(report['missing'])} new")
@@ -733,29 +765,18 @@ class MaskRCNN(keras.Model):
         callbacks = (training_callbacks(self, self.log_dir, self.checkpoint_path, self.config.KEEP_CHECKPOINTS)
                      + list(custom_callbacks or []))
         checkpoint = next(cb for cb in callbacks if isinstance(cb, AtomicCheckpoint))
+        checkpoint.saved_iterations = int(self.optimizer.iterations.numpy())  # this call starts at an epoch's end
+        # Until this call saves an epoch, the last good checkpoint is the one it resumed from.
+        resumed_from = self.checkpoint_path.format(epoch=self.epoch) if self.epoch else None
+        if resumed_from and os.path.isfile(resumed_from):
+            checkpoint.last_saved = resumed_from
         if verbose:
             print(f"\nStarting at epoch {self.epoch}. LR={describe_learning_rate(learning_rate, self.optimizer.iterations)}"
                   f"\nCheckpoint path: {self.checkpoint_path}")
         try:
-            if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-                # Keras 3's fit fails under this strategy (toolchain.md): same steps, explicit loop.
-                history = distribute.fit_custom_loop(
-                    self, lambda: DataGenerator(train_dataset, distribute.replica_config(self.config), shuffle=True,
-                                                augmentation=augmentation, seed=train_gen.seed,
-                                                no_augmentation_sources=no_augmentation_sources),
-                    epochs=epochs, steps_per_epoch=self.config.STEPS_PER_EPOCH, initial_epoch=self.epoch,
-                    callbacks=callbacks, verbose=verbose,
-                    make_val_generator=None if val_gen is None else lambda: DataGenerator(
-                        val_dataset, distribute.replica_config(self.config), shuffle=False, seed=val_gen.seed),
-                    validation_steps=self.config.VALIDATION_STEPS)
-            else:
-                # The generator orders and augments by (seed, epoch) itself: Keras must neither
-                # shuffle its batches (with Python's global RNG) nor choose its epoch.
-                history = self.fit(train_gen, initial_epoch=self.epoch, epochs=epochs,
-                                   steps_per_epoch=self.config.STEPS_PER_EPOCH, validation_data=val_gen,
-                                   validation_steps=self.config.VALIDATION_STEPS if val_gen is not None else None,
-                                   callbacks=[GeneratorEpochs(train_gen, val_gen)] + callbacks, verbose=verbose,
-                                   shuffle=False)
+            with _sigterm_as_keyboard_interrupt():
+                history = self._fit_stage(strategy, train_dataset, val_dataset, train_gen, val_gen, augmentation,
+                                          no_augmentation_sources, epochs, callbacks, verbose)
         except KeyboardInterrupt:
             self.epoch = checkpoint.completed_epochs or self.epoch
             for stray in Path(self.log_dir).glob("*.tmp.weights.h5"):  # a checkpoint write cut short
@@ -763,13 +784,9 @@ class MaskRCNN(keras.Model):
             if distribute.is_chief(strategy):
                 name = (self.config.NAME or "mrcnn").lower()
                 path = write_checkpoint(self, os.path.join(self.log_dir, f"mask_rcnn_{name}_interrupted.weights.h5"),
-                                        self.epoch)
-                # Without an epoch finished in this call, the last one is the checkpoint it resumed from.
-                resumed_from = self.checkpoint_path.format(epoch=self.epoch) if self.epoch else None
-                last = checkpoint.last_saved or (resumed_from if resumed_from and os.path.isfile(resumed_from)
-                                                 else "none yet")
-                print(f"\nInterrupted. Completed epochs: {self.epoch}; last epoch checkpoint: {last}; "
-                      f"state at the interrupt: {path}")
+                                        self.epoch, epoch_iterations=checkpoint.saved_iterations)
+                print(f"\nInterrupted. Completed epochs: {self.epoch}; last epoch checkpoint: "
+                      f"{checkpoint.last_saved or 'none yet'}; state at the interrupt: {path}")
             raise
         except tf.errors.OpError:
             failure = train_gen.failure or (val_gen.failure if val_gen is not None else None)
@@ -783,7 +800,80 @@ class MaskRCNN(keras.Model):
         losses = history.history.get("loss", [])
         done = [e + 1 for e, loss in zip(history.epoch, losses) if np.isfinite(loss)]
         self.epoch = max([self.epoch] + done)
+        stopped_at = next(cb for cb in callbacks if isinstance(cb, StopOnNaN)).stopped_at
+        if stopped_at is not None:
+            self._diverged(stopped_at, checkpoint)
         return history
+
+    def make_log_dir(self) -> str:
+        """Creates the log dir (setting a new run's first when there is none) and returns it.
+
+        A new run's folder is claimed atomically: while another run started in the same second
+        (a parallel job on the same model_dir) holds the name, its timestamp moves on by a second,
+        so two runs never share a folder. `train` calls this; call it first to put files of your
+        own in the run's folder.
+        """
+        if self.log_dir is None:
+            self.set_log_dir()
+        if not self._new_run:
+            os.makedirs(self.log_dir, exist_ok=True)
+            return self.log_dir
+        stamp_format = "%Y%m%dT%H%M%S"
+        parent, folder = os.path.split(self.log_dir)
+        prefix, stamp = folder[:-15], datetime.datetime.strptime(folder[-15:], stamp_format)
+        while True:
+            try:
+                os.makedirs(self.log_dir)
+                break
+            except FileExistsError:
+                stamp += datetime.timedelta(seconds=1)
+                self.log_dir = os.path.join(parent, f"{prefix}{stamp:{stamp_format}}")
+        name = (self.config.NAME or "mrcnn").lower()
+        self.checkpoint_path = os.path.join(self.log_dir, f"mask_rcnn_{name}_{{epoch:04d}}.weights.h5")
+        self._new_run = False
+        return self.log_dir
+
+    def _fit_stage(self, strategy: tf.distribute.Strategy, train_dataset: Any, val_dataset: Any, train_gen: Any,
+                   val_gen: Any, augmentation: Any, no_augmentation_sources: list[str] | None, epochs: int,
+                   callbacks: list, verbose: int) -> keras.callbacks.History:
+        """`fit` over the stage's generators, or the custom loop under a multi-worker strategy."""
+        from mrcnn.callbacks import GeneratorEpochs
+        from mrcnn.data.generator import DataGenerator
+
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras 3's fit fails under this strategy (toolchain.md): same steps, explicit loop.
+            return distribute.fit_custom_loop(
+                self, lambda: DataGenerator(train_dataset, distribute.replica_config(self.config), shuffle=True,
+                                            augmentation=augmentation, seed=train_gen.seed,
+                                            no_augmentation_sources=no_augmentation_sources),
+                epochs=epochs, steps_per_epoch=self.config.STEPS_PER_EPOCH, initial_epoch=self.epoch,
+                callbacks=callbacks, verbose=verbose,
+                make_val_generator=None if val_gen is None else lambda: DataGenerator(
+                    val_dataset, distribute.replica_config(self.config), shuffle=False, seed=val_gen.seed),
+                validation_steps=self.config.VALIDATION_STEPS)
+        # The generator orders and augments by (seed, epoch) itself: Keras must neither shuffle its
+        # batches (with Python's global RNG) nor choose its epoch.
+        return self.fit(train_gen, initial_epoch=self.epoch, epochs=epochs,
+                        steps_per_epoch=self.config.STEPS_PER_EPOCH, validation_data=val_gen,
+                        validation_steps=self.config.VALIDATION_STEPS if val_gen is not None else None,
+                        callbacks=[GeneratorEpochs(train_gen, val_gen)] + callbacks, verbose=verbose, shuffle=False)
+
+    def _diverged(self, stopped_at: tuple[int, int], checkpoint: Any) -> None:
+        """After a NaN stop: puts the last good checkpoint's weights and optimizer state back (the
+        model's own are not finite, and a next stage would carry them on), then raises."""
+        from mrcnn.callbacks import TrainingDivergedError, restore_optimizer_state
+
+        epoch, batch = stopped_at
+        good = checkpoint.last_saved
+        if good is not None:
+            keras.Model.load_weights(self, good, objects_to_skip=[self.optimizer])
+            restore_optimizer_state(self.optimizer, good)
+            self.epoch = checkpoint.completed_epochs or self.epoch
+            state = f"the model is back at the last good checkpoint, {good} (epoch {self.epoch})"
+        else:
+            state = "no epoch was saved before it, so the model's weights are not finite"
+        raise TrainingDivergedError(f"the loss became NaN or infinite at epoch {epoch}, batch {batch}; {state}. "
+                                    "Lower the learning rate or check the data")
 
     # ------------------------------------------------------------------------------------------
     # Inference
@@ -1240,6 +1330,24 @@ def _check_pixel_values(image: np.ndarray, index: int) -> None:
         warnings.warn(f"detect/mold_inputs got a {image.dtype} image with values above 255; it is molded "
                       "as it is, while Dataset.load_image trains on 0..255: map it the same way first, e.g. "
                       "mrcnn.data.dataset.to_rgb_uint8(image, uint16_scaling='range' or 'image_max')", stacklevel=4)
+
+
+@contextlib.contextmanager
+def _sigterm_as_keyboard_interrupt() -> Iterator[None]:
+    """While training, SIGTERM (a scheduler's or `timeout`'s stop) is handled as Ctrl-C, so the
+    state so far is written before the process ends. Only the main thread can set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _as_rgb(image: np.ndarray, channels: int, index: int) -> np.ndarray:

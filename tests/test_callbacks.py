@@ -1,6 +1,8 @@
 """Tests for mrcnn/callbacks.py: atomic checkpoints, the NaN guard, optimizer state, Ctrl-C, resume and the time budget."""
 
 import math
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -108,18 +110,18 @@ def test_restore_optimizer_state_needs_built_optimizer(tmp_path):
 
 
 class _InterruptAt(keras.callbacks.Callback):
-    """Raises KeyboardInterrupt (as Ctrl-C does) at the start of batch 0 of `epoch` (0-based)."""
+    """Raises KeyboardInterrupt (as Ctrl-C does) at the start of batch `batch` of `epoch` (0-based)."""
 
-    def __init__(self, epoch: int) -> None:
+    def __init__(self, epoch: int, batch: int = 0) -> None:
         super().__init__()
-        self.epoch_to_stop = epoch
+        self.epoch_to_stop, self.batch_to_stop = epoch, batch
         self.current = -1
 
     def on_epoch_begin(self, epoch, logs=None):
         self.current = epoch
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self.current == self.epoch_to_stop:
+        if self.current == self.epoch_to_stop and batch == self.batch_to_stop:
             raise KeyboardInterrupt
 
 
@@ -132,44 +134,45 @@ class _RecordStart(keras.callbacks.Callback):
         self.momenta = {v.name: v.numpy().copy() for v in optimizer.variables if v.name.endswith("_momentum")}
 
 
-def test_interrupt_after_epoch_one_then_resume_continues(tmp_path, capsys):
-    from mrcnn.callbacks import checkpoint_epoch, read_optimizer_state
+def test_interrupt_in_epoch_two_then_resume_continues(tmp_path, capsys):
+    from mrcnn.callbacks import checkpoint_epoch, checkpoint_epoch_iterations, read_optimizer_state
     from mrcnn.data.shapes import ShapesDataset
     from mrcnn.model import MaskRCNN
     from tests.test_distribute import _tiny_config
 
-    config = _tiny_config(IMAGES_PER_GPU=1, STEPS_PER_EPOCH=1, GRADIENT_CLIP_NORM=5.0)
+    config = _tiny_config(IMAGES_PER_GPU=1, STEPS_PER_EPOCH=2, GRADIENT_CLIP_NORM=5.0)
     dataset = ShapesDataset()
     dataset.load_shapes(2, 64, 64, seed=1)
     dataset.prepare()
     keras.utils.set_random_seed(0)
     model = MaskRCNN("training", config, model_dir=str(tmp_path))
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt):  # after one of epoch 2's two steps
         model.train(dataset, None, learning_rate=0.01, epochs=3, layers="heads", verbose=0,
-                    custom_callbacks=[_InterruptAt(epoch=1)])
+                    custom_callbacks=[_InterruptAt(epoch=1, batch=1)])
     run_dir = Path(model.log_dir)
     names = sorted(p.name for p in run_dir.glob("*.weights.h5"))
     assert names == ["mask_rcnn_tinydist_0001.weights.h5", "mask_rcnn_tinydist_interrupted.weights.h5"]
     assert model.epoch == 1
-    interrupted = run_dir / "mask_rcnn_tinydist_interrupted.weights.h5"
-    assert checkpoint_epoch(str(interrupted)) == 1
-    saved = read_optimizer_state(str(run_dir / names[0]))
-    assert int(saved["iteration"]) == 1
+    interrupted = str(run_dir / "mask_rcnn_tinydist_interrupted.weights.h5")
+    assert checkpoint_epoch(interrupted) == 1
+    assert int(read_optimizer_state(str(run_dir / names[0]))["iteration"]) == 2
+    state = read_optimizer_state(interrupted)
+    assert int(state["iteration"]) == 3 and checkpoint_epoch_iterations(interrupted) == 2
 
     resumed = MaskRCNN("training", config, model_dir=str(tmp_path))
-    last = resumed.find_last()
-    assert last.endswith("_0001.weights.h5")  # numbered checkpoints only, not the Ctrl-C state
-    resumed.load_weights(last)
+    assert resumed.find_last() == interrupted  # the newest state of the run: written after _0001
+    resumed.load_weights(interrupted)
     assert resumed.epoch == 1 and resumed.log_dir == str(run_dir)
     start = _RecordStart()
     history = resumed.train(dataset, None, learning_rate=0.01, epochs=2, layers="heads", verbose=0,
                             custom_callbacks=[start])
-    assert history.epoch == [1]  # epoch 2 only
+    assert history.epoch == [1]  # epoch 2 again, from its first batch
     assert resumed.epoch == 2
-    assert start.iterations == 1  # the schedule continues where epoch 1 left it
-    assert start.momenta and all(np.array_equal(start.momenta[k], saved[k]) for k in start.momenta)
-    assert int(resumed.optimizer.iterations.numpy()) == 2
+    assert start.iterations == 2  # ... at the count where epoch 2 began: the schedule lines up
+    assert start.momenta and all(np.array_equal(start.momenta[k], state[k]) for k in start.momenta)
+    assert int(resumed.optimizer.iterations.numpy()) == 4
     assert (run_dir / "mask_rcnn_tinydist_0002.weights.h5").is_file()
+    assert resumed.find_last().endswith("_0002.weights.h5")  # newer than the Ctrl-C state now
 
     # Ctrl-C before this call finished an epoch: the message names the checkpoint it resumed from.
     capsys.readouterr()
@@ -300,3 +303,48 @@ def test_generator_epochs_follow_training_and_validation_stays_at_zero(workers):
     _model().fit(unaligned, validation_data=unpinned, initial_epoch=2, epochs=4, shuffle=False, verbose=0)
     assert unaligned.reads[-4:] != trained  # what the callback is for: fit alone starts elsewhere
     assert unpinned.reads[-4:] != validation.reads[-4:]
+
+
+class _TermAt(_InterruptAt):
+    """Sends this process SIGTERM (a scheduler's stop) at the start of batch `batch` of `epoch`."""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.current == self.epoch_to_stop and batch == self.batch_to_stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_during_training_writes_the_state_like_ctrl_c(tmp_path):
+    from mrcnn.callbacks import checkpoint_epoch
+    from mrcnn.data.shapes import ShapesDataset
+    from mrcnn.model import MaskRCNN
+    from tests.test_distribute import _tiny_config
+
+    config = _tiny_config(IMAGES_PER_GPU=1, STEPS_PER_EPOCH=1)
+    dataset = ShapesDataset()
+    dataset.load_shapes(2, 64, 64, seed=1)
+    dataset.prepare()
+    model = MaskRCNN("training", config, model_dir=str(tmp_path))
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        model.train(dataset, None, learning_rate=0.01, epochs=3, layers="heads", verbose=0,
+                    custom_callbacks=[_TermAt(epoch=1)])
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler lives only while training
+    interrupted = Path(model.log_dir) / "mask_rcnn_tinydist_interrupted.weights.h5"
+    assert checkpoint_epoch(str(interrupted)) == 1 and model.epoch == 1
+    assert not list(Path(model.log_dir).glob("*.tmp.weights.h5"))
+
+
+def test_a_checkpoint_write_cut_short_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from mrcnn.callbacks import write_checkpoint
+
+    model = _model()
+    real_save = model.save_weights
+
+    def save_then_interrupt(path):  # a second Ctrl-C arriving during the write
+        real_save(path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model, "save_weights", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        write_checkpoint(model, str(tmp_path / "m_interrupted.weights.h5"), epoch=1)
+    assert list(tmp_path.iterdir()) == []

@@ -2,7 +2,8 @@
 
 import pytest
 
-from mrcnn.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, parse_overrides, run_command
+from mrcnn.callbacks import TrainingDivergedError
+from mrcnn.cli import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_USER_ERROR, parse_overrides, run_command
 
 
 def _raise(error: BaseException):
@@ -30,6 +31,12 @@ def test_show_traceback_keeps_the_traceback(capsys):
     assert run_command(_raise(ValueError("bad")), prog="x.py", show_traceback=True) == 2
     err = capsys.readouterr().err
     assert err.startswith("Traceback") and err.endswith("x.py: error: bad\n")
+
+
+def test_a_diverged_run_exits_1_with_one_line(capsys):
+    error = TrainingDivergedError("the loss became NaN or infinite at epoch 2, batch 0; ...")
+    assert run_command(_raise(error), prog="x.py") == EXIT_DIVERGED == 1
+    assert capsys.readouterr().err == f"x.py: error: {error}\n"
 
 
 def test_other_errors_propagate():

@@ -183,9 +183,19 @@ def _scenario_worker(out_dir: Path) -> None:
     strategy = distribute.make_strategy(1)  # TF_CONFIG decides: before any other TF work
     import keras
 
+    from mrcnn.data.generator import DataGenerator
     from mrcnn.model import MaskRCNN
 
-    config = _tiny_config(IMAGES_PER_GPU=1, GPU_COUNT=1, STEPS_PER_EPOCH=2)
+    # SEED None (CocoConfig's default): the workers must still draw one data order.
+    config = _tiny_config(IMAGES_PER_GPU=1, GPU_COUNT=1, STEPS_PER_EPOCH=2, SEED=None)
+    data_seeds = []
+    original_init = DataGenerator.__init__
+
+    def recording_init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        data_seeds.append(self.seed)
+
+    DataGenerator.__init__ = recording_init
     keras.utils.set_random_seed(0)  # same initial weights on every worker
     with strategy.scope():
         model = MaskRCNN("training", config, model_dir=str(out_dir / "logs"))
@@ -197,7 +207,7 @@ def _scenario_worker(out_dir: Path) -> None:
         "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
         "loss": history.history["loss"], "epoch": model.epoch,
         "iterations": int(model.optimizer.iterations.numpy()),
-        "chief": distribute.is_chief(strategy),
+        "chief": distribute.is_chief(strategy), "data_seeds": data_seeds,
         "checkpoints": sorted(p.name for p in (out_dir / "logs").rglob("*.weights.h5")),
     }))
 
@@ -273,6 +283,7 @@ def test_multi_worker_custom_loop_two_processes(tmp_path):
         assert info["iterations"] == 2 and info["epoch"] == 1
         assert all(np.isfinite(info["loss"]))
     assert [info["chief"] for info in infos] == [True, False]
+    assert infos[0]["data_seeds"] == infos[1]["data_seeds"] != []  # one order, split between the workers
     assert infos[0]["loss"] == pytest.approx(infos[1]["loss"], rel=1e-5)  # losses are all-reduced
     # Only the chief writes the checkpoint (both workers share tmp_path/logs here). Listed once both
     # processes have exited: a worker that finishes first can catch the chief's temporary file.

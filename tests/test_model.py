@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from pathlib import Path
 
 import h5py
 import keras
@@ -197,6 +198,55 @@ def test_a_batch_that_fails_to_load_mid_training_raises_its_own_error(config, tm
     with pytest.raises(FileNotFoundError, match=r"^image file not found: lost/\d\.png$"):
         model.train(dataset, None, learning_rate=0.01, epochs=3, layers="heads", verbose=0)
     assert dataset.reads == dataset.fail_at
+
+
+class _PoisonAtEpoch(keras.callbacks.Callback):
+    """Makes the loss NaN from epoch `epoch` (0-based) on: a stand-in for a diverging run."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            kernel = next(w for w in self.model.trainable_weights if "mrcnn_class_logits" in w.path)
+            kernel.assign(np.full(kernel.shape, np.nan, kernel.dtype))
+
+
+def test_a_nan_stop_restores_the_last_good_checkpoint_and_raises(config, tmp_path):
+    from mrcnn.callbacks import TrainingDivergedError
+
+    model = MaskRCNN(mode="training", config=config, model_dir=str(tmp_path))
+    dataset = _shapes(4, seed=2)
+    with pytest.raises(TrainingDivergedError, match=r"at epoch 2, batch 0; the model is back at the last good "
+                                                    r"checkpoint, .*mask_rcnn_tiny_0001.weights.h5 \(epoch 1\)"):
+        model.train(dataset, None, learning_rate=0.01, epochs=3, layers="heads", verbose=0,
+                    custom_callbacks=[_PoisonAtEpoch(1)])
+    assert model.epoch == 1
+    assert all(np.isfinite(w.numpy()).all() for w in model.weights)
+    assert all(np.isfinite(np.asarray(v.numpy(), np.float64)).all() for v in model.optimizer.variables)
+    saved = MaskRCNN(mode="training", config=config)
+    saved.load_weights(model.find_last())
+    for mine, theirs in zip(model.weights, saved.weights):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy(), err_msg=mine.path)
+    # A NaN before any saved epoch: nothing to go back to, and the message says so.
+    fresh = MaskRCNN(mode="training", config=config, model_dir=str(tmp_path / "fresh"))
+    with pytest.raises(TrainingDivergedError, match="no epoch was saved before it"):
+        fresh.train(dataset, None, learning_rate=0.01, epochs=2, layers="heads", verbose=0,
+                    custom_callbacks=[_PoisonAtEpoch(0)])
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(config, tmp_path):
+    first = MaskRCNN(mode="training", config=config, model_dir=str(tmp_path))
+    second = MaskRCNN(mode="training", config=config, model_dir=str(tmp_path))
+    first.set_log_dir()
+    second.set_log_dir()
+    second.log_dir = first.log_dir  # as if started in the same second
+    assert first.make_log_dir() == first.log_dir
+    claimed = second.make_log_dir()
+    assert claimed != first.log_dir and Path(claimed).is_dir() and second.checkpoint_path.startswith(claimed)
+    assert claimed[-15:] > first.log_dir[-15:] and claimed[:-15] == first.log_dir[:-15]  # a later timestamp
+    assert second.make_log_dir() == claimed  # claimed once: later stages write to the same run
 
 
 def test_describe_learning_rate_names_a_schedule_and_its_value_now():

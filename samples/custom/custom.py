@@ -184,10 +184,8 @@ def train(args: argparse.Namespace) -> Any:
     model = MaskRCNN(mode="training", config=config, model_dir=args.logs)
     model.ensure_built()
     load_start_weights(model, kind, path, _split(args.exclude))
-    if model.log_dir is None:  # loading one of our checkpoints continues its run (and epoch count)
-        model.set_log_dir()
-    Path(model.log_dir).mkdir(parents=True, exist_ok=True)
-    (Path(model.log_dir) / CLASS_NAMES_FILE).write_text(json.dumps(class_names))
+    # Loading one of our checkpoints continues its run (and epoch count); otherwise a new run.
+    (Path(model.make_log_dir()) / CLASS_NAMES_FILE).write_text(json.dumps(class_names))
     lr = args.lr or config.LEARNING_RATE
     augmentation = Compose([HorizontalFlip(0.5)])
     print(f"Training the heads up to epoch {args.epochs_heads}")
