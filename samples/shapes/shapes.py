@@ -4,7 +4,8 @@ No files are needed: images are generated from a seed (mrcnn.data.shapes).
 
     python samples/shapes/shapes.py demo                      # train from scratch, evaluate, draw
     python samples/shapes/shapes.py train --epochs 8 --logs runs/shapes
-    python samples/shapes/shapes.py evaluate --weights runs/shapes/shapes.weights.h5
+    python samples/shapes/shapes.py evaluate --weights last          # train's newest checkpoint
+    python samples/shapes/shapes.py evaluate --weights runs/shapes/shapes.weights.h5   # demo's weights
     python samples/shapes/shapes.py detect --weights last --count 4 --out detections.png
 
 `demo` is what `make demo` runs: it trains a Mask R-CNN with a narrow ResNet-FPN (`DemoConfig`)
