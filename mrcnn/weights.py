@@ -207,6 +207,9 @@ def _keras3_entries(root: h5py.Group, path: str, name_map: dict[str, str] | None
             (name, key, item[key]) for key in sorted(item, key=lambda key: int(key) if key.isdigit() else key))
 
     root.visititems(visit)
+    if not entries and not unnamed:
+        raise ValueError(f"weights file {path} holds no layer weights: neither a Keras-2 file (no 'layer_names' "
+                         "attribute) nor a Keras 3 .weights.h5 with variable groups")
     if unnamed:
         raise ValueError(f"weights file {path}: its variable groups (e.g. {unnamed[0]!r}) carry no layer names "
                          "(written by an older Keras 3), so it cannot be loaded by name: load it by structure "
