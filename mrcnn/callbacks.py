@@ -106,14 +106,27 @@ def read_optimizer_state(path: str) -> dict[str, np.ndarray]:
             found = 0 if group is None else len(group)
             raise ValueError(f"{path}: records {len(names)} optimizer variable names but holds {found} "
                              "optimizer variables (file written by another tool?)")
-        return {name: np.asarray(group[str(i)]) for i, name in enumerate(names)}
+        return {key: np.asarray(group[str(i)]) for i, key in enumerate(_variable_keys(names))}
+
+
+def _variable_keys(names: list[str]) -> list[str]:
+    """Optimizer variable names made unique in order: a LossScaleOptimizer has an ``iteration``
+    and a ``learning_rate`` of its own before its inner optimizer's; the second is ``iteration#1``."""
+    seen: dict[str, int] = {}
+    keys = []
+    for name in names:
+        count = seen.get(name, 0)
+        keys.append(name if count == 0 else f"{name}#{count}")
+        seen[name] = count + 1
+    return keys
 
 
 def optimizer_state(optimizer: keras.optimizers.Optimizer) -> dict[str, np.ndarray]:
-    """The optimizer's variables by name (empty before it is built)."""
+    """The optimizer's variables by name (empty before it is built; repeated names as `_variable_keys`)."""
     if optimizer is None or not optimizer.built:
         return {}
-    return {v.name: np.asarray(v.numpy()) for v in optimizer.variables}
+    variables = optimizer.variables
+    return {key: np.asarray(v.numpy()) for key, v in zip(_variable_keys([v.name for v in variables]), variables)}
 
 
 def restore_optimizer_state(optimizer: keras.optimizers.Optimizer, state: str | dict[str, np.ndarray]
@@ -137,17 +150,18 @@ def restore_optimizer_state(optimizer: keras.optimizers.Optimizer, state: str | 
                          "optimizer.build(model.trainable_variables) first")
     stored = read_optimizer_state(state) if isinstance(state, (str, os.PathLike)) else dict(state)
     restored, missing = [], []
-    for variable in optimizer.variables:
+    keys = _variable_keys([v.name for v in optimizer.variables])
+    for key, variable in zip(keys, optimizer.variables):
         if variable.name in _NOT_RESTORED:
             continue
-        value = stored.get(variable.name)
+        value = stored.get(key)
         if value is None or tuple(value.shape) != tuple(variable.shape):
-            missing.append(variable.name)
+            missing.append(key)
             continue
         variable.assign(value)
-        restored.append(variable.name)
-    current = {v.name for v in optimizer.variables}
-    unused = sorted(n for n in stored if n not in current and n not in _NOT_RESTORED)
+        restored.append(key)
+    current = set(keys)
+    unused = sorted(n for n in stored if n not in current and n.split("#")[0] not in _NOT_RESTORED)
     return {"restored": restored, "missing": missing, "unused": unused}
 
 

@@ -102,6 +102,30 @@ def test_restore_optimizer_state_continues_iterations_and_momentum_not_lr(tmp_pa
     assert report["missing"] == [] and report["unused"] == []
 
 
+def test_repeated_optimizer_variable_names_restore_each_its_own(tmp_path):
+    """A LossScaleOptimizer (mixed_float16) has an `iteration` of its own and its inner one's."""
+    from mrcnn.callbacks import optimizer_state, restore_optimizer_state, write_checkpoint
+
+    def scaled_sgd(model):
+        optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1, momentum=0.9))
+        optimizer.build(model.trainable_variables)
+        return optimizer
+
+    model = _model()
+    model.optimizer = scaled_sgd(model)
+    outer = [v for v in model.optimizer.variables if v.name == "iteration"][0]  # the wrapper's, listed first
+    outer.assign(7)
+    model.optimizer.inner_optimizer.iterations.assign(3)
+    state = optimizer_state(model.optimizer)
+    assert int(state["iteration"]) == 7 and int(state["iteration#1"]) == 3
+    path = write_checkpoint(model, str(tmp_path / "c_0001.weights.h5"), epoch=1)
+    fresh = scaled_sgd(model)
+    report = restore_optimizer_state(fresh, path)
+    assert report["unused"] == [] and "iteration#1" in report["restored"]
+    assert int(fresh.inner_optimizer.iterations.numpy()) == 3
+    assert int([v for v in fresh.variables if v.name == "iteration"][0].numpy()) == 7
+
+
 def test_restore_optimizer_state_needs_built_optimizer(tmp_path):
     from mrcnn.callbacks import restore_optimizer_state
 
