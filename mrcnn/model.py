@@ -893,8 +893,8 @@ class MaskRCNN(keras.Model):
             molded [N,h,w,3] float32, metas [N,META] float32, windows [N,4] int32 pixel windows.
         """
         c = self.config
-        if not scale > 0:
-            raise ValueError(f"mold_inputs: scale must be > 0, got {scale!r}")
+        if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.number)) or not scale > 0:
+            raise ValueError(f"mold_inputs: scale must be a number > 0, got {scale!r}")
         molded, metas, windows = [], [], []
         for i, image in enumerate(images):
             image = _as_rgb(np.asarray(image), c.IMAGE_CHANNEL_COUNT, index=i)
@@ -918,6 +918,10 @@ class MaskRCNN(keras.Model):
             metas.append(utils.compose_image_meta(0, image.shape, resized.shape, window, own_scale,
                                                   np.ones(c.NUM_CLASSES, np.int32)))
             windows.append(window)
+        canvases = sorted({m.shape for m in molded})
+        if len(canvases) > 1:  # pad64 / "none" modes keep sizes apart
+            raise ValueError(f"mold_inputs: these images mold to different canvases {canvases} (IMAGE_RESIZE_MODE "
+                             f"{c.IMAGE_RESIZE_MODE!r}); pass images of one canvas at a time (detect groups them itself)")
         return np.stack(molded).astype(np.float32), np.stack(metas).astype(np.float32), np.array(windows, np.int32)
 
     def _per_canvas(self, function: Callable, images: tf.Tensor, metas: tf.Tensor) -> Any:
@@ -1005,6 +1009,9 @@ class MaskRCNN(keras.Model):
         self._frozen_infer.clear()
         return self
 
+    def _graph_outputs(self, images: tf.Tensor, metas: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self({"input_image": images, "input_image_meta": metas}, training=False)
+
     def _infer_outputs(self, images: tf.Tensor, metas: tf.Tensor) -> dict[str, tf.Tensor]:
         # Unmolding reads each detection's class channel only: the graph computes just that one.
         outputs = self({"input_image": images, "input_image_meta": metas}, training=False, detected_class_masks=True)
@@ -1059,7 +1066,19 @@ class MaskRCNN(keras.Model):
     def detect_molded(self, molded_images: np.ndarray, image_metas: np.ndarray, verbose: int = 0,
                       soft_masks: bool = False) -> list[dict[str, np.ndarray]]:
         """Detects on already molded images (as DataGenerator produces); results in original pixels
-        (soft_masks: float32 probability masks, as `detect`)."""
+        (soft_masks: float32 probability masks, as `detect`).
+
+        Args:
+            molded_images: [N, H, W, C] float32 molded images (`mold_inputs`' first output).
+            image_metas: [N, IMAGE_META_SIZE] float32.
+
+        Raises:
+            ValueError: naming the shapes when they are not batches of the same N.
+        """
+        molded_images, image_metas = np.asarray(molded_images), np.asarray(image_metas)
+        if molded_images.ndim != 4 or image_metas.ndim != 2 or len(molded_images) != len(image_metas):
+            raise ValueError(f"detect_molded takes batches: molded_images [N, H, W, C] and image_metas "
+                             f"[N, {self.config.IMAGE_META_SIZE}], got {molded_images.shape} and {image_metas.shape}")
         results = []
         for k in range(0, len(molded_images), self.config.BATCH_SIZE):
             out = self._infer(tf.constant(molded_images[k:k + self.config.BATCH_SIZE], tf.float32),
@@ -1169,7 +1188,9 @@ class MaskRCNN(keras.Model):
         if unknown:
             raise ValueError(f"unknown graph outputs {unknown}; known: {list(GRAPH_OUTPUTS)}")
         molded, metas, _ = self.mold_inputs(images)
-        result = self({"input_image": tf.constant(molded), "input_image_meta": tf.constant(metas)}, training=False)
+        # Traced like detect's graph: run eagerly, bfloat16 rounds differently (unfused ops) and the
+        # tensors shown would not be the ones detect computes.
+        result = self._per_canvas(self._graph_outputs, tf.constant(molded), tf.constant(metas))
         absent = sorted(set(mapping.values()) - set(result))
         if absent:  # e.g. P2..P6 and C5 in the C4 model, mrcnn_mask without a mask head
             raise ValueError(f"graph outputs {absent} do not exist in this model "

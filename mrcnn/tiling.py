@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from mrcnn.utils import extract_bboxes
+from mrcnn.utils import binary_masks, extract_bboxes
 
 __all__ = ["detect_tiled", "tile_starts"]
 
@@ -70,7 +70,8 @@ def detect_tiled(
     Args:
         model: any object with ``detect(images: list) -> list[dict]``, each dict holding ``rois``
             [n, (y1, x1, y2, x2)] int pixels of that image (y2/x2 exclusive), ``class_ids`` [n],
-            ``scores`` [n] and ``masks`` [h, w, n] bool at that image's size.
+            ``scores`` [n] and ``masks`` [h, w, n] bool (or float probabilities, taken >= 0.5)
+            at that image's size.
         image: [H, W] or [H, W, C] image (passed to the model tile by tile, any dtype).
         tile_size: tile height and width (one int, or (th, tw)).
         overlap: pixels shared by neighbouring tiles; 0 <= overlap < tile size. Make it larger
@@ -82,8 +83,9 @@ def detect_tiled(
         verbose: 1 shows a progress bar over tile batches.
 
     Returns:
-        dict like `detect`'s at the full image size: rois [N, 4] int32 pixels, class_ids [N] int32,
-        scores [N] float32, masks [H, W, N] bool; sorted by decreasing score.
+        dict like `detect`'s at the full image size: rois [N, 4] int32 pixels (each merged mask's
+        tight box, not the model's box), class_ids [N] int32, scores [N] float32, masks [H, W, N]
+        bool; sorted by decreasing score.
 
     Raises:
         ValueError: naming the bad argument (image shape, tile size, overlap, a model result of
@@ -92,11 +94,12 @@ def detect_tiled(
     image = np.asarray(image)
     if image.ndim not in (2, 3) or min(image.shape[:2]) < 1:
         raise ValueError(f"image must be [H, W] or [H, W, C], got shape {image.shape}")
-    tile_h, tile_w = (int(tile_size), int(tile_size)) if np.isscalar(tile_size) else (int(v) for v in tile_size)
-    if tile_h < 1 or tile_w < 1:
-        raise ValueError(f"tile_size must be positive, got {tile_size!r}")
-    if not 0 <= overlap < min(tile_h, tile_w):
-        raise ValueError(f"overlap must be in [0, tile size) = [0, {min(tile_h, tile_w)}), got {overlap}")
+    sizes = [tile_size, tile_size] if np.isscalar(tile_size) else list(tile_size)
+    if len(sizes) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in sizes):
+        raise ValueError(f"tile_size must be a positive int or two of them, got {tile_size!r}")
+    tile_h, tile_w = (int(v) for v in sizes)
+    if not isinstance(overlap, (int, np.integer)) or not 0 <= overlap < min(tile_h, tile_w):
+        raise ValueError(f"overlap must be an int in [0, tile size) = [0, {min(tile_h, tile_w)}), got {overlap!r}")
     if not 0.0 < duplicate_threshold <= 1.0:
         raise ValueError(f"duplicate_threshold must be in (0, 1], got {duplicate_threshold}")
     if batch_size is None:
@@ -141,7 +144,7 @@ class _Candidates:
             )
         # Interior edges (shared with a neighbouring tile) per side: top, left, bottom, right.
         interior = (y > 0, x > 0, y + h < height, x + w < width)
-        masks = masks.astype(bool, copy=False)
+        masks = binary_masks(masks)  # soft-mask probabilities: cut where detect cuts them
         # Every mask's tight box from two passes over the contiguous [h, w, N] array; scanning
         # each instance's strided [h, w] plane separately cost ~0.6 ms per instance.
         extents = extract_bboxes(masks)

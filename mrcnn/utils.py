@@ -28,6 +28,17 @@ RESIZE_MODES = ("none", "square", "pad64", "crop")
 
 # ------------------------------------------------------------------------------------------------
 # Boxes
+# detect(..., soft_masks=True) returns mask probabilities; detect's own masks are those >= this.
+SOFT_MASK_THRESHOLD = 0.5
+
+
+def binary_masks(masks: np.ndarray) -> np.ndarray:
+    """Masks as bool: float masks (soft-mask probabilities) are cut at `SOFT_MASK_THRESHOLD`, as
+    `detect` binarizes them; other dtypes count nonzero as inside. Any shape."""
+    masks = np.asarray(masks)
+    return masks >= SOFT_MASK_THRESHOLD if masks.dtype.kind == "f" else masks.astype(bool)
+
+
 def extract_bboxes(mask: np.ndarray) -> np.ndarray:
     """Tight pixel boxes around instance masks.
 

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from mrcnn.utils import extract_bboxes
+from mrcnn.data.dataset import conform_channels
+from mrcnn.utils import binary_masks, extract_bboxes
 
 # Backends that cannot open a window: plt.show() would only warn.
 _NON_INTERACTIVE_BACKENDS = ("agg", "pdf", "pgf", "ps", "svg", "cairo", "template")
@@ -103,6 +104,17 @@ def random_colors(N: int, bright: bool = True, seed: int | None = None) -> list[
     return [tuple(float(c) for c in colors[i]) for i in order]
 
 
+def _rgb(image: np.ndarray) -> np.ndarray:
+    """The image as [H, W, 3] for drawing: grayscale repeated, RGBA without its alpha."""
+    return conform_channels(np.asarray(image), 3, "image")
+
+
+def _check_class_names(class_ids: np.ndarray, class_names: Sequence[str]) -> None:
+    bad = sorted({int(c) for c in np.asarray(class_ids).reshape(-1) if abs(int(c)) >= len(class_names)})
+    if bad:
+        raise ValueError(f"class ids {bad} have no name: class_names has {len(class_names)} entries")
+
+
 def apply_mask(image: np.ndarray, mask: np.ndarray, color: Sequence[float], alpha: float = 0.5) -> np.ndarray:
     """Blends `color` into `image` where `mask` is set.
 
@@ -110,7 +122,7 @@ def apply_mask(image: np.ndarray, mask: np.ndarray, color: Sequence[float], alph
 
     Args:
         image: [H, W, 3] values 0..255 (any numeric dtype; the result has the same dtype).
-        mask: [H, W] bool (nonzero = inside).
+        mask: [H, W] bool (nonzero = inside; float probabilities: >= 0.5, `binary_masks`).
         color: (r, g, b) in [0, 1].
         alpha: colour weight inside the mask.
 
@@ -125,7 +137,7 @@ def apply_mask(image: np.ndarray, mask: np.ndarray, color: Sequence[float], alph
     if mask.shape != image.shape[:2]:
         raise ValueError(f"mask shape {mask.shape} does not match image shape {image.shape}")
     blended = image.astype(np.float64)
-    inside = mask.astype(bool)
+    inside = binary_masks(mask)
     blended[inside] = blended[inside] * (1 - alpha) + alpha * 255.0 * np.asarray(color[:3], np.float64)
     if np.issubdtype(image.dtype, np.integer):
         blended = np.clip(np.rint(blended), np.iinfo(image.dtype).min, np.iinfo(image.dtype).max)
@@ -136,14 +148,14 @@ def color_splash(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """Keeps colour on the instances and turns everything else grey.
 
     Args:
-        image: [H, W, 3] uint8 RGB.
-        masks: [H, W, N] bool (N may be 0: all grey).
+        image: [H, W, 3] uint8 RGB ([H, W] grayscale and RGBA are taken as `detect` takes them).
+        masks: [H, W, N] bool (N may be 0: all grey; float probabilities: >= 0.5).
 
     Returns:
         [H, W, 3] uint8.
     """
-    image = np.asarray(image)
-    masks = np.asarray(masks)
+    image = _rgb(image)
+    masks = binary_masks(masks)
     if masks.ndim != 3 or masks.shape[:2] != image.shape[:2]:
         raise ValueError(f"masks shape {masks.shape} does not match image shape {image.shape} (expected [H, W, N])")
     # ITU-R 601 luma, as skimage.color.rgb2gray uses 709; either is fine for a splash.
@@ -157,7 +169,7 @@ def _mask_outlines(mask: np.ndarray) -> list[np.ndarray]:
     """Outline polygons of a [H, W] mask as (x, y) arrays, along pixel edges in imshow coordinates."""
     from skimage.measure import find_contours
 
-    padded = np.pad(mask.astype(np.uint8), 1)
+    padded = np.pad(binary_masks(mask).astype(np.uint8), 1)
     # Contour indices are in the padded frame: subtract the pad; imshow puts pixel centres at integers.
     return [np.fliplr(c) - 1 for c in find_contours(padded, 0.5)]
 
@@ -190,9 +202,9 @@ def display_instances(
     """Draws an image with its instances: boxes, masks, mask outlines and captions.
 
     Args:
-        image: [H, W, 3] values 0..255.
+        image: [H, W, 3] values 0..255 ([H, W] grayscale and RGBA are taken as `detect` takes them).
         boxes: [N, (y1, x1, y2, x2)] pixel boxes.
-        masks: [H, W, N] bool.
+        masks: [H, W, N] bool (float probabilities of ``soft_masks=True``: drawn where >= 0.5).
         class_ids: [N] int; negative ids (crowd) are drawn with a "crowd:" caption.
         class_names: names indexed by class id.
         scores: optional [N] confidences, shown in captions.
@@ -211,7 +223,7 @@ def display_instances(
         ValueError: naming the shapes when boxes, masks, class_ids, scores, captions or colors
             disagree on N, masks do not match the image, or a class id has no name.
     """
-    image = np.asarray(image)
+    image = _rgb(image)
     boxes = np.zeros((0, 4)) if boxes is None else np.asarray(boxes)
     class_ids = np.asarray(class_ids).reshape(-1)
     n = boxes.shape[0]
@@ -220,7 +232,7 @@ def display_instances(
     if masks is None:
         masks = np.zeros(image.shape[:2] + (n,), bool)
         show_mask = False
-    masks = np.asarray(masks)
+    masks = binary_masks(masks)
     counts = {"boxes": boxes.shape, "masks": masks.shape, "class_ids": class_ids.shape}
     if scores is not None:
         scores = np.asarray(scores).reshape(-1)
@@ -235,9 +247,7 @@ def display_instances(
         raise ValueError(f"instance counts disagree: {details} (N is boxes[0], masks[-1], class_ids[0])")
     if masks.shape[:2] != image.shape[:2]:
         raise ValueError(f"masks shape {masks.shape} does not match image shape {image.shape}")
-    bad = [int(c) for c in class_ids if abs(int(c)) >= len(class_names)]
-    if bad:
-        raise ValueError(f"class ids {bad} have no name: class_names has {len(class_names)} entries")
+    _check_class_names(class_ids, class_names)
 
     fig, ax, owns = _image_axes(ax, figsize, save_path, image.shape, title)
     colors = colors if colors is not None else random_colors(n, seed=0)
@@ -309,7 +319,7 @@ def display_keypoints(
         ValueError: naming the shapes when keypoints are not [N, K, 3], boxes or colours do not have
             N entries, a skeleton index is out of range, or keypoint_names does not have K names.
     """
-    image = np.asarray(image)
+    image = _rgb(image)
     keypoints = np.asarray(keypoints, dtype=np.float64)
     if keypoints.ndim != 3 or keypoints.shape[-1] != 3:
         raise ValueError(f"keypoints must be [N, K, 3] (x, y, visibility or score), got shape {keypoints.shape}")
@@ -393,16 +403,20 @@ def display_top_masks(
 
     Args:
         image: [H, W, 3].
-        mask: [H, W, N] bool.
+        mask: [H, W, N] bool (float probabilities: >= 0.5).
         class_ids: [N] int (negative crowd ids count for their class).
 
     Returns:
         The matplotlib Figure.
+
+    Raises:
+        ValueError: when mask and class_ids disagree, or a class id has no name.
     """
-    mask = np.asarray(mask)
+    mask = binary_masks(mask)
     class_ids = np.abs(np.asarray(class_ids).reshape(-1))
     if mask.ndim != 3 or mask.shape[-1] != len(class_ids):
         raise ValueError(f"mask shape {mask.shape} does not match class_ids shape {class_ids.shape}")
+    _check_class_names(class_ids, class_names)
     images, titles = [image], ["H x W={}x{}".format(*image.shape[:2])]
     unique = np.unique(class_ids)
     areas = [mask[..., class_ids == c].sum() for c in unique]
@@ -435,7 +449,7 @@ def draw_boxes(
         image: [H, W, 3].
         boxes: [N, 4] pixel boxes before refinement (dashed when `refined_boxes` is given).
         refined_boxes: [N, 4] the same boxes after refinement; a line joins each pair.
-        masks: [H, W, N] bool, blended into the image.
+        masks: [H, W, N] bool (float probabilities: >= 0.5), blended into the image.
         captions: N strings, placed at the refined box if there is one, else at the box.
         visibilities: N ints: 0 hidden, 1 faint grey dotted, 2 in colour (default 2 for all).
         title: Axes title.
@@ -465,12 +479,13 @@ def draw_boxes(
     from matplotlib.patches import Polygon
 
     colors = random_colors(n, seed=0)
-    height, width = np.asarray(image).shape[:2]
+    image = _rgb(image)
+    height, width = image.shape[:2]
     ax.set_ylim(height + 15, -15)
     ax.set_xlim(-50, width + 50)
     ax.axis("off")
     ax.set_title(title)
-    masked = np.asarray(image).astype(np.float64)
+    masked = image.astype(np.float64)
     for i in range(n):
         visibility = visibilities[i] if visibilities is not None else 2
         if visibility == 0:
@@ -492,7 +507,7 @@ def draw_boxes(
                     color="w", backgroundcolor="none", bbox={"facecolor": color, "alpha": 0.5, "pad": 2,
                                                              "edgecolor": "none"})
         if masks is not None:
-            mask = np.asarray(masks)[..., i]
+            mask = binary_masks(np.asarray(masks)[..., i])
             masked = apply_mask(masked, mask, color if visibility == 2 else (0.5, 0.5, 0.5))
             for outline in _mask_outlines(mask):
                 ax.add_patch(Polygon(outline, facecolor="none", edgecolor=color))
@@ -554,7 +569,8 @@ def plot_overlaps(
         The matplotlib Axes.
 
     Raises:
-        ValueError: naming the shapes when overlaps does not match the id lists.
+        ValueError: naming the shapes when overlaps does not match the id lists, or a class id
+            that has no name.
     """
     gt_class_ids = np.asarray(gt_class_ids).reshape(-1)
     pred_class_ids = np.asarray(pred_class_ids).reshape(-1)
@@ -568,6 +584,7 @@ def plot_overlaps(
             f"overlaps {overlaps.shape} must be [num_pred, num_gt] = [{len(pred_class_ids)}, {len(gt_class_ids)}] "
             f"with {len(pred_scores)} scores"
         )
+    _check_class_names(np.concatenate([pred_class_ids, gt_class_ids]), class_names)
     fig, ax, owns = _axes(ax, (12, 10), save_path)
     if overlaps.size:
         ax.imshow(overlaps, interpolation="nearest", cmap="Blues", vmin=0, vmax=1, aspect="auto")

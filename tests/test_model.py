@@ -388,6 +388,13 @@ def test_mold_inputs_names_the_bad_image(config):
         model.mold_inputs([good, good, np.full((20, 20, 3), np.nan, np.float32)])
     with pytest.raises(ValueError, match=r"image 0 must be \[H,W\] or \[H,W,C\]"):
         model.mold_inputs([np.zeros((1, 2, 3, 4), np.uint8)])
+    with pytest.raises(ValueError, match=r"scale must be a number > 0, got '2'"):
+        model.mold_inputs([good], scale="2")
+    pad64 = MaskRCNN(mode="inference", config=type(config)().update(IMAGE_RESIZE_MODE="pad64"))
+    with pytest.raises(ValueError, match=r"mold to different canvases \[\(64, 64, 3\), \(\d+, 64, 3\)\]"):
+        pad64.mold_inputs([good, np.zeros((100, 20, 3), np.uint8)])
+    with pytest.raises(ValueError, match=r"detect_molded takes batches: .* got \(64, 64, 3\) and"):
+        model.detect_molded(np.zeros((64, 64, 3), np.float32), np.zeros((config.IMAGE_META_SIZE,), np.float32))
 
 
 def test_detect_rejects_a_bare_image(trained):
@@ -643,6 +650,20 @@ def test_run_graph_returns_named_intermediates(trained, config):
     assert out["P2"].shape[1:3] == (16, 16)
     with pytest.raises(ValueError, match="unknown graph outputs"):
         trained[0].run_graph([np.zeros((64, 64, 3), np.uint8)], ["nonsense"])
+
+
+def test_run_graph_shows_the_tensors_detect_computes_in_bfloat16(trained, config, tmp_path):
+    """Eager bfloat16 rounds after every op; detect's traced graph fuses them: run_graph traces too."""
+    path = str(tmp_path / "trained.weights.h5")
+    trained[0].save_weights(path)
+    model = MaskRCNN(mode="inference", config=type(config)().update(MIXED_PRECISION="mixed_bfloat16"))
+    model.load_weights(path)
+    image = np.random.default_rng(3).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    shown = model.run_graph([image], ["detections"])["detections"]
+    molded, metas, _ = model.mold_inputs([image])
+    computed = model._infer(tf.constant(molded), tf.constant(metas))["detections"].numpy()
+    assert np.count_nonzero(computed[..., 5]) > 0
+    np.testing.assert_array_equal(shown, computed)
 
 
 def test_config_type_is_checked():

@@ -102,6 +102,25 @@ def test_small_image_is_one_tile_and_grayscale_works():
     np.testing.assert_array_equal(result["masks"][..., 0], truth[..., 0])
 
 
+def test_soft_masks_merge_as_detect_binarizes_them():
+    class SoftBlobModel(BlobModel):  # the same instances as probabilities, with a faint halo
+        def detect(self, images):
+            results = super().detect(images)
+            for result in results:
+                masks = result["masks"]
+                halo = np.zeros_like(masks)
+                halo[1:] = masks[:-1]
+                result["masks"] = np.maximum(np.where(masks, 0.9, 0.0), 0.3 * halo).astype(np.float32)
+            return results
+
+    image, _ = _disc_image((96, 96), [(20, 20), (30, 70), (75, 45)], 9)
+    plain = detect_tiled(BlobModel(), image, tile_size=48, overlap=24)
+    soft = detect_tiled(SoftBlobModel(), image, tile_size=48, overlap=24)
+    assert len(plain["scores"]) == 3
+    for key in ("rois", "class_ids", "masks"):
+        np.testing.assert_array_equal(soft[key], plain[key])
+
+
 def test_empty_and_bad_arguments():
     result = detect_tiled(BlobModel(), np.zeros((80, 80, 3), np.uint8), tile_size=32, overlap=8)
     assert result["masks"].shape == (80, 80, 0) and result["rois"].shape == (0, 4)
@@ -109,6 +128,10 @@ def test_empty_and_bad_arguments():
         detect_tiled(BlobModel(), np.zeros((80, 80, 3), np.uint8), tile_size=32, overlap=32)
     with pytest.raises(ValueError, match="image"):
         detect_tiled(BlobModel(), np.zeros((80,), np.uint8), tile_size=32, overlap=8)
+    with pytest.raises(ValueError, match=r"tile_size must be a positive int or two of them, got 32.5"):
+        detect_tiled(BlobModel(), np.zeros((80, 80, 3), np.uint8), tile_size=32.5, overlap=8)
+    with pytest.raises(ValueError, match=r"overlap must be an int in \[0, tile size\) = \[0, 32\), got 8.5"):
+        detect_tiled(BlobModel(), np.zeros((80, 80, 3), np.uint8), tile_size=32, overlap=8.5)
 
     class Broken:
         def detect(self, images):

@@ -208,6 +208,55 @@ def test_color_splash():
     assert (visualize.color_splash(image, np.zeros((2, 2, 0), bool)) == 60).all()
 
 
+def _soft(masks: np.ndarray) -> np.ndarray:
+    """Soft-mask probabilities whose >= 0.5 part is `masks`, with a faint halo below the cut."""
+    soft = np.where(masks, 0.9, 0.0).astype(np.float32)
+    halo = np.zeros_like(soft)
+    halo[1:] = soft[:-1]
+    return np.maximum(soft, 0.3 * (halo > 0))
+
+
+def test_soft_masks_are_drawn_as_detect_binarizes_them():
+    from matplotlib.figure import Figure
+
+    image, boxes, masks, class_ids = _instances(3)
+    soft = _soft(masks)
+    assert (soft > 0).sum() > masks.sum()  # the halo would be drawn if anything > 0 counted
+    drawn = {}
+    for name, given in (("bool", masks), ("soft", soft)):
+        ax = Figure().add_subplot()
+        visualize.display_instances(image, boxes, given, class_ids, CLASS_NAMES, ax=ax, show_bbox=False)
+        drawn[name] = (ax.images[0].get_array().copy(), [patch.get_xy().tolist() for patch in ax.patches])
+    np.testing.assert_array_equal(drawn["soft"][0], drawn["bool"][0])
+    assert drawn["soft"][1] == drawn["bool"][1] and len(drawn["bool"][1]) == 3  # one outline per mask
+    np.testing.assert_array_equal(visualize.color_splash(image, soft), visualize.color_splash(image, masks))
+
+
+def test_grayscale_and_rgba_images_are_drawn_as_detect_takes_them():
+    from matplotlib.figure import Figure
+
+    rgb, boxes, masks, class_ids = _instances(2)
+    rgb[:, :, 0] = np.arange(rgb.shape[1])  # columns differ: a column/row mix-up shows
+    gray = rgb[:, :, 0]
+    np.testing.assert_array_equal(visualize.color_splash(gray, masks), visualize.color_splash(np.dstack([gray] * 3), masks))
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    for image, expected in ((gray, np.dstack([gray] * 3)), (rgba, rgb)):
+        ax, reference = Figure().add_subplot(), Figure().add_subplot()
+        visualize.display_instances(image, boxes, masks, class_ids, CLASS_NAMES, ax=ax)
+        visualize.display_instances(expected, boxes, masks, class_ids, CLASS_NAMES, ax=reference)
+        np.testing.assert_array_equal(ax.images[0].get_array(), reference.images[0].get_array())
+    with pytest.raises(ValueError, match="image has 2 channels, the config expects 3"):
+        visualize.color_splash(rgb[:, :, :2], masks)
+
+
+def test_short_class_names_are_named_everywhere():
+    image, _, masks, class_ids = _instances(3)  # ids 1, 2, 1
+    with pytest.raises(ValueError, match=r"class ids \[2\] have no name: class_names has 2 entries"):
+        visualize.display_top_masks(image, masks, class_ids, CLASS_NAMES[:2])
+    with pytest.raises(ValueError, match=r"class ids \[2\] have no name"):
+        visualize.plot_overlaps(class_ids, class_ids, np.ones(3), np.eye(3), CLASS_NAMES[:2])
+
+
 def test_display_table_text(capsys):
     text = visualize.display_table([["a", "bb"], ["ccc", "d"]])
     assert text == "a    bb\nccc  d"
