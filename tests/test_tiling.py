@@ -121,6 +121,22 @@ def test_soft_masks_merge_as_detect_binarizes_them():
         np.testing.assert_array_equal(soft[key], plain[key])
 
 
+def test_label_output_holds_the_same_instances_as_the_masks():
+    image, _ = _disc_image((96, 96), [(20, 20), (30, 70), (75, 45), (47, 47)], 9)
+    plain = detect_tiled(BlobModel(), image, tile_size=48, overlap=24)
+    labelled = detect_tiled(BlobModel(), image, tile_size=48, overlap=24, output="labels")
+    assert "masks" not in labelled and labelled["labels"].dtype == np.int32 and labelled["labels"].shape == (96, 96)
+    for key in ("rois", "class_ids", "scores"):
+        np.testing.assert_array_equal(labelled[key], plain[key])
+    expected = np.zeros((96, 96), np.int32)
+    for k in reversed(range(plain["masks"].shape[-1])):
+        expected[plain["masks"][..., k]] = k + 1
+    np.testing.assert_array_equal(labelled["labels"], expected)
+    assert labelled["labels"].max() == 4
+    with pytest.raises(ValueError, match="output must be 'masks' or 'labels', got 'label'"):
+        detect_tiled(BlobModel(), image, tile_size=48, overlap=24, output="label")
+
+
 def test_empty_and_bad_arguments():
     result = detect_tiled(BlobModel(), np.zeros((80, 80, 3), np.uint8), tile_size=32, overlap=8)
     assert result["masks"].shape == (80, 80, 0) and result["rois"].shape == (0, 4)

@@ -187,7 +187,7 @@ class NucleusDataset(Dataset):
             if cached is not None:
                 return cached
         if info["kind"] == "kaggle":
-            image = read_png_rgb(info["path"])
+            image = read_png_rgb(info["path"], uint16_scaling=self.UINT16_SCALING)
             labels = read_kaggle_labels(info["mask_dir"], image.shape[:2])
         else:
             image = read_image_rgb(info["path"], uint16_scaling=self.UINT16_SCALING)
@@ -204,8 +204,11 @@ class NucleusDataset(Dataset):
 
 # ----------------------------------------------------------------------------------------------
 # Decoding
-def read_png_rgb(path: str | Path) -> np.ndarray:
+def read_png_rgb(path: str | Path, uint16_scaling: str = "range") -> np.ndarray:
     """Reads a PNG with PIL (a few times faster than skimage.io for small files) as RGB uint8.
+
+    16-bit images are mapped to 8 bits by `uint16_scaling` (`to_rgb_uint8`; NucleusDataset passes
+    its UINT16_SCALING, as `read_image_rgb` does for the other layouts).
 
     Raises:
         FileNotFoundError / ValueError: naming the file when it is missing or cannot be decoded.
@@ -218,7 +221,7 @@ def read_png_rgb(path: str | Path) -> np.ndarray:
             array = np.asarray(image)
     except (OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"cannot decode image file {path}: {error}") from error
-    return to_rgb_uint8(array)
+    return to_rgb_uint8(array, uint16_scaling=uint16_scaling)
 
 
 def read_kaggle_labels(mask_dir: str | Path, shape: tuple[int, int]) -> np.ndarray:

@@ -78,6 +78,8 @@ def evaluate_nuclei(detect: Callable[[list[np.ndarray]], list[dict[str, np.ndarr
         nuclei under 32 x 32 px of area); ``by_kind`` holds, for "fluorescence" and "brightfield"
         images (`is_brightfield`), their count, mask AP / AP50 / AP75 and DSB score (-1 without images).
     """
+    if not isinstance(max_dets, (int, np.integer)) or max_dets < 10:
+        raise ValueError(f"max_dets must be an int >= 10 (COCO also reports recall at 1 and 10), got {max_dets!r}")
     image_ids = [int(i) for i in (dataset.image_ids if image_ids is None else image_ids)]
     if not image_ids:
         raise ValueError("evaluate_nuclei needs at least one image")

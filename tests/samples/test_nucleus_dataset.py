@@ -56,6 +56,25 @@ def test_kaggle_fixture_counts_and_pixels_match_files(kaggle):
             np.testing.assert_array_equal(masks[..., k], mask, err_msg=f"{folder.name} mask {k}")
 
 
+def test_16_bit_kaggle_images_are_stretched_as_the_dataset_says(tmp_path):
+    """UINT16_SCALING ("image_max" for nuclei) applies to the Kaggle layout's PNGs too."""
+    import shutil
+
+    source = next(p for p in sorted((FIXTURE / "kaggle").iterdir()) if p.is_dir())
+    folder = tmp_path / "kaggle" / source.name
+    shutil.copytree(source, folder)
+    image_path = folder / "images" / f"{source.name}.png"
+    gray = np.asarray(Image.open(image_path).convert("L")).astype(np.uint16) * 12  # 12-bit values, max <= 3060
+    Image.fromarray(gray).save(image_path)
+    assert np.asarray(Image.open(image_path)).dtype == np.uint16
+    dataset = NucleusDataset()
+    dataset.load_kaggle(tmp_path / "kaggle")
+    dataset.prepare()
+    image = dataset.load_image(0)
+    assert image.dtype == np.uint8 and image.max() == 255  # stretched to the image's maximum
+    np.testing.assert_array_equal(image[..., 0], np.rint(gray / gray.max() * 255).astype(np.uint8))
+
+
 def test_label_image_fixture_relabels_and_matches_kaggle(kaggle):
     dataset = NucleusDataset()
     stem = "dsb_0e5edb07_crop128"

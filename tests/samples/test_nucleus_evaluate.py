@@ -35,6 +35,12 @@ def test_perfect_detections_score_one_and_low_scores_leave_the_dsb_score(fixture
     assert metrics["num_images"] == 2 and metrics["num_detections"] == 8 + 9 + 2
 
 
+@pytest.mark.parametrize("max_dets", [0, -5, 9, 100.5])
+def test_meaningless_max_dets_are_refused(fixture_images, max_dets):
+    with pytest.raises(ValueError, match=rf"max_dets must be an int >= 10 .*got {max_dets}"):
+        evaluate_nuclei(_oracle(fixture_images, extra_score=0.1), fixture_images, max_dets=max_dets, verbose=0)
+
+
 def test_confident_false_positives_lower_the_dsb_score(fixture_images):
     metrics = evaluate_nuclei(_oracle(fixture_images, extra_score=0.95), fixture_images, verbose=0)
     # One false positive per image: precision TP / (TP + FP + FN) = 8/9 and 9/10 at every threshold.
