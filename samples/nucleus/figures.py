@@ -17,6 +17,7 @@ import argparse
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import skimage.segmentation
@@ -130,6 +131,14 @@ def save_figure(rows: Sequence[tuple[str, list[tuple[str, np.ndarray]]]], path: 
     return path
 
 
+def _val_image(val: Any, prefix: str) -> int:
+    """The validation image whose id starts with `prefix`; ValueError naming it otherwise."""
+    for image_id in val.image_ids:
+        if val.image_info[image_id]["id"].startswith(prefix):
+            return int(image_id)
+    raise ValueError(f"--images {prefix}: no validation image id starts with it (training images are not drawn)")
+
+
 def main(argv: list[str] | None = None) -> int:
     import types
 
@@ -153,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     common = dict(data=args.data, cache=args.cache, no_cache=False, limit=0, logs=str(args.out), tile=0, overlap=64,
                   unet_depth=4, unet_filters=32)
     val = nucleus.load_split(types.SimpleNamespace(**common), "val")
-    ids = pick_images(val) if not args.images else [
-        next(i for i in val.image_ids if val.image_info[i]["id"].startswith(name)) for name in args.images]
+    ids = pick_images(val) if not args.images else [_val_image(val, name) for name in args.images]
     detectors = {"Mask R-CNN": nucleus.load_detector(types.SimpleNamespace(**common, model="mrcnn",
                                                                            weights=args.mrcnn_weights)),
                  "U-Net + watershed": nucleus.load_detector(types.SimpleNamespace(**common, model="unet",

@@ -53,6 +53,9 @@ def train(args: argparse.Namespace) -> Path:
     steps, wall and CPU minutes."""
     if not args.budget_minutes and not args.budget_cpu_minutes:
         raise SystemExit("train needs --budget-minutes or --budget-cpu-minutes")
+    if args.model == "unet" and args.crop % 2**args.unet_depth:  # each pooling halves it; skips must line up
+        raise ValueError(f"--crop {args.crop} must be a multiple of {2**args.unet_depth} for a U-Net of "
+                         f"--unet-depth {args.unet_depth}")
     logs = Path(args.logs)
     logs.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
