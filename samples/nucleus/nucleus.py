@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `samples.nucleus` importable
@@ -90,9 +91,24 @@ def train(args: argparse.Namespace) -> Path:
          "cpu_minutes": round(cpu / 60, 2), "budget_minutes": args.budget_minutes,
          "budget_cpu_minutes": args.budget_cpu_minutes, "threads": args.threads,
          "train_images": int(train_set.num_images), "crop": args.crop, "seed": args.seed,
-         "images_per_step": args.batch if args.model == "unet" else config.BATCH_SIZE}, indent=2))
+         "images_per_step": args.batch if args.model == "unet" else config.BATCH_SIZE,
+         **({"unet_depth": args.unet_depth, "unet_filters": args.unet_filters} if args.model == "unet" else {})},
+        indent=2))
     print(f"Wrote {weights}")
     return weights
+
+
+def _unet_shape(args: argparse.Namespace) -> tuple[int, int]:
+    """(depth, base filters) of the U-Net behind --weights: the `unet_train.json` that training wrote
+    beside them when there is one (said when it overrides the flags), else the flags."""
+    record = Path(args.weights).parent / "unet_train.json"
+    depth, filters = args.unet_depth, args.unet_filters
+    if record.is_file():
+        saved = json.loads(record.read_text())
+        depth, filters = int(saved.get("unet_depth", depth)), int(saved.get("unet_filters", filters))
+        if (depth, filters) != (args.unet_depth, args.unet_filters):
+            print(f"U-Net depth {depth}, {filters} base filters, as trained ({record})")
+    return depth, filters
 
 
 def load_detector(args: argparse.Namespace):
@@ -105,8 +121,20 @@ def load_detector(args: argparse.Namespace):
     else:
         from samples.nucleus.unet import UNetDetector, build_unet
 
-        network = build_unet(depth=args.unet_depth, base_filters=args.unet_filters)
-        network.load_weights(args.weights)
+        depth, filters = _unet_shape(args)
+        network = build_unet(depth=depth, base_filters=filters)
+        # Weights of another shape make Keras warn once per layer, then raise listing every variable:
+        # those warnings are held back, and the error says what is wrong first.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                network.load_weights(args.weights)
+            except ValueError as error:
+                raise ValueError(f"--weights {args.weights} do not fit a U-Net of depth {depth} with {filters} "
+                                 "base filters: pass the --unet-depth / --unet-filters it was trained with, or a "
+                                 f"U-Net's weights (Keras: {str(error).splitlines()[0][:200]})") from None
+        for warning in caught:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
         model = UNetDetector(network, tile=256, margin=32)
     if args.tile:
         return lambda images: [detect_tiled(model, image, args.tile, args.overlap) for image in images]
