@@ -4,7 +4,7 @@
     python samples/nucleus/nucleus.py train    --model unet  --budget-minutes 45 --logs runs/nucleus
     python samples/nucleus/nucleus.py evaluate --model mrcnn --weights runs/nucleus/mrcnn.weights.h5
     python samples/nucleus/nucleus.py detect   --model unet  --weights runs/nucleus/unet.weights.h5 \
-        --image some.png --tile 512 --overlap 64 --out detections.png
+        --image some.png --tile 512 --overlap 64 --out detections.png --labels labels.png
 
 Data: `--data` (default ../shared/data/dsb2018/stage1_train), Kaggle layout, the fixed train/val
 split of samples/nucleus/dataset.py. `--cache` holds one decoded file per image (default
@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # run as a script: make `samples.nucleus` importa
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from mrcnn.callbacks import TrainingBudget  # noqa: E402
@@ -33,7 +34,7 @@ from mrcnn.cli import run_command  # noqa: E402
 from mrcnn.tiling import detect_tiled  # noqa: E402
 from samples.nucleus.augment import microscopy_augmentation  # noqa: E402
 from samples.nucleus.config import NucleusConfig, NucleusInferenceConfig  # noqa: E402
-from samples.nucleus.dataset import NucleusDataset  # noqa: E402
+from samples.nucleus.dataset import NucleusDataset, masks_to_labels  # noqa: E402
 from samples.nucleus.evaluate import evaluate_nuclei  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -162,7 +163,20 @@ def detect(args: argparse.Namespace) -> str:
                                 result["scores"], show_bbox=False, title=f"{len(result['scores'])} nuclei",
                                 save_path=args.out)
     print(f"{len(result['scores'])} nuclei; wrote {args.out}")
+    if args.labels:
+        write_label_image(masks_to_labels(result["masks"]), args.labels)
+        print(f"wrote {args.labels}")
     return args.out
+
+
+def write_label_image(labels: np.ndarray, path: str | Path) -> None:
+    """Writes an instance label image (0 background, k for the k-th detection by score) as a
+    16-bit PNG or TIFF, the form other microscopy tools read; ValueError past 65535 instances."""
+    import skimage.io
+
+    if labels.max(initial=0) > np.iinfo(np.uint16).max:
+        raise ValueError(f"{int(labels.max())} instances do not fit a 16-bit label image ({path})")
+    skimage.io.imsave(str(path), labels.astype(np.uint16), check_contrast=False)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -200,6 +214,8 @@ def _parser() -> argparse.ArgumentParser:
         if name == "detect":
             p.add_argument("--image", required=True, help="image file (PNG/TIFF, gray, RGB or 16-bit)")
             p.add_argument("--out", default="detections.png")
+            p.add_argument("--labels", default=None,
+                           help="also write the instances as a 16-bit label image (PNG or TIFF path)")
     return parser
 
 

@@ -40,3 +40,23 @@ def test_unet_weights_load_with_the_shape_they_were_trained_with(tmp_path, capsy
     assert "U-Net depth 2, 4 base filters, as trained" in capsys.readouterr().out
     result = detect([np.zeros((64, 64, 3), np.uint8)])[0]
     assert result["masks"].shape[:2] == (64, 64)
+
+
+def test_detect_writes_a_16_bit_label_image(tmp_path, monkeypatch):
+    import skimage.io
+
+    image = np.zeros((40, 50, 3), np.uint8)
+    skimage.io.imsave(str(tmp_path / "cells.png"), image, check_contrast=False)
+    masks = np.zeros((40, 50, 2), bool)
+    masks[2:10, 3:12, 0] = True
+    masks[20:30, 25:40, 1] = True
+    found = {"rois": np.array([[2, 3, 10, 12], [20, 25, 30, 40]], np.int32), "class_ids": np.ones(2, np.int32),
+             "scores": np.array([0.9, 0.8], np.float32), "masks": masks}
+    monkeypatch.setattr(nucleus, "load_detector", lambda args: lambda images: [found])
+    labels_path = tmp_path / "labels.png"
+    assert nucleus.main(["detect", "--model", "mrcnn", "--weights", "unused", "--image", str(tmp_path / "cells.png"),
+                         "--out", str(tmp_path / "drawn.png"), "--labels", str(labels_path)]) == 0
+    labels = skimage.io.imread(str(labels_path))
+    assert labels.dtype == np.uint16 and labels.shape == (40, 50)
+    np.testing.assert_array_equal(labels, masks[..., 0] * 1 + masks[..., 1] * 2)
+    assert (tmp_path / "drawn.png").is_file()
