@@ -42,16 +42,11 @@ def run_command(command: Callable[[], object], prog: str, show_traceback: bool =
 
     try:
         command()
-    except USER_ERRORS as error:
+    except (*USER_ERRORS, TrainingDivergedError) as error:
         if show_traceback:
             traceback.print_exc()
         print(f"{prog}: error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except TrainingDivergedError as error:
-        if show_traceback:
-            traceback.print_exc()
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return EXIT_DIVERGED
+        return EXIT_DIVERGED if isinstance(error, TrainingDivergedError) else EXIT_USER_ERROR
     except KeyboardInterrupt:
         if interrupted_hint:
             print(interrupted_hint, file=sys.stderr)

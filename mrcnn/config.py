@@ -262,7 +262,8 @@ class Config:
         """
         self._check_scalar_types()  # before the derived values: they compute with these fields
         self._compute_derived()
-        if not isinstance(self.NUM_CLASSES, (int, np.integer)) or self.NUM_CLASSES < 2:
+        # Fields annotated int are ints here (_check_scalar_types): only their ranges are left to check.
+        if self.NUM_CLASSES < 2:
             raise ValueError(
                 f"NUM_CLASSES must be an int >= 2 (background + at least one class), got {self.NUM_CLASSES!r}"
             )
@@ -271,9 +272,9 @@ class Config:
                      "RPN_TRAIN_ANCHORS_PER_IMAGE", "POST_NMS_ROIS_TRAINING", "POST_NMS_ROIS_INFERENCE",
                      "PRE_NMS_LIMIT", "POOL_SIZE", "MASK_POOL_SIZE", "RPN_ANCHOR_STRIDE", "RPN_CONV_CHANNELS"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
+            if value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not isinstance(self.KEEP_CHECKPOINTS, (int, np.integer)) or self.KEEP_CHECKPOINTS < 0:
+        if self.KEEP_CHECKPOINTS < 0:
             raise ValueError(f"KEEP_CHECKPOINTS must be an int >= 0 (0: keep all), got {self.KEEP_CHECKPOINTS!r}")
         self._validate_backbone_type()
         if self.IMAGE_RESIZE_MODE not in RESIZE_MODES:
@@ -390,7 +391,7 @@ class Config:
 
         for name in ("NUM_KEYPOINTS", "KEYPOINT_POOL_SIZE", "KEYPOINT_HEAD_CONV_CHANNELS", "KEYPOINT_HEAD_NUM_CONVS"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
+            if value < 1:  # an int already (_check_scalar_types)
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         k = int(self.NUM_KEYPOINTS)
         shape = [int(v) for v in self.KEYPOINT_MASK_SHAPE]
@@ -436,7 +437,7 @@ class Config:
             value = getattr(self, name)
             if value is None and optional:
                 continue
-            if not _is_scalar_of(value, kind):
+            if not is_scalar_of(value, kind):
                 expected = _SCALAR_NAMES[kind] + (" or None" if optional else "")
                 raise ValueError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})")
 
@@ -562,7 +563,7 @@ def _scalar_fields(config_class: type) -> dict[str, tuple[type, bool]]:
     return fields
 
 
-def _is_scalar_of(value: Any, kind: type) -> bool:
+def is_scalar_of(value: Any, kind: type) -> bool:
     """Whether `value` is a `kind` (numpy scalars included; an int is a number; a bool only a bool)."""
     is_bool = isinstance(value, (bool, np.bool_))
     if kind is bool or is_bool:

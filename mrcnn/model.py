@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from mrcnn import distribute, utils
-from mrcnn.config import Config
+from mrcnn.config import Config, is_scalar_of
 from mrcnn.data.dataset import conform_channels
 from mrcnn.freezing import FrozenFunction, batchnorm_fold, freeze
 from mrcnn.layers import DetectionLayer, DetectionTargetLayer, ProposalLayer, PyramidROIAlign, SingleLevelROIAlign
@@ -632,7 +632,7 @@ class MaskRCNN(keras.Model):
         self.epoch = 0
         self._new_run = True  # a new run's folder is claimed when `train` first writes to it
         now = datetime.datetime.now()
-        name = (self.config.NAME or "mrcnn").lower()
+        name = self._run_name()
         if model_path:
             match = re.search(r"[/\\]([\w-]+)(\d{8}T\d{4,6})[/\\]mask_rcnn_[\w-]+_(\d{4}|interrupted)\.weights\.h5$",
                               str(model_path))
@@ -643,12 +643,18 @@ class MaskRCNN(keras.Model):
                     self.epoch = checkpoint_epoch(str(model_path)) or 0
                 else:
                     self.epoch = int(match.group(3))  # continue at the next epoch (1-based names)
-                self.log_dir = str(Path(model_path).parent)
-                self.checkpoint_path = os.path.join(self.log_dir, f"mask_rcnn_{name}_{{epoch:04d}}.weights.h5")
+                self._set_run_dir(str(Path(model_path).parent))
                 self._new_run = False
                 return
-        self.log_dir = os.path.join(self.model_dir, f"{name}{now:%Y%m%dT%H%M%S}")
-        self.checkpoint_path = os.path.join(self.log_dir, f"mask_rcnn_{name}_{{epoch:04d}}.weights.h5")
+        self._set_run_dir(os.path.join(self.model_dir, f"{name}{now:%Y%m%dT%H%M%S}"))
+
+    def _run_name(self) -> str:
+        """The config's NAME as run folders and checkpoint files spell it."""
+        return (self.config.NAME or "mrcnn").lower()
+
+    def _set_run_dir(self, log_dir: str) -> None:
+        self.log_dir = log_dir
+        self.checkpoint_path = os.path.join(log_dir, f"mask_rcnn_{self._run_name()}_{{epoch:04d}}.weights.h5")
 
     def find_last(self) -> str:
         """Path of the newest state of the newest run of this config's NAME in model_dir.
@@ -661,7 +667,7 @@ class MaskRCNN(keras.Model):
         Raises:
             FileNotFoundError: when there is no run or no checkpoint.
         """
-        name = (self.config.NAME or "mrcnn").lower()
+        name = self._run_name()
         model_dir = Path(self.model_dir)
         runs = sorted(d for d in model_dir.glob(f"{name}*") if d.is_dir()) if model_dir.is_dir() else []
         numbered = re.compile(rf"mask_rcnn_{re.escape(name)}_\d{{4}}\.weights\.h5")
@@ -782,7 +788,7 @@ class MaskRCNN(keras.Model):
             for stray in Path(self.log_dir).glob("*.tmp.weights.h5"):  # a checkpoint write cut short
                 stray.unlink()
             if distribute.is_chief(strategy):
-                name = (self.config.NAME or "mrcnn").lower()
+                name = self._run_name()
                 path = write_checkpoint(self, os.path.join(self.log_dir, f"mask_rcnn_{name}_interrupted.weights.h5"),
                                         self.epoch, epoch_iterations=checkpoint.saved_iterations)
                 print(f"\nInterrupted. Completed epochs: {self.epoch}; last epoch checkpoint: "
@@ -827,9 +833,7 @@ class MaskRCNN(keras.Model):
                 break
             except FileExistsError:
                 stamp += datetime.timedelta(seconds=1)
-                self.log_dir = os.path.join(parent, f"{prefix}{stamp:{stamp_format}}")
-        name = (self.config.NAME or "mrcnn").lower()
-        self.checkpoint_path = os.path.join(self.log_dir, f"mask_rcnn_{name}_{{epoch:04d}}.weights.h5")
+                self._set_run_dir(os.path.join(parent, f"{prefix}{stamp:{stamp_format}}"))
         self._new_run = False
         return self.log_dir
 
@@ -893,7 +897,7 @@ class MaskRCNN(keras.Model):
             molded [N,h,w,3] float32, metas [N,META] float32, windows [N,4] int32 pixel windows.
         """
         c = self.config
-        if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.number)) or not scale > 0:
+        if not is_scalar_of(scale, float) or not scale > 0:
             raise ValueError(f"mold_inputs: scale must be a number > 0, got {scale!r}")
         molded, metas, windows = [], [], []
         for i, image in enumerate(images):

@@ -202,12 +202,11 @@ class CocoDataset(Dataset):
                 # The first category with keypoints (COCO: person) defines the keypoint types.
                 self.keypoint_names = tuple(category["keypoints"])
                 self.skeleton = tuple((int(a) - 1, int(b) - 1) for a, b in category.get("skeleton", []))
-        orphans = sorted({a["image_id"] for a in coco.anns.values()} - set(coco.imgs), key=str)
+        orphans = [a["image_id"] for a in coco.anns.values() if a["image_id"] not in coco.imgs]
         if orphans:
             # pycocotools indexes them under ids no image has: they would vanish without a word.
-            count = sum(1 for a in coco.anns.values() if a["image_id"] not in coco.imgs)
-            warnings.warn(f"{json_path}: {count} annotations refer to image ids that no image has "
-                          f"(e.g. {orphans[:5]}); they are left out. Image ids must match 'images' entries "
+            warnings.warn(f"{json_path}: {len(orphans)} annotations refer to image ids that no image has "
+                          f"(e.g. {sorted(set(orphans), key=str)[:5]}); they are left out. Image ids must match 'images' entries "
                           "exactly (same numbers, not strings)", stacklevel=2)
         missing = [coco.imgs[i].get("file_name") for i in image_ids
                    if "file_name" in coco.imgs[i] and not (image_dir / coco.imgs[i]["file_name"]).is_file()]
