@@ -632,7 +632,7 @@ class MaskRCNN(keras.Model):
         self.epoch = 0
         self._new_run = True  # a new run's folder is claimed when `train` first writes to it
         now = datetime.datetime.now()
-        name = self._run_name()
+        name = _run_name(self.config)
         if model_path:
             match = re.search(r"[/\\]([\w-]+)(\d{8}T\d{4,6})[/\\]mask_rcnn_[\w-]+_(\d{4}|interrupted)\.weights\.h5$",
                               str(model_path))
@@ -648,13 +648,9 @@ class MaskRCNN(keras.Model):
                 return
         self._set_run_dir(os.path.join(self.model_dir, f"{name}{now:%Y%m%dT%H%M%S}"))
 
-    def _run_name(self) -> str:
-        """The config's NAME as run folders and checkpoint files spell it."""
-        return (self.config.NAME or "mrcnn").lower()
-
     def _set_run_dir(self, log_dir: str) -> None:
         self.log_dir = log_dir
-        self.checkpoint_path = os.path.join(log_dir, f"mask_rcnn_{self._run_name()}_{{epoch:04d}}.weights.h5")
+        self.checkpoint_path = os.path.join(log_dir, f"mask_rcnn_{_run_name(self.config)}_{{epoch:04d}}.weights.h5")
 
     def find_last(self) -> str:
         """Path of the newest state of the newest run of this config's NAME in model_dir.
@@ -667,7 +663,7 @@ class MaskRCNN(keras.Model):
         Raises:
             FileNotFoundError: when there is no run or no checkpoint.
         """
-        name = self._run_name()
+        name = _run_name(self.config)
         model_dir = Path(self.model_dir)
         runs = sorted(d for d in model_dir.glob(f"{name}*") if d.is_dir()) if model_dir.is_dir() else []
         numbered = re.compile(rf"mask_rcnn_{re.escape(name)}_\d{{4}}\.weights\.h5")
@@ -788,7 +784,7 @@ class MaskRCNN(keras.Model):
             for stray in Path(self.log_dir).glob("*.tmp.weights.h5"):  # a checkpoint write cut short
                 stray.unlink()
             if distribute.is_chief(strategy):
-                name = self._run_name()
+                name = _run_name(self.config)
                 path = write_checkpoint(self, os.path.join(self.log_dir, f"mask_rcnn_{name}_interrupted.weights.h5"),
                                         self.epoch, epoch_iterations=checkpoint.saved_iterations)
                 print(f"\nInterrupted. Completed epochs: {self.epoch}; last epoch checkpoint: "
@@ -1355,6 +1351,11 @@ def _check_pixel_values(image: np.ndarray, index: int) -> None:
         warnings.warn(f"detect/mold_inputs got a {image.dtype} image with values above 255; it is molded "
                       "as it is, while Dataset.load_image trains on 0..255: map it the same way first, e.g. "
                       "mrcnn.data.dataset.to_rgb_uint8(image, uint16_scaling='range' or 'image_max')", stacklevel=4)
+
+
+def _run_name(config: Config) -> str:
+    """The config's NAME as run folders and checkpoint files spell it."""
+    return (config.NAME or "mrcnn").lower()
 
 
 @contextlib.contextmanager
