@@ -165,7 +165,8 @@ class CocoDataset(Dataset):
                 it does not define, or a category without a name.
 
         Warns:
-            UserWarning: for annotations whose image id no image has (they are left out).
+            UserWarning: for annotations whose image id no image has, and for annotations with an
+                empty segmentation or only polygons of fewer than 3 points (both are left out).
         """
         json_path, image_dir = Path(json_path), Path(image_dir)
         if not json_path.is_file():
@@ -208,6 +209,13 @@ class CocoDataset(Dataset):
             warnings.warn(f"{json_path}: {len(orphans)} annotations refer to image ids that no image has "
                           f"(e.g. {sorted(set(orphans), key=str)[:5]}); they are left out. Image ids must match 'images' entries "
                           "exactly (same numbers, not strings)", stacklevel=2)
+        degenerate = [a.get("id") for a in coco.anns.values()
+                      if a["image_id"] in coco.imgs and _has_no_polygon_area(a.get("segmentation"))]
+        if degenerate:
+            # load_mask skips them (no pixel); say so once here rather than never.
+            warnings.warn(f"{json_path}: {len(degenerate)} of {len(coco.anns)} annotations have an empty segmentation or "
+                          f"only polygons of fewer than 3 points (no mask; e.g. ids {degenerate[:5]}); they are left out",
+                          stacklevel=2)
         missing = [coco.imgs[i].get("file_name") for i in image_ids
                    if "file_name" in coco.imgs[i] and not (image_dir / coco.imgs[i]["file_name"]).is_file()]
         if missing:
@@ -336,6 +344,16 @@ def _read_coco(json_path: Path) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
+
+
+def _has_no_polygon_area(segmentation: Any) -> bool:
+    """Whether a polygon segmentation is empty or has only polygons of fewer than 3 points.
+
+    Such an annotation decodes to an empty mask (`decode_segmentation`): a box-only detection
+    file (``"segmentation": []``) has nothing to train masks on. Malformed values are not judged
+    here: `decode_segmentation` names them when the image is loaded.
+    """
+    return isinstance(segmentation, list) and all(isinstance(p, list | tuple) and len(p) < 6 for p in segmentation)
 
 
 def decode_segmentation(segmentation: Any, height: int, width: int, where: str = "segmentation") -> np.ndarray:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,12 +149,24 @@ def _number_list(values: Any, what: str, where: str) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
 
 
-def _polygon(xs: Sequence[float], ys: Sequence[float], where: str) -> Shape:
+def _polygon(xs: Sequence[float], ys: Sequence[float], where: str) -> Shape | None:
+    """The polygon, or None for one of fewer than 3 points (no area: a stray click in the tool)."""
     if len(xs) != len(ys):
         raise ValueError(f"{where}: {len(xs)} x coordinates but {len(ys)} y coordinates")
     if len(xs) < 3:
-        raise ValueError(f"{where}: a polygon needs at least 3 points, got {len(xs)}")
+        return None
     return Shape("polygon", (tuple(xs), tuple(ys)))
+
+
+def _warn_skipped(json_path: Path, skipped: list[str]) -> None:
+    """One warning per file for the polygons of fewer than 3 points that were left out.
+
+    COCO files get the same treatment (`mrcnn.data.coco`): such a polygon has no pixel, and one
+    stray click should not stop a dataset from loading.
+    """
+    if skipped:
+        warnings.warn(f"{json_path}: left out {len(skipped)} polygon(s) of fewer than 3 points (no area): "
+                      f"{', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''}", stacklevel=3)
 
 
 def check_class_names(images: Iterable[AnnotatedImage], class_names: Sequence[str]) -> None:
@@ -184,6 +197,9 @@ def read_labelme(json_path: str | Path) -> AnnotatedImage:
         FileNotFoundError: the JSON or the image it names is missing (naming both).
         ValueError: malformed JSON, a missing key, an unsupported shape type, bad points, or
             imageHeight/imageWidth that disagree with the image file.
+
+    Warns:
+        UserWarning: once per file, naming the polygons of fewer than 3 points that were left out.
     """
     json_path = Path(json_path)
     data = read_json(json_path)
@@ -202,11 +218,15 @@ def read_labelme(json_path: str | Path) -> AnnotatedImage:
         raise ValueError(f"{json_path}: 'shapes' must be a list")
     instances: list[Instance] = []
     groups: dict[tuple[str, Any], Instance] = {}
+    skipped: list[str] = []
     for index, entry in enumerate(data["shapes"]):
         where = f"{json_path}: shapes[{index}]"
         if not isinstance(entry, dict) or "label" not in entry or "points" not in entry:
             raise ValueError(f"{where} needs 'label' and 'points'")
         shape = _labelme_shape(entry, where)
+        if shape is None:
+            skipped.append(f"shapes[{index}]")
+            continue
         label, group_id = str(entry["label"]), entry.get("group_id")
         if group_id is not None and (label, group_id) in groups:
             groups[(label, group_id)].parts.append(shape)
@@ -215,10 +235,11 @@ def read_labelme(json_path: str | Path) -> AnnotatedImage:
         instances.append(instance)
         if group_id is not None:
             groups[(label, group_id)] = instance
+    _warn_skipped(json_path, skipped)
     return AnnotatedImage(image_path, width, height, instances, json_path)
 
 
-def _labelme_shape(entry: dict, where: str) -> Shape:
+def _labelme_shape(entry: dict, where: str) -> Shape | None:
     points = entry["points"]
     if not isinstance(points, list) or not all(isinstance(p, list) and len(p) == 2 for p in points):
         raise ValueError(f"{where}: 'points' must be a list of [x, y] pairs")
@@ -278,6 +299,9 @@ def read_via(json_path: str | Path, image_dir: str | Path | None = None, class_a
     Raises:
         FileNotFoundError: the JSON or an image it names is missing.
         ValueError: malformed JSON/entries, unsupported shapes, a region without a class.
+
+    Warns:
+        UserWarning: once per file, naming the polygons of fewer than 3 points that were left out.
     """
     json_path = Path(json_path)
     image_dir = Path(image_dir) if image_dir is not None else json_path.parent
@@ -289,6 +313,7 @@ def read_via(json_path: str | Path, image_dir: str | Path | None = None, class_a
                          "'filename' and 'regions')")
     entries = data["_via_img_metadata"] if "_via_img_metadata" in data else data
     images = []
+    skipped: list[str] = []
     for key, entry in entries.items():
         where = f"{json_path}: entry {key!r}"
         image_path = (image_dir / str(entry["filename"])).resolve()
@@ -304,8 +329,13 @@ def read_via(json_path: str | Path, image_dir: str | Path | None = None, class_a
             if not isinstance(region, dict) or not isinstance(region.get("shape_attributes"), dict):
                 raise ValueError(f"{region_where} has no 'shape_attributes'")
             name = _via_class(region.get("region_attributes") or {}, class_attribute, default_class, region_where)
-            instances.append(Instance(name, [_via_shape(region["shape_attributes"], region_where)]))
+            shape = _via_shape(region["shape_attributes"], region_where)
+            if shape is None:
+                skipped.append(f"entry {key!r} region {index}")
+                continue
+            instances.append(Instance(name, [shape]))
         images.append(AnnotatedImage(image_path, width, height, instances, json_path))
+    _warn_skipped(json_path, skipped)
     return images
 
 
@@ -324,7 +354,7 @@ def _via_class(attributes: dict, class_attribute: str | None, default_class: str
     return str(value)
 
 
-def _via_shape(attributes: dict, where: str) -> Shape:
+def _via_shape(attributes: dict, where: str) -> Shape | None:
     kind = attributes.get("name")
 
     def number(key: str) -> float:

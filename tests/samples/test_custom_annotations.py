@@ -145,6 +145,32 @@ def test_via_checkbox_attribute(tmp_path: Path) -> None:
     assert image.instances[0].class_name == "box" and instance_mask(image.instances[0], H, W).sum() == 12
 
 
+def test_polygons_of_fewer_than_3_points_are_left_out_with_one_warning(tmp_path: Path) -> None:
+    # A stray click makes a 1- or 2-point polygon: it has no area, so it is dropped (as COCO's
+    # loader does) and named once per file, instead of stopping the whole dataset.
+    doc = labelme_doc("a")
+    doc["imagePath"] = str(FIXTURE / "train" / "a.png")
+    good = len(doc["shapes"])
+    doc["shapes"] += [{"label": "balloon", "points": [[1, 2], [3, 4]], "shape_type": "polygon"},
+                      {"label": "box", "points": [[5, 6]]}]
+    (tmp_path / "a.json").write_text(json.dumps(doc))
+    with pytest.warns(UserWarning, match=rf"a.json: left out 2 polygon\(s\) of fewer than 3 points \(no area\): "
+                                         rf"shapes\[{good}\], shapes\[{good + 1}\]$"):
+        image = read_labelme(tmp_path / "a.json")
+    assert [i.class_name for i in image.instances] == ["balloon", "box"]
+
+    project = json.loads((FIXTURE / "val" / "via_project.json").read_text())
+    regions = project["_via_img_metadata"]["d.png11646"]["regions"]
+    regions.insert(0, {"shape_attributes": {"name": "polygon", "all_points_x": [1, 2], "all_points_y": [3, 4]},
+                       "region_attributes": {"name": "balloon"}})
+    for name in ("c.png", "d.png"):
+        shutil.copy(FIXTURE / "val" / name, tmp_path / name)
+    (tmp_path / "via.json").write_text(json.dumps(project))
+    with pytest.warns(UserWarning, match=r"via.json: left out 1 polygon\(s\) .*: entry 'd.png11646' region 0$"):
+        images = read_via(tmp_path / "via.json")
+    assert [[inst.class_name for inst in i.instances] for i in images] == [["balloon", "box"], ["balloon", "box"]]
+
+
 # ----------------------------------------------------------------------------------------------
 # Errors name the file and what is wrong
 def test_malformed_json_names_the_file(tmp_path: Path) -> None:
@@ -176,7 +202,6 @@ def test_missing_image_names_json_and_image(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("change, message", [
     (lambda s: s.update(shape_type="line"), r"shapes\[0\]: shape_type 'line' has no area"),
-    (lambda s: s.update(points=[[1, 2], [3, 4]]), r"shapes\[0\]: a polygon needs at least 3 points"),
     (lambda s: s.update(points=[[1, "y"], [3, 4], [5, 6]]), r"shapes\[0\]: y coordinates must be"),
     (lambda s: s.pop("points"), r"shapes\[0\] needs 'label' and 'points'"),
 ])
