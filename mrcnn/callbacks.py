@@ -39,6 +39,8 @@ OPTIMIZER_NAMES_ATTR = "mrcnn_optimizer_variables"
 # The learning rate is given anew by each training stage (or computed by a schedule from the
 # iteration count): restoring the saved value would override the stage's own.
 _NOT_RESTORED = ("learning_rate",)
+# TrainingBudget's state per completed epoch, in the run's folder: a resumed run continues its budget.
+BUDGET_RECORD = "training_budget.json"
 
 
 def write_checkpoint(model: keras.Model, path: str, epoch: int, epoch_iterations: int | None = None) -> str:
@@ -271,6 +273,14 @@ class TrainingBudget(keras.callbacks.Callback):
     start when the callback is made (make it just before training: graph tracing counts). The
     budget is spent when either clock passes its limit; training stops after that batch.
 
+    A budget survives a resume. With `MaskRCNN.train`, the time spent, the step count and whether
+    the rate was dropped are written at each epoch's start and end to ``training_budget.json`` in
+    the run's folder (`BUDGET_RECORD`). When `train` resumes from a checkpoint of the run
+    (`load_weights`, e.g. ``--weights last``), a new TrainingBudget continues from the record of the
+    epoch it resumes at: the time already spent counts and a drop already made is made again, so
+    the schedule does not start over. (A Ctrl-C state resumes at its unfinished epoch's start, as
+    the iteration count does.) A later stage in the same process gets a fresh budget.
+
     Args:
         wall_seconds: wall-clock limit in seconds, or None / 0 for none.
         cpu_seconds: CPU-time limit in seconds, or None / 0 for none.
@@ -301,8 +311,58 @@ class TrainingBudget(keras.callbacks.Callback):
         self.steps = 0
 
     def elapsed(self) -> tuple[float, float]:
-        """(wall seconds, CPU seconds) since the callback was made."""
+        """(wall seconds, CPU seconds) since the callback was made, plus what a resumed run had spent."""
         return time.monotonic() - self.wall_start, time.process_time() - self.cpu_start
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        epoch = int(getattr(self.model, "epoch", 0) or 0)
+        resumed_from = getattr(self.model, "resumed_from", None)
+        if resumed_from:
+            saved = _read_budget_record(os.path.dirname(resumed_from)).get(str(epoch))
+            if saved is not None:
+                self._continue_from(saved)
+        self._record(epoch)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._record(epoch + 1)
+
+    def _continue_from(self, saved: dict[str, Any]) -> None:
+        """Moves the clocks back by the time the resumed run had spent, and re-makes its drop."""
+        self.wall_start -= float(saved["wall_seconds"])
+        self.cpu_start -= float(saved["cpu_seconds"])
+        self.steps += int(saved["steps"])
+        if saved["decayed"] and self.decay_at is not None and not self.decayed:
+            self._drop_learning_rate()
+        if self.verbose:
+            print(f"Training budget continued: {self.spent():.0%} spent in {self.steps} steps before the resume")
+
+    def _drop_learning_rate(self) -> None:
+        self.decayed = True
+        rate = self.model.optimizer.learning_rate
+        rate.assign(rate * self.decay_factor)
+        if self.verbose:
+            print(f"\nLearning rate dropped to {float(rate.numpy()):g} ({self.decay_at:.0%} of the budget spent)")
+
+    def _record(self, completed_epochs: int) -> None:
+        """Writes this budget's state after `completed_epochs` to the run's record (MaskRCNN only:
+        a model with a `log_dir`; under several workers, the chief's)."""
+        from mrcnn import distribute
+
+        run_dir = getattr(self.model, "log_dir", None)
+        if not isinstance(run_dir, str) or not os.path.isdir(run_dir):
+            return
+        if not distribute.is_chief(getattr(self.model, "distribute_strategy", None)):
+            return
+        wall, cpu = self.elapsed()
+        record = _read_budget_record(run_dir)
+        record[str(completed_epochs)] = {"wall_seconds": wall, "cpu_seconds": cpu, "steps": self.steps,
+                                         "decayed": self.decayed, "budget_wall_seconds": self.wall_seconds,
+                                         "budget_cpu_seconds": self.cpu_seconds}
+        path = os.path.join(run_dir, BUDGET_RECORD)
+        temporary = path + ".tmp"
+        with open(temporary, "w") as f:
+            json.dump(record, f, indent=1, sort_keys=True)
+        os.replace(temporary, path)  # a cut-short write never leaves half a record
 
     def spent(self) -> float:
         """Fraction of the budget spent: the larger of the wall and CPU fractions."""
@@ -314,15 +374,20 @@ class TrainingBudget(keras.callbacks.Callback):
         self.steps += 1
         spent = self.spent()
         if self.decay_at is not None and not self.decayed and spent > self.decay_at:
-            self.decayed = True
-            rate = self.model.optimizer.learning_rate
-            rate.assign(rate * self.decay_factor)
-            if self.verbose:
-                print(f"\nLearning rate dropped to {float(rate.numpy()):g} ({self.decay_at:.0%} of the budget spent)")
+            self._drop_learning_rate()
         if spent >= 1.0:
             self.model.stop_training = True
             if self.verbose:
                 print(f"\nTime budget reached after {self.steps} steps: stopping training.")
+
+
+def _read_budget_record(run_dir: str) -> dict[str, dict[str, Any]]:
+    """The TrainingBudget record of a run folder by completed epochs ({} when there is none)."""
+    path = os.path.join(run_dir, BUDGET_RECORD)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
 
 
 def training_callbacks(model: keras.Model, log_dir: str, checkpoint_path: str, keep_checkpoints: int = 0

@@ -124,6 +124,7 @@ class MaskRCNN(keras.Model):
         self.log_dir: str | None = None
         self.checkpoint_path: str | None = None
         self._new_run = False  # set_log_dir() for a new run: its folder is not claimed yet
+        self.resumed_from: str | None = None  # set by train(): the checkpoint its stage resumed from
         self._anchor_cache: dict[tuple[int, int], np.ndarray] = {}
         self._traced_functions: dict[tuple[str, int, int], Any] = {}  # (function, molded H, W) -> traced
         self._constant_weights = False  # optimize_for_inference(): detect from frozen graphs
@@ -693,6 +694,8 @@ class MaskRCNN(keras.Model):
         (the last epoch checkpoint stays the newest numbered one) and the interrupt is re-raised.
         Under a multi-worker strategy a config with SEED None reads data with seed
         `MULTI_WORKER_DEFAULT_SEED`: the workers must draw one order to read disjoint batches.
+        During the call, `self.resumed_from` is the checkpoint path this stage resumed from (the
+        one `load_weights` read), else None; a `TrainingBudget` reads its record through it.
 
         Args:
             train_dataset, val_dataset: prepared `Dataset`s.
@@ -764,14 +767,16 @@ class MaskRCNN(keras.Model):
                     print(f"Optimizer state: {len(report['restored'])} variables restored "
                           f"(iteration {int(self.optimizer.iterations.numpy())}), {len(report['missing'])} new")
         self._resume_checkpoint = None
+        # Callbacks with state of their own (TrainingBudget) continue from the run's record of it.
+        self.resumed_from = carried if isinstance(carried, str) else None
         callbacks = (training_callbacks(self, self.log_dir, self.checkpoint_path, self.config.KEEP_CHECKPOINTS)
                      + list(custom_callbacks or []))
         checkpoint = next(cb for cb in callbacks if isinstance(cb, AtomicCheckpoint))
         checkpoint.saved_iterations = int(self.optimizer.iterations.numpy())  # this call starts at an epoch's end
         # Until this call saves an epoch, the last good checkpoint is the one it resumed from.
-        resumed_from = self.checkpoint_path.format(epoch=self.epoch) if self.epoch else None
-        if resumed_from and os.path.isfile(resumed_from):
-            checkpoint.last_saved = resumed_from
+        start_checkpoint = self.checkpoint_path.format(epoch=self.epoch) if self.epoch else None
+        if start_checkpoint and os.path.isfile(start_checkpoint):
+            checkpoint.last_saved = start_checkpoint
         if verbose:
             print(f"\nStarting at epoch {self.epoch}. LR={describe_learning_rate(learning_rate, self.optimizer.iterations)}"
                   f"\nCheckpoint path: {self.checkpoint_path}")

@@ -1,5 +1,6 @@
 """Tests for mrcnn/callbacks.py: atomic checkpoints, the NaN guard, optimizer state, Ctrl-C, resume and the time budget."""
 
+import json
 import math
 import os
 import signal
@@ -206,6 +207,52 @@ def test_interrupt_in_epoch_two_then_resume_continues(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"last epoch checkpoint: {run_dir / 'mask_rcnn_tinydist_0002.weights.h5'};" in printed
     assert "LR=0.01\n" in printed
+
+
+class _RecordLearningRate(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.at_start = float(self.model.optimizer.learning_rate.numpy())
+
+
+def test_training_budget_continues_after_a_resume(tmp_path):
+    from mrcnn.callbacks import BUDGET_RECORD
+    from mrcnn.data.shapes import ShapesDataset
+    from mrcnn.model import MaskRCNN
+    from tests.test_distribute import _tiny_config
+
+    config = _tiny_config(IMAGES_PER_GPU=1, STEPS_PER_EPOCH=2)
+    dataset = ShapesDataset()
+    dataset.load_shapes(2, 64, 64, seed=1)
+    dataset.prepare()
+    model = MaskRCNN("training", config, model_dir=str(tmp_path))
+    budget = TrainingBudget(wall_seconds=3600, decay_at=0.5)
+    budget.wall_start -= 2000  # 56% of the budget spent: the rate drops at the first step
+    with pytest.raises(KeyboardInterrupt):  # in epoch 2, after its first step
+        model.train(dataset, None, learning_rate=0.01, epochs=3, layers="heads", verbose=0,
+                    custom_callbacks=[budget, _InterruptAt(epoch=1, batch=1)])
+    assert budget.decayed and budget.steps == 3
+    record = json.loads((Path(model.log_dir) / BUDGET_RECORD).read_text())
+    assert sorted(record) == ["0", "1"] and record["1"]["decayed"] and record["1"]["steps"] == 2
+    assert record["1"]["wall_seconds"] >= 2000
+
+    # Resumed from the Ctrl-C state: the budget continues where epoch 2 began.
+    resumed = MaskRCNN("training", config, model_dir=str(tmp_path))
+    resumed.load_weights(resumed.find_last())
+    again, rate = TrainingBudget(wall_seconds=3600, decay_at=0.5), _RecordLearningRate()
+    resumed.train(dataset, None, learning_rate=0.01, epochs=2, layers="heads", verbose=0,
+                  custom_callbacks=[again, rate])
+    assert resumed.resumed_from.endswith("_interrupted.weights.h5")
+    assert again.decayed and rate.at_start == pytest.approx(0.001)  # dropped before the first step
+    assert again.steps == 4 and again.elapsed()[0] >= 2000
+    record = json.loads((Path(resumed.log_dir) / BUDGET_RECORD).read_text())
+    assert record["2"]["steps"] == 4 and record["2"]["decayed"]
+
+    # A next stage in the same process is no resume: its budget starts afresh.
+    fresh, rate = TrainingBudget(wall_seconds=3600, decay_at=0.5), _RecordLearningRate()
+    resumed.train(dataset, None, learning_rate=0.01, epochs=3, layers="heads", verbose=0,
+                  custom_callbacks=[fresh, rate])
+    assert resumed.resumed_from is None and not fresh.decayed and rate.at_start == pytest.approx(0.01)
+    assert fresh.steps == 2
 
 
 def test_checkpoint_keep_deletes_older_epochs_after_a_good_save(tmp_path):
