@@ -1076,6 +1076,10 @@ class MaskRCNN(keras.Model):
         Args:
             molded_images: [N, H, W, C] float32 molded images (`mold_inputs`' first output).
             image_metas: [N, IMAGE_META_SIZE] float32.
+            verbose: 1 shows a progress bar over batches.
+
+        Returns:
+            One dict per image, as `detect` returns.
 
         Raises:
             ValueError: naming the shapes when they are not batches of the same N.
@@ -1085,7 +1089,7 @@ class MaskRCNN(keras.Model):
             raise ValueError(f"detect_molded takes batches: molded_images [N, H, W, C] and image_metas "
                              f"[N, {self.config.IMAGE_META_SIZE}], got {molded_images.shape} and {image_metas.shape}")
         results = []
-        for k in range(0, len(molded_images), self.config.BATCH_SIZE):
+        for k in utils.progress(range(0, len(molded_images), self.config.BATCH_SIZE), verbose, "detect", "batch"):
             out = self._infer(tf.constant(molded_images[k:k + self.config.BATCH_SIZE], tf.float32),
                               tf.constant(image_metas[k:k + self.config.BATCH_SIZE], tf.float32))
             parsed = utils.parse_image_meta(image_metas[k:k + self.config.BATCH_SIZE])

@@ -310,6 +310,20 @@ def test_detect_any_number_and_size_of_images(trained, config):
     assert sum(len(r["class_ids"]) for r in results) > 0, "min confidence 0 must give detections"
 
 
+def test_detect_molded_equals_detect_and_shows_progress(trained, config, capfd):
+    model = trained[0]
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 255, (50, 90, 3), dtype=np.uint8) for _ in range(3)]
+    molded, metas, _ = model.mold_inputs(images)
+    capfd.readouterr()
+    results = model.detect_molded(molded, metas, verbose=1)
+    bar = capfd.readouterr().err
+    batches = -(-len(images) // config.BATCH_SIZE)
+    assert "detect: 100%" in bar and f"{batches}/{batches}" in bar
+    for ours, theirs in zip(results, model.detect(images), strict=True):
+        _assert_same_detections(ours, theirs)
+
+
 def test_first_detect_of_an_unbuilt_model_traces_the_graph_once(config):
     # Weights created inside the trace would make tf.function trace the graph twice (and wrap each
     # initializer in a graph): detect builds the model eagerly first.
