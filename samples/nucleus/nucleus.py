@@ -40,6 +40,7 @@ from samples.nucleus.evaluate import evaluate_nuclei  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "dsb2018" / "stage1_train"
 DEFAULT_CACHE = Path("~/.cache/mrcnn/dsb2018").expanduser()
+DEFAULT_TILE_OVERLAP = 64  # pixels; > the largest nucleus radius at DSB2018's scales
 
 
 def load_split(args: argparse.Namespace, subset: str) -> NucleusDataset:
@@ -142,10 +143,22 @@ def load_detector(args: argparse.Namespace):
     return model.detect
 
 
+def _check_tiling_flags(args: argparse.Namespace) -> None:
+    """--overlap only means something with --tile: alone it would be ignored without a word."""
+    if args.overlap is not None and not args.tile:
+        raise ValueError(f"--overlap {args.overlap} needs --tile (tiled inference); without it the whole image is "
+                         "detected at once")
+    if args.overlap is None:
+        args.overlap = DEFAULT_TILE_OVERLAP
+
+
 def evaluate(args: argparse.Namespace) -> dict:
+    _check_tiling_flags(args)
     val_set = load_split(args, "val")
     metrics = evaluate_nuclei(load_detector(args), val_set, max_dets=1000, verbose=args.verbose)
-    metrics["model"] = args.model
+    # What produced these numbers, so that two metrics files can be told apart.
+    metrics.update(model=args.model, weights=str(args.weights), tile=args.tile or None,
+                   overlap=args.overlap if args.tile else None)
     out = Path(args.logs) / f"{args.model}_metrics.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2))
@@ -157,6 +170,7 @@ def detect(args: argparse.Namespace) -> str:
     from mrcnn import visualize
     from mrcnn.data.dataset import read_image_rgb
 
+    _check_tiling_flags(args)
     image = read_image_rgb(args.image, uint16_scaling="image_max")
     result = load_detector(args)([image])[0]
     visualize.display_instances(image, result["rois"], result["masks"], result["class_ids"], ["BG", "nucleus"],
@@ -210,7 +224,7 @@ def _parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--weights", required=True, help="weights written by train")
             p.add_argument("--tile", type=int, default=0, help="tiled inference with this tile size (0: whole image)")
-            p.add_argument("--overlap", type=int, default=64, help="tile overlap for --tile")
+            p.add_argument("--overlap", type=int, default=None, help="tile overlap for --tile (default 64)")
         if name == "detect":
             p.add_argument("--image", required=True, help="image file (PNG/TIFF, gray, RGB or 16-bit)")
             p.add_argument("--out", default="detections.png")

@@ -60,3 +60,33 @@ def test_detect_writes_a_16_bit_label_image(tmp_path, monkeypatch):
     assert labels.dtype == np.uint16 and labels.shape == (40, 50)
     np.testing.assert_array_equal(labels, masks[..., 0] * 1 + masks[..., 1] * 2)
     assert (tmp_path / "drawn.png").is_file()
+
+
+def test_overlap_without_tile_is_refused(tmp_path, capsys):
+    for command in (["evaluate"], ["detect", "--image", str(tmp_path / "unused.png")]):
+        argv = command + ["--model", "mrcnn", "--weights", "unused", "--overlap", "32", "--logs", str(tmp_path)]
+        assert nucleus.main(argv) == 2
+        assert "nucleus.py: error: --overlap 32 needs --tile" in capsys.readouterr().err
+
+
+def test_evaluate_records_the_weights_and_tiling(tmp_path, monkeypatch):
+    import json
+
+    seen = {}
+
+    def fake_detector(args):
+        seen["tiling"] = (args.tile, args.overlap)
+        return lambda images: []
+
+    monkeypatch.setattr(nucleus, "load_split", lambda args, split: "val set")
+    monkeypatch.setattr(nucleus, "load_detector", fake_detector)
+    monkeypatch.setattr(nucleus, "evaluate_nuclei", lambda detect, dataset, max_dets, verbose: {"mask_AP": 0.5})
+    weights = str(tmp_path / "w.weights.h5")
+    assert nucleus.main(["evaluate", "--model", "mrcnn", "--weights", weights, "--tile", "256",
+                         "--logs", str(tmp_path)]) == 0
+    assert seen["tiling"] == (256, nucleus.DEFAULT_TILE_OVERLAP)
+    saved = json.loads((tmp_path / "mrcnn_metrics.json").read_text())
+    assert saved == {"mask_AP": 0.5, "model": "mrcnn", "weights": weights, "tile": 256, "overlap": 64}
+    assert nucleus.main(["evaluate", "--model", "mrcnn", "--weights", weights, "--logs", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "mrcnn_metrics.json").read_text())
+    assert saved["tile"] is None and saved["overlap"] is None
