@@ -139,7 +139,7 @@ class MaskRCNN(keras.Model):
             warnings.warn("MIXED_PRECISION 'mixed_float16' without a GPU: TensorFlow's float16 convolutions "
                           "on CPU are very slow (the shapes demo's detect took 4.09 s per image against 0.055 s "
                           "in float32 and 0.047 s in 'mixed_bfloat16'); use 'mixed_bfloat16' on CPUs",
-                          stacklevel=2)
+                          stacklevel=utils.user_stacklevel())
         with _dtype_policy(config.MIXED_PRECISION):
             self._build_layers()
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in ("loss",) + loss_names(config)}
@@ -619,14 +619,14 @@ class MaskRCNN(keras.Model):
                              "or a regular expression matching whole layer names, e.g. r'(mrcnn_.*)|(rpn_.*)'")
         if epochs <= self.epoch:
             warnings.warn(f"train(epochs={epochs}) has nothing to do: {self.epoch} epochs are done and `epochs` is "
-                          "the epoch to train up to (as in Keras' fit), not a count of epochs to add", stacklevel=3)
+                          "the epoch to train up to (as in Keras' fit), not a count of epochs to add", stacklevel=utils.user_stacklevel())
         replicas = self.distribute_strategy.num_replicas_in_sync
         if self.config.GPU_COUNT > 1 and replicas == 1:
             warnings.warn(f"config.GPU_COUNT is {self.config.GPU_COUNT} but this model was built outside a "
                           f"multi-device strategy: it trains on one device with batches of BATCH_SIZE = "
                           f"{self.config.BATCH_SIZE} images. Build it under "
                           "mrcnn.distribute.make_strategy(config).scope() to train one replica per GPU",
-                          stacklevel=3)
+                          stacklevel=utils.user_stacklevel())
 
     def set_log_dir(self, model_path: str | None = None) -> None:
         """Sets the log dir and epoch counter; from a checkpoint path of ours, continues its run."""
@@ -959,7 +959,7 @@ class MaskRCNN(keras.Model):
                 warnings.warn(f"optimize_for_inference has frozen {len(self._frozen_infer)} canvas sizes, each "
                               "holding copies of the weights and costing a freeze: with images of varying "
                               "canvas size (IMAGE_RESIZE_MODE 'pad64'/'none', detect(scale=...), test-time "
-                              "augmentation) call optimize_for_inference(False)", stacklevel=3)
+                              "augmentation) call optimize_for_inference(False)", stacklevel=utils.user_stacklevel())
         return self._frozen_infer[key](images, metas)
 
     def batchnorm_folds(self) -> list[tuple[keras.Variable, np.ndarray]]:
@@ -1355,11 +1355,12 @@ def _check_pixel_values(image: np.ndarray, index: int) -> None:
         if 0 < float(image.max()) <= 1.0:
             warnings.warn(f"detect/mold_inputs got a {image.dtype} image with values in [0, 1]; images are "
                           "expected on the 0..255 scale (as Dataset.load_image gives): multiply it by 255",
-                          stacklevel=4)
+                          stacklevel=utils.user_stacklevel())
     elif np.issubdtype(image.dtype, np.integer) and int(image.max()) > 255:
         warnings.warn(f"detect/mold_inputs got a {image.dtype} image with values above 255; it is molded "
                       "as it is, while Dataset.load_image trains on 0..255: map it the same way first, e.g. "
-                      "mrcnn.data.dataset.to_rgb_uint8(image, uint16_scaling='range' or 'image_max')", stacklevel=4)
+                      "mrcnn.data.dataset.to_rgb_uint8(image, uint16_scaling='range' or 'image_max')",
+                      stacklevel=utils.user_stacklevel())
 
 
 def _run_name(config: Config) -> str:

@@ -18,6 +18,8 @@ Conventions (docs/interfaces.md):
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -1021,6 +1023,22 @@ def parse_image_meta(meta: np.ndarray) -> dict[str, np.ndarray]:
         "scale": meta[..., 11].astype(np.float32),
         "active_class_ids": np.rint(meta[..., 12:]).astype(np.int32),
     }
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_stacklevel() -> int:
+    """The `warnings.warn` stacklevel that points at the first caller outside this package.
+
+    Call it in the function that warns. A fixed stacklevel is right for one call path only:
+    `detect` -> `mold_inputs` -> check differs in depth from `detect(tta=...)` or `detect_tiled`,
+    and a warning that names a line inside mrcnn tells the user nothing.
+    """
+    frame, level = sys._getframe(1), 1  # the warning function itself is stacklevel 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def progress(items: Iterable, verbose: int, description: str, unit: str) -> Iterable:

@@ -47,6 +47,7 @@ import h5py
 import keras
 import numpy as np
 
+from mrcnn import utils
 from mrcnn.modeling.backbone import STAGE_BLOCKS, block_letter
 
 # Layers whose shape depends on the number of classes: exclude them to fine-tune COCO weights on
@@ -492,7 +493,7 @@ def warn_if_scratch_with_frozen_batchnorm(config: Any) -> bool:
     warnings.warn("training from scratch with TRAIN_BN False: frozen BatchNorm applies untrained moving "
                   "statistics, which normalize nothing on a random backbone; start from pretrained weights "
                   "(imagenet), or set TRAIN_BN = True (--set TRAIN_BN=True) and train all layers (a frozen "
-                  "layer's BatchNorm stays in inference mode)", stacklevel=2)
+                  "layer's BatchNorm stays in inference mode)", stacklevel=utils.user_stacklevel())
     return True
 
 
@@ -659,5 +660,5 @@ def load_imagenet_backbone(model: keras.layers.Layer, filepath: str | os.PathLik
     if report["missing_in_file"]:
         warnings.warn(f"{len(report['missing_in_file'])} backbone layers of {model.name!r} have no weights in "
                       f"{os.fspath(filepath)} (an ImageNet {architecture}) and keep their initial values, "
-                      f"e.g. {report['missing_in_file'][0]!r}", stacklevel=2)
+                      f"e.g. {report['missing_in_file'][0]!r}", stacklevel=utils.user_stacklevel())
     return report

@@ -182,3 +182,15 @@ def test_detect_rejects_tta_with_scale_and_keypoint_models(model, images):
 
     with pytest.raises(ValueError, match="KEYPOINT_HEAD"):
         detect_tta(_KeypointModel(), images, {"hflip": True})
+
+
+def test_pixel_scale_warnings_point_at_the_callers_line(model):
+    # The warning names the user's call, however deep inside mrcnn the check runs.
+    from mrcnn.tiling import detect_tiled
+
+    image = np.random.default_rng(1).random((64, 64, 3), dtype=np.float32)  # [0, 1]: warns
+    for call in (lambda: model.detect([image]), lambda: model.detect([image], tta={"hflip": True}),
+                 lambda: detect_tiled(model, image, tile_size=64, overlap=16)):
+        with pytest.warns(UserWarning, match=r"values in \[0, 1\]") as caught:
+            call()
+        assert {w.filename for w in caught} == {__file__}

@@ -45,6 +45,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 
+from mrcnn import utils
 from mrcnn.data.dataset import Dataset
 from mrcnn.data.keypoints import flip_map_from_names
 
@@ -208,14 +209,14 @@ class CocoDataset(Dataset):
             # pycocotools indexes them under ids no image has: they would vanish without a word.
             warnings.warn(f"{json_path}: {len(orphans)} annotations refer to image ids that no image has "
                           f"(e.g. {sorted(set(orphans), key=str)[:5]}); they are left out. Image ids must match 'images' entries "
-                          "exactly (same numbers, not strings)", stacklevel=2)
+                          "exactly (same numbers, not strings)", stacklevel=utils.user_stacklevel())
         degenerate = [a.get("id") for a in coco.anns.values()
                       if a["image_id"] in coco.imgs and _has_no_polygon_area(a.get("segmentation"))]
         if degenerate:
             # load_mask skips them (no pixel); say so once here rather than never.
             warnings.warn(f"{json_path}: {len(degenerate)} of {len(coco.anns)} annotations have an empty segmentation or "
                           f"only polygons of fewer than 3 points (no mask; e.g. ids {degenerate[:5]}); they are left out",
-                          stacklevel=2)
+                          stacklevel=utils.user_stacklevel())
         missing = [coco.imgs[i].get("file_name") for i in image_ids
                    if "file_name" in coco.imgs[i] and not (image_dir / coco.imgs[i]["file_name"]).is_file()]
         if missing:

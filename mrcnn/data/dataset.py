@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import skimage.io
 
+from mrcnn import utils
+
 # Attributes that only exist after `prepare()`; see `Dataset.__getattr__`.
 _PREPARED_ATTRIBUTES = (
     "num_classes",
@@ -266,7 +268,7 @@ class Dataset:
         """
         warnings.warn(
             f"{type(self).__name__}.load_mask is not overridden: returning no instances for image {image_id}",
-            stacklevel=2,
+            stacklevel=utils.user_stacklevel(),
         )
         info = self.image_info[image_id]
         if "height" in info and "width" in info:

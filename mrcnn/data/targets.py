@@ -213,7 +213,7 @@ def _checked_image(image: Any, config: Any, where: str) -> np.ndarray:
         # The same text for every image: Python's warning filter shows it once.
         warnings.warn("load_image gave a float image with values in [0, 1]; the model trains on the 0..255 "
                       "scale (Dataset.load_image returns uint8) and would see nearly black images: multiply "
-                      "by 255 or return uint8", stacklevel=3)
+                      "by 255 or return uint8", stacklevel=utils.user_stacklevel())
     return image
 
 
