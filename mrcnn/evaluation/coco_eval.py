@@ -76,18 +76,58 @@ def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
     for k in range(count):
         columns = np.flatnonzero(occupied[:, k])
         if columns.size == 0:
-            counts = [height * width]
+            encoded.append(_encode_band(None, 0, height, width))
         else:
             x1, x2 = int(columns[0]), int(columns[-1]) + 1
-            counts = uncompressed_rle_counts(masks[:, x1:x2, k])
-            counts[0] += x1 * height  # the empty columns before
-            after = (width - x2) * height
-            if not masks[-1, x2 - 1, k]:  # the band ends with a zero run: the empty columns extend it
-                counts[-1] += after
-            elif after:
-                counts.append(after)  # COCO's counts never end with an empty run
-        encoded.append(mask_util.frPyObjects({"size": [height, width], "counts": counts}, height, width))
+            encoded.append(_encode_band(masks[:, x1:x2, k], x1, height, width))
     return encoded
+
+
+def encode_label_image(labels: np.ndarray) -> list[dict[str, Any]]:
+    """COCO compressed RLE of each instance of an [H, W] label image, without an [H, W, N] stack.
+
+    Args:
+        labels: [H, W] integer, 0 background, instance k on the pixels valued k + 1 (as
+            `detect_tiled(output="labels")` gives).
+    Returns:
+        labels.max() dicts, as `encode_masks` gives for the masks ``labels == k + 1`` (an absent
+        value gives an empty mask's RLE). Each instance costs O(H x its width).
+    """
+    import scipy.ndimage
+
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be an [H, W] integer label image, got {labels.shape} {labels.dtype}")
+    height, width = labels.shape
+    count = int(labels.max()) if labels.size else 0
+    encoded = []
+    for k, slices in enumerate(scipy.ndimage.find_objects(labels, max_label=count) if count > 0 else []):
+        if slices is None:
+            encoded.append(_encode_band(None, 0, height, width))
+            continue
+        x1, x2 = slices[1].start, slices[1].stop
+        encoded.append(_encode_band(labels[:, x1:x2] == k + 1, x1, height, width))
+    return encoded
+
+
+def _encode_band(band: np.ndarray | None, x1: int, height: int, width: int) -> dict[str, Any]:
+    """Compressed RLE of an [H, W] mask that is zero outside columns x1:x1 + band width.
+
+    The band's own runs are counted; the all-zero columns before and after are added to its first
+    and last zero runs. band None: an empty mask.
+    """
+    if band is None:
+        counts = [height * width]
+    else:
+        x2 = x1 + band.shape[1]
+        counts = uncompressed_rle_counts(band)
+        counts[0] += x1 * height  # the empty columns before
+        after = (width - x2) * height
+        if not band[-1, -1]:  # the band ends with a zero run: the empty columns extend it
+            counts[-1] += after
+        elif after:
+            counts.append(after)  # COCO's counts never end with an empty run
+    return mask_util.frPyObjects({"size": [height, width], "counts": counts}, height, width)
 
 
 def uncompressed_rle_counts(mask: np.ndarray) -> list[int]:

@@ -32,29 +32,33 @@ DSB_THRESHOLDS = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2))
 def instance_iou(gt_masks: np.ndarray, pred_masks: np.ndarray) -> np.ndarray:
     """Mask IoU between every ground-truth and predicted instance, in memory ~ pixels covered.
 
+    Each side is either an [H, W, K] mask stack or an [H, W] integer label image (0 background,
+    instance k on the pixels valued k + 1, as `detect_tiled(output="labels")` gives): a label image
+    of a large field with hundreds of nuclei takes 4 bytes a pixel where the stack takes K.
+
     Args:
-        gt_masks: [H, W, N] bool (instances may overlap).
-        pred_masks: [H, W, M] bool.
+        gt_masks: [H, W, N] bool (instances may overlap), or [H, W] int labels 1..N.
+        pred_masks: [H, W, M] bool, or [H, W] int labels 1..M.
 
     Returns:
         [N, M] float64 IoU.
 
     Raises:
-        ValueError: naming both shapes when H, W differ or an input is not [H, W, K].
+        ValueError: naming both shapes when H, W differ or an input is neither form.
     """
     gt_masks, pred_masks = np.asarray(gt_masks), np.asarray(pred_masks)
-    if gt_masks.ndim != 3 or pred_masks.ndim != 3 or gt_masks.shape[:2] != pred_masks.shape[:2]:
+    if not (_is_instances(gt_masks) and _is_instances(pred_masks)) or gt_masks.shape[:2] != pred_masks.shape[:2]:
         raise ValueError(
-            f"gt_masks and pred_masks must be [H, W, N] and [H, W, M] of the same H, W; got {gt_masks.shape} "
-            f"and {pred_masks.shape}"
+            f"gt_masks and pred_masks must be [H, W, N] masks or [H, W] integer labels of the same H, W; got "
+            f"{gt_masks.shape} {gt_masks.dtype} and {pred_masks.shape} {pred_masks.dtype}"
         )
-    n, m = gt_masks.shape[-1], pred_masks.shape[-1]
-    if n == 0 or m == 0:
-        return np.zeros((n, m))
     # Sparse pixel x instance incidence matrices: the intersections are one sparse product, far
     # cheaper than an [H*W, N] dense product for hundreds of small nuclei.
-    gt = _incidence(gt_masks)
-    pred = _incidence(pred_masks)
+    gt = instance_incidence(gt_masks)
+    pred = instance_incidence(pred_masks)
+    n, m = gt.shape[1], pred.shape[1]
+    if n == 0 or m == 0:
+        return np.zeros((n, m))
     intersection = (gt.T @ pred).toarray()
     gt_area = np.asarray(gt.sum(axis=0)).ravel()
     pred_area = np.asarray(pred.sum(axis=0)).ravel()
@@ -62,11 +66,24 @@ def instance_iou(gt_masks: np.ndarray, pred_masks: np.ndarray) -> np.ndarray:
     return np.divide(intersection, union, out=np.zeros_like(intersection, dtype=np.float64), where=union > 0)
 
 
-def _incidence(masks: np.ndarray) -> scipy.sparse.csr_matrix:
-    flat = masks.reshape(-1, masks.shape[-1])
-    pixels, instances = np.nonzero(flat)
+def _is_instances(array: np.ndarray) -> bool:
+    return array.ndim == 3 or (array.ndim == 2 and np.issubdtype(array.dtype, np.integer))
+
+
+def instance_incidence(instances: np.ndarray) -> scipy.sparse.csr_matrix:
+    """[H * W, K] sparse 0/1 pixel x instance matrix of [H, W, K] masks or [H, W] labels 1..K."""
+    if instances.ndim == 2:
+        flat = instances.ravel()
+        pixels = np.flatnonzero(flat > 0)
+        count = int(flat.max()) if flat.size else 0
+        columns = flat[pixels].astype(np.int64) - 1
+        shape = (flat.size, max(count, 0))
+    else:
+        flat = instances.reshape(instances.shape[0] * instances.shape[1], instances.shape[2])
+        pixels, columns = np.nonzero(flat)
+        shape = flat.shape
     data = np.ones(pixels.size, dtype=np.float64)
-    return scipy.sparse.csr_matrix((data, (pixels, instances)), shape=flat.shape)
+    return scipy.sparse.csr_matrix((data, (pixels, columns)), shape=shape)
 
 
 def match_count(iou: np.ndarray, threshold: float) -> int:
@@ -95,8 +112,8 @@ def dsb_precisions(gt_masks: np.ndarray, pred_masks: np.ndarray,
     """precision(t) = TP / (TP + FP + FN) of one image at each threshold.
 
     Args:
-        gt_masks: [H, W, N] bool ground-truth instances.
-        pred_masks: [H, W, M] bool predicted instances.
+        gt_masks: [H, W, N] bool ground-truth instances, or [H, W] int labels (`instance_iou`).
+        pred_masks: [H, W, M] bool predicted instances, or [H, W] int labels.
         thresholds: IoU thresholds (default 0.5:0.95:0.05).
 
     Returns:
@@ -124,7 +141,7 @@ def dsb_score_dataset(pairs: Sequence[tuple[np.ndarray, np.ndarray]],
     """DSB2018 score over images: per-image scores and their mean.
 
     Args:
-        pairs: (gt_masks [H,W,N], pred_masks [H,W,M]) per image.
+        pairs: (gt_masks [H,W,N], pred_masks [H,W,M]) per image (either may be [H, W] int labels).
         thresholds: IoU thresholds.
 
     Returns:

@@ -113,8 +113,13 @@ def _unet_shape(args: argparse.Namespace) -> tuple[int, int]:
     return depth, filters
 
 
-def load_detector(args: argparse.Namespace):
-    """A `detect(images)` callable for --model with --weights (tiled when --tile is set)."""
+def load_detector(args: argparse.Namespace, output: str = "masks"):
+    """A `detect(images)` callable for --model with --weights (tiled when --tile is set).
+
+    output "labels": results carry an [H, W] int32 label image instead of the [H, W, N] mask stack
+    where the detector can give one (tiled inference, the U-Net); Mask R-CNN's untiled `detect`
+    gives masks either way. `evaluate_nuclei` scores both.
+    """
     if args.model == "mrcnn":
         from mrcnn.model import MaskRCNN
 
@@ -139,7 +144,9 @@ def load_detector(args: argparse.Namespace):
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
         model = UNetDetector(network, tile=256, margin=32)
     if args.tile:
-        return lambda images: [detect_tiled(model, image, args.tile, args.overlap) for image in images]
+        return lambda images: [detect_tiled(model, image, args.tile, args.overlap, output=output) for image in images]
+    if args.model == "unet":
+        return lambda images: model.detect(images, output=output)
     return model.detect
 
 
@@ -155,7 +162,8 @@ def _check_tiling_flags(args: argparse.Namespace) -> None:
 def evaluate(args: argparse.Namespace) -> dict:
     _check_tiling_flags(args)
     val_set = load_split(args, "val")
-    metrics = evaluate_nuclei(load_detector(args), val_set, max_dets=1000, verbose=args.verbose)
+    # Label images where the detector gives them: a large field's [H, W, N] stack is never built.
+    metrics = evaluate_nuclei(load_detector(args, output="labels"), val_set, max_dets=1000, verbose=args.verbose)
     # What produced these numbers, so that two metrics files can be told apart.
     metrics.update(model=args.model, weights=str(args.weights), tile=args.tile or None,
                    overlap=args.overlap if args.tile else None)

@@ -270,23 +270,33 @@ class UNetDetector:
         """[H, W] int32 instance labels from a foreground probability map (watershed)."""
         return watershed_instances(probability, self.threshold, self.min_distance, self.min_size)
 
-    def detect(self, images: Sequence[np.ndarray], verbose: int = 0) -> list[dict[str, np.ndarray]]:
+    def detect(self, images: Sequence[np.ndarray], verbose: int = 0, output: str = "masks") -> list[dict[str, np.ndarray]]:
         """`MaskRCNN.detect`'s output for each image: rois, class_ids (1), scores (mean
-        probability inside the instance), masks [H, W, N] bool."""
+        probability inside the instance), masks [H, W, N] bool.
+
+        Args:
+            images: [H, W, 3] uint8 images (or grayscale / RGBA, conformed as `detect` does).
+            verbose: accepted for `detect`'s signature; no progress bar (one pass per image).
+            output: "masks" ([H, W, N] bool: H * W * N bytes) or "labels" (the watershed's [H, W]
+                int32 label image, instance k valued k + 1, in the place of "masks": a large field
+                with hundreds of nuclei then needs 4 bytes a pixel, not N).
+        """
         del verbose
+        if output not in ("masks", "labels"):
+            raise ValueError(f"output must be 'masks' or 'labels', got {output!r}")
         results = []
         for image in images:
             probability = self.predict_foreground(image)
             labels = self.instances(probability)
-            masks = labels_to_masks(labels)
-            count = masks.shape[-1]
+            count = int(labels.max(initial=0))
             boxes = np.zeros((count, 4), np.int32)
             for k, slices in enumerate(ndi.find_objects(labels, max_label=count)):
                 if slices is not None:
                     boxes[k] = (slices[0].start, slices[1].start, slices[0].stop, slices[1].stop)
             scores = ndi.mean(probability, labels, index=np.arange(1, count + 1)) if count else np.zeros(0)
-            results.append({"rois": boxes, "class_ids": np.ones(count, np.int32),
-                            "scores": np.asarray(scores, np.float32), "masks": masks})
+            result = {"rois": boxes, "class_ids": np.ones(count, np.int32), "scores": np.asarray(scores, np.float32)}
+            result[output] = labels if output == "labels" else labels_to_masks(labels)
+            results.append(result)
         return results
 
 

@@ -18,6 +18,7 @@ from mrcnn.evaluation.coco_eval import (
     STAT_NAMES,
     build_coco_results,
     coco_eval_stats,
+    encode_label_image,
     encode_masks,
     evaluate_coco,
     uncompressed_rle_counts,
@@ -154,6 +155,20 @@ def test_encode_masks_gives_pycocotools_encoding_of_each_mask():
     assert encode_masks(np.zeros((4, 5, 0), bool)) == []
     with pytest.raises(ValueError, match="masks must be"):
         encode_masks(np.zeros((4, 5), bool))
+
+
+def test_label_image_encodes_as_its_masks():
+    rng = np.random.default_rng(5)
+    height, width = 23, 31
+    labels = rng.integers(0, 7, (height, width)).astype(np.int32)  # noisy instances 1..6
+    labels[labels == 4] = 0  # value 4 absent: an empty instance
+    labels[-1, -1] = 6  # last pixel: the band ends inside the instance
+    labels[:, 0] = 2  # first column
+    masks = np.stack([labels == k for k in range(1, 7)], axis=-1)
+    assert [r["counts"] for r in encode_label_image(labels)] == [r["counts"] for r in encode_masks(masks)]
+    assert encode_label_image(np.zeros((4, 5), np.int32)) == []
+    with pytest.raises(ValueError, match=r"\[H, W\] integer label image, got \(4, 5\) float64"):
+        encode_label_image(np.zeros((4, 5)))
 
 
 def test_shapes_ground_truth_scores_one(shapes_coco):

@@ -80,3 +80,23 @@ def test_iou_matches_dense_reference():
     inter = np.einsum("hwn,hwm->nm", gt.astype(float), pred.astype(float))
     union = gt.sum((0, 1))[:, None] + pred.sum((0, 1))[None, :] - inter
     np.testing.assert_allclose(instance_iou(gt, pred), inter / union)
+
+
+def test_label_images_score_as_their_masks():
+    # Disjoint instances: an [H, W] label image (value k + 1 on instance k) is the same instances
+    # as the mask stack, in 4 bytes a pixel instead of one per instance.
+    gt = _boxes((40, 40), [(0, 0, 10, 10), (20, 20, 30, 30), (0, 30, 4, 34)])
+    pred = _boxes((40, 40), [(0, 1, 10, 11), (20, 20, 27, 30), (35, 35, 38, 38)])
+
+    def labels(masks):
+        return (masks * np.arange(1, masks.shape[-1] + 1)).max(axis=-1).astype(np.int32)
+
+    np.testing.assert_array_equal(instance_iou(labels(gt), labels(pred)), instance_iou(gt, pred))
+    np.testing.assert_array_equal(instance_iou(gt, labels(pred)), instance_iou(gt, pred))
+    np.testing.assert_allclose(dsb_precisions(labels(gt), labels(pred)), dsb_precisions(gt, pred))
+    gap = labels(pred)
+    gap[gap == 2] = 0  # value 2 has no pixel left: an empty instance, still counted as column 1
+    assert instance_iou(labels(gt), gap).shape == (3, 3) and instance_iou(labels(gt), gap)[:, 1].max() == 0
+    assert dsb_score(np.zeros((40, 40), np.int32), np.zeros((40, 40), np.int32)) == 1.0
+    with pytest.raises(ValueError, match=r"\[H, W\] integer labels .* \(40, 40\) float64"):
+        instance_iou(gt, np.zeros((40, 40)))

@@ -74,8 +74,9 @@ def test_evaluate_records_the_weights_and_tiling(tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake_detector(args):
+    def fake_detector(args, output="masks"):
         seen["tiling"] = (args.tile, args.overlap)
+        seen["output"] = output
         return lambda images: []
 
     monkeypatch.setattr(nucleus, "load_split", lambda args, split: "val set")
@@ -84,7 +85,7 @@ def test_evaluate_records_the_weights_and_tiling(tmp_path, monkeypatch):
     weights = str(tmp_path / "w.weights.h5")
     assert nucleus.main(["evaluate", "--model", "mrcnn", "--weights", weights, "--tile", "256",
                          "--logs", str(tmp_path)]) == 0
-    assert seen["tiling"] == (256, nucleus.DEFAULT_TILE_OVERLAP)
+    assert seen["tiling"] == (256, nucleus.DEFAULT_TILE_OVERLAP) and seen["output"] == "labels"
     saved = json.loads((tmp_path / "mrcnn_metrics.json").read_text())
     assert saved == {"mask_AP": 0.5, "model": "mrcnn", "weights": weights, "tile": 256, "overlap": 64}
     assert nucleus.main(["evaluate", "--model", "mrcnn", "--weights", weights, "--logs", str(tmp_path)]) == 0

@@ -75,3 +75,35 @@ def test_fluorescence_and_brightfield_are_scored_apart():
     assert brightfield["mask_AP50"] == pytest.approx(0.0) and brightfield["dsb_score"] == pytest.approx(0.0)
     assert 0.0 < metrics["mask_AP50"] < 1.0 and metrics["dsb_score"] == pytest.approx(0.5)
     assert {"mask_AP_small", "mask_AP_medium", "mask_AP_large", "mask_AR_max"} <= set(metrics)
+
+
+def test_label_image_results_score_as_their_masks(fixture_images):
+    # Every instance shifted 2 px down (IoU below 1: the scores depend on the thresholds), plus
+    # the made-up false positive. As disjoint instances, the label image is the same detections.
+    from samples.nucleus.dataset import masks_to_labels
+
+    oracle = _oracle(fixture_images, extra_score=0.95)
+
+    def shifted(images):
+        result = dict(oracle(images)[0])
+        result["masks"] = np.concatenate([np.roll(result["masks"][..., :-1], 2, axis=0), result["masks"][..., -1:]],
+                                         axis=-1)
+        return [result]
+
+    def as_labels(images):
+        result = shifted(images)[0]
+        return [{**{k: v for k, v in result.items() if k != "masks"}, "labels": masks_to_labels(result["masks"])}]
+
+    with_masks = evaluate_nuclei(shifted, fixture_images, verbose=0)
+    with_labels = evaluate_nuclei(as_labels, fixture_images, verbose=0)
+    assert 0.0 < with_masks["mask_AP"] < 0.99 and 0.0 < with_masks["dsb_score"] < 0.99
+    for key in ("mask_AP", "mask_AP50", "mask_AP75", "mask_AR_max", "dsb_score", "per_image_dsb", "by_kind",
+                "num_detections"):
+        assert with_labels[key] == with_masks[key], key
+
+    def too_few_scores(images):
+        result = as_labels(images)[0]
+        return [{**result, "scores": result["scores"][:1]}]
+
+    with pytest.raises(ValueError, match=r"image 0: result 'labels' go up to \d+ but there are 1 scores"):
+        evaluate_nuclei(too_few_scores, fixture_images, verbose=0)

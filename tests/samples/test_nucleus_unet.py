@@ -87,6 +87,24 @@ def test_overlap_tile_reassembles_the_image():
     assert results[0]["masks"].shape == (70, 90, 0)
 
 
+def test_labels_output_is_the_masks_as_one_label_image():
+    # Two separate discs of foreground: two instances, as masks or as one [H, W] label image.
+    image = np.zeros((70, 90, 3), np.uint8)
+    for centre, radius in (((20, 20), 9), ((50, 62), 12)):
+        image[skimage.draw.disk(centre, radius)] = 255
+    detector = UNetDetector(_Constant(), tile=32, margin=8, min_size=1)
+    as_masks = detector.detect([image])[0]
+    as_labels = detector.detect([image], output="labels")[0]
+    assert as_masks["masks"].shape == (70, 90, 2) and "masks" not in as_labels
+    assert as_labels["labels"].dtype == np.int32 and as_labels["labels"].shape == (70, 90)
+    for k in range(2):
+        np.testing.assert_array_equal(as_labels["labels"] == k + 1, as_masks["masks"][..., k])
+    for key in ("rois", "class_ids", "scores"):
+        np.testing.assert_array_equal(as_labels[key], as_masks[key])
+    with pytest.raises(ValueError, match="output must be 'masks' or 'labels', got 'mask'"):
+        detector.detect([image], output="mask")
+
+
 def test_unet_shapes_and_detect_format():
     model = build_unet(depth=2, base_filters=4)
     assert model.output_shape == (None, None, None, 2)
