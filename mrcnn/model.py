@@ -404,8 +404,9 @@ class MaskRCNN(keras.Model):
             "rpn_class_loss": loss_fns.rpn_class_loss(rpn_match, outputs["rpn_class_logits"]),
             "rpn_bbox_loss": loss_fns.rpn_bbox_loss(tf.cast(inputs["input_rpn_bbox"], tf.float32), rpn_match,
                                                     outputs["rpn_bbox"]),
-            "mrcnn_class_loss": loss_fns.mrcnn_class_loss(outputs["target_class_ids"],
-                                                          outputs["mrcnn_class_logits"], active_class_ids),
+            "mrcnn_class_loss": loss_fns.mrcnn_class_loss(
+                outputs["target_class_ids"], outputs["mrcnn_class_logits"], active_class_ids,
+                valid_rois=tf.reduce_any(tf.not_equal(outputs["rois"], 0.0), axis=-1)),  # padding rows are no RoIs
             "mrcnn_bbox_loss": loss_fns.mrcnn_bbox_loss(outputs["target_deltas"], outputs["target_class_ids"],
                                                         outputs["mrcnn_bbox"]),
         }

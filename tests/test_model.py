@@ -705,6 +705,25 @@ def _losses_and_grads(model, batch):
                                                       for g in grads]
 
 
+def test_class_loss_leaves_the_padding_rois_out(trained, config):
+    from mrcnn.modeling import losses as loss_fns
+
+    model = trained[0]
+    batch = {k: tf.constant(v) for k, v in DataGenerator(_shapes(2, seed=4), config, shuffle=False, seed=0)[0].items()}
+    outputs = model(batch, training=True)
+    real = np.any(outputs["rois"].numpy() != 0, axis=-1)  # [B, T]
+    assert 0 < real.sum() < real.size, "the fixture's images must have padding rows"
+    logits, targets = outputs["mrcnn_class_logits"].numpy(), outputs["target_class_ids"].numpy()
+    shifted = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    cross_entropy = shifted - np.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    loss = model.compute_losses(batch, outputs)["mrcnn_class_loss"].numpy()
+    np.testing.assert_allclose(loss, cross_entropy[real].mean(), rtol=1e-5)  # all classes active here
+    assert abs(loss - cross_entropy.mean()) > 1e-4  # what counting the padding rows gave
+    assert loss_fns.mrcnn_class_loss(outputs["target_class_ids"], outputs["mrcnn_class_logits"],
+                                     np.ones((2, config.NUM_CLASSES), np.float32)).numpy() == pytest.approx(
+        cross_entropy.mean(), rel=1e-5)
+
+
 def test_op_and_fallback_train_and_detect_the_same(trained, config, monkeypatch):
     from mrcnn.ops.roi_align import load_op_library
 

@@ -92,7 +92,7 @@ def rpn_bbox_loss(target_bbox: tf.Tensor, rpn_match: tf.Tensor, rpn_bbox: tf.Ten
 
 
 def mrcnn_class_loss(target_class_ids: tf.Tensor, pred_class_logits: tf.Tensor,
-                     active_class_ids: tf.Tensor) -> tf.Tensor:
+                     active_class_ids: tf.Tensor, valid_rois: tf.Tensor | None = None) -> tf.Tensor:
     """Classifier loss over the sampled RoIs.
 
     With several datasets (sources) in one model, an image only knows the classes of its own
@@ -100,18 +100,26 @@ def mrcnn_class_loss(target_class_ids: tf.Tensor, pred_class_logits: tf.Tensor,
     is dropped and they leave the mean), as in matterport. matterport looked at image 0's active
     classes for the whole batch; here each image uses its own.
 
+    The zero rows that pad an image's RoIs up to T are not RoIs: with `valid_rois` they leave the
+    mean too. matterport counted them as background examples (target 0 on an all-zero box): while
+    the RPN finds few positives, hundreds of such rows outweighed the real RoIs' gradient.
+
     Args:
         target_class_ids: [B, T] int (0 = background, also for zero-padded RoIs).
         pred_class_logits: [B, T, K] logits.
         active_class_ids: [B, K], 1 for classes of the image's source, 0 otherwise.
+        valid_rois: [B, T] bool, False for padding rows (`MaskRCNN.compute_losses` passes the
+            rows whose RoI box is not all zeros); None counts every row (matterport).
 
     Returns:
-        Scalar float32: mean cross-entropy over RoIs with an active predicted class (0 if none).
+        Scalar float32: mean cross-entropy over the real RoIs with an active predicted class (0 if none).
     """
     target = tf.cast(target_class_ids, tf.int32)
     logits = tf.cast(pred_class_logits, tf.float32)
     predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
     weights = tf.gather(tf.cast(active_class_ids, tf.float32), predicted, batch_dims=1)  # [B, T]
+    if valid_rois is not None:
+        weights *= tf.cast(valid_rois, tf.float32)
     cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=target, logits=logits)
     return _safe_mean(tf.reduce_sum(cross_entropy * weights), tf.reduce_sum(weights))
 

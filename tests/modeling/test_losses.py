@@ -113,6 +113,23 @@ def test_mrcnn_class_loss_matches_numpy_with_inactive_classes() -> None:
     np.testing.assert_allclose(value.numpy(), np.mean(terms), rtol=1e-5)
 
 
+def test_mrcnn_class_loss_leaves_padding_rows_out() -> None:
+    # Image 0 has 2 real RoIs and 2 padding rows, image 1 one real RoI: the mean is over 3 terms.
+    target = np.array([[1, 0, 0, 0], [2, 0, 0, 0]], np.int32)
+    logits = RNG.normal(size=(2, 4, 3)).astype(np.float32)
+    valid = np.array([[True, True, False, False], [True, False, False, False]])
+    terms = [np_softmax_ce(logits[b, t], target[b, t]) for b in range(2) for t in range(4) if valid[b, t]]
+    value = losses.mrcnn_class_loss(target, logits, np.ones((2, 3), np.float32), valid_rois=valid)
+    np.testing.assert_allclose(value.numpy(), np.mean(terms), rtol=1e-5)
+    # Whatever the padding rows predict, the loss is the same.
+    changed = logits.copy()
+    changed[~valid] += RNG.normal(size=(5, 3)).astype(np.float32) * 10
+    np.testing.assert_allclose(losses.mrcnn_class_loss(target, changed, np.ones((2, 3), np.float32),
+                                                       valid_rois=valid).numpy(), value.numpy(), rtol=1e-6)
+    none_valid = losses.mrcnn_class_loss(target, logits, np.ones((2, 3), np.float32), valid_rois=np.zeros((2, 4), bool))
+    assert none_valid.numpy() == 0.0
+
+
 def test_mrcnn_class_loss_finite_without_gt_or_active_classes() -> None:
     logits = RNG.normal(size=(2, 4, 3)).astype(np.float32)
     value = assert_finite_with_finite_gradient(losses.mrcnn_class_loss, np.zeros((2, 4), np.int32), logits,
