@@ -62,6 +62,10 @@ class Config:
       or ``"paper"`` (floor(4 + log2(sqrt(wh)/224)), detectron2/torchvision).
     * ``ADD_GT_TO_PROPOSALS``: append GT boxes to the RPN proposals when sampling training RoIs
       (Detectron/torchvision; default True). matterport did not (set False to reproduce it).
+    * ``ROI_SAMPLING``: how many negative RoIs an image gets: ``"matterport"`` (default: they keep
+      the 1 : (1/ROI_POSITIVE_RATIO - 1) ratio to the positives drawn, so an image with 8 positives
+      trains on 32 RoIs, not TRAIN_ROIS_PER_IMAGE) or ``"paper"`` (negatives fill the
+      TRAIN_ROIS_PER_IMAGE left after the positives: Fast R-CNN's and Detectron's sampling).
     * ``OPTIMIZER``: ``"sgd"`` (momentum LEARNING_MOMENTUM; the paper's and matterport's), ``"adam"``
       or ``"adamw"`` (Keras' own; weight decay stays the L2 term of the loss). All clip gradients
       at GRADIENT_CLIP_NORM.
@@ -189,6 +193,7 @@ class Config:
     ROI_ALIGN_ALIGNED: bool = True
     ROI_LEVEL_MODE: str = "matterport"
     ADD_GT_TO_PROPOSALS: bool = True
+    ROI_SAMPLING: str = "matterport"
     OPTIMIZER: str = "sgd"
     BN_MOMENTUM: float = 0.99
     SEED: int | None = None
@@ -335,8 +340,14 @@ class Config:
         self._validate_mask_ablation_fields()
         if self.OPTIMIZER not in ("sgd", "adam", "adamw"):
             raise ValueError(f"OPTIMIZER must be 'sgd', 'adam' or 'adamw', got {self.OPTIMIZER!r}")
-        if self.ROI_LEVEL_MODE not in ("matterport", "paper"):
-            raise ValueError(f"ROI_LEVEL_MODE must be 'matterport' or 'paper', got {self.ROI_LEVEL_MODE!r}")
+        if not self.USE_RPN_ROIS:
+            # matterport's False fed the heads RoIs made by its data generator instead of the
+            # RPN's proposals; nothing here makes such RoIs, so the setting would be ignored.
+            raise ValueError("USE_RPN_ROIS = False (heads trained on RoIs from the data generator, a matterport "
+                             "option) is not supported: the heads always train on the RPN's proposals")
+        for name in ("ROI_LEVEL_MODE", "ROI_SAMPLING"):
+            if getattr(self, name) not in ("matterport", "paper"):
+                raise ValueError(f"{name} must be 'matterport' or 'paper', got {getattr(self, name)!r}")
         unknown = set(self.LOSS_WEIGHTS) - set(Config.LOSS_WEIGHTS)
         if unknown:
             raise ValueError(f"LOSS_WEIGHTS has unknown losses {sorted(unknown)}; known: {sorted(Config.LOSS_WEIGHTS)}")

@@ -166,7 +166,8 @@ class MaskRCNN(keras.Model):
                                                 c.RPN_BBOX_STD_DEV, name="ROI_inference")
         self.detection_target = DetectionTargetLayer(
             c.TRAIN_ROIS_PER_IMAGE, c.ROI_POSITIVE_RATIO, c.BBOX_STD_DEV, tuple(c.MASK_SHAPE),
-            c.USE_MINI_MASK, add_gt_boxes=c.ADD_GT_TO_PROPOSALS, mask_targets=c.MASK_HEAD, name="proposal_targets")
+            c.USE_MINI_MASK, add_gt_boxes=c.ADD_GT_TO_PROPOSALS, mask_targets=c.MASK_HEAD,
+            fill_negatives=c.ROI_SAMPLING == "paper", name="proposal_targets")
         pooling = dict(pooling_mode=c.POOLING_MODE, sampling_ratio=c.ROI_ALIGN_SAMPLING_RATIO,
                        aligned=c.ROI_ALIGN_ALIGNED, level_mode=c.ROI_LEVEL_MODE)
         if c4:

@@ -705,6 +705,11 @@ def _losses_and_grads(model, batch):
                                                       for g in grads]
 
 
+def test_roi_sampling_reaches_the_target_layer(config):
+    assert not MaskRCNN("training", config).detection_target.fill_negatives  # matterport's, the default
+    assert MaskRCNN("training", type(config)().update(ROI_SAMPLING="paper")).detection_target.fill_negatives
+
+
 def test_class_loss_leaves_the_padding_rois_out(trained, config):
     from mrcnn.modeling import losses as loss_fns
 

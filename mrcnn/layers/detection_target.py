@@ -75,9 +75,10 @@ class DetectionTargetLayer(keras.layers.Layer):
     them are not used as negatives. Proposals with IoU >= 0.5 to some GT are positives (target:
     the GT of highest IoU), those with IoU < 0.5 to all GT are negatives. Up to
     ``int(train_rois_per_image * roi_positive_ratio)`` positives are drawn at random, then
-    ``int(P / roi_positive_ratio) - P`` negatives for P positives drawn (fewer if fewer exist).
-    With no positive (e.g. no GT) no negative is drawn either and the output is all padding,
-    exactly as matterport. GT boxes are NOT added to the proposals (matterport does not).
+    negatives (fewer if fewer exist): with ``fill_negatives`` the T - P left (the paper's sampling:
+    Fast R-CNN, Detectron), else ``floor(P / roi_positive_ratio) - P`` for P positives drawn
+    (matterport's; with no positive, e.g. no GT, no negative is drawn and the output is all
+    padding). With ``add_gt_boxes`` the GT boxes join the proposals first (the `Config` default).
 
     Inputs (a list):
         proposals: ``[B, P, 4]`` (y1, x1, y2, x2) normalized, zero rows are padding.
@@ -103,8 +104,13 @@ class DetectionTargetLayer(keras.layers.Layer):
         mask_shape: ``(mh, mw)`` of the mask targets (MASK_SHAPE).
         use_mini_mask: whether ``gt_masks`` are mini masks (USE_MINI_MASK).
         add_gt_boxes: append each image's GT boxes to its proposals before sampling
-            (Detectron/torchvision; ADD_GT_TO_PROPOSALS), so every GT yields at least one
-            positive even while the RPN is still untrained. matterport did not.
+            (Detectron/torchvision; ADD_GT_TO_PROPOSALS, True by default in `Config`), so every
+            GT yields at least one positive even while the RPN is still untrained. matterport
+            did not (this layer's own default, False, is matterport's).
+        fill_negatives: negatives fill the T RoIs left after the positives (the paper's sampling
+            as Fast R-CNN and Detectron do it; ROI_SAMPLING "paper"). False: the negatives keep
+            the ratio to the positives taken, ``floor(P / ratio) - P`` (matterport's; ROI_SAMPLING
+            "matterport"), so an image with few positives gets few RoIs.
         mask_targets: crop the mask targets (False for a model without a mask branch,
             MASK_HEAD = False: ``target_masks`` is then all zeros and no crop is computed).
     """
@@ -118,6 +124,7 @@ class DetectionTargetLayer(keras.layers.Layer):
         use_mini_mask: bool = True,
         add_gt_boxes: bool = False,
         mask_targets: bool = True,
+        fill_negatives: bool = False,
         **kwargs: Any,
     ) -> None:
         # Box coordinates must not be cast to float16 under a mixed-precision policy (0.5 px
@@ -140,6 +147,7 @@ class DetectionTargetLayer(keras.layers.Layer):
         self.use_mini_mask = bool(use_mini_mask)
         self.add_gt_boxes = bool(add_gt_boxes)
         self.mask_targets = bool(mask_targets)
+        self.fill_negatives = bool(fill_negatives)
 
     # ------------------------------------------------------------------------------------------
     def call(self, inputs: Sequence[tf.Tensor]) -> list[tf.Tensor]:
@@ -197,15 +205,18 @@ class DetectionTargetLayer(keras.layers.Layer):
         positive_ix = tf.where(roi_iou_max >= POSITIVE_IOU_THRESHOLD)[:, 0]
         negative_ix = tf.where(tf.logical_and(roi_iou_max < POSITIVE_IOU_THRESHOLD, not_crowd))[:, 0]
 
-        # Random subsets: positives capped at T * ratio, negatives keep the ratio (matterport).
+        # Random subsets: positives capped at T * ratio. Negatives fill the rest up to T (the paper,
+        # Fast R-CNN, Detectron) or keep the ratio to the positives taken (matterport).
         max_positives = int(rois_count * self.roi_positive_ratio)
         positive_ix = tf.random.shuffle(positive_ix)[:max_positives]
         positive_count = tf.shape(positive_ix)[0]
-        negative_count = (
-            tf.cast(tf.cast(positive_count, tf.float32) / self.roi_positive_ratio, tf.int32) - positive_count
-        )
-        # Never more than T rois in total (float rounding of 1/ratio could overshoot by one).
-        negative_count = tf.minimum(negative_count, rois_count - positive_count)
+        if self.fill_negatives:
+            negative_count = rois_count - positive_count
+        else:
+            # In float64 with a nudge: float32 gave 66 / 0.33 = 199.99998, one RoI short of 200.
+            total = tf.cast(positive_count, tf.float64) / self.roi_positive_ratio + 1e-6
+            negative_count = tf.cast(tf.floor(total), tf.int32) - positive_count
+            negative_count = tf.minimum(negative_count, rois_count - positive_count)
         negative_ix = tf.random.shuffle(negative_ix)[:negative_count]
 
         positive_rois = tf.gather(proposals, positive_ix)
@@ -291,5 +302,6 @@ class DetectionTargetLayer(keras.layers.Layer):
             use_mini_mask=self.use_mini_mask,
             add_gt_boxes=self.add_gt_boxes,
             mask_targets=self.mask_targets,
+            fill_negatives=self.fill_negatives,
         )
         return config

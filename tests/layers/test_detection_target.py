@@ -213,6 +213,35 @@ def test_negative_count_follows_positive_ratio():
     np.testing.assert_array_equal(rois[4:], 0.0)
 
 
+def test_paper_sampling_fills_the_rois_with_negatives():
+    # The same image as above with fill_negatives (ROI_SAMPLING "paper"): 1 positive, then the 8
+    # negatives there are (the T - 1 = 9 left is more), then one padding row.
+    background = _norm([[0, 0, 4, 4], [0, 28, 4, 32], [28, 0, 32, 4], [28, 28, 32, 32],
+                        [0, 10, 4, 14], [10, 0, 14, 4], [28, 10, 32, 14], [10, 28, 14, 32]])
+    proposals = np.concatenate([PROPOSALS[:1], background])
+    layer = DetectionTargetLayer(10, 0.25, STD, (8, 8), use_mini_mask=True, fill_negatives=True)
+    rois, class_ids, _, _ = _run(layer, proposals, [1], _norm(GT_PX)[None], np.ones((8, 8, 1), np.float32))
+    np.testing.assert_array_equal(class_ids, [1] + [0] * 9)
+    assert np.all(np.any(rois[:9] != 0, axis=1)) and not rois[9].any()
+    # Without GT the negatives still fill: the classifier sees background RoIs.
+    rois, class_ids, _, _ = _run(layer, proposals, [0], np.zeros((1, 4), np.float32), np.zeros((8, 8, 1), np.float32))
+    assert not class_ids.any() and np.all(np.any(rois[:9] != 0, axis=1))
+    assert DetectionTargetLayer.from_config(layer.get_config()).fill_negatives is True
+
+
+def test_matterport_negative_count_is_not_cut_short_by_float_rounding():
+    # 66 positives at ratio 0.33: floor(66 / 0.33) = 200 RoIs (float32 gave 199.99998, 199 RoIs).
+    rng = np.random.default_rng(0)
+    centres = rng.uniform(0.1, 0.9, (66, 2))
+    positives = np.concatenate([centres - 0.05, centres + 0.05], axis=1).astype(np.float32)
+    gt = positives.copy()  # each positive is its own GT: IoU 1
+    negatives = np.tile(_norm([0, 0, 1, 1]), (300, 1)) + np.linspace(0, 0.5, 300, dtype=np.float32)[:, None]
+    layer = DetectionTargetLayer(200, 0.33, STD, (8, 8), use_mini_mask=True, mask_targets=False)
+    rois, class_ids, _, _ = _run(layer, np.concatenate([positives, negatives]), np.ones(66, np.int32), gt,
+                                 np.ones((8, 8, 66), np.float32))
+    assert (class_ids > 0).sum() == 66 and np.any(rois != 0, axis=1).sum() == 200
+
+
 def test_add_gt_boxes_gives_a_positive_without_matching_proposals():
     # Only background proposals: matterport sampling gives nothing; with GT added, the GT box
     # itself is a positive whose target mask is the whole GT and whose deltas are zero.
