@@ -24,6 +24,7 @@ augmenter used for keypoint training must accept ``keypoints=`` the same way.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -63,6 +64,22 @@ def check_pair(image: np.ndarray, masks: np.ndarray) -> None:
         )
 
 
+def takes_keypoints(augmenter: Callable) -> bool:
+    """Whether `augmenter` accepts ``keypoints=`` (a parameter of that name, or ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(augmenter).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature: assume a plain augmenter
+        return False
+    return any(p.name == "keypoints" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def keypoints_not_taken(augmenter: Callable) -> TypeError:
+    """The error for an augmenter that cannot move keypoints, in a keypoint model's training."""
+    return TypeError(f"augmentation {augmenter!r} does not take keypoints=: keypoint training needs augmenters "
+                     "that move keypoints too (those of mrcnn.data.augment do; a function of your own needs a "
+                     "keypoints=None parameter and must return (image, masks, keypoints) when it is given)")
+
+
 def _check_probability(p: float) -> float:
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"probability p must be in [0, 1], got {p!r}")
@@ -88,6 +105,8 @@ class Compose:
         for augmenter in self.augmenters:
             if keypoints is None:
                 image, masks = augmenter(image, masks, rng)
+            elif not takes_keypoints(augmenter):
+                raise keypoints_not_taken(augmenter)
             else:
                 image, masks, keypoints = augmenter(image, masks, rng, keypoints=keypoints)
         return _out(image, masks, keypoints)

@@ -38,17 +38,26 @@ def check_keypoints(keypoints: np.ndarray, num_instances: int, num_keypoints: in
         [N, K, 3] float32 copy.
 
     Raises:
-        ValueError: naming `where` and the shapes when they do not fit, or when a visibility is
-            not 0, 1 or 2.
+        ValueError: naming `where` and the shapes when they do not fit (and NUM_KEYPOINTS when
+            only K differs), when a visibility is not 0, 1 or 2, or a labelled keypoint's x, y is
+            not finite.
     """
     array = np.asarray(keypoints, dtype=np.float32)
     if array.size == 0 and num_instances == 0:
         return np.zeros((0, num_keypoints, 3), np.float32)
     if array.shape != (num_instances, num_keypoints, 3):
         raise ValueError(f"{where}: keypoints must be [N={num_instances}, K={num_keypoints}, 3] (x, y, visibility), "
-                         f"got shape {array.shape}")
+                         f"got shape {array.shape}" + (f"; Config.NUM_KEYPOINTS is {num_keypoints}: set it to "
+                                                       f"{array.shape[1]} for this data" if array.ndim == 3
+                                                       and array.shape[0] == num_instances else ""))
     if not np.isin(array[..., 2], (0, 1, 2)).all():
         raise ValueError(f"{where}: keypoint visibility must be 0, 1 or 2, got {np.unique(array[..., 2]).tolist()}")
+    labelled = array[..., 2] > 0
+    if not np.isfinite(array[..., :2][labelled]).all():
+        # A labelled keypoint without a position would silently get no weight in the targets.
+        instance = int(np.argwhere(labelled & ~np.isfinite(array[..., :2]).all(axis=-1))[0][0])
+        raise ValueError(f"{where}: instance {instance} has a labelled keypoint (visibility > 0) with a NaN or "
+                         "infinite x, y; give it visibility 0 if its position is unknown")
     return array.copy()
 
 

@@ -6,7 +6,6 @@ padded) image; deltas ``(dy, dx, log(dh), log(dw))`` with ``h = y2 - y1`` (docs/
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from typing import Any, NamedTuple
 
@@ -15,7 +14,7 @@ import scipy.ndimage as ndi
 
 from mrcnn import utils
 from mrcnn.data import keypoints as kp
-from mrcnn.data.augment import Augmenter
+from mrcnn.data.augment import Augmenter, keypoints_not_taken, takes_keypoints
 from mrcnn.data.dataset import conform_channels
 
 # matterport's RPN labelling thresholds (Faster R-CNN paper, section 3.1.2).
@@ -92,16 +91,15 @@ def load_image_gt(
         keypoints = kp.InstanceKeypoints(
             kp.check_keypoints(dataset.load_keypoints(image_id), class_ids.shape[0], int(config.NUM_KEYPOINTS),
                                where=f"image {image_id} ({dataset.image_reference(image_id)})"),
-            kp.resolve_flip_map(int(config.NUM_KEYPOINTS), config.KEYPOINT_FLIP_MAP, config.KEYPOINT_NAMES))
+            _flip_map(dataset, config, augmentation is not None))
 
     if augmentation is not None:
         if keypoints is None:
             image, mask = augmentation(image, mask, rng)
-        elif "keypoints" in inspect.signature(augmentation).parameters:
+        elif takes_keypoints(augmentation):
             image, mask, keypoints = augmentation(image, mask, rng, keypoints=keypoints)
         else:
-            raise TypeError(f"augmentation {augmentation!r} does not take keypoints=: keypoint training needs "
-                            "augmenters that move keypoints too (those of mrcnn.data.augment do)")
+            raise keypoints_not_taken(augmentation)
         if image.ndim != 3 or mask.ndim != 3 or image.shape[:2] != mask.shape[:2] or mask.shape[-1] != class_ids.shape[0]:
             raise ValueError(
                 f"augmentation {augmentation!r} returned image {image.shape} and masks {mask.shape} for image "
@@ -144,6 +142,24 @@ def load_image_gt(
     if with_keypoints:
         return np.ascontiguousarray(image), image_meta, class_ids, bbox, mask, points
     return np.ascontiguousarray(image), image_meta, class_ids, bbox, mask
+
+
+def _flip_map(dataset: Any, config: Any, augmenting: bool) -> tuple[int, ...]:
+    """The keypoints' mirror partners: KEYPOINT_FLIP_MAP, else from KEYPOINT_NAMES, else from the
+    dataset's `keypoint_names` (a COCO file's), else the identity (with a warning when augmenting:
+    a mirror would then keep left labels on the right side)."""
+    count = int(config.NUM_KEYPOINTS)
+    names = config.KEYPOINT_NAMES
+    if config.KEYPOINT_FLIP_MAP is None and names is None:
+        dataset_names = getattr(dataset, "keypoint_names", None)
+        if dataset_names is not None and len(dataset_names) == count:
+            names = tuple(dataset_names)
+        elif augmenting and count > 1:
+            warnings.warn("keypoint flip map is the identity: no KEYPOINT_FLIP_MAP, KEYPOINT_NAMES or "
+                          "dataset.keypoint_names, so a mirroring augmenter keeps each keypoint's label (left on "
+                          "the right side); set KEYPOINT_NAMES or KEYPOINT_FLIP_MAP (the identity, if meant)",
+                          stacklevel=utils.user_stacklevel())
+    return kp.resolve_flip_map(count, config.KEYPOINT_FLIP_MAP, names)
 
 
 def load_image_gt_from_labels(

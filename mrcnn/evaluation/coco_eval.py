@@ -19,8 +19,10 @@ microscopy images with hundreds of nuclei need more than 100.
 Keypoints (Keypoint R-CNN): ``eval_types`` may include ``"keypoints"``; results then carry
 ``"keypoints": [x1, y1, s1, ..., xK, yK, sK]`` in COCO's pixel-index convention (continuous
 coordinates - 0.5, as detectron2) with the heatmap score as third value (COCOeval ignores it), and
-COCOeval scores them by OKS with ``kpt_oks_sigmas`` (COCO person's when K = 17). COCO defines no
-"small" area range for keypoints: AP_small / AR_small are -1 there. `dataset_to_coco` turns any
+COCOeval scores them by OKS with ``kpt_oks_sigmas`` (COCO person's when K = 17). Keypoints get
+COCO's own keypoint summary: the 10 `KEYPOINT_STAT_NAMES` (AP, AP50, AP75, AP_medium, AP_large,
+AR, AR50, AR75, AR_medium, AR_large; COCO has no "small" range for them) at 20 detections per image
+(`KEYPOINT_MAX_DETS`, pycocotools' setting), so the numbers compare with published keypoint AP. `dataset_to_coco` turns any
 `Dataset` (e.g. the synthetic stick figures) into COCO ground truth to score against.
 """
 
@@ -44,6 +46,9 @@ from mrcnn.evaluation.detect_timer import DetectTimer
 from mrcnn.utils import extract_bboxes
 
 EVAL_TYPES = ("bbox", "segm", "keypoints")
+# COCO's keypoint summary (pycocotools' _summarizeKps): 10 numbers at 20 detections per image.
+KEYPOINT_STAT_NAMES = ("AP", "AP50", "AP75", "AP_medium", "AP_large", "AR", "AR50", "AR75", "AR_medium", "AR_large")
+KEYPOINT_MAX_DETS = 20
 DEFAULT_EVAL_TYPES = ("bbox", "segm")  # what evaluate_coco scores unless told otherwise
 STAT_NAMES = (
     "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
@@ -260,6 +265,7 @@ def evaluate_coco(
     results_path: str | Path | None = None,
     verbose: int = 1,
     kpt_oks_sigmas: Sequence[float] | None = None,
+    keypoint_max_dets: int = KEYPOINT_MAX_DETS,
 ) -> dict[str, Any]:
     """Runs `model.detect` over a COCO-format dataset and scores it with pycocotools' COCOeval.
 
@@ -271,16 +277,17 @@ def evaluate_coco(
         eval_types: any of "bbox", "segm", "keypoints" (needs a model with KEYPOINT_HEAD).
         image_ids: internal image ids to evaluate (default: all).
         limit: if > 0, only the first `limit` of those images.
-        max_dets: detections per image that count (COCOeval ``maxDets = [1, 10, max_dets]``);
-            raise it above 100 for images with many instances (microscopy).
+        max_dets: detections per image that count for "bbox" and "segm" (COCOeval ``maxDets =
+            [1, 10, max_dets]``); raise it above 100 for images with many instances (microscopy).
         results_path: where to write the results JSON (COCO result format), if given.
         verbose: 1 shows a progress bar and pycocotools' output plus a summary; 0 is silent.
         kpt_oks_sigmas: per-keypoint OKS sigmas for "keypoints" (default: COCO person's, K = 17).
+        keypoint_max_dets: detections per image that count for "keypoints" (COCO's: 20).
 
     Returns:
         ``{"bbox": {name: float}, "segm": {name: float}}`` for the requested types with the
-        names in `STAT_NAMES` (-1 where the images hold no ground truth of that kind, as in
-        COCO), plus ``seconds_per_image`` (time in `model.detect`), ``first_batch_seconds``
+        names in `STAT_NAMES` ("keypoints": `KEYPOINT_STAT_NAMES`; -1 where the images hold no
+        ground truth of that kind, as in COCO), plus ``seconds_per_image`` (time in `model.detect`), ``first_batch_seconds``
         (the first call, which traces the graph), ``seconds_per_image_after_first_batch`` (the
         steady rate; None with a single batch), ``num_images``,
         ``num_detections``, ``max_dets`` and, when the model found nothing, a ``note``.
@@ -336,12 +343,15 @@ def evaluate_coco(
     )
     metrics: dict[str, Any] = {}
     for eval_type in eval_types:
-        metrics[eval_type] = coco_eval_stats(coco, results, eval_type, coco_image_ids, max_dets=max_dets,
-                                             cat_ids=cat_ids or None, verbose=verbose, kpt_oks_sigmas=kpt_oks_sigmas)
+        metrics[eval_type] = coco_eval_stats(
+            coco, results, eval_type, coco_image_ids, max_dets=keypoint_max_dets if eval_type == "keypoints" else max_dets,
+            cat_ids=cat_ids or None, verbose=verbose, kpt_oks_sigmas=kpt_oks_sigmas)
     metrics.update(timer.summary())
     metrics["num_images"] = len(image_ids)
     metrics["num_detections"] = len(results)
     metrics["max_dets"] = int(max_dets)
+    if "keypoints" in eval_types:
+        metrics["keypoint_max_dets"] = int(keypoint_max_dets)
     if not results:
         metrics["note"] = (
             "the model returned no detections: AP and AR are 0 wherever there is ground truth "
@@ -355,7 +365,7 @@ def coco_eval_stats(
     results: list[dict[str, Any]],
     eval_type: str,
     image_ids: Sequence[int] | None = None,
-    max_dets: int = 100,
+    max_dets: int | None = None,
     cat_ids: Sequence[int] | None = None,
     verbose: int = 0,
     kpt_oks_sigmas: Sequence[float] | None = None,
@@ -367,13 +377,15 @@ def coco_eval_stats(
         results: COCO result dicts (as `build_coco_results` makes); may be empty.
         eval_type: "bbox", "segm" or "keypoints" (OKS).
         image_ids: COCO image ids to evaluate (default: all of `coco`).
-        max_dets: COCOeval ``maxDets = [1, 10, max_dets]``.
+        max_dets: bbox/segm: COCOeval ``maxDets = [1, 10, max_dets]`` (default 100);
+            keypoints: ``maxDets = [max_dets]`` (default 20, `KEYPOINT_MAX_DETS`).
         cat_ids: COCO category ids to evaluate (default: all of `coco`).
-        verbose: 1 lets pycocotools print and prints the 12-line summary.
+        verbose: 1 lets pycocotools print and prints the summary lines.
         kpt_oks_sigmas: K per-keypoint OKS sigmas for "keypoints"; default COCO person's (K = 17).
 
     Returns:
-        dict of the 12 `STAT_NAMES` (floats; -1 where no ground truth exists).
+        bbox/segm: dict of the 12 `STAT_NAMES`; keypoints: the 10 `KEYPOINT_STAT_NAMES` (COCO's
+        keypoint summary). Floats; -1 where no ground truth exists.
     """
     if eval_type not in EVAL_TYPES:
         raise ValueError(f"eval_type must be one of {EVAL_TYPES}, got {eval_type!r}")
@@ -397,11 +409,19 @@ def coco_eval_stats(
             evaluator.params.imgIds = sorted(int(i) for i in image_ids)
         if cat_ids is not None:
             evaluator.params.catIds = sorted(int(c) for c in cat_ids)
-        evaluator.params.maxDets = [1, 10, int(max_dets)]
+        if eval_type == "keypoints":
+            evaluator.params.maxDets = [int(max_dets or KEYPOINT_MAX_DETS)]
+        else:
+            evaluator.params.maxDets = [1, 10, int(max_dets or 100)]
         evaluator.evaluate()
         evaluator.accumulate()
-    stats = summarize_coco_eval(evaluator)
-    evaluator.stats = np.array([stats[name] for name in STAT_NAMES])
+    if eval_type == "keypoints":
+        stats = summarize_keypoint_eval(evaluator)
+        names = KEYPOINT_STAT_NAMES
+    else:
+        stats = summarize_coco_eval(evaluator)
+        names = STAT_NAMES
+    evaluator.stats = np.array([stats[name] for name in names])
     if verbose:
         print(format_stats(stats, eval_type, evaluator.params))
     return stats
@@ -443,17 +463,46 @@ def summarize_coco_eval(evaluator: COCOeval) -> dict[str, float]:
     }
 
 
+def summarize_keypoint_eval(evaluator: COCOeval) -> dict[str, float]:
+    """COCO's 10 keypoint summary numbers (pycocotools' ``_summarizeKps``) of an accumulated
+    COCOeval, at ``params.maxDets[-1]``; -1 where no entry has ground truth."""
+    params = evaluator.params
+    precision = evaluator.eval["precision"][..., -1]  # [T, R, K, A] at the last maxDets
+    recall = evaluator.eval["recall"][..., -1]  # [T, K, A]
+    area = {label: i for i, label in enumerate(params.areaRngLbl)}
+    iou_index = {round(float(t), 2): i for i, t in enumerate(params.iouThrs)}
+
+    def mean(values: np.ndarray) -> float:
+        valid = values[values > -1]
+        return float(np.mean(valid)) if valid.size else -1.0
+
+    def pick(values: np.ndarray, area_label: str, iou: float | None) -> float:
+        values = values[..., area[area_label]]
+        return mean(values if iou is None else values[iou_index[iou]])
+
+    return {
+        "AP": pick(precision, "all", None), "AP50": pick(precision, "all", 0.5), "AP75": pick(precision, "all", 0.75),
+        "AP_medium": pick(precision, "medium", None), "AP_large": pick(precision, "large", None),
+        "AR": pick(recall, "all", None), "AR50": pick(recall, "all", 0.5), "AR75": pick(recall, "all", 0.75),
+        "AR_medium": pick(recall, "medium", None), "AR_large": pick(recall, "large", None),
+    }
+
+
 def format_stats(stats: dict[str, float], eval_type: str, params: Any) -> str:
-    """COCO's 12 summary lines with the real maxDets of each line."""
+    """COCO's summary lines (12; keypoints: 10) with the real maxDets of each line."""
     thresholds = f"{params.iouThrs[0]:0.2f}:{params.iouThrs[-1]:0.2f}"
     lines = [f"COCO {eval_type}:"]
-    rows = [
-        ("AP", thresholds, "all", 2), ("AP50", "0.50", "all", 2), ("AP75", "0.75", "all", 2),
-        ("AP_small", thresholds, "small", 2), ("AP_medium", thresholds, "medium", 2),
-        ("AP_large", thresholds, "large", 2), ("AR1", thresholds, "all", 0), ("AR10", thresholds, "all", 1),
-        ("AR_max", thresholds, "all", 2), ("AR_small", thresholds, "small", 2),
-        ("AR_medium", thresholds, "medium", 2), ("AR_large", thresholds, "large", 2),
-    ]
+    if eval_type == "keypoints":
+        rows = [(name, "0.50" if name.endswith("50") else "0.75" if name.endswith("75") else thresholds,
+                 name.split("_")[1] if "_" in name else "all", -1) for name in KEYPOINT_STAT_NAMES]
+    else:
+        rows = [
+            ("AP", thresholds, "all", 2), ("AP50", "0.50", "all", 2), ("AP75", "0.75", "all", 2),
+            ("AP_small", thresholds, "small", 2), ("AP_medium", thresholds, "medium", 2),
+            ("AP_large", thresholds, "large", 2), ("AR1", thresholds, "all", 0), ("AR10", thresholds, "all", 1),
+            ("AR_max", thresholds, "all", 2), ("AR_small", thresholds, "small", 2),
+            ("AR_medium", thresholds, "medium", 2), ("AR_large", thresholds, "large", 2),
+        ]
     for name, iou, area, m in rows:
         title = "Average Precision  (AP)" if name.startswith("AP") else "Average Recall     (AR)"
         lines.append(f" {title} @[ IoU={iou:<9} | area={area:>6s} | maxDets={params.maxDets[m]:>3d} ] = {stats[name]:0.3f}")

@@ -426,3 +426,56 @@ def test_load_image_gt_keypoints_need_keypoint_aware_augmenters():
         targets.load_image_gt(dataset, config, 0, augmentation=custom, with_keypoints=True)
     # Without keypoints the old five-value contract is unchanged.
     assert len(targets.load_image_gt(dataset, config, 0, augmentation=custom)) == 5
+    # Inside Compose the same error names the augmenter; one with **kwargs takes keypoints.
+    with pytest.raises(TypeError, match=r"augmentation <function .*custom.* does not take keypoints="):
+        targets.load_image_gt(dataset, config, 0, augmentation=augment.Compose([augment.HorizontalFlip(1.0), custom]),
+                              with_keypoints=True)
+
+    def passes_everything(image, masks, rng, **extra):
+        return (image, masks, extra["keypoints"]) if "keypoints" in extra else (image, masks)
+
+    out = targets.load_image_gt(dataset, config, 0, augmentation=passes_everything, with_keypoints=True)
+    np.testing.assert_array_equal(out[5], targets.load_image_gt(dataset, config, 0, with_keypoints=True)[5])
+
+
+def test_flip_map_falls_back_to_the_datasets_keypoint_names_and_warns_without_any():
+    # No KEYPOINT_FLIP_MAP / KEYPOINT_NAMES in the config: the dataset's names (a COCO file's
+    # keypoint_names) give the partners, so a mirror still swaps left and right.
+    import warnings
+
+    named = _keypoint_config(IMAGE_MIN_DIM=128, IMAGE_MAX_DIM=128)
+    bare = named.update(KEYPOINT_FLIP_MAP=None, KEYPOINT_NAMES=None)
+    dataset = _stick_figures(count=2)
+    flip = augment.HorizontalFlip(1.0)
+    expected = targets.load_image_gt(dataset, named, 0, augmentation=flip, rng=np.random.default_rng(0),
+                                     with_keypoints=True)[5]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        found = targets.load_image_gt(dataset, bare, 0, augmentation=flip, rng=np.random.default_rng(0),
+                                      with_keypoints=True)[5]
+    np.testing.assert_array_equal(found, expected)
+
+    class Nameless(type(dataset)):
+        keypoint_names = None
+
+    nameless = Nameless()
+    nameless.load_stick_figures(2, 96, 128, seed=2, max_figures=2)
+    nameless.prepare()
+    with pytest.warns(UserWarning, match="keypoint flip map is the identity") as caught:
+        unswapped = targets.load_image_gt(nameless, bare, 0, augmentation=flip, rng=np.random.default_rng(0),
+                                          with_keypoints=True)[5]
+    assert {w.filename for w in caught} == {__file__}
+    assert not np.array_equal(unswapped, expected)  # left labels on the right side: why it warns
+
+
+def test_nan_position_of_a_labelled_keypoint_is_refused():
+    from mrcnn.data import keypoints as kp
+
+    points = np.zeros((2, 3, 3), np.float32)
+    points[1, 2] = [np.nan, 4.0, 2.0]
+    with pytest.raises(ValueError, match=r"image 5: instance 1 has a labelled keypoint .* NaN or infinite"):
+        kp.check_keypoints(points, 2, 3, where="image 5")
+    points[1, 2, 2] = 0  # unlabelled: its position does not matter
+    assert kp.check_keypoints(points, 2, 3).shape == (2, 3, 3)
+    with pytest.raises(ValueError, match=r"Config.NUM_KEYPOINTS is 3: set it to 17"):
+        kp.check_keypoints(np.zeros((2, 17, 3)), 2, 3)

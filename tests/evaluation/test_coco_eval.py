@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,10 +13,12 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import skimage.io
+from pycocotools.cocoeval import COCOeval
 
 from mrcnn.data.coco import CocoDataset
 from mrcnn.data.shapes import ShapesDataset, export_coco
 from mrcnn.evaluation.coco_eval import (
+    KEYPOINT_STAT_NAMES,
     STAT_NAMES,
     build_coco_results,
     coco_eval_stats,
@@ -374,10 +378,32 @@ def test_person_keypoints_scored_against_themselves_give_ap_1(person_keypoints):
     results = _gt_keypoint_results(dataset)
     assert len(results) == 12 and len(results[0]["keypoints"]) == 3 * 17
     stats = coco_eval_stats(coco, results, "keypoints")
-    assert stats["AP"] == pytest.approx(1.0) and stats["AR_max"] == pytest.approx(1.0)
-    assert stats["AP_small"] == -1.0  # COCO has no small range for keypoints
+    assert stats["AP"] == pytest.approx(1.0) and stats["AR"] == pytest.approx(1.0)
+    assert list(stats) == list(KEYPOINT_STAT_NAMES)  # COCO has no small range for keypoints
     # Moving every keypoint 8 px lowers OKS: the evaluation looks at the keypoints.
     assert coco_eval_stats(coco, _gt_keypoint_results(dataset, shift=8.0), "keypoints")["AP"] < 0.9
+
+
+def test_keypoint_stats_are_cocos_keypoint_summary_at_20_detections(person_keypoints):
+    # 20 confident junk detections per image rank above the true persons: COCO's keypoint metric
+    # (maxDets 20) never reaches the true ones; at 100 they would count.
+    dataset, coco = person_keypoints
+    truth = _gt_keypoint_results(dataset)
+    for k, result in enumerate(truth):
+        result["score"] = 0.8 - 0.01 * k
+    junk = [{"image_id": image_id, "category_id": 1, "score": 0.99 - 0.004 * j,
+             "keypoints": [1.0, 1.0, 1.0] * 17} for image_id in coco.getImgIds() for j in range(20)]
+    results = junk + truth
+    ours = coco_eval_stats(coco, results, "keypoints")
+    reference = COCOeval(coco, coco.loadRes([{k: v for k, v in r.items() if k != "bbox"} for r in results]),
+                         iouType="keypoints")
+    with contextlib.redirect_stdout(io.StringIO()):
+        reference.evaluate()
+        reference.accumulate()
+        reference.summarize()  # pycocotools' own keypoint summary: maxDets [20]
+    np.testing.assert_allclose([ours[name] for name in KEYPOINT_STAT_NAMES], reference.stats, atol=1e-12)
+    assert ours["AP"] == 0.0 and ours["AR"] == 0.0
+    assert coco_eval_stats(coco, results, "keypoints", max_dets=100)["AR"] == pytest.approx(1.0)
 
 
 def test_dataset_to_coco_reproduces_the_person_ground_truth(person_keypoints):
