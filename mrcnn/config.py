@@ -67,8 +67,9 @@ class Config:
       trains on 32 RoIs, not TRAIN_ROIS_PER_IMAGE) or ``"paper"`` (negatives fill the
       TRAIN_ROIS_PER_IMAGE left after the positives: Fast R-CNN's and Detectron's sampling).
     * ``OPTIMIZER``: ``"sgd"`` (momentum LEARNING_MOMENTUM; the paper's and matterport's), ``"adam"``
-      or ``"adamw"`` (Keras' own; weight decay stays the L2 term of the loss). All clip gradients
-      at GRADIENT_CLIP_NORM.
+      or ``"adamw"`` (Keras' own; weight decay stays the L2 term of the loss). All clip the global
+      gradient norm at GRADIENT_CLIP_NORM (Keras' ``global_clipnorm``: matterport's Keras 2
+      ``clipnorm`` did that; Keras 3's ``clipnorm`` clips each variable on its own).
     * ``RPN_CONV_CHANNELS``: width of the RPN's shared 3x3 conv on the FPN levels: 512 (matterport's,
       so its weights load; default) or e.g. TOP_DOWN_PYRAMID_SIZE (torchvision/Detectron). On P2 this
       conv is the model's largest; small from-scratch configs narrow it. C4 ignores it (1024, Detectron).

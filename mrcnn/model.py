@@ -485,8 +485,8 @@ class MaskRCNN(keras.Model):
                 **kwargs: Any) -> None:
         """Compiles with the config's OPTIMIZER unless an optimizer is given.
 
-        Default: SGD(LEARNING_RATE, momentum=LEARNING_MOMENTUM, clipnorm=GRADIENT_CLIP_NORM), as
-        matterport. XLA stays off: the compiled RoIAlign op has no XLA kernel. Under
+        Default: SGD(LEARNING_RATE, momentum=LEARNING_MOMENTUM, global_clipnorm=GRADIENT_CLIP_NORM),
+        as matterport (its Keras 2 clipnorm clipped the global norm). XLA stays off: the compiled RoIAlign op has no XLA kernel. Under
         MIXED_PRECISION="mixed_float16" the optimizer is wrapped in a LossScaleOptimizer.
         """
         if optimizer is None:
@@ -1212,15 +1212,20 @@ class MaskRCNN(keras.Model):
 
 
 def make_optimizer(config: Config, learning_rate: float | None = None) -> keras.optimizers.Optimizer:
-    """The optimizer named by config.OPTIMIZER, clipping each gradient at GRADIENT_CLIP_NORM."""
+    """The optimizer named by config.OPTIMIZER, clipping the gradient's global norm at GRADIENT_CLIP_NORM.
+
+    Global, as matterport's Keras 2 ``clipnorm`` was (it scaled all gradients by their joint norm);
+    Keras 3's ``clipnorm`` clips each variable's gradient on its own, a far looser bound over the
+    model's hundreds of variables.
+    """
     lr = learning_rate if learning_rate is not None else config.LEARNING_RATE
     clip = config.GRADIENT_CLIP_NORM or None
     if config.OPTIMIZER == "adam":
-        return keras.optimizers.Adam(learning_rate=lr, clipnorm=clip)
+        return keras.optimizers.Adam(learning_rate=lr, global_clipnorm=clip)
     if config.OPTIMIZER == "adamw":
         # Decoupled decay off: WEIGHT_DECAY already enters the loss as an L2 term.
-        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=0.0, clipnorm=clip)
-    return keras.optimizers.SGD(learning_rate=lr, momentum=config.LEARNING_MOMENTUM, clipnorm=clip)
+        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=0.0, global_clipnorm=clip)
+    return keras.optimizers.SGD(learning_rate=lr, momentum=config.LEARNING_MOMENTUM, global_clipnorm=clip)
 
 
 def describe_learning_rate(learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,

@@ -158,10 +158,14 @@ def _scenario_mirrored(out_dir: Path) -> None:
         # a 1e-6 relative perturbation of the start weights moved their 1- and 2-step updates by
         # 1.2% / 0.5% on one device (1e-7: 0.03%). Hence also the difference relative to the largest
         # update of the model.
-        diffs = {k: float(np.max(np.abs(single_w[k] - mirrored_w[k])) / (np.max(np.abs(single_w[k] - start_w[k])) + 1e-7))
-                 for k in moved}
+        # Differences within 4 float32 ulps of a weight are rounding of the weight itself (a BatchNorm
+        # gamma near 1 with a 3e-5 update differs by its ulp, 1.2e-7, between two equal sums added
+        # in another order): only the excess over that counts.
+        excess = {k: np.maximum(np.abs(single_w[k] - mirrored_w[k]) - 4 * np.finfo(np.float32).eps
+                                * np.maximum(np.abs(single_w[k]), np.abs(start_w[k])), 0.0) for k in moved}
+        diffs = {k: float(np.max(excess[k]) / (np.max(np.abs(single_w[k] - start_w[k])) + 1e-7)) for k in moved}
         largest_update = max(float(np.max(np.abs(single_w[k] - start_w[k]))) for k in moved) if moved else 0.0
-        largest_difference = max(float(np.max(np.abs(single_w[k] - mirrored_w[k]))) for k in moved) if moved else 0.0
+        largest_difference = max(float(np.max(excess[k])) for k in moved) if moved else 0.0
         result[f"train_bn_{train_bn}"] = {
             "replicas": strategy.num_replicas_in_sync,
             "strategy": type(strategy).__name__,
@@ -230,13 +234,16 @@ def test_mirrored_fit_matches_single_device(tmp_path):
     frozen, trained_bn = result["train_bn_False"], result["train_bn_True"]
     assert frozen["strategy"] == "MirroredStrategy" and frozen["replicas"] == 2
     # Frozen BatchNorm (the default): two replicas of 1 image == one device with 2 images, step
-    # after step (each loss is computed before its update, clipping active): measured 2e-6
-    # relative loss differences over 3 steps, weights within 1e-4 of each tensor's update.
+    # after step (each loss is computed before its update, global-norm clipping active): measured
+    # 2e-6 relative loss differences over 3 steps; weights within 2.1e-3 of each tensor's update
+    # (the mask head's, whose tiny updates are sums of nearly cancelling terms) and within 1.0e-5
+    # of the model's largest update. Replicas that each clip their own share instead of the
+    # all-reduced gradient (aggregate_gradients skipped) measured 1.66 and 1.2 on these two.
     assert len(frozen["single_losses"]) == len(frozen["mirrored_losses"]) == MIRRORED_STEPS
     assert frozen["mirrored_losses"] == pytest.approx(frozen["single_losses"], rel=1e-4)
     assert frozen["single_losses"][-1] < frozen["single_losses"][0]  # the steps do train
-    assert frozen["max_relative_weight_difference"] < 1e-3
-    assert frozen["weight_difference_over_largest_update"] < 1e-5
+    assert frozen["max_relative_weight_difference"] < 1e-2
+    assert frozen["weight_difference_over_largest_update"] < 1e-4
     assert frozen["replicas_identical"]
     assert frozen["weights_moved"] > 20  # the comparison is about a real update
     assert frozen["bn_statistics_synced"] == 0

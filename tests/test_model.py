@@ -705,6 +705,22 @@ def _losses_and_grads(model, batch):
                                                       for g in grads]
 
 
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_the_optimizers_clip_the_global_gradient_norm(config, name):
+    # Two gradients of norm 4: a global clip at 5 scales both by 5 / sqrt(32) (matterport's Keras 2
+    # clipnorm); Keras 3's per-variable clipnorm would leave both as they are.
+    from mrcnn.model import make_optimizer
+
+    optimizer = make_optimizer(type(config)().update(GRADIENT_CLIP_NORM=5.0, OPTIMIZER=name), learning_rate=1.0)
+    assert optimizer.global_clipnorm == 5.0 and optimizer.clipnorm is None
+    if name == "sgd":
+        optimizer = make_optimizer(type(config)().update(GRADIENT_CLIP_NORM=5.0, LEARNING_MOMENTUM=0.0), 1.0)
+        variables = [keras.Variable(np.zeros(2, np.float32)), keras.Variable(np.zeros(2, np.float32))]
+        optimizer.apply_gradients([(tf.constant([4.0, 0.0]), variables[0]), (tf.constant([0.0, 4.0]), variables[1])])
+        update = np.concatenate([v.numpy() for v in variables])
+        np.testing.assert_allclose(np.linalg.norm(update), 5.0, rtol=1e-6)
+
+
 def test_roi_sampling_reaches_the_target_layer(config):
     assert not MaskRCNN("training", config).detection_target.fill_negatives  # matterport's, the default
     assert MaskRCNN("training", type(config)().update(ROI_SAMPLING="paper")).detection_target.fill_negatives
