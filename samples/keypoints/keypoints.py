@@ -23,6 +23,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
 from mrcnn import visualize  # noqa: E402
 from mrcnn.callbacks import TrainingBudget  # noqa: E402
@@ -69,17 +70,20 @@ def evaluate(model: MaskRCNN, dataset: StickFiguresDataset) -> dict:
                                  keypoints=[r["keypoints"] for r in detections])
     gt = dataset_to_coco(dataset, with_keypoints=True)
     metrics = {"seconds_per_image": seconds, "num_detections": len(results)}
-    if results:
-        metrics["keypoints"] = coco_eval_stats(gt, results, "keypoints", kpt_oks_sigmas=OKS_SIGMAS)
-        metrics["bbox"] = coco_eval_stats(gt, results, "bbox")
+    # No detection still scores (AP 0 where there is ground truth) rather than leaving the keys out.
+    metrics["keypoints"] = coco_eval_stats(gt, results, "keypoints", kpt_oks_sigmas=OKS_SIGMAS)
+    metrics["bbox"] = coco_eval_stats(gt, results, "bbox")
+    if not results:
+        metrics["note"] = "the model detected nothing (train longer: --minutes)"
     return metrics
 
 
 def draw(model: MaskRCNN, dataset: StickFiguresDataset, out: Path, count: int = 4) -> None:
     from matplotlib.figure import Figure
 
+    count = min(count, dataset.num_images)
     figure = Figure(figsize=(4 * count, 4))
-    axes = figure.subplots(1, count)
+    axes = np.atleast_1d(figure.subplots(1, count))
     for ax, image_id in zip(axes, dataset.image_ids[:count]):
         image = dataset.load_image(image_id)
         result = model.detect([image])[0]
@@ -126,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     (logs / "metrics.json").write_text(json.dumps(metrics, indent=2))
     draw(inference, test_set, logs / "keypoints.png")
     if args.verbose:
-        print(json.dumps({k: metrics[k] for k in ("keypoints", "bbox") if k in metrics}, indent=2))
+        print(json.dumps({k: metrics[k] for k in ("keypoints", "bbox", "note") if k in metrics}, indent=2))
     return 0
 
 

@@ -1,0 +1,27 @@
+"""samples/keypoints/keypoints.py: evaluation and drawing of the stick-figure Keypoint R-CNN sample."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from samples.keypoints import keypoints as sample
+
+
+class _Silent:
+    """A detector that finds nothing (an untrained model), with the config the drawing reads."""
+
+    config = sample.DemoConfig()
+
+    def detect(self, images, verbose=0):
+        k = self.config.NUM_KEYPOINTS
+        return [{"rois": np.zeros((0, 4), np.int32), "class_ids": np.zeros(0, np.int32),
+                 "scores": np.zeros(0, np.float32), "keypoints": np.zeros((0, k, 3), np.float32)} for _ in images]
+
+
+def test_nothing_detected_still_scores_zero_and_draws_as_many_panels_as_images(tmp_path):
+    dataset = sample._dataset(2, seed=3, size=128)
+    metrics = sample.evaluate(_Silent(), dataset)
+    assert metrics["num_detections"] == 0 and "detected nothing" in metrics["note"]
+    assert metrics["keypoints"]["AP"] == 0.0 and metrics["bbox"]["AP"] == 0.0
+    sample.draw(_Silent(), dataset, tmp_path / "kp.png")  # 2 images: 2 panels, not 4 with 2 empty
+    assert (tmp_path / "kp.png").stat().st_size > 0
