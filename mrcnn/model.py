@@ -314,11 +314,18 @@ class MaskRCNN(keras.Model):
             size = tf.cast(tf.shape(images)[1:3], tf.float32)
             keypoints = tf.cast(inputs["input_gt_keypoints"], tf.float32)
             keypoints = tf.concat([keypoints[..., :2] / tf.stack([size[1], size[0]]), keypoints[..., 2:]], axis=-1)
-            outputs["target_keypoint_labels"], outputs["target_keypoint_weights"] = self.keypoint_target(
+            labels, weights = self.keypoint_target(
                 [mask_rois, target_class_ids[:, :positive_slots], tf.cast(inputs["input_gt_class_ids"], tf.int32),
                  gt_boxes, keypoints])
-            outputs["mrcnn_keypoint_logits"] = self.keypoint_head(
-                self.roi_align_keypoint([mask_rois] + pyramid, training=training), training=training)
+            # Only the real positives go through the keypoint head (negative slots have weight 0 in
+            # the loss): at the paper's 8 x 512 head, the padded slots were most of its work.
+            index = _positive_index(target_class_ids[:, :positive_slots])  # [n, 2] (image, slot)
+            outputs["target_keypoint_labels"] = tf.gather_nd(labels, index)[None]  # [1, n, K]
+            outputs["target_keypoint_weights"] = tf.gather_nd(weights, index)[None]
+            outputs["mrcnn_keypoint_logits"] = self.keypoint_head(  # [1, n, m, m, K]
+                self.roi_align_keypoint([tf.gather_nd(mask_rois, index)[None]] + pyramid,
+                                        box_image_ids=tf.cast(index[:, 0], tf.int32), training=training),
+                training=training)
         return outputs
 
     def _roi_feature_maps(self, feats: dict[str, Any], meta: tf.Tensor) -> list[tf.Tensor]:

@@ -163,6 +163,34 @@ def test_keypoints_run_on_real_detections_only_and_match_all_slots(overfit):
     assert np.all(keypoints[~real] == 0.0)
 
 
+def test_training_keypoint_head_runs_on_the_positives_only_with_the_all_slot_loss(overfit):
+    """In training the keypoint head sees only the positive RoIs (negative slots weigh 0 in the
+    loss): the loss equals the head run on every leading slot, as it was before."""
+    from mrcnn.modeling import losses as loss_fns
+    from mrcnn.ops.boxes import norm_boxes
+
+    model, dataset, _, _ = overfit
+    batch = {k: tf.constant(v) for k, v in DataGenerator(dataset, model.config, shuffle=False, seed=0)[0].items()}
+    tf.random.set_seed(3)  # the RoI sampling draws: the same on both paths
+    outputs = model(batch, training=False)
+    positives = int((outputs["target_class_ids"].numpy()[:, :model.max_positive_rois] > 0).sum())
+    assert outputs["mrcnn_keypoint_logits"].shape[:2] == (1, positives) and positives > 0
+    images, meta = batch["input_image"], batch["input_image_meta"]
+    pyramid = model._roi_feature_maps(model._features(images, False), meta)
+    slots = outputs["rois"][:, :model.max_positive_rois]
+    every_slot = model.keypoint_head(model.roi_align_keypoint([slots] + pyramid, training=False), training=False)
+    size = tf.cast(tf.shape(images)[1:3], tf.float32)
+    keypoints = tf.cast(batch["input_gt_keypoints"], tf.float32)
+    keypoints = tf.concat([keypoints[..., :2] / tf.stack([size[1], size[0]]), keypoints[..., 2:]], axis=-1)
+    labels, weights = model.keypoint_target([slots, outputs["target_class_ids"][:, :model.max_positive_rois],
+                                             tf.cast(batch["input_gt_class_ids"], tf.int32),
+                                             norm_boxes(tf.cast(batch["input_gt_boxes"], tf.float32),
+                                                        tf.shape(images)[1:3]), keypoints])
+    expected = loss_fns.mrcnn_keypoint_loss(labels, weights, every_slot).numpy()
+    found = model.compute_losses(batch, outputs)["mrcnn_keypoint_loss"].numpy()
+    assert expected > 0 and found == pytest.approx(expected, rel=1e-5)
+
+
 def test_mask_and_keypoint_model_trains():
     keras.utils.set_random_seed(1)
     config = TinyKeypointConfig().update(MASK_HEAD=True, MASK_POOL_SIZE=7, MASK_SHAPE=[14, 14], OPTIMIZER="sgd",
