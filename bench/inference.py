@@ -139,12 +139,18 @@ def _latencies(model: MaskRCNN, image: np.ndarray, repeats: int) -> dict:
     return {"molded": int(molded.shape[1]), **summarize(times), "graph_median_s": round(statistics.median(graph), 4)}
 
 
+PRECISION_ALIASES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 800, 1024])
     parser.add_argument("--repeats", type=int, default=5)
+    # train_step.py and torchvision_peer.py spell them fp32 / bf16: both spellings are taken.
     parser.add_argument("--precisions", nargs="+", default=["float32", "mixed_bfloat16"],
-                        choices=["float32", "mixed_bfloat16", "mixed_float16"])
+                        type=lambda name: PRECISION_ALIASES.get(name, name),
+                        choices=["float32", "mixed_bfloat16", "mixed_float16"],
+                        help="float32 (fp32), mixed_bfloat16 (bf16), mixed_float16 (fp16)")
     parser.add_argument("--optimize-for-inference", action="store_true",
                         help="detect from graphs with the weights frozen as constants")
     parser.add_argument("--also-unfolded", action="store_true",

@@ -44,9 +44,9 @@ try:
     from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
     from torchvision.ops import FrozenBatchNorm2d
-except ImportError as error:  # not a dependency of the package: say what to install
-    raise SystemExit(f"bench/torchvision_peer.py needs torch and torchvision ({error}); "
-                     "run it with an interpreter that has them") from error
+    _TORCH_MISSING: ImportError | None = None
+except ImportError as error:  # not a dependency of the package: said after --help had its say
+    _TORCH_MISSING = error
 
 RESULTS = Path(__file__).resolve().parent / "results" / "torchvision_peer.json"
 NUM_CLASSES = 81  # 80 COCO classes + background, as bench/train_step.py's config
@@ -152,6 +152,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 repeat, 1 warm-up: checks the script runs")
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON file to write")
     args = parser.parse_args()
+    if _TORCH_MISSING is not None:  # not a dependency of the package: say what to install
+        raise SystemExit(f"bench/torchvision_peer.py needs torch and torchvision ({_TORCH_MISSING}); "
+                         "run it with an interpreter that has them")
     repeats, warmup = (1, 1) if args.quick else (args.repeats, args.warmup)
     torch.set_num_threads(os.cpu_count() or 1)
     rows = []

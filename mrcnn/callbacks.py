@@ -13,10 +13,11 @@
 A checkpoint is a Keras 3 ``.weights.h5`` file: the model's weights and, once the optimizer has
 taken a step, its variables (Keras writes them by position under ``optimizer/vars``). We add two
 file attributes so that a run can really resume: ``mrcnn_epoch`` (epochs completed) and
-``mrcnn_optimizer_variables`` (the optimizer variables' names, in Keras' order). The names embed
-the model variable paths (``<var path>_momentum``), so `restore_optimizer_state` puts the
-iteration count and every slot (momentum, Adam moments) back by name, also after the set of
-trainable layers changed between stages.
+``mrcnn_optimizer_variables`` (a key per optimizer variable, in Keras' order:
+`optimizer_state_keys`). The keys embed the model variable paths (``<var path>_momentum``), so
+`restore_optimizer_state` puts the iteration count and every slot (momentum, Adam moments) back by
+key, also after the set of trainable layers changed between stages, and across a switch to or from
+mixed_float16's LossScaleOptimizer (whose own variables are keyed ``loss_scale/...``).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def write_checkpoint(model: keras.Model, path: str, epoch: int, epoch_iterations
     try:
         model.save_weights(tmp_path)
         optimizer = getattr(model, "optimizer", None)
-        names = [v.name for v in optimizer.variables] if optimizer is not None and optimizer.built else []
+        names = optimizer_state_keys(optimizer) if optimizer is not None and optimizer.built else []
         with h5py.File(tmp_path, "a") as f:
             f.attrs[EPOCH_ATTR] = int(epoch)
             f.attrs[OPTIMIZER_NAMES_ATTR] = json.dumps(names)
@@ -111,29 +112,56 @@ def read_optimizer_state(path: str) -> dict[str, np.ndarray]:
         return {key: np.asarray(group[str(i)]) for i, key in enumerate(_variable_keys(names))}
 
 
+LOSS_SCALE_PREFIX = "loss_scale/"
+
+
 def _variable_keys(names: list[str]) -> list[str]:
-    """Optimizer variable names made unique in order: a LossScaleOptimizer has an ``iteration``
-    and a ``learning_rate`` of its own before its inner optimizer's; the second is ``iteration#1``."""
+    """Names made unique in order (a second ``x`` is ``x#1``); for a checkpoint's recorded names.
+
+    Files written before `optimizer_state_keys` recorded a LossScaleOptimizer's variables by bare
+    name: its own ``iteration``, ``learning_rate``, ``step_counter``, ``dynamic_scale`` came first
+    and the inner optimizer's repeated the first two. Those are read as the keys of today's files.
+    """
     seen: dict[str, int] = {}
     keys = []
     for name in names:
         count = seen.get(name, 0)
         keys.append(name if count == 0 else f"{name}#{count}")
         seen[name] = count + 1
+    if "dynamic_scale" in keys and "iteration#1" in keys:  # a legacy LossScaleOptimizer record
+        wrapper = {"iteration", "learning_rate", "step_counter", "dynamic_scale"}
+        keys = [LOSS_SCALE_PREFIX + k if k in wrapper else k.removesuffix("#1") if k.endswith("#1") else k
+                for k in keys]
     return keys
 
 
+def optimizer_state_keys(optimizer: keras.optimizers.Optimizer) -> list[str]:
+    """A key per variable of `optimizer`, in its order, that means the same with and without loss scaling.
+
+    The inner optimizer's variables (and a plain optimizer's) are keyed by name: ``iteration``,
+    ``learning_rate``, ``<var path>_momentum``; a LossScaleOptimizer's own (its unused
+    ``iteration``, ``step_counter``, ``dynamic_scale``) get a ``loss_scale/`` prefix. So a run
+    resumed with or without MIXED_PRECISION="mixed_float16" keeps the iteration count and slots.
+    """
+    inner = getattr(optimizer, "inner_optimizer", None)
+    if inner is None:
+        return _variable_keys([v.name for v in optimizer.variables])
+    inner_ids = {id(v) for v in inner.variables}
+    inner_keys = iter(_variable_keys([v.name for v in inner.variables]))
+    return [next(inner_keys) if id(v) in inner_ids else LOSS_SCALE_PREFIX + v.name for v in optimizer.variables]
+
+
 def optimizer_state(optimizer: keras.optimizers.Optimizer) -> dict[str, np.ndarray]:
-    """The optimizer's variables by name (empty before it is built; repeated names as `_variable_keys`)."""
+    """The optimizer's variables by `optimizer_state_keys` (empty before it is built)."""
     if optimizer is None or not optimizer.built:
         return {}
     variables = optimizer.variables
-    return {key: np.asarray(v.numpy()) for key, v in zip(_variable_keys([v.name for v in variables]), variables)}
+    return {key: np.asarray(v.numpy()) for key, v in zip(optimizer_state_keys(optimizer), variables)}
 
 
 def restore_optimizer_state(optimizer: keras.optimizers.Optimizer, state: str | dict[str, np.ndarray]
                             ) -> dict[str, list[str]]:
-    """Assigns saved optimizer variables to `optimizer` by name: iteration count, momentum, moments.
+    """Assigns saved optimizer variables to `optimizer` by key: iteration count, momentum, moments.
 
     The optimizer must be built (``optimizer.build(model.trainable_variables)``), under the
     strategy scope when there is one. The learning rate is not restored (see `_NOT_RESTORED`).
@@ -152,9 +180,10 @@ def restore_optimizer_state(optimizer: keras.optimizers.Optimizer, state: str | 
                          "optimizer.build(model.trainable_variables) first")
     stored = read_optimizer_state(state) if isinstance(state, (str, os.PathLike)) else dict(state)
     restored, missing = [], []
-    keys = _variable_keys([v.name for v in optimizer.variables])
+    keys = optimizer_state_keys(optimizer)
     for key, variable in zip(keys, optimizer.variables):
-        if variable.name in _NOT_RESTORED:
+        if variable.name in _NOT_RESTORED or key.startswith(LOSS_SCALE_PREFIX):
+            # The loss scale restarts (it re-adapts in a few steps, and a float32 run has none).
             continue
         value = stored.get(key)
         if value is None or tuple(value.shape) != tuple(variable.shape):
@@ -163,7 +192,8 @@ def restore_optimizer_state(optimizer: keras.optimizers.Optimizer, state: str | 
         variable.assign(value)
         restored.append(key)
     current = set(keys)
-    unused = sorted(n for n in stored if n not in current and n.split("#")[0] not in _NOT_RESTORED)
+    unused = sorted(n for n in stored if n not in current and n.split("#")[0] not in _NOT_RESTORED
+                    and not n.startswith(LOSS_SCALE_PREFIX))
     return {"restored": restored, "missing": missing, "unused": unused}
 
 

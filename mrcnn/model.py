@@ -614,8 +614,9 @@ class MaskRCNN(keras.Model):
     # ------------------------------------------------------------------------------------------
     # Logs, checkpoints, training
     def _check_train_arguments(self, layers: str, regex: str, epochs: int) -> None:
-        """Fails before any work when `layers` selects no layer; warns about a stage with nothing to
-        do and about a GPU_COUNT the model's strategy does not provide (the model must be built)."""
+        """Fails before any work when `layers` selects no layer or the strategy's replica count is not
+        GPU_COUNT; warns about a stage with nothing to do and about a GPU_COUNT > 1 the model's
+        strategy does not provide (the model must be built)."""
         from mrcnn.weights import find_weight_layers
 
         try:
@@ -630,6 +631,15 @@ class MaskRCNN(keras.Model):
             warnings.warn(f"train(epochs={epochs}) has nothing to do: {self.epoch} epochs are done and `epochs` is "
                           "the epoch to train up to (as in Keras' fit), not a count of epochs to add", stacklevel=utils.user_stacklevel())
         replicas = self.distribute_strategy.num_replicas_in_sync
+        if (replicas > 1 and replicas != self.config.GPU_COUNT
+                and not isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy)):
+            # fit splits each batch of BATCH_SIZE = IMAGES_PER_GPU x GPU_COUNT images over the
+            # replicas: with another count a replica gets another number of images than
+            # IMAGES_PER_GPU (or none: then TF fails deep in the step with a shape error).
+            raise ValueError(f"this model's strategy has {replicas} replicas but config.GPU_COUNT is "
+                             f"{self.config.GPU_COUNT}: each batch of BATCH_SIZE = IMAGES_PER_GPU x GPU_COUNT = "
+                             f"{self.config.BATCH_SIZE} images is split over the replicas. Set GPU_COUNT = {replicas} "
+                             "(mrcnn.distribute.make_strategy(config) makes a strategy of GPU_COUNT replicas)")
         if self.config.GPU_COUNT > 1 and replicas == 1:
             warnings.warn(f"config.GPU_COUNT is {self.config.GPU_COUNT} but this model was built outside a "
                           f"multi-device strategy: it trains on one device with batches of BATCH_SIZE = "
@@ -754,9 +764,14 @@ class MaskRCNN(keras.Model):
             val_gen = DataGenerator(val_dataset, self.config, shuffle=False, seed=seed,
                                     steps=self.config.VALIDATION_STEPS, **gen_kwargs)
         # The run folder is made once the datasets passed the generators' checks, so that a
-        # mismatch leaves no empty run behind for `find_last` and TensorBoard to list.
-        self.make_log_dir()
-        self.config.save(os.path.join(self.log_dir, "config.json"))
+        # mismatch leaves no empty run behind for `find_last` and TensorBoard to list. Only the
+        # chief writes files: another worker sharing the logs folder would claim a folder of its
+        # own (a second later) holding nothing but config.json.
+        if distribute.is_chief(self.distribute_strategy):
+            self.make_log_dir()
+            self.config.save(os.path.join(self.log_dir, "config.json"))
+        elif self.log_dir is None:
+            self.set_log_dir()
         # Optimizer state to carry into this stage: the previous stage's (same process) or the
         # checkpoint's that load_weights read. Restored by name once the new optimizer is built.
         carried = getattr(self, "_resume_checkpoint", None) or optimizer_state(getattr(self, "optimizer", None))

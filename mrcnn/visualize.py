@@ -620,11 +620,11 @@ def _in_notebook() -> bool:
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
-def display_table(table: Sequence[Sequence[Any]]) -> str:
+def display_table(table: Sequence[Sequence[Any]]) -> None:
     """Shows a table (a list of rows of cells): HTML in a Jupyter notebook, aligned text elsewhere.
 
-    Returns:
-        The HTML or text that was displayed.
+    Returns None, as matterport's did: a returned string would be echoed under the table when the
+    call ends a notebook cell. `format_table` gives the text.
     """
     rows = [[str(cell) for cell in row] for row in table]
     if _in_notebook():
@@ -633,13 +633,16 @@ def display_table(table: Sequence[Sequence[Any]]) -> str:
         body = "".join(
             "<tr>" + "".join(f'<td style="text-align:left">{html.escape(c)}</td>' for c in row) + "</tr>" for row in rows
         )
-        markup = f"<table>{body}</table>"
-        display(HTML(markup))
-        return markup
+        display(HTML(f"<table>{body}</table>"))
+        return
+    print(format_table(rows))
+
+
+def format_table(table: Sequence[Sequence[Any]]) -> str:
+    """A table (a list of rows of cells) as left-aligned text columns, two spaces apart."""
+    rows = [[str(cell) for cell in row] for row in table]
     widths = [max(len(r[k]) for r in rows if k < len(r)) for k in range(max((len(r) for r in rows), default=0))]
-    text = "\n".join("  ".join(c.ljust(widths[k]) for k, c in enumerate(row)).rstrip() for row in rows)
-    print(text)
-    return text
+    return "\n".join("  ".join(c.ljust(widths[k]) for k, c in enumerate(row)).rstrip() for row in rows)
 
 
 def weight_stats(model: Any) -> list[list[str]]:
@@ -669,13 +672,9 @@ def weight_stats(model: Any) -> list[list[str]]:
     return rows
 
 
-def display_weight_stats(model: Any) -> str:
-    """Displays `weight_stats(model)` with `display_table`; works for any Keras model.
-
-    Returns:
-        The displayed text/HTML.
-    """
-    return display_table(weight_stats(model))
+def display_weight_stats(model: Any) -> None:
+    """Displays `weight_stats(model)` with `display_table`; works for any Keras model."""
+    display_table(weight_stats(model))
 
 
 def display_differences(

@@ -103,28 +103,65 @@ def test_restore_optimizer_state_continues_iterations_and_momentum_not_lr(tmp_pa
     assert report["missing"] == [] and report["unused"] == []
 
 
-def test_repeated_optimizer_variable_names_restore_each_its_own(tmp_path):
-    """A LossScaleOptimizer (mixed_float16) has an `iteration` of its own and its inner one's."""
+def _scaled_sgd(model):
+    optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1, momentum=0.9))
+    optimizer.build(model.trainable_variables)
+    return optimizer
+
+
+def test_loss_scaled_state_keys_name_the_inner_optimizers_count(tmp_path):
+    """A LossScaleOptimizer (mixed_float16) has an `iteration` of its own before its inner one's:
+    the inner one's is `iteration`, the wrapper's `loss_scale/iteration`."""
     from mrcnn.callbacks import optimizer_state, restore_optimizer_state, write_checkpoint
 
-    def scaled_sgd(model):
-        optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1, momentum=0.9))
-        optimizer.build(model.trainable_variables)
-        return optimizer
-
     model = _model()
-    model.optimizer = scaled_sgd(model)
+    model.optimizer = _scaled_sgd(model)
     outer = [v for v in model.optimizer.variables if v.name == "iteration"][0]  # the wrapper's, listed first
     outer.assign(7)
     model.optimizer.inner_optimizer.iterations.assign(3)
     state = optimizer_state(model.optimizer)
-    assert int(state["iteration"]) == 7 and int(state["iteration#1"]) == 3
+    assert int(state["iteration"]) == 3 and int(state["loss_scale/iteration"]) == 7
+    assert "loss_scale/dynamic_scale" in state
     path = write_checkpoint(model, str(tmp_path / "c_0001.weights.h5"), epoch=1)
-    fresh = scaled_sgd(model)
+    fresh = _scaled_sgd(model)
     report = restore_optimizer_state(fresh, path)
-    assert report["unused"] == [] and "iteration#1" in report["restored"]
+    assert report["unused"] == [] and report["missing"] == [] and "iteration" in report["restored"]
     assert int(fresh.inner_optimizer.iterations.numpy()) == 3
-    assert int([v for v in fresh.variables if v.name == "iteration"][0].numpy()) == 7
+
+
+def test_resume_across_a_switch_to_or_from_loss_scaling_keeps_the_count_and_slots(tmp_path):
+    # mixed_float16 <-> float32 resumes: the count and momentum carry over both ways (the review
+    # found iteration 0 after either switch, reported as a complete restore).
+    from mrcnn.callbacks import restore_optimizer_state, write_checkpoint
+
+    plain_model = _model()
+    plain_model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
+    plain_model.optimizer.build(plain_model.trainable_variables)
+    plain_model.optimizer.iterations.assign(5)
+    momentum = [v for v in plain_model.optimizer.variables if v.name.endswith("_momentum")][0]
+    momentum.assign(np.full(momentum.shape, 0.25, np.float32))
+    plain = write_checkpoint(plain_model, str(tmp_path / "plain_0001.weights.h5"), epoch=1)
+    scaled = _scaled_sgd(plain_model)
+    report = restore_optimizer_state(scaled, plain)
+    assert int(scaled.inner_optimizer.iterations.numpy()) == 5 and report["missing"] == []
+    assert np.all([v.numpy() for v in scaled.variables if v.name.endswith("_momentum")][0] == 0.25)
+
+    scaled_model = _model()
+    scaled_model.optimizer = _scaled_sgd(scaled_model)
+    scaled_model.optimizer.inner_optimizer.iterations.assign(2)
+    back = write_checkpoint(scaled_model, str(tmp_path / "scaled_0001.weights.h5"), epoch=1)
+    unscaled = keras.optimizers.SGD(0.1, momentum=0.9)
+    unscaled.build(scaled_model.trainable_variables)
+    report = restore_optimizer_state(unscaled, back)
+    assert int(unscaled.iterations.numpy()) == 2 and report["unused"] == [] and report["missing"] == []
+
+
+def test_legacy_loss_scale_records_read_as_todays_keys():
+    from mrcnn.callbacks import _variable_keys
+
+    legacy = ["iteration", "learning_rate", "step_counter", "dynamic_scale", "iteration", "learning_rate", "w_momentum"]
+    assert _variable_keys(legacy) == ["loss_scale/iteration", "loss_scale/learning_rate", "loss_scale/step_counter",
+                                      "loss_scale/dynamic_scale", "iteration", "learning_rate", "w_momentum"]
 
 
 def test_restore_optimizer_state_needs_built_optimizer(tmp_path):

@@ -177,6 +177,15 @@ def _scenario_mirrored(out_dir: Path) -> None:
             "bn_statistics_synced": len(distribute.batchnorm_statistics(mirrored.all_layers())),
             "weights_moved": len(moved),
         }
+    # A strategy of 2 replicas with GPU_COUNT 1: batches of 1 image would give one replica none.
+    with strategy.scope():
+        mismatched = MaskRCNN("training", _tiny_config(IMAGES_PER_GPU=1, GPU_COUNT=1), model_dir=str(out_dir / "mm"))
+    try:
+        mismatched.train(_shapes(2, seed=1), None, learning_rate=0.01, epochs=1, layers="all", verbose=0)
+        result["gpu_count_mismatch"] = None
+    except ValueError as error:
+        result["gpu_count_mismatch"] = str(error)
+    result["mismatch_run_folders"] = sorted(p.name for p in (out_dir / "mm").glob("*")) if (out_dir / "mm").exists() else []
     (out_dir / "result.json").write_text(json.dumps(result, indent=2))
 
 
@@ -251,6 +260,9 @@ def test_mirrored_fit_matches_single_device(tmp_path):
     # statistics are averaged every step and stay identical.
     assert trained_bn["bn_statistics_synced"] > 0
     assert trained_bn["replicas_identical"]
+    # GPU_COUNT must be the replica count: named before any work (no run folder left behind).
+    assert "strategy has 2 replicas but config.GPU_COUNT is 1" in (result["gpu_count_mismatch"] or "")
+    assert result["mismatch_run_folders"] == []
 
 
 def _free_ports(count: int) -> list[int]:
@@ -297,6 +309,8 @@ def test_multi_worker_custom_loop_two_processes(tmp_path):
     final = sorted(p.name for p in (tmp_path / "logs").rglob("*.weights.h5"))
     assert infos[0]["checkpoints"] == final
     assert len([n for n in final if n.endswith("_0001.weights.h5")]) == 1
+    # One run folder: the other worker claims none of its own (it held only a config.json).
+    assert len([p for p in (tmp_path / "logs").iterdir() if p.is_dir()]) == 1
     first, second = (np.load(tmp_path / f"worker{i}.npz") for i in range(2))
     assert sorted(first.files) == sorted(second.files)
     for name in first.files:
