@@ -73,16 +73,26 @@ COCO_PERSON_OKS_SIGMAS = (
 )
 
 
-def coco_paths(dataset_dir: str | Path, subset: str, year: str = "2017") -> tuple[Path, Path]:
+ANNOTATION_KINDS = ("instances", "person_keypoints")
+
+
+def coco_paths(dataset_dir: str | Path, subset: str, year: str = "2017", kind: str = "instances"
+               ) -> tuple[Path, Path]:
     """Annotation file and image folder of a subset in the standard COCO layout.
 
+    Args:
+        kind: "instances" (80 categories, masks) or "person_keypoints" (persons with masks and
+            17 keypoints).
+
     Returns:
-        (``<dir>/annotations/instances_<subset><year>.json``, ``<dir>/<subset><year>``); the
-        image folder of "minival" and "valminusminival" is ``<dir>/val<year>``.
+        (``<dir>/annotations/<kind>_<subset><year>.json``, ``<dir>/<subset><year>``); the image
+        folder of "minival" and "valminusminival" is ``<dir>/val<year>``.
     """
+    if kind not in ANNOTATION_KINDS:
+        raise ValueError(f"kind must be one of {ANNOTATION_KINDS}, got {kind!r}")
     root = Path(dataset_dir)
     image_subset = "val" if subset in _VAL_SUBSETS else subset
-    return root / "annotations" / f"instances_{subset}{year}.json", root / f"{image_subset}{year}"
+    return root / "annotations" / f"{kind}_{subset}{year}.json", root / f"{image_subset}{year}"
 
 
 class CocoDataset(Dataset):
@@ -111,6 +121,7 @@ class CocoDataset(Dataset):
         class_map: dict | None = None,
         return_coco: bool = False,
         auto_download: bool = False,
+        kind: str = "instances",
     ) -> COCO | None:
         """Adds a subset of the COCO dataset in its standard layout (source "coco").
 
@@ -123,6 +134,7 @@ class CocoDataset(Dataset):
             class_map: accepted for compatibility with matterport; unused.
             return_coco: also return the pycocotools COCO object (needed by `evaluate_coco`).
             auto_download: fetch missing files with `download_coco` first.
+            kind: "instances" or "person_keypoints" (`coco_paths`): the annotation file read.
 
         Returns:
             The COCO object if `return_coco`, else None.
@@ -133,7 +145,7 @@ class CocoDataset(Dataset):
         del class_map  # matterport accepts and ignores it too
         if auto_download:
             download_coco(dataset_dir, subset, year)
-        json_path, image_dir = coco_paths(dataset_dir, subset, year)
+        json_path, image_dir = coco_paths(dataset_dir, subset, year, kind=kind)
         return self.load_coco_json(json_path, image_dir, class_ids=class_ids, return_coco=return_coco, source="coco")
 
     def load_coco_json(

@@ -10,8 +10,15 @@
     python samples/coco/coco.py train --dataset /data/coco --model none --limit 8 --steps 1 \\
         --set IMAGE_MIN_DIM=128 --set IMAGE_MAX_DIM=128 --set BACKBONE=resnet50
 
+    # Keypoint R-CNN (the paper's Sec. 5): persons with masks and 17 keypoints, scored by OKS too
+    python samples/coco/coco.py train --dataset /data/coco --model imagenet --gpus 8 --keypoints
+    python samples/coco/coco.py evaluate --dataset /data/coco --model last --keypoints
+
 `--dataset` is a folder in the standard COCO layout (``annotations/instances_<subset><year>.json``
-and ``<subset><year>/``; mrcnn.data.coco.coco_paths). `--model`: a weights path, ``last`` (newest
+and ``<subset><year>/``; mrcnn.data.coco.coco_paths). With `--keypoints` the annotations are
+``annotations/person_keypoints_<subset><year>.json``, the model has the keypoint branch
+(`KEYPOINT_HEAD`, COCO's 17 person keypoints, their left/right partners and skeleton) and two
+classes (background, person), and `evaluate` adds COCO's keypoint AP (maxDets 20). `--model`: a weights path, ``last`` (newest
 checkpoint under --logs), ``imagenet`` (ImageNet ResNet backbone), ``coco`` (matterport's
 mask_rcnn_coco.h5) or ``none`` (from scratch). Published weights are taken from the cache
 (mrcnn.weights.default_weights_dir) and downloaded only with --download.
@@ -40,6 +47,7 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 STAGES = (("heads", 0.25), ("4+", 0.75), ("all", 1.0))  # matterport's 40 / 120 / 160 epochs
+PERSON_CATEGORY_ID = 1  # COCO's; the one category of the person_keypoints files
 
 
 def _config_classes():
@@ -86,6 +94,13 @@ def make_config(args: argparse.Namespace, inference: bool = False):
     config = (inference_cls if inference else train_cls)()
     from mrcnn.cli import parse_overrides
 
+    if getattr(args, "keypoints", False):
+        from mrcnn.data.coco import COCO_PERSON_FLIP_MAP, COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_SKELETON
+
+        # Persons only, with the keypoint branch beside the mask branch; --set may still change these.
+        config = config.update(NAME=f"{config.NAME}_keypoints", NUM_CLASSES=1 + 1, KEYPOINT_HEAD=True,
+                               NUM_KEYPOINTS=len(COCO_PERSON_KEYPOINT_NAMES), KEYPOINT_NAMES=COCO_PERSON_KEYPOINT_NAMES,
+                               KEYPOINT_FLIP_MAP=COCO_PERSON_FLIP_MAP, KEYPOINT_SKELETON=COCO_PERSON_SKELETON)
     overrides = parse_overrides(getattr(args, "set", None))
     if not inference and getattr(args, "gpus", None):
         overrides.setdefault("GPU_COUNT", int(args.gpus))
@@ -169,8 +184,10 @@ def load_datasets(args: argparse.Namespace, subsets: tuple[str, ...]):
     datasets = []
     for subset in subsets:
         dataset = CocoDataset()
-        coco = dataset.load_coco(args.dataset, subset, year=args.year, return_coco=True,
-                                 auto_download=args.download)
+        keypoints = getattr(args, "keypoints", False)
+        coco = dataset.load_coco(args.dataset, subset, year=args.year, return_coco=True, auto_download=args.download,
+                                 kind="person_keypoints" if keypoints else "instances",
+                                 class_ids=[PERSON_CATEGORY_ID] if keypoints else None)
         if args.limit:
             dataset.image_info = dataset.image_info[:args.limit]
         dataset.prepare()
@@ -252,7 +269,7 @@ def train(args: argparse.Namespace) -> Any:
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    """COCO bbox and segm AP of --model on --limit images of the val subset."""
+    """COCO bbox and segm AP (and keypoint AP with --keypoints) of --model on --limit images of the val subset."""
     from mrcnn.evaluation.coco_eval import evaluate_coco
     from mrcnn.model import MaskRCNN
 
@@ -264,7 +281,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
           f"{args.val_subset}{args.year}")
     results_path = Path(args.logs) / f"detections_{args.val_subset}{args.year}.json"
     results_path.parent.mkdir(parents=True, exist_ok=True)
-    stats = evaluate_coco(model, dataset, coco, eval_types=("bbox", "segm"), max_dets=args.max_dets,
+    eval_types = ("bbox", "segm") + (("keypoints",) if config.KEYPOINT_HEAD else ())
+    stats = evaluate_coco(model, dataset, coco, eval_types=eval_types, max_dets=args.max_dets,
                           results_path=str(results_path), verbose=args.verbose)
     print(json.dumps(stats, indent=2, default=float))
     return stats
@@ -285,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--download", action="store_true", help="download missing COCO files / published weights")
         p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a Config field (repeatable)")
         p.add_argument("--val-subset", default="val", help="validation/evaluation subset (default val)")
+        p.add_argument("--keypoints", action="store_true",
+                       help="Keypoint R-CNN on person_keypoints_*.json (persons, masks and 17 keypoints)")
         p.add_argument("--verbose", type=int, default=1)
         if name == "train":
             p.add_argument("--gpus", type=int, default=0, help="replicas (MirroredStrategy); default GPU_COUNT")

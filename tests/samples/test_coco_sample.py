@@ -111,6 +111,39 @@ def test_one_step_train_then_evaluate_on_a_coco_export(tmp_path):
     assert (logs / "detections_val2017.json").is_file()
 
 
+PERSON_KEYPOINTS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco_person_kpts"
+TINY_KEYPOINTS = [item for item in TINY if not item.startswith("NUM_CLASSES")] + [
+    "KEYPOINT_HEAD_CONV_CHANNELS=16", "KEYPOINT_HEAD_NUM_CONVS=2", "KEYPOINT_POOL_SIZE=7", "KEYPOINT_MASK_SHAPE=(28,28)"]
+
+
+@pytest.mark.filterwarnings("ignore:training from scratch with TRAIN_BN False")  # one step of wiring, not learning
+def test_keypoints_train_then_evaluate_on_real_coco_persons(tmp_path):
+    # The 4 real COCO val images with 14 persons, laid out as person_keypoints_{train,val}2017.json.
+    if not (PERSON_KEYPOINTS / "test_coco.json").is_file():
+        pytest.skip(f"shared data not available: {PERSON_KEYPOINTS}")
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    for subset in ("train2017", "val2017"):
+        shutil.copy(PERSON_KEYPOINTS / "test_coco.json", root / "annotations" / f"person_keypoints_{subset}.json")
+        (root / subset).mkdir()
+        for image in PERSON_KEYPOINTS.glob("*.jpg"):
+            shutil.copy(image, root / subset / image.name)
+    logs = tmp_path / "logs"
+    common = ["--dataset", str(root), "--logs", str(logs), "--limit", "2", "--verbose", "0", "--keypoints"]
+    config = coco.make_config(_args(["train", *common]))
+    assert (config.NUM_CLASSES, config.KEYPOINT_HEAD, config.NUM_KEYPOINTS) == (2, True, 17)
+    assert config.KEYPOINT_FLIP_MAP[1:3] == (2, 1)  # left_eye <-> right_eye: flips swap them
+    assert coco.main(["train", *common, "--model", "none", "--steps", "1", "--epochs", "1"] + _set(TINY_KEYPOINTS)) == 0
+    (run,) = [d for d in logs.iterdir() if d.is_dir()]
+    assert run.name.startswith("coco_keypoints") and (run / "mask_rcnn_coco_keypoints_0001.weights.h5").is_file()
+
+    stats = coco.evaluate(_args(["evaluate", *common, "--model", "last"] + _set(TINY_KEYPOINTS)))
+    assert set(stats) >= {"bbox", "segm", "keypoints"} and stats["keypoint_max_dets"] == 20
+    assert len(stats["keypoints"]) == 10 and all(np.isfinite(v) for v in stats["keypoints"].values())
+    results = json.loads((logs / "detections_val2017.json").read_text())
+    assert all(len(r["keypoints"]) == 3 * 17 for r in results)
+
+
 def test_missing_dataset_names_the_path(tmp_path, capsys):
     missing = tmp_path / "nowhere"
     assert coco.main(["train", "--dataset", str(missing), "--model", "none", "--verbose", "0"] + _set(TINY)) == 2
