@@ -303,13 +303,15 @@ class TrainingBudget(keras.callbacks.Callback):
     start when the callback is made (make it just before training: graph tracing counts). The
     budget is spent when either clock passes its limit; training stops after that batch.
 
-    A budget survives a resume. With `MaskRCNN.train`, the time spent, the step count and whether
-    the rate was dropped are written at each epoch's start and end to ``training_budget.json`` in
-    the run's folder (`BUDGET_RECORD`). When `train` resumes from a checkpoint of the run
-    (`load_weights`, e.g. ``--weights last``), a new TrainingBudget continues from the record of the
-    epoch it resumes at: the time already spent counts and a drop already made is made again, so
-    the schedule does not start over. (A Ctrl-C state resumes at its unfinished epoch's start, as
-    the iteration count does.) A later stage in the same process gets a fresh budget.
+    A budget survives a resume. With `MaskRCNN.train`, the time spent and the step count are
+    written at each epoch's start and end to ``training_budget.json`` in the run's folder
+    (`BUDGET_RECORD`). When `train` resumes from a checkpoint of the run (`load_weights`, e.g.
+    ``--weights last``), a new TrainingBudget continues from the record of the epoch it resumes at:
+    the time already spent counts against the new budget (of the same size or another), and the
+    rate drops at once if that is past `decay_at` of it, so the schedule does not start over. A
+    budget the resumed run had already spent raises ValueError before any step. (A Ctrl-C state
+    resumes at its unfinished epoch's start, as the iteration count does.) A later stage in the
+    same process gets a fresh budget.
 
     Args:
         wall_seconds: wall-clock limit in seconds, or None / 0 for none.
@@ -357,14 +359,26 @@ class TrainingBudget(keras.callbacks.Callback):
         self._record(epoch + 1)
 
     def _continue_from(self, saved: dict[str, Any]) -> None:
-        """Moves the clocks back by the time the resumed run had spent, and re-makes its drop."""
+        """Moves the clocks back by the time the resumed run had spent and makes the drop that
+        this budget has passed (judged against this budget: it may be larger than the run's).
+
+        Raises:
+            ValueError: when that time already spends this budget (training would take one step
+                and stop): give a larger budget to train further.
+        """
         self.wall_start -= float(saved["wall_seconds"])
         self.cpu_start -= float(saved["cpu_seconds"])
         self.steps += int(saved["steps"])
-        if saved["decayed"] and self.decay_at is not None and not self.decayed:
+        spent = self.spent()
+        if spent >= 1.0:
+            wall, cpu = self.elapsed()
+            raise ValueError(f"TrainingBudget: the run this call resumes had already spent {spent:.0%} of this budget "
+                             f"({wall:.0f} s wall, {cpu:.0f} s CPU against {self.wall_seconds or '-'} / "
+                             f"{self.cpu_seconds or '-'} s): give a larger budget to train further")
+        if self.decay_at is not None and not self.decayed and spent > self.decay_at:
             self._drop_learning_rate()
         if self.verbose:
-            print(f"Training budget continued: {self.spent():.0%} spent in {self.steps} steps before the resume")
+            print(f"Training budget continued: {spent:.0%} spent in {self.steps} steps before the resume")
 
     def _drop_learning_rate(self) -> None:
         self.decayed = True

@@ -291,6 +291,21 @@ def test_training_budget_continues_after_a_resume(tmp_path):
     assert resumed.resumed_from is None and not fresh.decayed and rate.at_start == pytest.approx(0.01)
     assert fresh.steps == 2
 
+    # The time spent is judged against the new budget: 10x larger, 2000 s are 6%, before the drop...
+    epoch_one = str(Path(resumed.log_dir) / "mask_rcnn_tinydist_0001.weights.h5")
+    larger, rate = TrainingBudget(wall_seconds=36000, decay_at=0.5), _RecordLearningRate()
+    again_model = MaskRCNN("training", config, model_dir=str(tmp_path))
+    again_model.load_weights(epoch_one)
+    again_model.train(dataset, None, learning_rate=0.01, epochs=2, layers="heads", verbose=0,
+                      custom_callbacks=[larger, rate])
+    assert not larger.decayed and rate.at_start == pytest.approx(0.01) and larger.steps == 2 + 2
+    # ...and a budget the run had already spent says so before any step.
+    spent = MaskRCNN("training", config, model_dir=str(tmp_path))
+    spent.load_weights(epoch_one)
+    with pytest.raises(ValueError, match=r"had already spent \d+% of this budget .* give a larger budget"):
+        spent.train(dataset, None, learning_rate=0.01, epochs=2, layers="heads", verbose=0,
+                    custom_callbacks=[TrainingBudget(wall_seconds=1000)])
+
 
 def test_checkpoint_keep_deletes_older_epochs_after_a_good_save(tmp_path):
     template = str(tmp_path / "c_{epoch:04d}.weights.h5")
