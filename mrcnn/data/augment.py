@@ -108,7 +108,10 @@ class Compose:
             elif not takes_keypoints(augmenter):
                 raise keypoints_not_taken(augmenter)
             else:
-                image, masks, keypoints = augmenter(image, masks, rng, keypoints=keypoints)
+                returned = augmenter(image, masks, rng, keypoints=keypoints)
+                if not isinstance(returned, tuple) or len(returned) != 3:
+                    raise keypoints_not_taken(augmenter)  # e.g. **kwargs that drop keypoints=
+                image, masks, keypoints = returned
         return _out(image, masks, keypoints)
 
     def __repr__(self) -> str:

@@ -97,7 +97,10 @@ def load_image_gt(
         if keypoints is None:
             image, mask = augmentation(image, mask, rng)
         elif takes_keypoints(augmentation):
-            image, mask, keypoints = augmentation(image, mask, rng, keypoints=keypoints)
+            returned = augmentation(image, mask, rng, keypoints=keypoints)
+            if not isinstance(returned, tuple) or len(returned) != 3:
+                raise keypoints_not_taken(augmentation)  # e.g. **kwargs that drop keypoints=
+            image, mask, keypoints = returned
         else:
             raise keypoints_not_taken(augmentation)
         if image.ndim != 3 or mask.ndim != 3 or image.shape[:2] != mask.shape[:2] or mask.shape[-1] != class_ids.shape[0]:
@@ -145,21 +148,31 @@ def load_image_gt(
 
 
 def _flip_map(dataset: Any, config: Any, augmenting: bool) -> tuple[int, ...]:
-    """The keypoints' mirror partners: KEYPOINT_FLIP_MAP, else from KEYPOINT_NAMES, else from the
-    dataset's `keypoint_names` (a COCO file's), else the identity (with a warning when augmenting:
-    a mirror would then keep left labels on the right side)."""
+    """The keypoints' mirror partners: KEYPOINT_FLIP_MAP, else from KEYPOINT_NAMES, else (when
+    augmenting) from the dataset's `keypoint_names` (a COCO file's), else the identity.
+
+    Only augmentation mirrors, so without it the dataset's names are not read (names whose sides
+    do not pair, a side view's "left_front_paw" alone, must not stop plain training). Augmenting
+    with an identity map that the config did not ask for warns: a mirror would keep a left label
+    on the right side.
+    """
     count = int(config.NUM_KEYPOINTS)
-    names = config.KEYPOINT_NAMES
-    if config.KEYPOINT_FLIP_MAP is None and names is None:
+    if config.KEYPOINT_FLIP_MAP is not None or config.KEYPOINT_NAMES is not None:
+        flip = kp.resolve_flip_map(count, config.KEYPOINT_FLIP_MAP, config.KEYPOINT_NAMES)
+    else:
+        flip = tuple(range(count))
         dataset_names = getattr(dataset, "keypoint_names", None)
-        if dataset_names is not None and len(dataset_names) == count:
-            names = tuple(dataset_names)
-        elif augmenting and count > 1:
-            warnings.warn("keypoint flip map is the identity: no KEYPOINT_FLIP_MAP, KEYPOINT_NAMES or "
-                          "dataset.keypoint_names, so a mirroring augmenter keeps each keypoint's label (left on "
-                          "the right side); set KEYPOINT_NAMES or KEYPOINT_FLIP_MAP (the identity, if meant)",
-                          stacklevel=utils.user_stacklevel())
-    return kp.resolve_flip_map(count, config.KEYPOINT_FLIP_MAP, names)
+        if augmenting and dataset_names is not None and len(dataset_names) == count:
+            try:
+                flip = kp.flip_map_from_names(dataset_names)
+            except ValueError:
+                pass  # unpaired sides: the identity, and the warning below says what to set
+    if augmenting and count > 1 and config.KEYPOINT_FLIP_MAP is None and flip == tuple(range(count)):
+        warnings.warn("keypoint flip map is the identity (no KEYPOINT_FLIP_MAP, and no left_/right_ pairs in "
+                      "KEYPOINT_NAMES or dataset.keypoint_names): a mirroring augmenter keeps each keypoint's "
+                      "label (left on the right side); set KEYPOINT_FLIP_MAP (the identity, if meant)",
+                      stacklevel=utils.user_stacklevel())
+    return flip
 
 
 def load_image_gt_from_labels(

@@ -431,6 +431,13 @@ def test_load_image_gt_keypoints_need_keypoint_aware_augmenters():
         targets.load_image_gt(dataset, config, 0, augmentation=augment.Compose([augment.HorizontalFlip(1.0), custom]),
                               with_keypoints=True)
 
+    def drops_keypoints(image, masks, rng, **extra):  # takes keypoints= but returns two values
+        return image, masks
+
+    for augmentation in (drops_keypoints, augment.Compose([drops_keypoints])):
+        with pytest.raises(TypeError, match=r"drops_keypoints.* does not take keypoints="):
+            targets.load_image_gt(dataset, config, 0, augmentation=augmentation, with_keypoints=True)
+
     def passes_everything(image, masks, rng, **extra):
         return (image, masks, extra["keypoints"]) if "keypoints" in extra else (image, masks)
 
@@ -466,6 +473,19 @@ def test_flip_map_falls_back_to_the_datasets_keypoint_names_and_warns_without_an
                                           with_keypoints=True)[5]
     assert {w.filename for w in caught} == {__file__}
     assert not np.array_equal(unswapped, expected)  # left labels on the right side: why it warns
+
+    # Names whose sides do not pair (a side view) or follow another convention: plain training
+    # loads as before; augmenting warns about the identity instead of failing.
+    for names in (("head", "neck", "left_front_paw", "left_hind_paw", "tail", "a", "b"),
+                  ("Head", "Neck", "LeftHand", "RightHand", "Pelvis", "LeftFoot", "RightFoot")):
+        Nameless.keypoint_names = names
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            targets.load_image_gt(nameless, bare, 0, with_keypoints=True)
+        with pytest.warns(UserWarning, match="keypoint flip map is the identity"):
+            found = targets.load_image_gt(nameless, bare, 0, augmentation=flip, rng=np.random.default_rng(0),
+                                          with_keypoints=True)[5]
+        np.testing.assert_array_equal(found, unswapped)
 
 
 def test_nan_position_of_a_labelled_keypoint_is_refused():
