@@ -33,12 +33,13 @@ def instance_iou(gt_masks: np.ndarray, pred_masks: np.ndarray) -> np.ndarray:
     """Mask IoU between every ground-truth and predicted instance, in memory ~ pixels covered.
 
     Each side is either an [H, W, K] mask stack or an [H, W] integer label image (0 background,
-    instance k on the pixels valued k + 1, as `detect_tiled(output="labels")` gives): a label image
-    of a large field with hundreds of nuclei takes 4 bytes a pixel where the stack takes K.
+    each positive value one instance, in increasing order; `detect_tiled(output="labels")` numbers
+    them 1..K): a label image of a large field with hundreds of nuclei takes 4 bytes a pixel where
+    the stack takes K. Values absent from a label image are no instances (`instance_incidence`).
 
     Args:
-        gt_masks: [H, W, N] bool (instances may overlap), or [H, W] int labels 1..N.
-        pred_masks: [H, W, M] bool, or [H, W] int labels 1..M.
+        gt_masks: [H, W, N] bool (instances may overlap), or [H, W] int labels (N distinct values > 0).
+        pred_masks: [H, W, M] bool, or [H, W] int labels (M distinct values > 0).
 
     Returns:
         [N, M] float64 IoU.
@@ -71,13 +72,17 @@ def _is_instances(array: np.ndarray) -> bool:
 
 
 def instance_incidence(instances: np.ndarray) -> scipy.sparse.csr_matrix:
-    """[H * W, K] sparse 0/1 pixel x instance matrix of [H, W, K] masks or [H, W] labels 1..K."""
+    """[H * W, K] sparse 0/1 pixel x instance matrix of [H, W, K] masks or an [H, W] label image.
+
+    A label image's instances are its distinct positive values in increasing order: gaps in the
+    numbering (labels 1 and 7 only, as microscopy tools write after deleting objects) are not
+    instances, so they count neither as missed objects nor as false detections.
+    """
     if instances.ndim == 2:
         flat = instances.ravel()
         pixels = np.flatnonzero(flat > 0)
-        count = int(flat.max()) if flat.size else 0
-        columns = flat[pixels].astype(np.int64) - 1
-        shape = (flat.size, max(count, 0))
+        present, columns = np.unique(flat[pixels], return_inverse=True)
+        shape = (flat.size, present.size)
     else:
         flat = instances.reshape(instances.shape[0] * instances.shape[1], instances.shape[2])
         pixels, columns = np.nonzero(flat)

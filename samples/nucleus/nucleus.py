@@ -162,11 +162,14 @@ def _check_tiling_flags(args: argparse.Namespace) -> None:
 def evaluate(args: argparse.Namespace) -> dict:
     _check_tiling_flags(args)
     val_set = load_split(args, "val")
-    # Label images where the detector gives them: a large field's [H, W, N] stack is never built.
-    metrics = evaluate_nuclei(load_detector(args, output="labels"), val_set, max_dets=1000, verbose=args.verbose)
+    # The U-Net's watershed instances never overlap: one label image holds them without the
+    # [H, W, N] stack. Mask R-CNN's may overlap (kept tiled duplicates up to half the smaller
+    # one), which a label image would cut: its masks are scored as they are.
+    output = "labels" if args.model == "unet" else "masks"
+    metrics = evaluate_nuclei(load_detector(args, output=output), val_set, max_dets=1000, verbose=args.verbose)
     # What produced these numbers, so that two metrics files can be told apart.
     metrics.update(model=args.model, weights=str(args.weights), tile=args.tile or None,
-                   overlap=args.overlap if args.tile else None)
+                   overlap=args.overlap if args.tile else None, output=output)
     out = Path(args.logs) / f"{args.model}_metrics.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2))

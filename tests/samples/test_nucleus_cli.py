@@ -85,9 +85,13 @@ def test_evaluate_records_the_weights_and_tiling(tmp_path, monkeypatch):
     weights = str(tmp_path / "w.weights.h5")
     assert nucleus.main(["evaluate", "--model", "mrcnn", "--weights", weights, "--tile", "256",
                          "--logs", str(tmp_path)]) == 0
-    assert seen["tiling"] == (256, nucleus.DEFAULT_TILE_OVERLAP) and seen["output"] == "labels"
+    assert seen["tiling"] == (256, nucleus.DEFAULT_TILE_OVERLAP) and seen["output"] == "masks"
     saved = json.loads((tmp_path / "mrcnn_metrics.json").read_text())
-    assert saved == {"mask_AP": 0.5, "model": "mrcnn", "weights": weights, "tile": 256, "overlap": 64}
+    assert saved == {"mask_AP": 0.5, "model": "mrcnn", "weights": weights, "tile": 256, "overlap": 64,
+                     "output": "masks"}
     assert nucleus.main(["evaluate", "--model", "mrcnn", "--weights", weights, "--logs", str(tmp_path)]) == 0
     saved = json.loads((tmp_path / "mrcnn_metrics.json").read_text())
     assert saved["tile"] is None and saved["overlap"] is None
+    # The U-Net's disjoint watershed instances are scored from one label image.
+    assert nucleus.main(["evaluate", "--model", "unet", "--weights", weights, "--logs", str(tmp_path)]) == 0
+    assert seen["output"] == "labels" and json.loads((tmp_path / "unet_metrics.json").read_text())["output"] == "labels"
