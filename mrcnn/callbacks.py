@@ -141,7 +141,8 @@ def optimizer_state_keys(optimizer: keras.optimizers.Optimizer) -> list[str]:
     The inner optimizer's variables (and a plain optimizer's) are keyed by name: ``iteration``,
     ``learning_rate``, ``<var path>_momentum``; a LossScaleOptimizer's own (its unused
     ``iteration``, ``step_counter``, ``dynamic_scale``) get a ``loss_scale/`` prefix. So a run
-    resumed with or without MIXED_PRECISION="mixed_float16" keeps the iteration count and slots.
+    resumed with or without MIXED_PRECISION="mixed_float16" keeps the iteration count and slots
+    (and the loss scale, when both sides have one).
     """
     inner = getattr(optimizer, "inner_optimizer", None)
     if inner is None:
@@ -182,16 +183,18 @@ def restore_optimizer_state(optimizer: keras.optimizers.Optimizer, state: str | 
     restored, missing = [], []
     keys = optimizer_state_keys(optimizer)
     for key, variable in zip(keys, optimizer.variables):
-        if variable.name in _NOT_RESTORED or key.startswith(LOSS_SCALE_PREFIX):
-            # The loss scale restarts (it re-adapts in a few steps, and a float32 run has none).
+        if variable.name in _NOT_RESTORED:
             continue
         value = stored.get(key)
+        if value is None and key.startswith(LOSS_SCALE_PREFIX):
+            continue  # from a run without loss scaling: the scale starts afresh, nothing is missing
         if value is None or tuple(value.shape) != tuple(variable.shape):
             missing.append(key)
             continue
         variable.assign(value)
         restored.append(key)
     current = set(keys)
+    # A loss scale saved by a mixed_float16 run means nothing to an optimizer without one.
     unused = sorted(n for n in stored if n not in current and n.split("#")[0] not in _NOT_RESTORED
                     and not n.startswith(LOSS_SCALE_PREFIX))
     return {"restored": restored, "missing": missing, "unused": unused}

@@ -119,6 +119,7 @@ def test_loss_scaled_state_keys_name_the_inner_optimizers_count(tmp_path):
     outer = [v for v in model.optimizer.variables if v.name == "iteration"][0]  # the wrapper's, listed first
     outer.assign(7)
     model.optimizer.inner_optimizer.iterations.assign(3)
+    model.optimizer.dynamic_scale.assign(512.0)
     state = optimizer_state(model.optimizer)
     assert int(state["iteration"]) == 3 and int(state["loss_scale/iteration"]) == 7
     assert "loss_scale/dynamic_scale" in state
@@ -127,6 +128,7 @@ def test_loss_scaled_state_keys_name_the_inner_optimizers_count(tmp_path):
     report = restore_optimizer_state(fresh, path)
     assert report["unused"] == [] and report["missing"] == [] and "iteration" in report["restored"]
     assert int(fresh.inner_optimizer.iterations.numpy()) == 3
+    assert float(fresh.dynamic_scale.numpy()) == 512.0  # mixed_float16 to mixed_float16 keeps its scale
 
 
 def test_resume_across_a_switch_to_or_from_loss_scaling_keeps_the_count_and_slots(tmp_path):
