@@ -445,8 +445,7 @@ def resize_image(
 
     scale = resize_scale(h, w, min_dim, max_dim, min_scale, mode)
     if scale != 1.0:
-        new_shape = (round(h * scale), round(w * scale))
-        image = _cast_like(resize_bilinear(image, new_shape), image.dtype)
+        image = _cast_like(resize_bilinear(image, scaled_shape(h, w, scale)), image.dtype)
 
     h, w = image.shape[:2]
     if mode == "square":
@@ -463,6 +462,12 @@ def resize_image(
         image = image[y : y + min_dim, x : x + min_dim]
         window = (0, 0, min_dim, min_dim)
     return image, window, scale, padding, crop
+
+
+def scaled_shape(height: int, width: int, scale: float) -> tuple[int, int]:
+    """(round(height * scale), round(width * scale)), at least 1 each: a 1 x 300 px image scaled
+    down to fit must stay an image (rounding made its height 0)."""
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def resize_scale(height: int, width: int, min_dim: int | None = None, max_dim: int | None = None,
@@ -520,8 +525,7 @@ def rescale_image(image: np.ndarray, scale: float, square_side: int | None = Non
         raise ValueError(f"scale must be > 0, got {scale!r}")
     h, w = image.shape[:2]
     if scale != 1.0:
-        new_shape = (max(1, round(h * scale)), max(1, round(w * scale)))
-        image = _cast_like(resize_bilinear(image, new_shape), image.dtype)
+        image = _cast_like(resize_bilinear(image, scaled_shape(h, w, scale)), image.dtype)
     h, w = image.shape[:2]
     if square_side is not None:
         if square_side < max(h, w):
@@ -555,8 +559,7 @@ def resize_mask(
         raise ValueError(f"mask must be [H, W, N], got shape {mask.shape}")
     h, w = mask.shape[:2]
     if scale != 1:
-        # Same output size as resize_image: round(h * scale).
-        mask = resize_nearest(mask, (round(h * scale), round(w * scale)))
+        mask = resize_nearest(mask, scaled_shape(h, w, scale))  # resize_image's output size
     mask = mask.astype(bool, copy=False)
     if crop is not None:
         y, x, ch, cw = (int(v) for v in crop)
@@ -654,8 +657,9 @@ def resize_and_minimize_mask(
     height, width, count = mask.shape
     mh, mw = int(mini_shape[0]), int(mini_shape[1])
     if scale != 1:
-        rows = _nearest_index(height, round(height * scale))
-        cols = _nearest_index(width, round(width * scale))
+        new_height, new_width = scaled_shape(height, width, scale)
+        rows = _nearest_index(height, new_height)
+        cols = _nearest_index(width, new_width)
     else:
         rows, cols = np.arange(height), np.arange(width)
     # Output rows/cols kept (all, or the crop) and the offset from them to output coordinates.

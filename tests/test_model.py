@@ -304,7 +304,8 @@ def test_detect_any_number_and_size_of_images(trained, config):
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (50, 90, 3), dtype=np.uint8),
               rng.integers(0, 255, (64, 64), dtype=np.uint8),          # grayscale
-              rng.integers(0, 255, (70, 40, 4), dtype=np.uint8)]       # RGBA
+              rng.integers(0, 255, (70, 40, 4), dtype=np.uint8),       # RGBA
+              rng.integers(0, 255, (1, 300, 3), dtype=np.uint8)]       # 1 px high: rounds to 0 rows unless clamped
     results = model.detect(images)
     _check_detections(results, images, config)
     assert sum(len(r["class_ids"]) for r in results) > 0, "min confidence 0 must give detections"

@@ -231,6 +231,20 @@ def test_resize_image_keeps_mask_aligned(mode, min_dim, max_dim, min_scale, shap
     assert np.abs(colour_box.astype(int) - mask_box.astype(int)).max() <= 1, (colour_box, mask_box)
 
 
+@pytest.mark.parametrize("shape", [(1, 300), (300, 1), (2, 900)])
+def test_a_thin_image_keeps_at_least_one_pixel_per_side(shape):
+    # Scaled down to fit 128 px, a 1 x 300 image's height would round to 0 (an error in resize).
+    image = np.full(shape + (3,), 200, np.uint8)
+    mask = np.ones(shape + (1,), bool)
+    resized, window, scale, padding, crop = utils.resize_image(image, 64, 128, 0, "square")
+    assert resized.shape == (128, 128, 3)
+    y1, x1, y2, x2 = window
+    assert (y2 - y1, x2 - x1) == utils.scaled_shape(*shape, scale) and min(y2 - y1, x2 - x1) >= 1
+    assert utils.resize_mask(mask, scale, padding, crop)[y1:y2, x1:x2].all()
+    bbox, mini = utils.resize_and_minimize_mask(mask, scale, padding, crop, (8, 8))
+    assert tuple(bbox[0]) == (y1, x1, y2, x2) and mini.all()
+
+
 def test_resize_image_crop_uses_rng():
     image = np.random.default_rng(0).integers(0, 255, (100, 140, 3), dtype=np.uint8)
     crops = [utils.resize_image(image, 64, None, 0, "crop", rng=np.random.default_rng(s))[4] for s in (5, 5, 6, 7, 8)]
