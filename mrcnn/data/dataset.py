@@ -134,8 +134,11 @@ class Dataset:
         self.image_info.append(info)
 
     def image_reference(self, image_id: int) -> str:
-        """Returns a string that locates the image (its path by default; subclasses may return a URL)."""
-        return str(self.image_info[image_id].get("path", ""))
+        """Returns a string that locates the image: its path by default (subclasses may return a
+        URL), else ``source:id`` for images added without one (generated images)."""
+        info = self.image_info[image_id]
+        path = info.get("path")
+        return str(path) if path not in (None, "") else f"{info.get('source')}:{info.get('id')}"
 
     # ------------------------------------------------------------------------------------------
     # Preparation and id mapping

@@ -235,20 +235,35 @@ def _checked_image(image: Any, config: Any, where: str) -> np.ndarray:
     """`load_image`'s output with IMAGE_CHANNEL_COUNT channels (grayscale and RGBA conformed as
     `detect` does, `conform_channels`); ValueError for NaN/inf pixels (the loss would turn NaN with
     no image named); warns once about floats on the [0, 1] scale."""
-    image = conform_channels(np.asarray(image), int(config.IMAGE_CHANNEL_COUNT), where)
+    image = np.asarray(image)
+    if image.ndim not in (2, 3) or min(image.shape[:2], default=0) < 1:
+        raise ValueError(f"{where}: load_image gave an image of shape {image.shape}; expected [H, W] or "
+                         "[H, W, C] with H, W >= 1")
+    image = conform_channels(image, int(config.IMAGE_CHANNEL_COUNT), where)
     if image.dtype.kind == "f" and not np.isfinite(image).all():
         raise ValueError(f"{where}: load_image gave NaN or infinite pixel values")
+    # The same text for every image of a dtype: Python's warning filter shows it once. detect
+    # warns about the same inputs (MaskRCNN.mold_inputs), so training and inference agree.
     if image.dtype.kind == "f" and image.size and 0 < float(image.max()) <= 1.0:
-        # The same text for every image: Python's warning filter shows it once.
         warnings.warn("load_image gave a float image with values in [0, 1]; the model trains on the 0..255 "
                       "scale (Dataset.load_image returns uint8) and would see nearly black images: multiply "
                       "by 255 or return uint8", stacklevel=utils.user_stacklevel())
+    elif image.dtype.kind in "iu" and image.size and int(image.max()) > 255:
+        warnings.warn(f"load_image gave a {image.dtype} image with values above 255; the model trains on the "
+                      "0..255 scale (augmenters such as BrightnessContrast clip to it): map it first, e.g. "
+                      "mrcnn.data.dataset.to_rgb_uint8(image, uint16_scaling='range' or 'image_max')",
+                      stacklevel=utils.user_stacklevel())
     return image
 
 
 def _checked_class_ids(class_ids: Any, config: Any, where: str, source: str) -> np.ndarray:
-    """[N] int32 class ids; ValueError naming the image for ids that are neither a class nor a crowd (< 0)."""
-    class_ids = np.asarray(class_ids).astype(np.int32).reshape(-1)
+    """[N] int32 class ids; ValueError naming the image for ids that are neither a class nor a crowd
+    (< 0), or that are not whole numbers (1.7 would otherwise be read as class 1)."""
+    class_ids = np.asarray(class_ids).reshape(-1)
+    if class_ids.dtype.kind == "f" and not np.array_equal(class_ids, np.round(class_ids)):
+        raise ValueError(f"{where}: {source} gave class ids that are not whole numbers: "
+                         f"{sorted(set(class_ids[class_ids != np.round(class_ids)].tolist()))[:5]}")
+    class_ids = class_ids.astype(np.int32)
     bad = class_ids[(class_ids == 0) | (class_ids >= config.NUM_CLASSES)]
     if bad.size:
         raise ValueError(f"{where}: {source} gave class ids {sorted(set(bad.tolist()))}, outside "

@@ -268,6 +268,25 @@ def test_load_image_gt_names_a_wrong_channel_count_and_nan_pixels_and_warns_abou
     unit = _Overridden(image_fn=lambda rgb: rgb.astype(np.float32) / 255)
     with pytest.warns(UserWarning, match=r"float image with values in \[0, 1\]"):
         targets.load_image_gt(unit, TinyConfig(), 0, rng=np.random.default_rng(0))
+    # 16 bits trained as they are would be 0..65535 where detect warns and inference expects 0..255.
+    wide = _Overridden(image_fn=lambda rgb: rgb.astype(np.uint16) * 257)
+    with pytest.warns(UserWarning, match=r"uint16 image with values above 255.*to_rgb_uint8") as caught:
+        targets.load_image_gt(wide, TinyConfig(), 0, rng=np.random.default_rng(0))
+    assert {w.filename for w in caught} == {__file__}
+    empty = _Overridden(image_fn=lambda rgb: rgb[:0])
+    with pytest.raises(ValueError, match=r"image 0 \(.*\): load_image gave an image of shape \(0, 128, 3\)"):
+        targets.load_image_gt(empty, TinyConfig(), 0, rng=np.random.default_rng(0))
+
+
+def test_load_image_gt_refuses_fractional_class_ids_and_names_generated_images():
+    fractional = _Overridden(class_fn=lambda ids: ids.astype(np.float32) + 0.7)
+    with pytest.raises(ValueError, match=r"load_mask gave class ids that are not whole numbers: \[1.7"):
+        targets.load_image_gt(fractional, TinyConfig(), 0, rng=np.random.default_rng(0))
+    whole = _Overridden(class_fn=lambda ids: ids.astype(np.float32))  # 1.0, 2.0: fine
+    assert targets.load_image_gt(whole, TinyConfig(), 0, rng=np.random.default_rng(0))[2].dtype == np.int32
+    generated = _Overridden()
+    generated.image_info[0]["path"] = None  # images made in code have no file
+    assert generated.image_reference(0) == f"{generated.image_info[0]['source']}:{generated.image_info[0]['id']}"
 
 
 class _Labelled(SquaresDataset):
