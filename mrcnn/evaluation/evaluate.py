@@ -16,6 +16,7 @@ from mrcnn.evaluation.detect_timer import DetectTimer
 from mrcnn.utils import extract_bboxes
 
 DEFAULT_IOU_THRESHOLDS = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2))
+CROWD_OVERLAP = 0.5  # a detection this much inside crowd regions is ignored (COCO's crowd IoU at 0.5)
 
 
 def evaluate_dataset(model: Any, dataset: Any, image_ids: Sequence[int] | None = None,
@@ -24,8 +25,15 @@ def evaluate_dataset(model: Any, dataset: Any, image_ids: Sequence[int] | None =
     """Runs `model.detect` over images of `dataset` and averages per-image AP.
 
     Ground truth comes from `dataset.load_mask` at the original image resolution; crowd instances
-    (negative class ids) are left out. Images without ground truth are skipped (their AP is
-    undefined) and counted in ``images_without_gt``.
+    (negative class ids) are not targets, and a detection lying on a crowd region (at least
+    `CROWD_OVERLAP` of its mask, or box without masks, inside the crowd regions) is left out
+    rather than counted as a false positive, as COCO ignores detections matched to a crowd.
+    Images without ground truth are skipped (their AP is undefined; their detections are not
+    scored, as in matterport) and counted in ``images_without_gt``.
+
+    The numbers are matterport's per-image AP (`compute_ap`: all classes of an image ranked
+    together, then averaged over images), not COCO's per-class AP over the whole dataset
+    (`evaluate_coco`): the two differ by a few points on the same detections.
 
     Args:
         model: a MaskRCNN (anything with `detect(images)` and `config.BATCH_SIZE`).
@@ -62,6 +70,8 @@ def evaluate_dataset(model: Any, dataset: Any, image_ids: Sequence[int] | None =
             results = model.detect(images, verbose=0)
         for image_id, result in zip(ids, results):
             gt_masks, gt_class_ids = dataset.load_mask(image_id)
+            if (gt_class_ids < 0).any():
+                result = drop_crowd_detections(result, gt_masks[..., gt_class_ids < 0])
             keep = gt_class_ids > 0
             gt_masks, gt_class_ids = gt_masks[..., keep], gt_class_ids[keep]
             if gt_class_ids.size == 0:
@@ -88,6 +98,41 @@ def evaluate_dataset(model: Any, dataset: Any, image_ids: Sequence[int] | None =
         "images_without_gt": skipped,
         **timer.summary(),
     }
+
+
+def drop_crowd_detections(result: dict[str, np.ndarray], crowd_masks: np.ndarray,
+                          overlap: float | None = None) -> dict[str, np.ndarray]:
+    """`result` without the detections that lie on crowd regions.
+
+    Args:
+        result: a `detect` result (rois [N, 4], class_ids, scores, masks [H, W, N] when present).
+        crowd_masks: [H, W, C] bool masks of the image's crowd regions.
+        overlap: fraction of a detection inside the crowd regions from which it is dropped
+            (default `CROWD_OVERLAP`, 0.5: COCO's crowd IoU, intersection over the detection's own
+            area, at the 0.5 threshold). Measured on the mask, or on the box without masks.
+    Returns:
+        A new dict with the kept detections (the same arrays' rows).
+    """
+    overlap = CROWD_OVERLAP if overlap is None else overlap
+    crowd = np.asarray(crowd_masks, bool).any(axis=-1)  # [H, W]
+    count = len(result["class_ids"])
+    if count == 0 or not crowd.any():
+        return result
+    if result.get("masks") is not None:
+        masks = np.asarray(result["masks"])
+        masks = masks if masks.dtype == bool else masks >= 0.5  # soft masks: detect's threshold
+        area = masks.sum(axis=(0, 1)).astype(np.float64)
+        inside = (masks & crowd[..., None]).sum(axis=(0, 1))
+    else:
+        boxes = np.asarray(result["rois"], int)
+        area = np.array([(y2 - y1) * (x2 - x1) for y1, x1, y2, x2 in boxes], np.float64)
+        inside = np.array([crowd[y1:y2, x1:x2].sum() for y1, x1, y2, x2 in boxes])
+    keep = ~(inside >= overlap * np.maximum(area, 1.0))
+    kept = {key: value[keep] for key, value in result.items() if key != "masks" and np.ndim(value) >= 1
+            and len(value) == count}
+    if result.get("masks") is not None:
+        kept["masks"] = result["masks"][..., keep]
+    return {**result, **kept}
 
 
 def _mean(values: list[float]) -> float:

@@ -72,3 +72,47 @@ def test_a_model_of_another_class_count_is_refused(dataset):
         evaluate_dataset(model, dataset, verbose=0)
     model.config.NUM_CLASSES = dataset.num_classes
     assert evaluate_dataset(model, dataset, image_ids=[0], verbose=0)["mask_mAP"] == 1.0
+
+
+class _CrowdShapes(ShapesDataset):
+    """Shapes whose first instance of image 0 is a crowd region (negative class id)."""
+
+    def load_mask(self, image_id):
+        masks, class_ids = super().load_mask(image_id)
+        if image_id == 0:
+            class_ids = class_ids.copy()
+            class_ids[0] = -class_ids[0]
+        return masks, class_ids
+
+
+def test_a_detection_on_a_crowd_region_is_ignored_not_a_false_positive():
+    from mrcnn.evaluation.evaluate import drop_crowd_detections
+
+    crowd = _CrowdShapes()
+    crowd.load_shapes(3, 64, 64, seed=11)
+    crowd.prepare()
+    oracle = OracleModel(crowd)  # also "detects" the crowd region, as a model would (its class id made positive)
+    detect = oracle.detect
+
+    def detect_with_positive_ids(images, verbose=0):
+        results = detect(images, verbose)
+        for result in results:
+            result["class_ids"] = np.abs(result["class_ids"])
+        return results
+
+    oracle.detect = detect_with_positive_ids
+    metrics = evaluate_dataset(oracle, crowd, verbose=0)
+    assert metrics["mask_mAP"] == pytest.approx(1.0) and metrics["box_mAP"] == pytest.approx(1.0)
+    # The rule itself: half of the detection inside the crowd drops it, by mask or (no masks) by box.
+    masks = np.zeros((10, 10, 2), bool)
+    masks[0:4, 0:4, 0] = True  # 16 px, 8 of them in the crowd
+    masks[6:9, 6:9, 1] = True  # outside
+    crowd_mask = np.zeros((10, 10, 1), bool)
+    crowd_mask[0:2, 0:4, 0] = True
+    result = {"rois": extract_bboxes(masks), "class_ids": np.array([1, 2], np.int32),
+              "scores": np.array([0.9, 0.8], np.float32), "masks": masks}
+    kept = drop_crowd_detections(result, crowd_mask)
+    assert kept["class_ids"].tolist() == [2] and kept["masks"].shape == (10, 10, 1)
+    assert drop_crowd_detections(result, crowd_mask, overlap=0.6)["class_ids"].tolist() == [1, 2]
+    boxes_only = {k: v for k, v in result.items() if k != "masks"}
+    assert drop_crowd_detections(boxes_only, crowd_mask)["class_ids"].tolist() == [2]
