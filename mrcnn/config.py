@@ -64,7 +64,7 @@ class Config:
       (Detectron/torchvision; default True). matterport did not (set False to reproduce it).
     * ``ROI_SAMPLING``: how many negative RoIs an image gets: ``"matterport"`` (default: they keep
       the 1 : (1/ROI_POSITIVE_RATIO - 1) ratio to the positives drawn, so an image with 8 positives
-      trains on 32 RoIs, not TRAIN_ROIS_PER_IMAGE) or ``"paper"`` (negatives fill the
+      trains on floor(8 / ROI_POSITIVE_RATIO) RoIs, 24 at 0.33, not TRAIN_ROIS_PER_IMAGE) or ``"paper"`` (negatives fill the
       TRAIN_ROIS_PER_IMAGE left after the positives: Fast R-CNN's and Detectron's sampling).
     * ``OPTIMIZER``: ``"sgd"`` (momentum LEARNING_MOMENTUM; the paper's and matterport's), ``"adam"``
       or ``"adamw"`` (Keras' own; weight decay stays the L2 term of the loss). All clip the global

@@ -506,12 +506,14 @@ class MaskRCNN(keras.Model):
         super().compile(optimizer=optimizer, **kwargs)
 
     def fit(self, x: Any = None, *args: Any, validation_data: Any = None, **kwargs: Any) -> keras.callbacks.History:
-        """Keras' fit; under a multi-replica strategy PyDatasets pass through `distribute.fit_safe`
+        """Keras' fit (ValueError first when a MirroredStrategy's replica count is not GPU_COUNT);
+        under a multi-replica strategy PyDatasets pass through `distribute.fit_safe`
         (Keras averages a first batch over replicas to build, which bool GT masks cannot take).
         An unbuilt model (no `train`, `set_trainable` or `load_weights` before) is built eagerly
         first, and the optimizer with its trainable variables: variables created inside the first
         traced step make tf.function trace it twice (the first `fit` of the tiny test config took
         17.1 s, now 7.9 s)."""
+        self._check_replica_count()
         strategy = self.distribute_strategy
         with strategy.scope():  # mirrored variables under a multi-replica strategy
             self.ensure_built()
@@ -630,6 +632,17 @@ class MaskRCNN(keras.Model):
         if epochs <= self.epoch:
             warnings.warn(f"train(epochs={epochs}) has nothing to do: {self.epoch} epochs are done and `epochs` is "
                           "the epoch to train up to (as in Keras' fit), not a count of epochs to add", stacklevel=utils.user_stacklevel())
+        self._check_replica_count()
+        replicas = self.distribute_strategy.num_replicas_in_sync
+        if self.config.GPU_COUNT > 1 and replicas == 1:
+            warnings.warn(f"config.GPU_COUNT is {self.config.GPU_COUNT} but this model was built outside a "
+                          f"multi-device strategy: it trains on one device with batches of BATCH_SIZE = "
+                          f"{self.config.BATCH_SIZE} images. Build it under "
+                          "mrcnn.distribute.make_strategy(config).scope() to train one replica per GPU",
+                          stacklevel=utils.user_stacklevel())
+
+    def _check_replica_count(self) -> None:
+        """ValueError when a MirroredStrategy's replica count is not GPU_COUNT (`train` and `fit`)."""
         replicas = self.distribute_strategy.num_replicas_in_sync
         if (replicas > 1 and replicas != self.config.GPU_COUNT
                 and not isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy)):
@@ -640,12 +653,6 @@ class MaskRCNN(keras.Model):
                              f"{self.config.GPU_COUNT}: each batch of BATCH_SIZE = IMAGES_PER_GPU x GPU_COUNT = "
                              f"{self.config.BATCH_SIZE} images is split over the replicas. Set GPU_COUNT = {replicas} "
                              "(mrcnn.distribute.make_strategy(config) makes a strategy of GPU_COUNT replicas)")
-        if self.config.GPU_COUNT > 1 and replicas == 1:
-            warnings.warn(f"config.GPU_COUNT is {self.config.GPU_COUNT} but this model was built outside a "
-                          f"multi-device strategy: it trains on one device with batches of BATCH_SIZE = "
-                          f"{self.config.BATCH_SIZE} images. Build it under "
-                          "mrcnn.distribute.make_strategy(config).scope() to train one replica per GPU",
-                          stacklevel=utils.user_stacklevel())
 
     def set_log_dir(self, model_path: str | None = None) -> None:
         """Sets the log dir and epoch counter; from a checkpoint path of ours, continues its run."""

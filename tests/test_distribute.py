@@ -186,6 +186,14 @@ def _scenario_mirrored(out_dir: Path) -> None:
     except ValueError as error:
         result["gpu_count_mismatch"] = str(error)
     result["mismatch_run_folders"] = sorted(p.name for p in (out_dir / "mm").glob("*")) if (out_dir / "mm").exists() else []
+    with strategy.scope():
+        mismatched.compile()
+    try:  # plain Keras: the same check
+        mismatched.fit(DataGenerator(_shapes(2, seed=1), mismatched.config, shuffle=False, seed=0, steps=1), epochs=1,
+                       verbose=0)
+        result["gpu_count_mismatch_fit"] = None
+    except ValueError as error:
+        result["gpu_count_mismatch_fit"] = str(error)
     (out_dir / "result.json").write_text(json.dumps(result, indent=2))
 
 
@@ -251,8 +259,8 @@ def test_mirrored_fit_matches_single_device(tmp_path):
     assert len(frozen["single_losses"]) == len(frozen["mirrored_losses"]) == MIRRORED_STEPS
     assert frozen["mirrored_losses"] == pytest.approx(frozen["single_losses"], rel=1e-4)
     assert frozen["single_losses"][-1] < frozen["single_losses"][0]  # the steps do train
-    assert frozen["max_relative_weight_difference"] < 1e-2
-    assert frozen["weight_difference_over_largest_update"] < 1e-4
+    assert frozen["max_relative_weight_difference"] < 5e-3
+    assert frozen["weight_difference_over_largest_update"] < 5e-5
     assert frozen["replicas_identical"]
     assert frozen["weights_moved"] > 20  # the comparison is about a real update
     assert frozen["bn_statistics_synced"] == 0
@@ -263,6 +271,7 @@ def test_mirrored_fit_matches_single_device(tmp_path):
     # GPU_COUNT must be the replica count: named before any work (no run folder left behind).
     assert "strategy has 2 replicas but config.GPU_COUNT is 1" in (result["gpu_count_mismatch"] or "")
     assert result["mismatch_run_folders"] == []
+    assert "strategy has 2 replicas but config.GPU_COUNT is 1" in (result["gpu_count_mismatch_fit"] or "")
 
 
 def _free_ports(count: int) -> list[int]:

@@ -222,11 +222,12 @@ class CocoDataset(Dataset):
             warnings.warn(f"{json_path}: {len(orphans)} annotations refer to image ids that no image has "
                           f"(e.g. {sorted(set(orphans), key=str)[:5]}); they are left out. Image ids must match 'images' entries "
                           "exactly (same numbers, not strings)", stacklevel=utils.user_stacklevel())
-        degenerate = [a.get("id") for a in coco.anns.values()
-                      if a["image_id"] in coco.imgs and _has_no_polygon_area(a.get("segmentation"))]
+        loaded = [a for a in coco.anns.values() if a["image_id"] in coco.imgs
+                  and (not ann_filter or a.get("category_id") in ann_filter)]
+        degenerate = [a.get("id") for a in loaded if _has_no_polygon_area(a.get("segmentation"))]
         if degenerate:
             # load_mask skips them (no pixel); say so once here rather than never.
-            warnings.warn(f"{json_path}: {len(degenerate)} of {len(coco.anns)} annotations have an empty segmentation or "
+            warnings.warn(f"{json_path}: {len(degenerate)} of {len(loaded)} annotations have an empty segmentation or "
                           f"only polygons of fewer than 3 points (no mask; e.g. ids {degenerate[:5]}); they are left out",
                           stacklevel=utils.user_stacklevel())
         missing = [coco.imgs[i].get("file_name") for i in image_ids

@@ -49,7 +49,8 @@ def check_keypoints(keypoints: np.ndarray, num_instances: int, num_keypoints: in
         raise ValueError(f"{where}: keypoints must be [N={num_instances}, K={num_keypoints}, 3] (x, y, visibility), "
                          f"got shape {array.shape}" + (f"; Config.NUM_KEYPOINTS is {num_keypoints}: set it to "
                                                        f"{array.shape[1]} for this data" if array.ndim == 3
-                                                       and array.shape[0] == num_instances else ""))
+                                                       and array.shape[0] == num_instances and array.shape[2] == 3
+                                                       and array.shape[1] != num_keypoints else ""))
     if not np.isin(array[..., 2], (0, 1, 2)).all():
         raise ValueError(f"{where}: keypoint visibility must be 0, 1 or 2, got {np.unique(array[..., 2]).tolist()}")
     labelled = array[..., 2] > 0

@@ -277,8 +277,9 @@ def evaluate_coco(
         eval_types: any of "bbox", "segm", "keypoints" (needs a model with KEYPOINT_HEAD).
         image_ids: internal image ids to evaluate (default: all).
         limit: if > 0, only the first `limit` of those images.
-        max_dets: detections per image that count for "bbox" and "segm" (COCOeval ``maxDets =
-            [1, 10, max_dets]``); raise it above 100 for images with many instances (microscopy).
+        max_dets: detections per image and category that count for "bbox" and "segm" (COCOeval
+            ``maxDets = [1, 10, max_dets]``, pycocotools' meaning); raise it above 100 for images with
+            many instances (microscopy).
         results_path: where to write the results JSON (COCO result format), if given.
         verbose: 1 shows a progress bar and pycocotools' output plus a summary; 0 is silent.
         kpt_oks_sigmas: per-keypoint OKS sigmas for "keypoints" (default: COCO person's, K = 17).
