@@ -288,7 +288,8 @@ def evaluate_coco(
     Returns:
         ``{"bbox": {name: float}, "segm": {name: float}}`` for the requested types with the
         names in `STAT_NAMES` ("keypoints": `KEYPOINT_STAT_NAMES`; -1 where the images hold no
-        ground truth of that kind, as in COCO), plus ``seconds_per_image`` (time in `model.detect`), ``first_batch_seconds``
+        ground truth of that kind, as in COCO); ``per_class``: per type, each category's name ->
+        {"AP", "AP50", "AP75"} (`per_class_ap`); plus ``seconds_per_image`` (time in `model.detect`), ``first_batch_seconds``
         (the first call, which traces the graph), ``seconds_per_image_after_first_batch`` (the
         steady rate; None with a single batch), ``num_images``,
         ``num_detections``, ``max_dets`` and, when the model found nothing, a ``note``.
@@ -342,11 +343,14 @@ def evaluate_coco(
     cat_ids = sorted(
         dataset.get_source_class_id(c, source) for c in dataset.source_class_ids.get(source, []) if c != 0
     )
-    metrics: dict[str, Any] = {}
+    metrics: dict[str, Any] = {"per_class": {}}
     for eval_type in eval_types:
-        metrics[eval_type] = coco_eval_stats(
+        evaluator = run_coco_eval(
             coco, results, eval_type, coco_image_ids, max_dets=keypoint_max_dets if eval_type == "keypoints" else max_dets,
             cat_ids=cat_ids or None, verbose=verbose, kpt_oks_sigmas=kpt_oks_sigmas)
+        metrics[eval_type] = summarize(evaluator, eval_type, verbose)
+        metrics["per_class"][eval_type] = {coco.loadCats(cat)[0].get("name", str(cat)): values
+                                           for cat, values in per_class_ap(evaluator).items()}
     metrics.update(timer.summary())
     metrics["num_images"] = len(image_ids)
     metrics["num_detections"] = len(results)
@@ -388,6 +392,22 @@ def coco_eval_stats(
         bbox/segm: dict of the 12 `STAT_NAMES`; keypoints: the 10 `KEYPOINT_STAT_NAMES` (COCO's
         keypoint summary). Floats; -1 where no ground truth exists.
     """
+    evaluator = run_coco_eval(coco, results, eval_type, image_ids, max_dets, cat_ids, verbose, kpt_oks_sigmas)
+    return summarize(evaluator, eval_type, verbose)
+
+
+def run_coco_eval(
+    coco: COCO,
+    results: list[dict[str, Any]],
+    eval_type: str,
+    image_ids: Sequence[int] | None = None,
+    max_dets: int | None = None,
+    cat_ids: Sequence[int] | None = None,
+    verbose: int = 0,
+    kpt_oks_sigmas: Sequence[float] | None = None,
+) -> COCOeval:
+    """The evaluated and accumulated COCOeval of `coco_eval_stats` (same arguments), for numbers
+    beyond the summary (`per_class_ap`)."""
     if eval_type not in EVAL_TYPES:
         raise ValueError(f"eval_type must be one of {EVAL_TYPES}, got {eval_type!r}")
     # Each type sees only its own geometry: loadRes derives a detection's area from "bbox" when
@@ -416,6 +436,12 @@ def coco_eval_stats(
             evaluator.params.maxDets = [1, 10, int(max_dets or 100)]
         evaluator.evaluate()
         evaluator.accumulate()
+    return evaluator
+
+
+def summarize(evaluator: COCOeval, eval_type: str, verbose: int = 0) -> dict[str, float]:
+    """The summary numbers of an accumulated COCOeval (`coco_eval_stats`' return value); also
+    sets ``evaluator.stats`` as COCOeval.summarize() would."""
     if eval_type == "keypoints":
         stats = summarize_keypoint_eval(evaluator)
         names = KEYPOINT_STAT_NAMES
@@ -426,6 +452,25 @@ def coco_eval_stats(
     if verbose:
         print(format_stats(stats, eval_type, evaluator.params))
     return stats
+
+
+def per_class_ap(evaluator: COCOeval) -> dict[int, dict[str, float]]:
+    """AP, AP50 and AP75 of each category of an accumulated COCOeval (all areas, the last maxDets).
+
+    Returns:
+        {COCO category id: {"AP", "AP50", "AP75"}}; -1 for a category without ground truth.
+    """
+    params = evaluator.params
+    precision = evaluator.eval["precision"][:, :, :, params.areaRngLbl.index("all"), -1]  # [T, R, K]
+    iou_index = {round(float(t), 2): i for i, t in enumerate(params.iouThrs)}
+
+    def mean(values: np.ndarray) -> float:
+        valid = values[values > -1]
+        return float(np.mean(valid)) if valid.size else -1.0
+
+    return {int(cat): {"AP": mean(precision[:, :, k]), "AP50": mean(precision[iou_index[0.5], :, k]),
+                       "AP75": mean(precision[iou_index[0.75], :, k])}
+            for k, cat in enumerate(params.catIds)}
 
 
 def summarize_coco_eval(evaluator: COCOeval) -> dict[str, float]:

@@ -190,6 +190,25 @@ def test_shapes_ground_truth_scores_one(shapes_coco):
     assert metrics["seconds_per_image"] >= 0.0
 
 
+def test_per_class_ap_names_the_class_a_model_misses(shapes_coco):
+    dataset, coco = shapes_coco
+
+    class NoCircles(OracleModel):
+        def _detect_one(self, image_id):
+            result = super()._detect_one(image_id)
+            keep = result["class_ids"] != dataset.class_names.index("circle")
+            return {k: (v[..., keep] if k == "masks" else v[keep]) for k, v in result.items()}
+
+    metrics = evaluate_coco(NoCircles(dataset), dataset, coco, verbose=0)
+    for eval_type in ("bbox", "segm"):
+        per_class = metrics["per_class"][eval_type]
+        assert set(per_class) == {"square", "circle", "triangle"}
+        assert per_class["circle"]["AP"] == 0.0 and per_class["circle"]["AP50"] == 0.0
+        assert per_class["square"]["AP"] == pytest.approx(1.0) and per_class["triangle"]["AP75"] == pytest.approx(1.0)
+        # The summary AP is their mean, as COCO averages over categories.
+        assert metrics[eval_type]["AP"] == pytest.approx(np.mean([v["AP"] for v in per_class.values()]))
+
+
 def test_time_per_image_separates_the_first_call(shapes_coco, monkeypatch):
     from mrcnn.evaluation import detect_timer
 
