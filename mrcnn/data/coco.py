@@ -110,6 +110,9 @@ class CocoDataset(Dataset):
     """
 
     keypoint_names: tuple[str, ...] | None = None
+    # (image id, indices of its annotations with a mask) from the last load_mask: load_keypoints,
+    # which load_image_gt calls right after, keeps the same rows without decoding every mask again.
+    _masked_annotations: tuple[int, list[int]] | None = None
     skeleton: tuple[tuple[int, int], ...] = ()
 
     def load_coco(
@@ -277,8 +280,8 @@ class CocoDataset(Dataset):
             height, width = self.load_image(image_id).shape[:2]
         height, width = int(height), int(width)
 
-        masks, class_ids = [], []
-        for ann in info["annotations"]:
+        masks, class_ids, kept = [], [], []
+        for index, ann in enumerate(info["annotations"]):
             where = f"annotation {ann.get('id')} of image {info['id']} ({info['file_name']}) in {info['coco_file']}"
             mask = decode_segmentation(ann.get("segmentation"), height, width, where)
             if not mask.any():
@@ -289,6 +292,8 @@ class CocoDataset(Dataset):
             class_id = int(self.map_source_class_id(key))
             masks.append(mask)
             class_ids.append(-class_id if ann.get("iscrowd", 0) else class_id)
+            kept.append(index)
+        self._masked_annotations = (image_id, kept)  # one assignment: safe for the loader's threads
         if not masks:
             return np.zeros((height, width, 0), dtype=bool), np.zeros((0,), dtype=np.int32)
         return np.stack(masks, axis=-1), np.array(class_ids, dtype=np.int32)
@@ -316,10 +321,16 @@ class CocoDataset(Dataset):
         if height is None or width is None:
             height, width = self.load_image(image_id).shape[:2]
         rows = []
-        for ann in info["annotations"]:
+        cached = self._masked_annotations
+        kept = set(cached[1]) if cached is not None and cached[0] == image_id else None
+        for index, ann in enumerate(info["annotations"]):
             where = f"annotation {ann.get('id')} of image {info['id']} ({info['file_name']}) in {info['coco_file']}"
-            # The same filter as load_mask, so that row i belongs to mask i.
-            if not decode_segmentation(ann.get("segmentation"), int(height), int(width), where).any():
+            # The same filter as load_mask, so that row i belongs to mask i (its last answer when it
+            # was for this image, else the masks decoded again).
+            if kept is not None:
+                if index not in kept:
+                    continue
+            elif not decode_segmentation(ann.get("segmentation"), int(height), int(width), where).any():
                 continue
             values = ann.get("keypoints") or [0] * (3 * num_keypoints)
             if len(values) != 3 * num_keypoints:

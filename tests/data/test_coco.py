@@ -387,6 +387,30 @@ def test_person_keypoints_follow_the_masks_and_the_json(person):
             np.testing.assert_array_equal(k[:, 2], raw_points[:, 2])
 
 
+def test_keypoints_after_load_mask_reuse_its_rows_without_decoding_again(person, monkeypatch):
+    import copy
+
+    from mrcnn.data import coco as coco_module
+
+    dataset, _ = person
+    dataset = copy.deepcopy(dataset)
+    first, second = dataset.image_ids[:2]
+    anns = dataset.image_info[first]["annotations"]
+    anns[0] = {**anns[0], "segmentation": [[1.0, 1.0, 2.0, 2.0]]}  # no area: load_mask drops it
+    fresh = dataset.load_keypoints(first)  # nothing cached for this image: masks decoded
+    assert len(fresh) == len(anns) - 1
+    masks, _ = dataset.load_mask(first)
+    calls = []
+    original = coco_module.decode_segmentation
+    monkeypatch.setattr(coco_module, "decode_segmentation", lambda *a, **k: calls.append(1) or original(*a, **k))
+    cached = dataset.load_keypoints(first)
+    assert calls == [] and len(cached) == masks.shape[-1]
+    np.testing.assert_array_equal(cached, fresh)
+    dataset.load_mask(second)
+    np.testing.assert_array_equal(dataset.load_keypoints(first), fresh)  # another image cached: decoded again
+    assert calls
+
+
 def test_keypoints_of_a_file_without_keypoint_category(handmade):
     json_path, image_dir, _ = handmade
     dataset = _load(json_path, image_dir)
