@@ -173,6 +173,18 @@ def test_restore_optimizer_state_needs_built_optimizer(tmp_path):
         restore_optimizer_state(keras.optimizers.SGD(0.1), {})
 
 
+def _tiny_run(steps_per_epoch: int, **overrides):
+    """The tiny distributed-test config (1 image a step) and 2 shapes images: a few seconds a step."""
+    from mrcnn.data.shapes import ShapesDataset
+    from tests.test_distribute import _tiny_config
+
+    config = _tiny_config(IMAGES_PER_GPU=1, STEPS_PER_EPOCH=steps_per_epoch, **overrides)
+    dataset = ShapesDataset()
+    dataset.load_shapes(2, 64, 64, seed=1)
+    dataset.prepare()
+    return config, dataset
+
+
 class _InterruptAt(keras.callbacks.Callback):
     """Raises KeyboardInterrupt (as Ctrl-C does) at the start of batch `batch` of `epoch` (0-based)."""
 
@@ -200,14 +212,9 @@ class _RecordStart(keras.callbacks.Callback):
 
 def test_interrupt_in_epoch_two_then_resume_continues(tmp_path, capsys):
     from mrcnn.callbacks import checkpoint_epoch, checkpoint_epoch_iterations, read_optimizer_state
-    from mrcnn.data.shapes import ShapesDataset
     from mrcnn.model import MaskRCNN
-    from tests.test_distribute import _tiny_config
 
-    config = _tiny_config(IMAGES_PER_GPU=1, STEPS_PER_EPOCH=2, GRADIENT_CLIP_NORM=5.0)
-    dataset = ShapesDataset()
-    dataset.load_shapes(2, 64, 64, seed=1)
-    dataset.prepare()
+    config, dataset = _tiny_run(2, GRADIENT_CLIP_NORM=5.0)
     keras.utils.set_random_seed(0)
     model = MaskRCNN("training", config, model_dir=str(tmp_path))
     with pytest.raises(KeyboardInterrupt):  # after one of epoch 2's two steps
@@ -255,14 +262,9 @@ class _RecordLearningRate(keras.callbacks.Callback):
 
 def test_training_budget_continues_after_a_resume(tmp_path):
     from mrcnn.callbacks import BUDGET_RECORD
-    from mrcnn.data.shapes import ShapesDataset
     from mrcnn.model import MaskRCNN
-    from tests.test_distribute import _tiny_config
 
-    config = _tiny_config(IMAGES_PER_GPU=1, STEPS_PER_EPOCH=2)
-    dataset = ShapesDataset()
-    dataset.load_shapes(2, 64, 64, seed=1)
-    dataset.prepare()
+    config, dataset = _tiny_run(2)
     model = MaskRCNN("training", config, model_dir=str(tmp_path))
     budget = TrainingBudget(wall_seconds=3600, decay_at=0.5)
     budget.wall_start -= 2000  # 56% of the budget spent: the rate drops at the first step
@@ -440,14 +442,9 @@ class _TermAt(_InterruptAt):
 
 def test_sigterm_during_training_writes_the_state_like_ctrl_c(tmp_path):
     from mrcnn.callbacks import checkpoint_epoch
-    from mrcnn.data.shapes import ShapesDataset
     from mrcnn.model import MaskRCNN
-    from tests.test_distribute import _tiny_config
 
-    config = _tiny_config(IMAGES_PER_GPU=1, STEPS_PER_EPOCH=1)
-    dataset = ShapesDataset()
-    dataset.load_shapes(2, 64, 64, seed=1)
-    dataset.prepare()
+    config, dataset = _tiny_run(1)
     model = MaskRCNN("training", config, model_dir=str(tmp_path))
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt):

@@ -365,35 +365,20 @@ def evaluate_coco(
     return metrics
 
 
-def coco_eval_stats(
-    coco: COCO,
-    results: list[dict[str, Any]],
-    eval_type: str,
-    image_ids: Sequence[int] | None = None,
-    max_dets: int | None = None,
-    cat_ids: Sequence[int] | None = None,
-    verbose: int = 0,
-    kpt_oks_sigmas: Sequence[float] | None = None,
-) -> dict[str, float]:
-    """Scores COCO results against ground truth with COCOeval.
+def coco_eval_stats(coco: COCO, results: list[dict[str, Any]], eval_type: str, **options: Any) -> dict[str, float]:
+    """Scores COCO results against ground truth with COCOeval: `run_coco_eval`, then `summarize`.
 
     Args:
-        coco: ground truth.
-        results: COCO result dicts (as `build_coco_results` makes); may be empty.
-        eval_type: "bbox", "segm" or "keypoints" (OKS).
-        image_ids: COCO image ids to evaluate (default: all of `coco`).
-        max_dets: bbox/segm: COCOeval ``maxDets = [1, 10, max_dets]`` (default 100);
-            keypoints: ``maxDets = [max_dets]`` (default 20, `KEYPOINT_MAX_DETS`).
-        cat_ids: COCO category ids to evaluate (default: all of `coco`).
-        verbose: 1 lets pycocotools print and prints the summary lines.
-        kpt_oks_sigmas: K per-keypoint OKS sigmas for "keypoints"; default COCO person's (K = 17).
+        coco, results, eval_type: as `run_coco_eval`.
+        **options: `run_coco_eval`'s keyword arguments (image_ids, max_dets, cat_ids, verbose,
+            kpt_oks_sigmas); verbose 1 also prints the summary lines.
 
     Returns:
         bbox/segm: dict of the 12 `STAT_NAMES`; keypoints: the 10 `KEYPOINT_STAT_NAMES` (COCO's
         keypoint summary). Floats; -1 where no ground truth exists.
     """
-    evaluator = run_coco_eval(coco, results, eval_type, image_ids, max_dets, cat_ids, verbose, kpt_oks_sigmas)
-    return summarize(evaluator, eval_type, verbose)
+    evaluator = run_coco_eval(coco, results, eval_type, **options)
+    return summarize(evaluator, eval_type, options.get("verbose", 0))
 
 
 def run_coco_eval(
@@ -406,8 +391,23 @@ def run_coco_eval(
     verbose: int = 0,
     kpt_oks_sigmas: Sequence[float] | None = None,
 ) -> COCOeval:
-    """The evaluated and accumulated COCOeval of `coco_eval_stats` (same arguments), for numbers
-    beyond the summary (`per_class_ap`)."""
+    """Scores COCO results against ground truth: the evaluated and accumulated COCOeval, for the
+    summary (`summarize`, `coco_eval_stats`) and numbers beyond it (`per_class_ap`).
+
+    Args:
+        coco: ground truth.
+        results: COCO result dicts (as `build_coco_results` makes); may be empty.
+        eval_type: "bbox", "segm" or "keypoints" (OKS).
+        image_ids: COCO image ids to evaluate (default: all of `coco`).
+        max_dets: bbox/segm: COCOeval ``maxDets = [1, 10, max_dets]`` (default 100);
+            keypoints: ``maxDets = [max_dets]`` (default 20, `KEYPOINT_MAX_DETS`).
+        cat_ids: COCO category ids to evaluate (default: all of `coco`).
+        verbose: 1 lets pycocotools print.
+        kpt_oks_sigmas: K per-keypoint OKS sigmas for "keypoints"; default COCO person's (K = 17).
+
+    Raises:
+        ValueError: for an unknown eval type, or results without the geometry it scores.
+    """
     if eval_type not in EVAL_TYPES:
         raise ValueError(f"eval_type must be one of {EVAL_TYPES}, got {eval_type!r}")
     # Each type sees only its own geometry: loadRes derives a detection's area from "bbox" when
