@@ -373,8 +373,14 @@ def fit_custom_loop(model: keras.Model, make_generator: Any, epochs: int, steps_
             for metric in model.metrics:
                 metric.reset_state()
             val_logs: dict[str, float] = {}
-            for _ in range(validation_steps):
+            # The test hooks as fit's validation calls them: TensorBoard writes its
+            # evaluation_*_vs_iterations scalars in on_test_end.
+            callback_list.on_test_begin()
+            for step in range(validation_steps):
+                callback_list.on_test_batch_begin(step)
                 val_logs = {k: float(v) for k, v in test_one(val_iterator).items()}
+                callback_list.on_test_batch_end(step, val_logs)
+            callback_list.on_test_end(val_logs)
             epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
         callback_list.on_epoch_end(epoch, epoch_logs)
         if progress is not None:

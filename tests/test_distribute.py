@@ -360,6 +360,49 @@ def test_custom_loop_on_one_device_trains_as_train_does(tmp_path, capsys):
     assert "rpn_class_loss:" in printed
 
 
+def test_custom_loop_validation_calls_the_test_hooks_as_fit_does(tmp_path):
+    # TensorBoard writes its evaluation_*_vs_iterations scalars in on_test_end: without the hooks
+    # the multi-worker loop's validation logs lacked them.
+    import keras
+    import tensorflow as tf
+
+    from mrcnn import distribute
+    from mrcnn.data.generator import DataGenerator
+    from mrcnn.model import MaskRCNN
+
+    config = _tiny_config(IMAGES_PER_GPU=1, GPU_COUNT=1, STEPS_PER_EPOCH=1)
+    dataset = _shapes(2, seed=1)
+    model = MaskRCNN("training", config, model_dir=str(tmp_path))
+    model.ensure_built()
+    model.set_trainable(".*")
+    model.compile(learning_rate=0.01)
+
+    class Hooks(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = []
+
+        def on_test_begin(self, logs=None):
+            self.calls.append("test_begin")
+
+        def on_test_batch_end(self, batch, logs=None):
+            self.calls.append(f"test_batch_end {sorted(logs)[:1]}")
+
+        def on_test_end(self, logs=None):
+            self.calls.append(f"test_end {'loss' in (logs or {})}")
+
+    hooks = Hooks()
+    board = keras.callbacks.TensorBoard(log_dir=str(tmp_path / "tb"), write_graph=False)
+    make = lambda: DataGenerator(dataset, config, shuffle=False, seed=0)  # noqa: E731
+    history = distribute.fit_custom_loop(model, make, epochs=1, steps_per_epoch=1, callbacks=[hooks, board],
+                                         verbose=0, make_val_generator=make, validation_steps=1).history
+    assert "val_loss" in history
+    assert hooks.calls == ["test_begin", "test_batch_end ['loss']", "test_end True"]
+    tags = {value.tag for path in (tmp_path / "tb" / "validation").glob("events*")
+            for event in tf.compat.v1.train.summary_iterator(str(path)) for value in event.summary.value}
+    assert "evaluation_loss_vs_iterations" in tags and "epoch_loss" in tags
+
+
 def test_distributed_batches_follow_the_epoch_or_repeat_it():
     import tensorflow as tf
 
