@@ -23,7 +23,8 @@ How instances are merged across tile borders:
 3. Candidates are ranked: uncut before cut, then larger margin, then higher score; they are taken
    in that order, and one is dropped as a duplicate when its mask covers more than
    `duplicate_threshold` of the smaller of itself and an already taken instance of the same class
-   (intersection over the smaller area, so a cut fragment of a taken nucleus is dropped too).
+   (of any class with ``class_agnostic=True``; intersection over the smaller area, so a cut
+   fragment of a taken nucleus is dropped too).
 
 An instance that fits in the overlap (extent < overlap) lies whole in some tile with no interior
 edge touching it, so it is kept from such a tile, uncut, exactly once; its mask is the model's
@@ -70,6 +71,7 @@ def detect_tiled(
     batch_size: int | None = None,
     verbose: int = 0,
     output: str = "masks",
+    class_agnostic: bool = False,
 ) -> dict[str, np.ndarray]:
     """Runs `model.detect` on overlapping tiles and merges the instances (see module docstring).
 
@@ -84,6 +86,8 @@ def detect_tiled(
             than the largest instance to be sure no instance comes back cut.
         duplicate_threshold: intersection over the smaller mask above which two same-class
             candidates are one instance.
+        class_agnostic: candidates of any classes are duplicates by the same rule (an object
+            that two tiles classify differently is kept once, from the better-placed tile).
         batch_size: tiles per `detect` call (default ``model.config.BATCH_SIZE`` when there is
             one, else 1).
         verbose: 1 shows a progress bar over tile batches.
@@ -132,7 +136,8 @@ def detect_tiled(
             raise ValueError(f"model.detect returned {len(results)} results for {len(batch)} tiles")
         for (y, x, h, w), result in zip(batch, results):
             candidates.add_tile(result, y, x, h, w, height, width)
-    return candidates.merge((height, width), duplicate_threshold, labels=output == "labels")
+    return candidates.merge((height, width), duplicate_threshold, labels=output == "labels",
+                            class_agnostic=class_agnostic)
 
 
 class _Candidates:
@@ -174,7 +179,8 @@ class _Candidates:
             self.class_ids.append(int(np.asarray(result["class_ids"])[k]))
             self.scores.append(float(np.asarray(result["scores"])[k]))
 
-    def merge(self, shape: tuple[int, int], threshold: float, labels: bool = False) -> dict[str, np.ndarray]:
+    def merge(self, shape: tuple[int, int], threshold: float, labels: bool = False,
+              class_agnostic: bool = False) -> dict[str, np.ndarray]:
         height, width = shape
         order = sorted(range(len(self.scores)), key=lambda i: (self.cut[i], -self.margin[i], -self.scores[i]))
         kept: list[int] = []
@@ -185,7 +191,7 @@ class _Candidates:
             near = np.flatnonzero(
                 (kept_boxes[:, 0] < box[2]) & (kept_boxes[:, 2] > box[0])
                 & (kept_boxes[:, 1] < box[3]) & (kept_boxes[:, 3] > box[1]))
-            if any(self.class_ids[kept[j]] == self.class_ids[i]
+            if any((class_agnostic or self.class_ids[kept[j]] == self.class_ids[i])
                    and _overlap_of_smaller(self.boxes[kept[j]], self.masks[kept[j]], box, self.masks[i]) > threshold
                    for j in near):
                 continue

@@ -137,6 +137,31 @@ def test_label_output_holds_the_same_instances_as_the_masks():
         detect_tiled(BlobModel(), image, tile_size=48, overlap=24, output="label")
 
 
+class _ClassByTileModel(BlobModel):
+    """BlobModel that calls every blob class 1 in tiles at x = 0 and class 2 elsewhere: one object
+    seen by two tiles then comes back as two classes."""
+
+    def __init__(self, image):
+        super().__init__()
+        self.image = image
+
+    def detect(self, images):
+        results = super().detect(images)
+        for tile, result in zip(images, results):
+            at_left = np.array_equal(tile, self.image[:tile.shape[0], :tile.shape[1]])
+            result["class_ids"] = np.full(len(result["class_ids"]), 1 if at_left else 2, np.int32)
+        return results
+
+
+def test_class_agnostic_merge_keeps_an_object_two_tiles_disagree_on_once():
+    # One disc across the border of two 64 px tiles (overlap 32): each tile sees it whole.
+    image, _ = _disc_image((64, 96), [(32, 48)], 6)
+    per_class = detect_tiled(_ClassByTileModel(image), image, 64, 32)
+    assert sorted(per_class["class_ids"].tolist()) == [1, 2]  # the same object twice, as two classes
+    merged = detect_tiled(_ClassByTileModel(image), image, 64, 32, class_agnostic=True)
+    assert len(merged["class_ids"]) == 1 and merged["masks"].shape == (64, 96, 1)
+
+
 def test_empty_and_bad_arguments():
     result = detect_tiled(BlobModel(), np.zeros((80, 80, 3), np.uint8), tile_size=32, overlap=8)
     assert result["masks"].shape == (80, 80, 0) and result["rois"].shape == (0, 4)
