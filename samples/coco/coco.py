@@ -313,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--epochs", type=int, default=0, help="stop after this epoch (default: the schedule's end)")
             p.add_argument("--workers", type=int, default=1, help="data loading threads")
         else:
-            p.add_argument("--max-dets", type=int, default=100, help="COCOeval maxDets (default 100)")
+            p.add_argument("--max-dets", type=int, default=100,
+                           help="COCOeval maxDets for bbox/segm (default 100; keypoints use COCO's 20)")
     return parser
 
 
