@@ -289,6 +289,10 @@ class MaskRCNN(keras.Model):
         # slots alone, as in Detectron.
         positive_slots = self.max_positive_rois
         mask_rois = rois[:, :positive_slots]
+        slot_class_ids = target_class_ids[:, :positive_slots]
+        # The real positives among those slots, [n, 2] (image, slot): the mask and keypoint heads run
+        # on them alone, gathered into one flat [1, n] list over the batch.
+        index = _positive_index(slot_class_ids)
         outputs = dict(rpn_class_logits=feats["rpn_class_logits"], rpn_bbox=feats["rpn_bbox"], rois=rois,
                        target_class_ids=target_class_ids, target_deltas=target_deltas,
                        mrcnn_class_logits=class_logits, mrcnn_bbox=bbox)
@@ -296,9 +300,8 @@ class MaskRCNN(keras.Model):
             # Only the real positives go through the mask head, as one flat [1, n] list over the
             # batch (a box head's worth of padded slots would cost several times the mask head's
             # useful work at the paper's 512 RoIs/image, and would enter the head's BatchNorm).
-            index = _positive_index(target_class_ids[:, :positive_slots])  # [n, 2] (image, slot)
             positive_rois, mask_class_ids, mask_targets, image_ids = _positive_roi_list(
-                mask_rois, target_class_ids[:, :positive_slots], target_masks[:, :positive_slots], index)
+                mask_rois, slot_class_ids, target_masks[:, :positive_slots], index)
             if self.fpn is None:
                 # C4: the mask head reads the box head's res5 output of the same RoIs (Detectron's
                 # shared res5): res5 runs once per step.
@@ -315,11 +318,9 @@ class MaskRCNN(keras.Model):
             keypoints = tf.cast(inputs["input_gt_keypoints"], tf.float32)
             keypoints = tf.concat([keypoints[..., :2] / tf.stack([size[1], size[0]]), keypoints[..., 2:]], axis=-1)
             labels, weights = self.keypoint_target(
-                [mask_rois, target_class_ids[:, :positive_slots], tf.cast(inputs["input_gt_class_ids"], tf.int32),
-                 gt_boxes, keypoints])
+                [mask_rois, slot_class_ids, tf.cast(inputs["input_gt_class_ids"], tf.int32), gt_boxes, keypoints])
             # Only the real positives go through the keypoint head (negative slots have weight 0 in
             # the loss): at the paper's 8 x 512 head, the padded slots were most of its work.
-            index = _positive_index(target_class_ids[:, :positive_slots])  # [n, 2] (image, slot)
             outputs["target_keypoint_labels"] = tf.gather_nd(labels, index)[None]  # [1, n, K]
             outputs["target_keypoint_weights"] = tf.gather_nd(weights, index)[None]
             outputs["mrcnn_keypoint_logits"] = self.keypoint_head(  # [1, n, m, m, K]

@@ -80,6 +80,22 @@ def keypoints_not_taken(augmenter: Callable) -> TypeError:
                      "keypoints=None parameter and must return (image, masks, keypoints) when it is given)")
 
 
+def apply_with_keypoints(augmenter: Callable, image: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
+                         keypoints: InstanceKeypoints) -> tuple:
+    """``augmenter(image, masks, rng, keypoints=keypoints)`` -> (image, masks, keypoints).
+
+    Raises:
+        TypeError: `keypoints_not_taken` when the augmenter takes no ``keypoints=`` (`takes_keypoints`)
+            or returns something else than three values (e.g. ``**kwargs`` that drop them).
+    """
+    if not takes_keypoints(augmenter):
+        raise keypoints_not_taken(augmenter)
+    returned = augmenter(image, masks, rng, keypoints=keypoints)
+    if not isinstance(returned, tuple) or len(returned) != 3:
+        raise keypoints_not_taken(augmenter)
+    return returned
+
+
 def _check_probability(p: float) -> float:
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"probability p must be in [0, 1], got {p!r}")
@@ -105,13 +121,8 @@ class Compose:
         for augmenter in self.augmenters:
             if keypoints is None:
                 image, masks = augmenter(image, masks, rng)
-            elif not takes_keypoints(augmenter):
-                raise keypoints_not_taken(augmenter)
             else:
-                returned = augmenter(image, masks, rng, keypoints=keypoints)
-                if not isinstance(returned, tuple) or len(returned) != 3:
-                    raise keypoints_not_taken(augmenter)  # e.g. **kwargs that drop keypoints=
-                image, masks, keypoints = returned
+                image, masks, keypoints = apply_with_keypoints(augmenter, image, masks, rng, keypoints)
         return _out(image, masks, keypoints)
 
     def __repr__(self) -> str:

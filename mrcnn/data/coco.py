@@ -274,15 +274,11 @@ class CocoDataset(Dataset):
         if "coco_file" not in info:
             return super().load_mask(image_id)
         self._check_prepared()  # internal class ids exist only after prepare()
-        height, width = info["height"], info["width"]
-        if height is None or width is None:
-            # Some COCO-style exporters leave the size out; the image file knows it.
-            height, width = self.load_image(image_id).shape[:2]
-        height, width = int(height), int(width)
+        height, width = self._image_size(image_id)
 
         masks, class_ids, kept = [], [], []
         for index, ann in enumerate(info["annotations"]):
-            where = f"annotation {ann.get('id')} of image {info['id']} ({info['file_name']}) in {info['coco_file']}"
+            where = _annotation_where(info, ann)
             mask = decode_segmentation(ann.get("segmentation"), height, width, where)
             if not mask.any():
                 continue
@@ -317,21 +313,20 @@ class CocoDataset(Dataset):
         if names is None:
             raise ValueError(f"{info['coco_file']} defines no category with 'keypoints': it is not a keypoints file")
         num_keypoints = len(names)
-        height, width = info["height"], info["width"]
-        if height is None or width is None:
-            height, width = self.load_image(image_id).shape[:2]
-        rows = []
+        # The same filter as load_mask, so that row i belongs to mask i: its last answer when it
+        # was for this image, else the masks decoded again.
         cached = self._masked_annotations
-        kept = set(cached[1]) if cached is not None and cached[0] == image_id else None
+        if cached is not None and cached[0] == image_id:
+            kept = set(cached[1])
+        else:
+            height, width = self._image_size(image_id)
+            kept = {index for index, ann in enumerate(info["annotations"]) if decode_segmentation(
+                ann.get("segmentation"), height, width, _annotation_where(info, ann)).any()}
+        rows = []
         for index, ann in enumerate(info["annotations"]):
-            where = f"annotation {ann.get('id')} of image {info['id']} ({info['file_name']}) in {info['coco_file']}"
-            # The same filter as load_mask, so that row i belongs to mask i (its last answer when it
-            # was for this image, else the masks decoded again).
-            if kept is not None:
-                if index not in kept:
-                    continue
-            elif not decode_segmentation(ann.get("segmentation"), int(height), int(width), where).any():
+            if index not in kept:
                 continue
+            where = _annotation_where(info, ann)
             values = ann.get("keypoints") or [0] * (3 * num_keypoints)
             if len(values) != 3 * num_keypoints:
                 raise ValueError(f"{where}: {len(values)} keypoint values, expected 3 * {num_keypoints}")
@@ -342,6 +337,15 @@ class CocoDataset(Dataset):
         if not rows:
             return np.zeros((0, num_keypoints, 3), np.float32)
         return np.stack(rows)
+
+    def _image_size(self, image_id: int) -> tuple[int, int]:
+        """(height, width) of an image from its COCO entry, or from the image file when the entry
+        leaves them out (as some COCO-style exporters do)."""
+        info = self.image_info[image_id]
+        height, width = info["height"], info["width"]
+        if height is None or width is None:
+            height, width = self.load_image(image_id).shape[:2]
+        return int(height), int(width)
 
     def image_reference(self, image_id: int) -> str:
         """The image's COCO URL when the file gives one, else its file name."""
@@ -369,6 +373,11 @@ def _read_coco(json_path: Path) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
+
+
+def _annotation_where(info: dict[str, Any], ann: dict[str, Any]) -> str:
+    """How errors name an annotation: its id, its image and the file."""
+    return f"annotation {ann.get('id')} of image {info['id']} ({info['file_name']}) in {info['coco_file']}"
 
 
 def _has_no_polygon_area(segmentation: Any) -> bool:

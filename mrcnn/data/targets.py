@@ -14,7 +14,7 @@ import scipy.ndimage as ndi
 
 from mrcnn import utils
 from mrcnn.data import keypoints as kp
-from mrcnn.data.augment import Augmenter, keypoints_not_taken, takes_keypoints
+from mrcnn.data.augment import Augmenter, apply_with_keypoints
 from mrcnn.data.dataset import conform_channels
 
 # matterport's RPN labelling thresholds (Faster R-CNN paper, section 3.1.2).
@@ -96,13 +96,8 @@ def load_image_gt(
     if augmentation is not None:
         if keypoints is None:
             image, mask = augmentation(image, mask, rng)
-        elif takes_keypoints(augmentation):
-            returned = augmentation(image, mask, rng, keypoints=keypoints)
-            if not isinstance(returned, tuple) or len(returned) != 3:
-                raise keypoints_not_taken(augmentation)  # e.g. **kwargs that drop keypoints=
-            image, mask, keypoints = returned
         else:
-            raise keypoints_not_taken(augmentation)
+            image, mask, keypoints = apply_with_keypoints(augmentation, image, mask, rng, keypoints)
         if image.ndim != 3 or mask.ndim != 3 or image.shape[:2] != mask.shape[:2] or mask.shape[-1] != class_ids.shape[0]:
             raise ValueError(
                 f"augmentation {augmentation!r} returned image {image.shape} and masks {mask.shape} for image "

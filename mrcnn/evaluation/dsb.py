@@ -157,7 +157,18 @@ def dsb_score_dataset(pairs: Sequence[tuple[np.ndarray, np.ndarray]],
     """
     if len(pairs) == 0:
         raise ValueError("dsb_score_dataset needs at least one (gt_masks, pred_masks) pair")
-    precisions = np.array([dsb_precisions(gt, pred, thresholds) for gt, pred in pairs])  # [images, T]
+    return summarize_precisions([dsb_precisions(gt, pred, thresholds) for gt, pred in pairs], thresholds)
+
+
+def summarize_precisions(precisions: Sequence[np.ndarray], thresholds: Sequence[float] = DSB_THRESHOLDS
+                         ) -> dict[str, float | list[float]]:
+    """`dsb_score_dataset`'s summary of per-image `dsb_precisions` (scored one image at a time).
+
+    Args:
+        precisions: [T] precisions per image (at least one image).
+        thresholds: the IoU thresholds they were computed at.
+    """
+    precisions = np.asarray(precisions)  # [images, T]
     per_image = precisions.mean(axis=1)
     return {
         "dsb_score": float(per_image.mean()),

@@ -13,7 +13,7 @@ import numpy as np
 from mrcnn.data.dataset import check_num_classes
 from mrcnn.evaluation.ap import compute_ap
 from mrcnn.evaluation.detect_timer import DetectTimer
-from mrcnn.utils import extract_bboxes
+from mrcnn.utils import binary_masks, extract_bboxes
 
 DEFAULT_IOU_THRESHOLDS = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2))
 CROWD_OVERLAP = 0.5  # a detection this much inside crowd regions is ignored (COCO's crowd IoU at 0.5)
@@ -119,8 +119,7 @@ def drop_crowd_detections(result: dict[str, np.ndarray], crowd_masks: np.ndarray
     if count == 0 or not crowd.any():
         return result
     if result.get("masks") is not None:
-        masks = np.asarray(result["masks"])
-        masks = masks if masks.dtype == bool else masks >= 0.5  # soft masks: detect's threshold
+        masks = binary_masks(result["masks"])  # soft masks: detect's threshold
         area = masks.sum(axis=(0, 1)).astype(np.float64)
         inside = (masks & crowd[..., None]).sum(axis=(0, 1))
     else:

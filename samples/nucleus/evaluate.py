@@ -22,7 +22,7 @@ import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 
 from mrcnn.evaluation.coco_eval import coco_eval_stats, encode_label_image, encode_masks, rle_to_json
-from mrcnn.evaluation.dsb import dsb_precisions
+from mrcnn.evaluation.dsb import dsb_precisions, summarize_precisions
 
 
 def _rles(instances: np.ndarray) -> list[dict[str, Any]]:
@@ -156,8 +156,7 @@ def evaluate_nuclei(detect: Callable[[list[np.ndarray]], list[dict[str, np.ndarr
             results.append({"image_id": index, "category_id": 1, "score": float(scores[k]), "segmentation": rle})
     coco_gt = _coco_from(sizes, gt_annotations)
     stats = coco_eval_stats(coco_gt, results, "segm", image_ids=list(range(len(image_ids))), max_dets=max_dets)
-    per_image = np.asarray(precisions).mean(axis=1)
-    dsb = {"dsb_score": float(per_image.mean()), "per_image": [float(v) for v in per_image]}
+    dsb = summarize_precisions(precisions)
     by_kind = {}
     for kind, flag in (("fluorescence", False), ("brightfield", True)):
         members = [index for index, bright in enumerate(brightfield) if bright == flag]
