@@ -30,9 +30,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mrcnn import distribute, utils
-from mrcnn.config import Config, is_scalar_of
-from mrcnn.data.dataset import conform_channels
+from mrcnn import distribute, molding, utils
+from mrcnn.config import Config
 from mrcnn.freezing import FrozenFunction, batchnorm_fold, freeze
 from mrcnn.layers import DetectionLayer, DetectionTargetLayer, ProposalLayer, PyramidROIAlign, SingleLevelROIAlign
 from mrcnn.layers.keypoint_target import KeypointTargetLayer
@@ -916,50 +915,18 @@ class MaskRCNN(keras.Model):
     # Inference
     def mold_inputs(self, images: Sequence[np.ndarray], target_shape: tuple[int, int] | None = None,
                     scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Resizes and normalizes images as in training.
+        """Resizes and normalizes images as in training (`mrcnn.molding.mold_images`).
 
         Args:
-            images: list of [H,W,C] arrays (uint8 or float in [0,255]; grayscale or RGBA accepted).
+            images: list of [H,W,C] arrays (uint8 or float in [0,255]; grayscale or RGBA accepted),
+                all molding to one canvas.
             target_shape: force this molded (H, W) (used to build the model); default: the config's
                 resize mode decides.
-            scale: multiplies the config's resize scale (test-time augmentation, mrcnn.tta): the
-                image is resized by exactly that product and padded (centered) to a square of
-                side ceil64(max(IMAGE_MAX_DIM * scale, its sides)) in square mode, else each side
-                to a multiple of 64. 1.0: the config's molding unchanged. Ignored with target_shape.
+            scale: multiplies the config's resize scale (test-time augmentation, mrcnn.tta).
         Returns:
             molded [N,h,w,3] float32, metas [N,META] float32, windows [N,4] int32 pixel windows.
         """
-        c = self.config
-        if not is_scalar_of(scale, float) or not scale > 0:
-            raise ValueError(f"mold_inputs: scale must be a number > 0, got {scale!r}")
-        molded, metas, windows = [], [], []
-        for i, image in enumerate(images):
-            image = _as_rgb(np.asarray(image), c.IMAGE_CHANNEL_COUNT, index=i)
-            _check_pixel_values(image, index=i)
-            if target_shape is not None:
-                resized, window, own_scale, _, _ = utils.resize_image(image, min_dim=min(target_shape),
-                                                                      max_dim=max(target_shape), mode="square")
-            else:
-                mode = "square" if c.IMAGE_RESIZE_MODE == "crop" else c.IMAGE_RESIZE_MODE
-                # Crop mode trains on crops; at test time the whole image is seen, padded to square.
-                max_dim = c.IMAGE_MAX_DIM if c.IMAGE_RESIZE_MODE != "crop" else max(c.IMAGE_MAX_DIM, c.IMAGE_MIN_DIM)
-                if scale == 1.0:
-                    resized, window, own_scale, _, _ = utils.resize_image(
-                        image, min_dim=c.IMAGE_MIN_DIM, max_dim=max_dim, min_scale=c.IMAGE_MIN_SCALE, mode=mode)
-                else:  # the config's own scale times `scale`, without resizing twice
-                    own_scale = utils.resize_scale(image.shape[0], image.shape[1], c.IMAGE_MIN_DIM, max_dim,
-                                                   c.IMAGE_MIN_SCALE, mode)
-                    resized, window, own_scale = _rescale_for_inference(image, own_scale * scale, max_dim * scale,
-                                                                        square=mode == "square")
-            molded.append(utils.mold_image(resized.astype(np.float32), c))
-            metas.append(utils.compose_image_meta(0, image.shape, resized.shape, window, own_scale,
-                                                  np.ones(c.NUM_CLASSES, np.int32)))
-            windows.append(window)
-        canvases = sorted({m.shape for m in molded})
-        if len(canvases) > 1:  # pad64 / "none" modes keep sizes apart
-            raise ValueError(f"mold_inputs: these images mold to different canvases {canvases} (IMAGE_RESIZE_MODE "
-                             f"{c.IMAGE_RESIZE_MODE!r}); pass images of one canvas at a time (detect groups them itself)")
-        return np.stack(molded).astype(np.float32), np.stack(metas).astype(np.float32), np.array(windows, np.int32)
+        return molding.mold_images(images, self.config, target_shape=target_shape, scale=scale)
 
     def _per_canvas(self, function: Callable, images: tf.Tensor, metas: tf.Tensor) -> Any:
         """Runs `function(images, metas)` traced once per molded (H, W) (and batch-size relaxed).
@@ -1081,24 +1048,12 @@ class MaskRCNN(keras.Model):
             from mrcnn.tta import detect_tta
 
             return detect_tta(self, images, tta, verbose=verbose, soft_masks=soft_masks)
-        images = list(images)
-        results: list[dict[str, np.ndarray]] = [None] * len(images)  # type: ignore[list-item]
-        molded, metas, windows = self.mold_inputs(images, scale=scale) if images else (None, None, None)
-        # Images of equal molded shape are batched together (always the case in square mode).
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i in range(len(images)):
-            groups.setdefault(molded[i].shape, []).append(i)
-        batch = self.config.BATCH_SIZE
-        batches = [ids[k:k + batch] for ids in groups.values() for k in range(0, len(ids), batch)]
-        progress = utils.progress(batches, verbose, "detect", "batch")
-        for ids in progress:
-            out = {k: v.numpy() for k, v in self._infer(tf.constant(molded[ids]), tf.constant(metas[ids])).items()}
-            for j, i in enumerate(ids):
-                results[i] = self.unmold_detections(
-                    out["detections"][j], out["mrcnn_mask"][j] if "mrcnn_mask" in out else None, images[i].shape,
-                    molded[i].shape, windows[i], keypoints=out["mrcnn_keypoints"][j] if "mrcnn_keypoints" in out else None,
-                    soft_masks=soft_masks)
-        return results
+        return molding.detect_images(images, self.config, self._infer_numpy, verbose=verbose, scale=scale,
+                                     soft_masks=soft_masks)
+
+    def _infer_numpy(self, molded: np.ndarray, metas: np.ndarray) -> dict[str, np.ndarray]:
+        """The inference graph on one batch of molded images, as numpy (`mrcnn.molding.detect_images`)."""
+        return {k: v.numpy() for k, v in self._infer(tf.constant(molded), tf.constant(metas)).items()}
 
     def detect_molded(self, molded_images: np.ndarray, image_metas: np.ndarray, verbose: int = 0,
                       soft_masks: bool = False) -> list[dict[str, np.ndarray]]:
@@ -1137,51 +1092,10 @@ class MaskRCNN(keras.Model):
     def unmold_detections(self, detections: np.ndarray, mrcnn_mask: np.ndarray | None,
                           original_image_shape: Sequence[int], image_shape: Sequence[int], window: np.ndarray,
                           keypoints: np.ndarray | None = None, soft_masks: bool = False) -> dict[str, np.ndarray]:
-        """Maps one image's detections from the molded image back to the original.
-
-        Args:
-            detections: [D,6] (y1,x1,y2,x2 normalized, class_id, score), zero padded.
-            mrcnn_mask: [D,h,w,K] mask probabilities ([D,h,w,1]: class-agnostic, channel 0 for every
-                class); None for a model without mask head (the result then has no "masks").
-            original_image_shape: (H, W[, C]) of the image before molding.
-            image_shape: (h, w[, c]) of the molded image.
-            window: (y1,x1,y2,x2) pixel window of the real image inside the molded one.
-            keypoints: [D,NUM_KEYPOINTS,3] (x, y normalized, score) from the keypoint head; the result
-                then has "keypoints" [N,NUM_KEYPOINTS,3] float32 (x, y continuous pixels of the
-                original image, score).
-            soft_masks: "masks" as [H,W,N] float32 probabilities pasted into the boxes (0 outside)
-                instead of [H,W,N] bool thresholded at 0.5 (which is soft >= 0.5).
-        """
-        keep = np.where(detections[:, 4] > 0)[0]
-        boxes_norm = detections[keep, :4]
-        class_ids = detections[keep, 4].astype(np.int32)
-        scores = detections[keep, 5].astype(np.float32)
-        if mrcnn_mask is not None:
-            channels = class_ids if mrcnn_mask.shape[-1] > 1 else np.zeros_like(class_ids)  # 1: class-agnostic
-            masks = mrcnn_mask[keep, :, :, channels] if keep.size else np.zeros((0,) + mrcnn_mask.shape[1:3])
-        # Normalized molded coords -> molded pixels -> original pixels.
-        boxes = boxes_norm * np.array([image_shape[0], image_shape[1]] * 2, np.float32)
-        wy1, wx1, wy2, wx2 = np.asarray(window, np.float32)
-        scale_y = (wy2 - wy1) / original_image_shape[0]
-        scale_x = (wx2 - wx1) / original_image_shape[1]
-        boxes = (boxes - np.array([wy1, wx1, wy1, wx1])) / np.array([scale_y, scale_x, scale_y, scale_x])
-        if keypoints is not None:
-            # Same map as the boxes: normalized molded -> molded pixels -> original pixels.
-            points = keypoints[keep].astype(np.float32)
-            points[..., 0] = (points[..., 0] * image_shape[1] - wx1) / scale_x
-            points[..., 1] = (points[..., 1] * image_shape[0] - wy1) / scale_y
-        height, width = int(original_image_shape[0]), int(original_image_shape[1])
-        boxes = np.round(boxes).astype(np.int32)
-        boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, height)
-        boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, width)
-        valid = np.where((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))[0]
-        boxes, class_ids, scores = boxes[valid], class_ids[valid], scores[valid]
-        result = {"rois": boxes, "class_ids": class_ids, "scores": scores}
-        if mrcnn_mask is not None:
-            result["masks"] = utils.paste_masks(masks[valid], boxes, (height, width), soft=soft_masks)
-        if keypoints is not None:
-            result["keypoints"] = points[valid]
-        return result
+        """Maps one image's detections from the molded image back to the original
+        (`mrcnn.molding.unmold_detections`: arguments and result described there)."""
+        return molding.unmold_detections(detections, mrcnn_mask, original_image_shape, image_shape, window,
+                                         keypoints=keypoints, soft_masks=soft_masks)
 
     def recalibrate_batchnorm(self, images: Sequence[np.ndarray], batch_size: int | None = None,
                               passes: int = 1, verbose: int = 0) -> int:
@@ -1364,42 +1278,6 @@ def _active_class_ids(meta: tf.Tensor, num_classes: int) -> tf.Tensor:
     return meta[:, -num_classes:]
 
 
-def _rescale_for_inference(image: np.ndarray, scale: float, canvas: float, square: bool
-                           ) -> tuple[np.ndarray, tuple[int, int, int, int], float]:
-    """`image` resized by exactly `scale` and padded: to a square of side ceil64(max(canvas, sides))
-    when `square`, else each side to a multiple of 64. Returns (image, window, scale)."""
-    side = None
-    if square:
-        longest = max(round(image.shape[0] * scale), round(image.shape[1] * scale), round(canvas))
-        side = 64 * int(np.ceil(longest / 64))
-    resized, window, scale, _ = utils.rescale_image(image, scale, square_side=side)
-    return resized, window, scale
-
-
-def _check_pixel_values(image: np.ndarray, index: int) -> None:
-    """Raises for NaN/inf pixels; warns about values off the 0..255 scale `Dataset.load_image` trains on.
-
-    A 16-bit microscopy frame (values up to 65535) or a float image in [0, 1] would otherwise be
-    molded as it is and detected on a scale the model never saw, without any error. The warning's
-    message is the same for every image of a dtype, so Python's warning filter shows it once per
-    call site. `image` is `_as_rgb`'s output (not empty).
-    """
-    if image.dtype == np.uint8:
-        return
-    if image.dtype.kind == "f":
-        if not np.isfinite(image).all():
-            raise ValueError(f"image {index} has NaN or infinite values")
-        if 0 < float(image.max()) <= 1.0:
-            warnings.warn(f"detect/mold_inputs got a {image.dtype} image with values in [0, 1]; images are "
-                          "expected on the 0..255 scale (as Dataset.load_image gives): multiply it by 255",
-                          stacklevel=utils.user_stacklevel())
-    elif np.issubdtype(image.dtype, np.integer) and int(image.max()) > 255:
-        warnings.warn(f"detect/mold_inputs got a {image.dtype} image with values above 255; it is molded "
-                      "as it is, while Dataset.load_image trains on 0..255: map it the same way first, e.g. "
-                      "mrcnn.data.dataset.to_rgb_uint8(image, uint16_scaling='range' or 'image_max')",
-                      stacklevel=utils.user_stacklevel())
-
-
 def _run_name(config: Config) -> str:
     """The config's NAME as run folders and checkpoint files spell it."""
     return (config.NAME or "mrcnn").lower()
@@ -1421,18 +1299,5 @@ def _sigterm_as_keyboard_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _as_rgb(image: np.ndarray, channels: int, index: int) -> np.ndarray:
-    """[H, W, channels] view of one input image (its shape and dtype checked; its values by
-    `_check_pixel_values`); ValueError/TypeError naming the image otherwise."""
-    if image.dtype.kind in "USO":  # a path (or paths), not pixels
-        what = repr(image.item()) if image.ndim == 0 else f"an array of {image.dtype}"
-        raise TypeError(f"image {index} is {what}, not pixels: detect takes image arrays; read files first, "
-                        "e.g. mrcnn.data.dataset.read_image_rgb(path)")
-    image = conform_channels(image, channels, where=f"image {index}")
-    if min(image.shape[:2]) < 1:
-        raise ValueError(f"image {index} is empty: shape {image.shape}")
-    return image
 
 

@@ -311,6 +311,20 @@ def test_detect_any_number_and_size_of_images(trained, config):
     assert sum(len(r["class_ids"]) for r in results) > 0, "min confidence 0 must give detections"
 
 
+def test_detect_takes_images_of_several_canvases_in_one_call(trained, config):
+    # "pad64" keeps sizes apart: 64x64 and 100x64 mold to 64x64 and 128x64 canvases. detect
+    # molded them all at once and raised "different canvases" before grouping them.
+    pad64 = MaskRCNN(mode="inference", config=type(config)().update(IMAGE_RESIZE_MODE="pad64", IMAGE_MAX_DIM=128))
+    pad64.ensure_built()
+    pad64.set_weights(trained[0].get_weights())
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 255, shape, dtype=np.uint8) for shape in ((64, 64, 3), (100, 64, 3), (64, 64, 3))]
+    together = pad64.detect(images)
+    _check_detections(together, images, config)
+    for image, result in zip(images, together, strict=True):
+        _assert_same_detections(result, pad64.detect([image])[0])
+
+
 def test_detect_molded_equals_detect_and_shows_progress(trained, config, capfd):
     model = trained[0]
     rng = np.random.default_rng(3)
