@@ -42,6 +42,7 @@ import tensorflow as tf
 
 from mrcnn import molding
 from mrcnn.config import Config
+from mrcnn.freezing import freeze
 from mrcnn.ops import roi_align
 
 INFO_PATH = Path("assets.extra") / "mrcnn.json"
@@ -73,14 +74,20 @@ def export_canvas(config: Config, canvas: Sequence[int] | None = None) -> tuple[
 
 
 def export_saved_model(model: Any, path: str | Path, canvas: Sequence[int] | None = None,
-                       class_names: Sequence[str] | None = None) -> Path:
+                       class_names: Sequence[str] | None = None, frozen: bool = False) -> Path:
     """Writes `model`'s inference graph and weights as a SavedModel at `path`.
+
+    With `frozen` the graph holds the weights as constants and the BatchNorms folded into their
+    convolutions, as `MaskRCNN.optimize_for_inference()` runs it in process (`mrcnn.freezing`):
+    faster to serve on CPU (oneDNN keeps its reordered filters, the bfloat16 weight casts fold
+    away), the weights then live in saved_model.pb (protobuf's 2 GB limit) instead of variables/.
 
     Args:
         model: an inference-mode `MaskRCNN` with its weights loaded.
         path: the SavedModel folder (created; for TF Serving a version folder, ``.../name/1``).
         canvas: molded (H, W) the signature takes; default: the config's square canvas.
         class_names: optional names of the class ids (``dataset.class_names``), stored for clients.
+        frozen: export the frozen, BatchNorm-folded graph instead of the graph over variables.
 
     Returns:
         `path` as a Path.
@@ -100,18 +107,25 @@ def export_saved_model(model: Any, path: str | Path, canvas: Sequence[int] | Non
     model.ensure_built()
     signature = [tf.TensorSpec([None, height, width, config.IMAGE_CHANNEL_COUNT], tf.float32, name="input_image"),
                  tf.TensorSpec([None, config.IMAGE_META_SIZE], tf.float32, name="input_image_meta")]
-    # No archive.track(model): the endpoint's variables are saved anyway, and tracking the model
-    # saved each weight a second time (Keras 3.15: the SavedModel was 2x the weights' size).
-    archive = keras.export.ExportArchive()
-    # The graph `detect` runs: each detection's own class channel only (mrcnn_mask [B, D, h, w, 1]).
-    archive.add_endpoint("serve", model._infer_outputs, input_signature=signature)
     path = Path(path)
-    archive.write_out(str(path), verbose=False)
+    # The graph `detect` runs: each detection's own class channel only (mrcnn_mask [B, D, h, w, 1]).
+    if frozen:
+        graph = freeze(model._infer_outputs, signature, model.variables, model.batchnorm_folds())
+        module = tf.Module()
+        module.serve = tf.function(graph.concrete, input_signature=signature)
+        tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    else:
+        # No archive.track(model): the endpoint's variables are saved anyway, and tracking the model
+        # saved each weight a second time (Keras 3.15: the SavedModel was 2x the weights' size).
+        archive = keras.export.ExportArchive()
+        archive.add_endpoint("serve", model._infer_outputs, input_signature=signature)
+        archive.write_out(str(path), verbose=False)
     info = {
         "format_version": FORMAT_VERSION,
         "canvas": [height, width],
         "class_names": None if class_names is None else [str(name) for name in class_names],
         "roi_align": roi_align.active_implementation(),
+        "frozen": bool(frozen),
         "config": config.to_dict(),
     }
     (path / INFO_PATH).parent.mkdir(parents=True, exist_ok=True)

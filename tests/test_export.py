@@ -16,7 +16,7 @@ import tensorflow as tf
 from mrcnn.export import INFO_PATH, ExportedMaskRCNN, export_canvas, export_saved_model
 from mrcnn.model import MaskRCNN
 from mrcnn.ops import roi_align
-from tests.test_model import NarrowConfig, _assert_same_detections, _shapes
+from tests.test_model import NarrowConfig, _assert_same_detections, _set_trained_like_batchnorms, _shapes
 from tests.test_model_keypoints import TinyKeypointConfig
 from tests.test_tta import _with_foreground_bias
 
@@ -97,6 +97,25 @@ def test_exported_model_loads_and_detects_in_a_fresh_process(exported, tmp_path)
                    check=True, env=env, timeout=300)
     with np.load(tmp_path / "out.npz") as result:
         _assert_same_detections(dict(result), model.detect(images[:1])[0])
+
+
+def _op_types(function) -> set[str]:
+    definition = function.graph.as_graph_def()
+    return {node.op for node in definition.node} | {n.op for f in definition.library.function for n in f.node_def}
+
+
+def test_frozen_export_detects_as_the_keras_model_without_variables(exported, tmp_path):
+    model = _model(NarrowConfig())
+    # BatchNorms far from the identity, as trained ones: folding must change nothing but rounding.
+    _set_trained_like_batchnorms(model, gamma=(0.5, 1.5), shift=0.2, variance=(0.5, 2.0))
+    path = export_saved_model(model, tmp_path / "frozen", frozen=True)
+    served = ExportedMaskRCNN(path)
+    assert json.loads((path / INFO_PATH).read_text())["frozen"] is True
+    assert not _op_types(served.serving_function) & {"ReadVariableOp", "VarHandleOp"}
+    assert "ReadVariableOp" in _op_types(ExportedMaskRCNN(exported[1]).serving_function)  # the check can fail
+    images = _images()
+    for ours, theirs in zip(served.detect(images), model.detect(images), strict=True):
+        _assert_same_detections(ours, theirs)
 
 
 def test_exported_keypoint_model_returns_keypoints(tmp_path):

@@ -11,6 +11,7 @@ next to the images) and/or a VIA 1.x/2.x JSON file with its images.
     python samples/custom/custom.py evaluate --dataset mydata --weights last
     python samples/custom/custom.py detect --weights last --image photo.jpg --out detections.png
     python samples/custom/custom.py splash --weights last --image photo.jpg --out splash.png
+    python samples/custom/custom.py export --weights last --out export/custom/1   # SavedModel for serving
 
 Training runs two stages, as matterport's balloon sample: the heads (FPN, RPN, box and mask
 heads) up to --epochs-heads, then all layers up to --epochs-all at a tenth of the learning rate.
@@ -271,6 +272,16 @@ def splash(args: argparse.Namespace) -> list[str]:
     return written
 
 
+def export(args: argparse.Namespace) -> str:
+    """Writes the trained model as a SavedModel into --out (`mrcnn.export`), class names included."""
+    from mrcnn.export import export_saved_model
+
+    model, class_names = inference_model(args)
+    path = export_saved_model(model, args.out, class_names=class_names, frozen=args.frozen)
+    print(f"Wrote the SavedModel {path} (load it with mrcnn.export.ExportedMaskRCNN, or serve it)")
+    return str(path)
+
+
 def _numbered(out: str, index: int, count: int) -> str:
     if count == 1:
         return out
@@ -330,6 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--image", action="append", required=True, help="an image file (repeatable)")
         p.add_argument("--out", default=f"{name}.png", help="output PNG")
         p.add_argument("--min-score", type=float, default=None, help="detection score threshold")
+    p = sub.add_parser("export", help="write the trained model as a TensorFlow SavedModel (mrcnn.export)")
+    common(p)
+    p.add_argument("--weights", default="last", help="last | PATH")
+    p.add_argument("--out", required=True, help="the SavedModel folder to write (for TF Serving: NAME/1)")
+    p.add_argument("--min-score", type=float, default=None, help="detection score threshold baked into the graph")
+    p.add_argument("--frozen", action="store_true",
+                   help="weights as graph constants, BatchNorms folded: faster on CPU (optimize_for_inference's graph)")
     return parser
 
 
@@ -338,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     from mrcnn.cli import run_command
 
     args = build_parser().parse_args(argv)
-    command = {"train": train, "evaluate": evaluate, "detect": detect, "splash": splash}[args.command]
+    command = {"train": train, "evaluate": evaluate, "detect": detect, "splash": splash, "export": export}[args.command]
     return run_command(lambda: command(args), prog="custom.py", show_traceback=args.verbose >= 2,
                        interrupted_hint="Interrupted: resume with --weights last")
 

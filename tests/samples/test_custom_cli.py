@@ -76,3 +76,20 @@ def test_train_then_detect_and_splash(tmp_path: Path) -> None:
     out = str(tmp_path / "detections.png")
     assert custom.main(["detect", "--logs", logs, "--image", image, "--out", out, "--verbose", "0"]) == 0
     assert skimage.io.imread(out).ndim == 3
+
+    # The exported SavedModel detects what the run's checkpoint detects (after one step that may
+    # be nothing: tests/test_export.py compares real detections), and names the classes.
+    from mrcnn.export import ExportedMaskRCNN
+
+    exported = tmp_path / "export" / "1"
+    assert custom.main(["export", "--logs", logs, "--out", str(exported), "--min-score", "0", "--frozen",
+                        "--verbose", "0"]) == 0
+    assert json.loads((exported / "assets.extra" / "mrcnn.json").read_text())["frozen"] is True
+    served = ExportedMaskRCNN(exported)
+    assert served.class_names == ["BG", "balloon", "box"]
+    args = custom.build_parser().parse_args(["detect", "--logs", logs, "--image", image, "--min-score", "0"])
+    model, _ = custom.inference_model(args)
+    pixels = skimage.io.imread(image)
+    ours, theirs = served.detect([pixels])[0], model.detect([pixels])[0]
+    for key in ("rois", "class_ids", "masks"):
+        np.testing.assert_array_equal(ours[key], theirs[key])
