@@ -233,8 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             result = dict(benchmark="ablation_shapes", backbone=args.backbone, lr=args.lr, steps=args.steps,
                           train_images=args.train_images, eval_images=args.eval_images,
                           seeds=sorted({r["seed"] for r in rows}),
-                          machine=dict(platform=platform.platform(), processor=platform.processor(),
-                                       cpus=os.cpu_count(), cpu=machine.describe()),
+                          machine=machine.describe(),
+                          host=dict(platform=platform.platform(), processor=platform.processor(), cpus=os.cpu_count()),
                           summary=_summary(rows), rows=rows)
             out.write_text(json.dumps(result, indent=2))  # after every variant: partial results survive
     print(json.dumps(_summary(rows), indent=2))

@@ -191,8 +191,9 @@ def main() -> None:
 
     report = {
         "benchmark": "data_pipeline",
-        "machine": {"cpu": machine.describe(), "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "load_average_at_end": os.getloadavg()},
+        "machine": machine.describe(),
+        "host": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                 "load_average_at_end": os.getloadavg()},
         "results": results,
     }
     write_report(args.out, report)
