@@ -24,7 +24,7 @@ import math
 import types
 import typing
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -493,6 +493,8 @@ class Config:
                 value = default  # a callable cannot come back from JSON; keep the class's own
             elif name == "BACKBONE" and isinstance(value, dict):
                 value = Architecture(**value)
+            elif isinstance(default, PurePath) and isinstance(value, str):
+                value = type(default)(value)
             setattr(config, name, value)
         config.validate()
         return config
@@ -605,6 +607,8 @@ def _to_jsonable(value: Any) -> Any:
         return _to_jsonable(dataclasses.asdict(value))
     if isinstance(value, np.ndarray):
         return value.tolist()
+    if isinstance(value, np.bool_):  # not an np.integer
+        return bool(value)
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (np.floating,)):
@@ -619,4 +623,8 @@ def _to_jsonable(value: Any) -> Any:
         return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', repr(value))}"
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, PurePath):
+        return str(value)  # from_dict turns it back into a Path where the default is one
+    if value is not None and not isinstance(value, (str, int, float, bool)):
+        return repr(value)  # an extra field of a subclass json cannot hold: recorded for information
     return value

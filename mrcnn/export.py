@@ -32,6 +32,7 @@ linked in). An export made with MRCNN_ROI_ALIGN=tf uses standard TensorFlow ops 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,15 +42,13 @@ import numpy as np
 import tensorflow as tf
 
 from mrcnn import molding
-from mrcnn.config import Config
+from mrcnn.config import BACKBONES, Config
 from mrcnn.freezing import freeze
 from mrcnn.ops import roi_align
 
 INFO_PATH = Path("assets.extra") / "mrcnn.json"
+ROI_ALIGN_OP = "RoiAlign"  # the compiled op's type name
 FORMAT_VERSION = 1
-# The config fields molding and unmolding read (`mrcnn.molding`); the whole config is stored too.
-MOLDING_FIELDS = ("NAME", "NUM_CLASSES", "IMAGE_RESIZE_MODE", "IMAGE_MIN_DIM", "IMAGE_MAX_DIM", "IMAGE_MIN_SCALE",
-                  "IMAGE_CHANNEL_COUNT", "MEAN_PIXEL", "IMAGES_PER_GPU", "GPU_COUNT")
 
 
 def export_canvas(config: Config, canvas: Sequence[int] | None = None) -> tuple[int, int]:
@@ -57,24 +56,33 @@ def export_canvas(config: Config, canvas: Sequence[int] | None = None) -> tuple[
 
     Raises:
         ValueError: without `canvas` for IMAGE_RESIZE_MODE "pad64" / "none" (one canvas per image
-            size), or for a canvas whose sides are not positive multiples of 64 (the FPN's P6).
+            size); with a `canvas` other than the config's in "square" / "crop" mode (where every
+            image molds to the config's); for sides that are not positive multiples of 64 (16 for
+            BACKBONE_TYPE "c4", as `Config.validate` requires).
     """
-    if canvas is None:
-        if config.IMAGE_RESIZE_MODE not in ("square", "crop"):
-            raise ValueError(f"IMAGE_RESIZE_MODE {config.IMAGE_RESIZE_MODE!r} molds each image size to its own "
-                             "canvas: pass the canvas to export, canvas=(H, W) (multiples of 64); the export "
-                             "detects images of that canvas only")
+    square = config.IMAGE_RESIZE_MODE in ("square", "crop")
+    if square:
         side = config.IMAGE_MAX_DIM if config.IMAGE_RESIZE_MODE == "square" else max(config.IMAGE_MAX_DIM,
                                                                                     config.IMAGE_MIN_DIM)
+        if canvas is not None and tuple(int(v) for v in canvas) != (side, side):
+            raise ValueError(f"IMAGE_RESIZE_MODE {config.IMAGE_RESIZE_MODE!r} molds every image to ({side}, {side}), "
+                             f"not {tuple(canvas)}: leave canvas out, or export a config with IMAGE_MAX_DIM = "
+                             "the side you want")
         canvas = (side, side)
+    elif canvas is None:
+        raise ValueError(f"IMAGE_RESIZE_MODE {config.IMAGE_RESIZE_MODE!r} molds each image size to its own "
+                         "canvas: pass the canvas to export, canvas=(H, W); the export detects images of that "
+                         "canvas only")
     canvas = tuple(int(v) for v in canvas)
-    if len(canvas) != 2 or min(canvas) < 64 or any(v % 64 for v in canvas):
-        raise ValueError(f"canvas must be (H, W), multiples of 64 (the FPN's P6 is 1/64 of it), got {canvas}")
+    multiple, why = (16, "C4's stride") if config.BACKBONE_TYPE == "c4" else (64, "the FPN's P6 is 1/64 of it")
+    if len(canvas) != 2 or min(canvas) < multiple or any(v % multiple for v in canvas):
+        raise ValueError(f"canvas must be (H, W), multiples of {multiple} ({why}), got {canvas}")
     return canvas  # type: ignore[return-value]
 
 
 def export_saved_model(model: Any, path: str | Path, canvas: Sequence[int] | None = None,
-                       class_names: Sequence[str] | None = None, frozen: bool = False) -> Path:
+                       class_names: Sequence[str] | None = None, frozen: bool = False,
+                       overwrite: bool = False) -> Path:
     """Writes `model`'s inference graph and weights as a SavedModel at `path`.
 
     With `frozen` the graph holds the weights as constants and the BatchNorms folded into their
@@ -88,56 +96,79 @@ def export_saved_model(model: Any, path: str | Path, canvas: Sequence[int] | Non
         canvas: molded (H, W) the signature takes; default: the config's square canvas.
         class_names: optional names of the class ids (``dataset.class_names``), stored for clients.
         frozen: export the frozen, BatchNorm-folded graph instead of the graph over variables.
+        overwrite: replace what a non-empty `path` holds (refused otherwise).
 
     Returns:
         `path` as a Path.
 
     Raises:
         ValueError: for a training-mode model, a bad canvas (`export_canvas`), or class_names that
-            are not NUM_CLASSES long.
+            are not a list of NUM_CLASSES names.
+        FileExistsError: `path` is a file, or a non-empty folder without `overwrite`.
+        TypeError: a config field json cannot hold (checked before anything is written).
     """
     config = model.config
     if model.mode != "inference":
         raise ValueError(f"export_saved_model needs an inference-mode model, this one is mode={model.mode!r}: "
                          "build MaskRCNN(mode='inference', config=...) and load the trained weights into it")
     height, width = export_canvas(config, canvas)
-    if class_names is not None and len(class_names) != config.NUM_CLASSES:
-        raise ValueError(f"class_names has {len(class_names)} names, NUM_CLASSES is {config.NUM_CLASSES} "
-                         "(the background is class 0)")
+    if isinstance(class_names, str) or (class_names is not None and len(class_names) != config.NUM_CLASSES):
+        raise ValueError(f"class_names must be a list of NUM_CLASSES = {config.NUM_CLASSES} names (the background "
+                         f"is class 0), got {class_names!r}")
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} is a file; export_saved_model writes a folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(f"{path} is not empty: pass overwrite=True to replace the export there (for TF "
+                              "Serving, a new version folder, e.g. .../2, serves the new one)")
+    info = {
+        "format_version": FORMAT_VERSION,
+        "canvas": [height, width],
+        "class_names": None if class_names is None else [str(name) for name in class_names],
+        "frozen": bool(frozen),
+        "config": config.to_dict(),
+    }
+    json.dumps(info)  # fails before any file is written
     model.ensure_built()
     signature = [tf.TensorSpec([None, height, width, config.IMAGE_CHANNEL_COUNT], tf.float32, name="input_image"),
                  tf.TensorSpec([None, config.IMAGE_META_SIZE], tf.float32, name="input_image_meta")]
-    path = Path(path)
+    if path.is_dir():
+        shutil.rmtree(path)
     # The graph `detect` runs: each detection's own class channel only (mrcnn_mask [B, D, h, w, 1]).
     if frozen:
         graph = freeze(model._infer_outputs, signature, model.variables, model.batchnorm_folds())
         module = tf.Module()
         module.serve = tf.function(graph.concrete, input_signature=signature)
         tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+        concrete = graph.concrete
     else:
         # No archive.track(model): the endpoint's variables are saved anyway, and tracking the model
         # saved each weight a second time (Keras 3.15: the SavedModel was 2x the weights' size).
         archive = keras.export.ExportArchive()
-        archive.add_endpoint("serve", model._infer_outputs, input_signature=signature)
+        endpoint = archive.add_endpoint("serve", model._infer_outputs, input_signature=signature)
         archive.write_out(str(path), verbose=False)
-    info = {
-        "format_version": FORMAT_VERSION,
-        "canvas": [height, width],
-        "class_names": None if class_names is None else [str(name) for name in class_names],
-        "roi_align": roi_align.active_implementation(),
-        "frozen": bool(frozen),
-        "config": config.to_dict(),
-    }
+        concrete = endpoint.get_concrete_function(*signature)
+    # What the loader must register: the graph holds the op only with POOLING_MODE "roi_align"
+    # and the compiled op in use (not MRCNN_ROI_ALIGN=tf).
+    info["roi_align_op"] = ROI_ALIGN_OP in op_types(concrete)
     (path / INFO_PATH).parent.mkdir(parents=True, exist_ok=True)
     (path / INFO_PATH).write_text(json.dumps(info, indent=2))
     return path
+
+
+def op_types(function: Any) -> set[str]:
+    """Every op type of a concrete function's graph, its nested functions' included."""
+    definition = function.graph.as_graph_def()
+    return {node.op for node in definition.node} | {n.op for f in definition.library.function for n in f.node_def}
 
 
 class ExportedMaskRCNN:
     """A SavedModel written by `export_saved_model`, with `detect` as on `MaskRCNN`.
 
     Attributes:
-        config: a `Config` with the exported model's molding fields (`MOLDING_FIELDS`).
+        config: the exported model's `Config`, as a base `Config` (a subclass's own fields and a
+            callable BACKBONE are left out: they are in `exported_config`).
+        exported_config: the exported config as stored (`Config.to_dict()`), every field.
         canvas: (H, W) of the molded images the graph takes.
         class_names: the names given to the export, or None.
         serving_function: the "serving_default" signature (keyword inputs input_image and
@@ -145,7 +176,7 @@ class ExportedMaskRCNN:
     """
 
     def __init__(self, path: str | Path) -> None:
-        path = Path(path)
+        path = Path(path).expanduser()
         info_file = path / INFO_PATH
         if not info_file.is_file():
             raise FileNotFoundError(f"{info_file} not found: {path} is not a SavedModel written by "
@@ -154,10 +185,11 @@ class ExportedMaskRCNN:
         if info.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{info_file}: format_version {info.get('format_version')!r}, this mrcnn reads "
                              f"{FORMAT_VERSION}")
-        if info.get("roi_align") == "op" and roi_align.load_op_library() is None:
+        if info["roi_align_op"] and roi_align.load_op_library() is None:
             raise RuntimeError(f"{path} was exported with the compiled RoIAlign op, which cannot be loaded here: "
                                f"{roi_align.op_load_error()}")
-        self.config = Config.from_dict({name: info["config"][name] for name in MOLDING_FIELDS})
+        self.exported_config: dict[str, Any] = info["config"]
+        self.config = _base_config(self.exported_config)
         self.canvas = tuple(info["canvas"])
         self.class_names = info.get("class_names")
         self._saved = tf.saved_model.load(str(path))
@@ -177,13 +209,25 @@ class ExportedMaskRCNN:
             int32, scores [N] float32, masks [H,W,N], and keypoints [N,K,3] for a keypoint model.
 
         Raises:
-            ValueError: naming the canvas when an image molds to another one ("pad64" / "none").
+            TypeError: for a bare image array instead of a list.
+            ValueError: naming the image and both canvases when an image molds to another
+                canvas than the export's ("pad64" / "none"), before any image is detected.
         """
-        return molding.detect_images(images, self.config, self._run, verbose=verbose, soft_masks=soft_masks)
+        return molding.detect_images(images, self.config, self._run, verbose=verbose, soft_masks=soft_masks,
+                                     canvas=self.canvas)
 
     def _run(self, molded: np.ndarray, metas: np.ndarray) -> dict[str, np.ndarray]:
-        if tuple(molded.shape[1:3]) != self.canvas:
-            raise ValueError(f"these images mold to a {tuple(molded.shape[1:3])} canvas; the export takes "
-                             f"{self.canvas} (export_saved_model(canvas=...) exports another)")
         outputs = self.serving_function(input_image=tf.constant(molded), input_image_meta=tf.constant(metas))
         return {name: value.numpy() for name, value in outputs.items()}
+
+
+def _base_config(stored: dict[str, Any]) -> Config:
+    """A base `Config` from a stored `Config.to_dict()`: its fields that `Config` has, except a
+    callable BACKBONE (stored by name only) and COMPUTE_BACKBONE_SHAPE, which cannot come back."""
+    fields = {name: value for name, value in stored.items() if name in Config.field_names()}
+    if not (isinstance(fields.get("BACKBONE"), dict) or fields.get("BACKBONE") in BACKBONES):
+        fields.pop("BACKBONE", None)
+        if fields.get("BACKBONE_TYPE") == "c4":  # C4 needs a named backbone; molding does not read it
+            fields["BACKBONE"] = BACKBONES[0]
+    fields.pop("COMPUTE_BACKBONE_SHAPE", None)
+    return Config.from_dict(fields)

@@ -1040,7 +1040,7 @@ class MaskRCNN(keras.Model):
             MASK_HEAD = False); with KEYPOINT_HEAD also keypoints [N,NUM_KEYPOINTS,3] float32
             (x, y in continuous pixels of the original image, heatmap score in [0, 1]).
         """
-        if isinstance(images, np.ndarray) and images.ndim in (2, 3):
+        if isinstance(images, np.ndarray) and images.ndim in (2, 3):  # also before tta
             raise TypeError("detect() takes a list of images; wrap a single image as [image]")
         if tta is not None:
             if scale != 1.0:

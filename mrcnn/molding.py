@@ -143,7 +143,8 @@ def unmold_detections(detections: np.ndarray, mrcnn_mask: np.ndarray | None, ori
 
 
 def detect_images(images: Sequence[np.ndarray], config: Config, graph: Callable[[np.ndarray, np.ndarray], GraphOutputs],
-                  verbose: int = 0, scale: float = 1.0, soft_masks: bool = False) -> list[dict[str, np.ndarray]]:
+                  verbose: int = 0, scale: float = 1.0, soft_masks: bool = False,
+                  canvas: tuple[int, int] | None = None) -> list[dict[str, np.ndarray]]:
     """Molds `images`, runs `graph` on batches of at most BATCH_SIZE equal canvases, unmolds.
 
     Args:
@@ -155,10 +156,18 @@ def detect_images(images: Sequence[np.ndarray], config: Config, graph: Callable[
         verbose: 1 shows a progress bar over batches.
         scale: detect at this multiple of the config's resize scale.
         soft_masks: float32 probability masks instead of bool (`unmold_detections`).
+        canvas: the one molded (H, W) `graph` takes (an exported model's); None: any.
 
     Returns:
         One dict per image, in order (`unmold_detections`).
+
+    Raises:
+        TypeError: for a bare image array instead of a list of images.
+        ValueError: naming the image for bad pixels (`mold_images`), or one that molds to
+            another canvas than `canvas`, before the graph runs on any image.
     """
+    if isinstance(images, np.ndarray) and images.ndim in (2, 3):
+        raise TypeError("detect() takes a list of images; wrap a single image as [image]")
     if not is_scalar_of(scale, float) or not scale > 0:
         raise ValueError(f"detect: scale must be a number > 0, got {scale!r}")
     images = list(images)
@@ -166,6 +175,11 @@ def detect_images(images: Sequence[np.ndarray], config: Config, graph: Callable[
     # Each image on its own canvas ("pad64" / "none" modes: several per call), grouped below.
     molded, metas, windows = (zip(*[_mold_one(image, i, config, None, scale) for i, image in enumerate(images)])
                               if images else ((), (), ()))
+    if canvas is not None:
+        for i, image in enumerate(molded):
+            if tuple(image.shape[:2]) != tuple(canvas):
+                raise ValueError(f"image {i} molds to a {tuple(image.shape[:2])} canvas; this graph takes "
+                                 f"{tuple(canvas)} (an export holds one canvas: export_saved_model(canvas=...))")
     # Images of equal molded shape are batched together (always the case in square mode).
     groups: dict[tuple[int, ...], list[int]] = {}
     for i in range(len(images)):

@@ -1,6 +1,7 @@
 """Tests for mrcnn/config.py."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,6 +162,22 @@ def test_json_round_trip(tmp_path):
     assert isinstance(loaded.RPN_ANCHOR_SCALES, tuple)
     # A base Config can reload a subclass's file too (all fields are stored).
     assert Config.from_dict(config.to_dict()).NUM_CLASSES == 4
+
+
+def test_json_holds_numpy_bools_paths_and_other_extra_fields(tmp_path):
+    # np.bool_ passes validation but is no np.integer: json.dumps raised on it. A subclass's extra
+    # fields may hold anything: a Path round-trips, other objects are recorded by repr.
+    class WithExtras(TinyConfig):
+        DATA_DIR = Path("/data/cells")
+        CALLBACK_ARGS = frozenset({1})
+
+    config = WithExtras().update(USE_MINI_MASK=np.bool_(True), DATA_DIR=Path("/data/other"))
+    config.save(tmp_path / "config.json")
+    stored = json.loads((tmp_path / "config.json").read_text())
+    assert stored["USE_MINI_MASK"] is True and stored["DATA_DIR"] == "/data/other"
+    assert stored["CALLBACK_ARGS"] == "frozenset({1})"
+    loaded = WithExtras.from_dict({k: v for k, v in stored.items() if k != "CALLBACK_ARGS"})
+    assert loaded.DATA_DIR == Path("/data/other") and loaded.USE_MINI_MASK is True
 
 
 def test_architecture_backbone_validates_and_round_trips(tmp_path):

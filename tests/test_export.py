@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from mrcnn.config import C4Config
 from mrcnn.export import INFO_PATH, ExportedMaskRCNN, export_canvas, export_saved_model
 from mrcnn.model import MaskRCNN
 from mrcnn.ops import roi_align
@@ -71,10 +72,9 @@ def test_export_stores_the_config_and_the_roi_align_it_was_traced_with(exported)
     model, path = exported
     info = json.loads((path / INFO_PATH).read_text())
     assert info["canvas"] == [64, 64] and info["config"]["NAME"] == model.config.NAME
-    assert info["roi_align"] == roi_align.active_implementation()
     # The graph holds the compiled op when it is built (`make test` builds it): loading must register it.
     graph_has_op = b"RoiAlign" in (path / "saved_model.pb").read_bytes()
-    assert graph_has_op == (info["roi_align"] == "op")
+    assert info["roi_align_op"] is graph_has_op is (roi_align.active_implementation() == "op")
     # The weights are stored once (Keras' ExportArchive.track would store each twice).
     weights_bytes = sum(v.numpy().nbytes for v in model.variables)
     stored = sum(f.stat().st_size for f in (path / "variables").iterdir())
@@ -118,10 +118,20 @@ def test_frozen_export_detects_as_the_keras_model_without_variables(exported, tm
         _assert_same_detections(ours, theirs)
 
 
+def test_an_export_without_roi_align_does_not_need_the_op(tmp_path):
+    path = export_saved_model(_model(NarrowConfig().update(POOLING_MODE="crop_and_resize")), tmp_path / "cr")
+    assert json.loads((path / INFO_PATH).read_text())["roi_align_op"] is False
+    assert b"RoiAlign" not in (path / "saved_model.pb").read_bytes()
+
+
 def test_exported_keypoint_model_returns_keypoints(tmp_path):
     config = TinyKeypointConfig().update(DETECTION_MIN_CONFIDENCE=0.0)
     model = _model(config)
     served = ExportedMaskRCNN(export_saved_model(model, tmp_path / "kp"))
+    # The config comes back whole (a base Config: the subclass's own backbone callable is left out).
+    assert served.config.KEYPOINT_HEAD and served.config.NUM_KEYPOINTS == config.NUM_KEYPOINTS == 7
+    assert served.config.DETECTION_MIN_CONFIDENCE == 0.0 and served.config.MASK_HEAD is False
+    assert served.exported_config["NAME"] == "tiny_keypoints" and "SmallBackbone" in served.exported_config["BACKBONE"]
     image = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     ours, theirs = served.detect([image])[0], model.detect([image])[0]
     assert "masks" not in ours and ours["keypoints"].shape == (len(ours["class_ids"]), config.NUM_KEYPOINTS, 3)
@@ -134,8 +144,15 @@ def test_export_refuses_bad_models_canvases_and_class_names(tmp_path):
     with pytest.raises(ValueError, match="inference-mode model, this one is mode='training'"):
         export_saved_model(MaskRCNN(mode="training", config=NarrowConfig()), tmp_path / "t")
     model = _model(NarrowConfig())
-    with pytest.raises(ValueError, match="class_names has 2 names, NUM_CLASSES is 4"):
+    with pytest.raises(ValueError, match="class_names must be a list of NUM_CLASSES = 4 names"):
         export_saved_model(model, tmp_path / "c", class_names=["BG", "x"])
+    with pytest.raises(ValueError, match="class_names must be a list"):
+        export_saved_model(model, tmp_path / "c", class_names="BGab")  # 4 letters, not 4 names
+    with pytest.raises(ValueError, match=r"molds every image to \(64, 64\), not \(128, 128\)"):
+        export_saved_model(model, tmp_path / "c", canvas=(128, 128))
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(FileExistsError, match="afile is a file"):
+        export_saved_model(model, tmp_path / "afile")
     pad64 = NarrowConfig().update(IMAGE_RESIZE_MODE="pad64", IMAGE_MAX_DIM=128)
     with pytest.raises(ValueError, match="pass the canvas to export"):
         export_canvas(pad64)
@@ -143,6 +160,11 @@ def test_export_refuses_bad_models_canvases_and_class_names(tmp_path):
         export_canvas(pad64, (64, 100))
     assert export_canvas(pad64, [128, 64]) == (128, 64)
     assert export_canvas(NarrowConfig().update(IMAGE_RESIZE_MODE="crop", IMAGE_MIN_DIM=128)) == (128, 128)
+    # C4 needs multiples of 16 only (stride 16, no P6), as Config.validate says.
+    c4 = type("SmallC4", (C4Config,), {"NUM_CLASSES": 4, "IMAGE_MIN_DIM": 80, "IMAGE_MAX_DIM": 80})()
+    assert export_canvas(c4) == (80, 80)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        export_canvas(c4.update(IMAGE_RESIZE_MODE="pad64"), (80, 72))
     assert not (tmp_path / "t").exists() and not (tmp_path / "c").exists()
 
 
@@ -152,8 +174,20 @@ def test_exported_pad64_model_names_the_canvas_it_takes(tmp_path):
     served = ExportedMaskRCNN(export_saved_model(model, tmp_path / "p", canvas=(128, 64)))
     tall = np.random.default_rng(2).integers(0, 255, (100, 64, 3), dtype=np.uint8)  # molds to 128x64
     _assert_same_detections(served.detect([tall])[0], model.detect([tall])[0])
-    with pytest.raises(ValueError, match=r"mold to a \(64, 64\) canvas; the export takes \(128, 64\)"):
-        served.detect([np.zeros((64, 64, 3), np.uint8)])
+    with pytest.raises(ValueError, match=r"image 1 molds to a \(64, 64\) canvas; this graph takes \(128, 64\)"):
+        served.detect([tall, np.zeros((64, 64, 3), np.uint8)])
+    with pytest.raises(TypeError, match="wrap a single image as"):
+        served.detect(tall)
+
+
+def test_export_refuses_a_non_empty_folder_unless_told_to_overwrite(exported, tmp_path):
+    model, _ = exported
+    path = export_saved_model(model, tmp_path / "v1")
+    with pytest.raises(FileExistsError, match="is not empty: pass overwrite=True"):
+        export_saved_model(model, path)
+    (path / "stale.txt").write_text("from the previous export")
+    export_saved_model(model, path, overwrite=True, frozen=True)
+    assert not (path / "stale.txt").exists() and json.loads((path / INFO_PATH).read_text())["frozen"] is True
 
 
 def test_loading_something_else_names_the_missing_file(tmp_path):

@@ -277,7 +277,8 @@ def export(args: argparse.Namespace) -> str:
     from mrcnn.export import export_saved_model
 
     model, class_names = inference_model(args)
-    path = export_saved_model(model, args.out, class_names=class_names, frozen=args.frozen)
+    path = export_saved_model(model, args.out, class_names=class_names, frozen=args.frozen,
+                              overwrite=args.overwrite)
     print(f"Wrote the SavedModel {path} (load it with mrcnn.export.ExportedMaskRCNN, or serve it)")
     return str(path)
 
@@ -348,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-score", type=float, default=None, help="detection score threshold baked into the graph")
     p.add_argument("--frozen", action="store_true",
                    help="weights as graph constants, BatchNorms folded: faster on CPU (optimize_for_inference's graph)")
+    p.add_argument("--overwrite", action="store_true", help="replace an export already in --out")
     return parser
 
 
