@@ -58,7 +58,7 @@ def export_canvas(config: Config, canvas: Sequence[int] | None = None) -> tuple[
         ValueError: without `canvas` for IMAGE_RESIZE_MODE "pad64" / "none" (one canvas per image
             size); with a `canvas` other than the config's in "square" / "crop" mode (where every
             image molds to the config's); for sides that are not positive multiples of 64 (16 for
-            BACKBONE_TYPE "c4", as `Config.validate` requires).
+            BACKBONE_TYPE "c4", as `Config.validate` requires; any size in "none" mode).
     """
     square = config.IMAGE_RESIZE_MODE in ("square", "crop")
     if square:
@@ -74,7 +74,12 @@ def export_canvas(config: Config, canvas: Sequence[int] | None = None) -> tuple[
                          "canvas: pass the canvas to export, canvas=(H, W); the export detects images of that "
                          "canvas only")
     canvas = tuple(int(v) for v in canvas)
-    multiple, why = (16, "C4's stride") if config.BACKBONE_TYPE == "c4" else (64, "the FPN's P6 is 1/64 of it")
+    if config.IMAGE_RESIZE_MODE == "none":  # images keep their size: the graph takes any (as detect does)
+        multiple, why = 1, "sizes in pixels"
+    elif config.BACKBONE_TYPE == "c4":
+        multiple, why = 16, "C4's stride"
+    else:
+        multiple, why = 64, "the FPN's P6 is 1/64 of it"
     if len(canvas) != 2 or min(canvas) < multiple or any(v % multiple for v in canvas):
         raise ValueError(f"canvas must be (H, W), multiples of {multiple} ({why}), got {canvas}")
     return canvas  # type: ignore[return-value]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import itertools
 import os
 import re
 import signal
@@ -1109,7 +1110,8 @@ class MaskRCNN(keras.Model):
         updated (at BN_MOMENTUM) from the inputs it will see. Weights are not changed.
 
         Args:
-            images: training images ([H,W,3]); a few hundred are plenty.
+            images: training images ([H,W,3]); a few hundred are plenty. Images of several
+                canvases ("pad64"/"none" modes) run in batches of one canvas, canvases in turn.
             batch_size: images per forward pass (default BATCH_SIZE; at least 2 is best).
             passes: times to go over `images`.
             verbose: 1 shows a progress bar.
@@ -1117,12 +1119,17 @@ class MaskRCNN(keras.Model):
             The number of forward passes run.
         """
         batch = int(batch_size or self.config.BATCH_SIZE)
-        molded, metas, _ = self.mold_inputs(list(images))
-        starts = [k for _ in range(passes) for k in range(0, len(molded), batch)]
-        for k in utils.progress(starts, verbose, "recalibrate BN", "batch"):
-            self._per_canvas(self._calibrate, tf.constant(molded[k:k + batch]), tf.constant(metas[k:k + batch]))
+        # Images of several canvases ("pad64"/"none") run as batches of one canvas each, taken in
+        # turn from each canvas, so that the moving averages (an exponential average) do not lean
+        # towards whichever canvas would come last.
+        per_canvas = [[(group.molded[k:k + batch], group.metas[k:k + batch]) for k in range(0, len(group.indices), batch)]
+                      for group in molding.mold_by_canvas(list(images), self.config)]
+        in_turn = [b for turn in itertools.zip_longest(*per_canvas) for b in turn if b is not None]
+        batches = in_turn * passes
+        for molded, metas in utils.progress(batches, verbose, "recalibrate BN", "batch"):
+            self._per_canvas(self._calibrate, tf.constant(molded), tf.constant(metas))
         self._frozen_infer.clear()  # the moving statistics changed
-        return len(starts)
+        return len(batches)
 
     def _calibrate(self, images: tf.Tensor, metas: tf.Tensor) -> tf.Tensor:
         outputs = self({"input_image": images, "input_image_meta": metas}, training=True)
@@ -1142,7 +1149,7 @@ class MaskRCNN(keras.Model):
         unknown = sorted(set(mapping.values()) - set(GRAPH_OUTPUTS))
         if unknown:
             raise ValueError(f"unknown graph outputs {unknown}; known: {list(GRAPH_OUTPUTS)}")
-        molded, metas, _ = self.mold_inputs(images)
+        molded, metas, _ = molding.mold_images(images, self.config, where="run_graph")
         # Traced like detect's graph: run eagerly, bfloat16 rounds differently (unfused ops) and the
         # tensors shown would not be the ones detect computes.
         result = self._per_canvas(self._graph_outputs, tf.constant(molded), tf.constant(metas))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -28,7 +29,7 @@ GraphOutputs = dict[str, np.ndarray]
 
 
 def mold_images(images: Sequence[np.ndarray], config: Config, target_shape: tuple[int, int] | None = None,
-                scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                scale: float = 1.0, where: str = "mold_inputs") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Resizes and normalizes images as in training (`MaskRCNN.mold_inputs`).
 
     Args:
@@ -40,6 +41,7 @@ def mold_images(images: Sequence[np.ndarray], config: Config, target_shape: tupl
             image is resized by exactly that product and padded (centered) to a square of
             side ceil64(max(IMAGE_MAX_DIM * scale, its sides)) in square mode, else each side
             to a multiple of 64. 1.0: the config's molding unchanged. Ignored with target_shape.
+        where: the caller named in errors.
 
     Returns:
         molded [N,h,w,C] float32, metas [N,META] float32, windows [N,4] int32 pixel windows
@@ -56,9 +58,41 @@ def mold_images(images: Sequence[np.ndarray], config: Config, target_shape: tupl
     molded, metas, windows = zip(*[_mold_one(image, i, config, target_shape, scale) for i, image in enumerate(images)])
     canvases = sorted({m.shape for m in molded})
     if len(canvases) > 1:  # pad64 / "none" modes keep sizes apart
-        raise ValueError(f"mold_inputs: these images mold to different canvases {canvases} (IMAGE_RESIZE_MODE "
-                         f"{config.IMAGE_RESIZE_MODE!r}); pass images of one canvas at a time (detect groups them itself)")
+        raise ValueError(f"{where}: these images mold to different canvases {canvases} (IMAGE_RESIZE_MODE "
+                         f"{config.IMAGE_RESIZE_MODE!r}); pass images of one canvas at a time"
+                         + (" (detect groups them itself)" if where == "mold_inputs" else ""))
     return np.stack(molded), np.stack(metas), np.array(windows, np.int32)
+
+
+class CanvasGroup(NamedTuple):
+    """The images of one call that mold to one canvas (`mold_by_canvas`)."""
+
+    indices: list[int]  # positions in the caller's list
+    molded: np.ndarray  # [n, h, w, C] float32
+    metas: np.ndarray  # [n, META] float32
+    windows: np.ndarray  # [n, 4] int32
+
+
+def mold_by_canvas(images: Sequence[np.ndarray], config: Config, scale: float = 1.0) -> list[CanvasGroup]:
+    """Molds each image on its own canvas and groups them by canvas (H, W), in first-seen order.
+
+    "square"/"crop" modes give one group; "pad64"/"none" one per canvas size.
+
+    Raises:
+        TypeError: for a bare image array instead of a list of images.
+        ValueError / TypeError: naming the image for bad pixels (`mold_images`), or a bad scale.
+    """
+    if isinstance(images, np.ndarray) and images.ndim in (2, 3):
+        raise TypeError("detect() takes a list of images; wrap a single image as [image]")
+    if not is_scalar_of(scale, float) or not scale > 0:
+        raise ValueError(f"detect: scale must be a number > 0, got {scale!r}")
+    members: dict[tuple[int, ...], list[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]]] = {}
+    for i, image in enumerate(images):
+        one = _mold_one(image, i, config, None, scale)
+        members.setdefault(one[0].shape, []).append((i, one))
+    return [CanvasGroup([i for i, _ in group], np.stack([one[0] for _, one in group]),
+                        np.stack([one[1] for _, one in group]), np.stack([one[2] for _, one in group]))
+            for group in members.values()]
 
 
 def _mold_one(image: np.ndarray, index: int, config: Config, target_shape: tuple[int, int] | None, scale: float
@@ -166,33 +200,24 @@ def detect_images(images: Sequence[np.ndarray], config: Config, graph: Callable[
         ValueError: naming the image for bad pixels (`mold_images`), or one that molds to
             another canvas than `canvas`, before the graph runs on any image.
     """
-    if isinstance(images, np.ndarray) and images.ndim in (2, 3):
-        raise TypeError("detect() takes a list of images; wrap a single image as [image]")
-    if not is_scalar_of(scale, float) or not scale > 0:
-        raise ValueError(f"detect: scale must be a number > 0, got {scale!r}")
+    groups = mold_by_canvas(images, config, scale=scale)
+    if canvas is not None:
+        for group in groups:
+            if tuple(group.molded.shape[1:3]) != tuple(canvas):
+                raise ValueError(f"image {group.indices[0]} molds to a {tuple(group.molded.shape[1:3])} canvas; this "
+                                 f"graph takes {tuple(canvas)} (an export holds one canvas: "
+                                 "export_saved_model(canvas=...))")
     images = list(images)
     results: list[dict[str, np.ndarray]] = [None] * len(images)  # type: ignore[list-item]
-    # Each image on its own canvas ("pad64" / "none" modes: several per call), grouped below.
-    molded, metas, windows = (zip(*[_mold_one(image, i, config, None, scale) for i, image in enumerate(images)])
-                              if images else ((), (), ()))
-    if canvas is not None:
-        for i, image in enumerate(molded):
-            if tuple(image.shape[:2]) != tuple(canvas):
-                raise ValueError(f"image {i} molds to a {tuple(image.shape[:2])} canvas; this graph takes "
-                                 f"{tuple(canvas)} (an export holds one canvas: export_saved_model(canvas=...))")
-    # Images of equal molded shape are batched together (always the case in square mode).
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i in range(len(images)):
-        groups.setdefault(molded[i].shape, []).append(i)
     batch = config.BATCH_SIZE
-    batches = [ids[k:k + batch] for ids in groups.values() for k in range(0, len(ids), batch)]
-    for ids in utils.progress(batches, verbose, "detect", "batch"):
-        out = graph(np.stack([molded[i] for i in ids]), np.stack([metas[i] for i in ids]))
-        for j, i in enumerate(ids):
+    batches = [(group, k) for group in groups for k in range(0, len(group.indices), batch)]
+    for group, k in utils.progress(batches, verbose, "detect", "batch"):
+        out = graph(group.molded[k:k + batch], group.metas[k:k + batch])
+        for j, i in enumerate(group.indices[k:k + batch]):
             results[i] = unmold_detections(
                 out["detections"][j], out["mrcnn_mask"][j] if "mrcnn_mask" in out else None, images[i].shape,
-                molded[i].shape, windows[i], keypoints=out["mrcnn_keypoints"][j] if "mrcnn_keypoints" in out else None,
-                soft_masks=soft_masks)
+                group.molded[k + j].shape, group.windows[k + j],
+                keypoints=out["mrcnn_keypoints"][j] if "mrcnn_keypoints" in out else None, soft_masks=soft_masks)
     return results
 
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mrcnn.config import C4Config
-from mrcnn.export import INFO_PATH, ExportedMaskRCNN, export_canvas, export_saved_model
+from mrcnn.config import C4Config, Config
+from mrcnn.export import INFO_PATH, ExportedMaskRCNN, _base_config, export_canvas, export_saved_model
 from mrcnn.model import MaskRCNN
 from mrcnn.ops import roi_align
 from tests.test_model import NarrowConfig, _assert_same_detections, _set_trained_like_batchnorms, _shapes
@@ -165,6 +165,8 @@ def test_export_refuses_bad_models_canvases_and_class_names(tmp_path):
     assert export_canvas(c4) == (80, 80)
     with pytest.raises(ValueError, match="multiples of 16"):
         export_canvas(c4.update(IMAGE_RESIZE_MODE="pad64"), (80, 72))
+    # "none" keeps image sizes: detect takes a 100x64 image as it is, so may an export.
+    assert export_canvas(pad64.update(IMAGE_RESIZE_MODE="none"), (100, 64)) == (100, 64)
     assert not (tmp_path / "t").exists() and not (tmp_path / "c").exists()
 
 
@@ -188,6 +190,17 @@ def test_export_refuses_a_non_empty_folder_unless_told_to_overwrite(exported, tm
     (path / "stale.txt").write_text("from the previous export")
     export_saved_model(model, path, overwrite=True, frozen=True)
     assert not (path / "stale.txt").exists() and json.loads((path / INFO_PATH).read_text())["frozen"] is True
+
+
+def test_exported_config_comes_back_for_c4_and_custom_backbones():
+    # The loader rebuilt an FPN config from a few fields: a C4 crop config (multiples of 16) failed
+    # Config.validate. Now the whole stored config comes back, a callable backbone left out.
+    c4 = type("CropC4", (C4Config,), {"NUM_CLASSES": 4, "IMAGE_RESIZE_MODE": "crop", "IMAGE_MIN_DIM": 80,
+                                      "IMAGE_MAX_DIM": 128})()
+    back = _base_config(json.loads(json.dumps(c4.to_dict())))
+    assert back.BACKBONE_TYPE == "c4" and back.IMAGE_MIN_DIM == 80 and back.BACKBONE == c4.BACKBONE
+    keypoints = _base_config(json.loads(json.dumps(TinyKeypointConfig().to_dict())))
+    assert keypoints.KEYPOINT_HEAD and keypoints.BACKBONE == Config.BACKBONE and keypoints.IMAGE_MAX_DIM == 64
 
 
 def test_loading_something_else_names_the_missing_file(tmp_path):

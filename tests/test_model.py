@@ -819,6 +819,29 @@ def test_recalibrate_batchnorm_takes_images_of_several_canvas_sizes():
         assert np.isfinite(norm.moving_mean.numpy()).all()
 
 
+def test_recalibrate_batchnorm_takes_images_of_several_canvases_in_one_call(monkeypatch):
+    # "pad64": 64x64 and 100x64 images mold to 64x64 and 128x64 canvases. The call molded them all
+    # at once and raised "different canvases"; now each canvas runs in its own batches, in turn.
+    config = TinyConfig().update(TRAIN_BN=True, IMAGE_RESIZE_MODE="pad64", IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=128)
+    model = MaskRCNN(mode="inference", config=config)
+    model.ensure_built()
+    seen = []
+    per_canvas = model._per_canvas
+    monkeypatch.setattr(model, "_per_canvas", lambda function, images, metas: seen.append(tuple(images.shape)) or
+                        per_canvas(function, images, metas))
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, shape, dtype=np.uint8) for shape in [(64, 64, 3)] * 3 + [(100, 64, 3)] * 2]
+    assert model.recalibrate_batchnorm(images, batch_size=2) == 3
+    assert seen == [(2, 64, 64, 3), (2, 128, 64, 3), (1, 64, 64, 3)]  # the canvases in turn
+
+
+def test_run_graph_names_itself_when_images_mold_to_several_canvases():
+    config = TinyConfig().update(IMAGE_RESIZE_MODE="pad64", IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=128)
+    model = MaskRCNN(mode="inference", config=config)
+    with pytest.raises(ValueError, match=r"run_graph: these images mold to different canvases .*one canvas at a time$"):
+        model.run_graph([np.zeros((64, 64, 3), np.uint8), np.zeros((100, 64, 3), np.uint8)], ["detections"])
+
+
 def test_positive_roi_list_gathers_positives_and_never_returns_empty():
     from mrcnn.model import _positive_roi_list
 
