@@ -7,6 +7,7 @@ No files are needed: images are generated from a seed (mrcnn.data.shapes).
     python samples/shapes/shapes.py evaluate --weights last          # train's newest checkpoint
     python samples/shapes/shapes.py evaluate --weights runs/shapes/shapes.weights.h5   # demo's weights
     python samples/shapes/shapes.py detect --weights last --count 4 --out detections.png
+    python samples/shapes/shapes.py export --weights runs/shapes/shapes.weights.h5 --out export/shapes/1 --frozen
 
 `demo` is what `make demo` runs: it trains a Mask R-CNN with a narrow ResNet-FPN (`DemoConfig`)
 from scratch on CPU within the time budget given by --minutes, evaluates mask and box mAP on 50
@@ -236,6 +237,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", required=True, help="a weights path, or 'last'")
     p.add_argument("--count", type=int, default=4)
     p.add_argument("--out", default="detections.png")
+    p = sub.add_parser("export", help="write the inference model as a TensorFlow SavedModel (mrcnn.export)")
+    common(p)
+    p.add_argument("--weights", required=True, help="a weights path, or 'last'")
+    p.add_argument("--out", required=True, help="the SavedModel folder (for TF Serving: NAME/1)")
+    p.add_argument("--frozen", action="store_true", help="weights as constants, BatchNorms folded (faster on CPU)")
+    p.add_argument("--overwrite", action="store_true", help="replace an export already in --out")
     return parser
 
 
@@ -256,6 +263,12 @@ def _run(args: argparse.Namespace) -> None:
         _resolve_weights(model, args.weights)
         if args.command == "evaluate":
             print(json.dumps(evaluate(model, args.eval_images, verbose=args.verbose), indent=2))
+        elif args.command == "export":
+            from mrcnn.export import export_saved_model
+
+            path = export_saved_model(model, args.out, class_names=_dataset(1, TEST_SEED, 64).class_names,
+                                      frozen=args.frozen, overwrite=args.overwrite)
+            print(f"Wrote the SavedModel {path} (load it with mrcnn.export.ExportedMaskRCNN, or serve it)")
         else:
             print(f"Wrote {draw(model, args.count, args.out)}")
 
