@@ -55,6 +55,24 @@ def run_command(command: Callable[[], object], prog: str, show_traceback: bool =
     return 0
 
 
+def parse_canvas(text: str | None) -> tuple[int, int] | None:
+    """``--canvas`` "H,W" (or "HxW") -> (H, W); None for None.
+
+    Raises:
+        ValueError: naming the text when it is not two positive integers.
+    """
+    if text is None:
+        return None
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        height, width = (int(part) for part in parts)
+    except ValueError:
+        raise ValueError(f"--canvas must be H,W (two positive integers), got {text!r}") from None
+    if min(height, width) < 1:
+        raise ValueError(f"--canvas must be H,W (two positive integers), got {text!r}")
+    return height, width
+
+
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """``--set`` items -> Config fields: ``["image_max_dim=128", "BACKBONE=resnet50"]`` ->
     ``{"IMAGE_MAX_DIM": 128, "BACKBONE": "resnet50"}``.

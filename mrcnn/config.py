@@ -495,6 +495,8 @@ class Config:
                 value = Architecture(**value)
             elif isinstance(default, PurePath) and isinstance(value, str):
                 value = type(default)(value)
+            elif isinstance(value, str) and not _json_holds(default):
+                value = _copy_value(default)  # stored by repr (`_to_jsonable`): the class's own value
             setattr(config, name, value)
         config.validate()
         return config
@@ -600,6 +602,12 @@ def _copy_value(value: Any) -> Any:
     if isinstance(value, dict):
         return dict(value)
     return value
+
+
+def _json_holds(value: Any) -> bool:
+    """Whether `_to_jsonable` stores `value` as something `from_dict` can turn back into it."""
+    return value is None or isinstance(value, (str, int, float, bool, list, tuple, dict, np.ndarray, np.generic,
+                                               Architecture, PurePath)) or callable(value)
 
 
 def _to_jsonable(value: Any) -> Any:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,34 +56,29 @@ def export_canvas(config: Config, canvas: Sequence[int] | None = None) -> tuple[
     """The molded (H, W) an export serves: `canvas`, or the config's square canvas.
 
     Raises:
-        ValueError: without `canvas` for IMAGE_RESIZE_MODE "pad64" / "none" (one canvas per image
-            size); with a `canvas` other than the config's in "square" / "crop" mode (where every
-            image molds to the config's); for sides that are not positive multiples of 64 (16 for
-            BACKBONE_TYPE "c4", as `Config.validate` requires; any size in "none" mode).
+        ValueError: with a `canvas` other than the config's in "square" / "crop" mode (every image
+            molds to the config's); without `canvas` in "pad64" / "none" mode (one canvas per
+            image size); for a "pad64" canvas whose sides are not multiples of 64 of at least
+            IMAGE_MIN_DIM (what "pad64" molds images to); for sides that are not positive ints.
     """
-    square = config.IMAGE_RESIZE_MODE in ("square", "crop")
-    if square:
-        side = config.IMAGE_MAX_DIM if config.IMAGE_RESIZE_MODE == "square" else max(config.IMAGE_MAX_DIM,
-                                                                                    config.IMAGE_MIN_DIM)
-        if canvas is not None and tuple(int(v) for v in canvas) != (side, side):
-            raise ValueError(f"IMAGE_RESIZE_MODE {config.IMAGE_RESIZE_MODE!r} molds every image to ({side}, {side}), "
-                             f"not {tuple(canvas)}: leave canvas out, or export a config with IMAGE_MAX_DIM = "
-                             "the side you want")
-        canvas = (side, side)
-    elif canvas is None:
-        raise ValueError(f"IMAGE_RESIZE_MODE {config.IMAGE_RESIZE_MODE!r} molds each image size to its own "
-                         "canvas: pass the canvas to export, canvas=(H, W); the export detects images of that "
-                         "canvas only")
-    canvas = tuple(int(v) for v in canvas)
-    if config.IMAGE_RESIZE_MODE == "none":  # images keep their size: the graph takes any (as detect does)
-        multiple, why = 1, "sizes in pixels"
-    elif config.BACKBONE_TYPE == "c4":
-        multiple, why = 16, "C4's stride"
-    else:
-        multiple, why = 64, "the FPN's P6 is 1/64 of it"
-    if len(canvas) != 2 or min(canvas) < multiple or any(v % multiple for v in canvas):
-        raise ValueError(f"canvas must be (H, W), multiples of {multiple} ({why}), got {canvas}")
-    return canvas  # type: ignore[return-value]
+    mode = config.IMAGE_RESIZE_MODE
+    if mode in ("square", "crop"):
+        side = config.IMAGE_MAX_DIM if mode == "square" else max(config.IMAGE_MAX_DIM, config.IMAGE_MIN_DIM)
+        if canvas is not None and tuple(canvas) != (side, side):
+            raise ValueError(f"IMAGE_RESIZE_MODE {mode!r} molds every image to ({side}, {side}), not "
+                             f"{tuple(canvas)}: leave canvas out, or export a config with IMAGE_MAX_DIM = the side "
+                             "you want")
+        return side, side
+    if canvas is None:
+        raise ValueError(f"IMAGE_RESIZE_MODE {mode!r} molds each image size to its own canvas: pass the canvas to "
+                         "export, canvas=(H, W); the export detects images of that canvas only")
+    sides = tuple(canvas)
+    if len(sides) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in sides):
+        raise ValueError(f"canvas must be (H, W), two positive ints, got {canvas!r}")
+    if mode == "pad64" and (any(v % 64 for v in sides) or min(sides) < config.IMAGE_MIN_DIM):
+        raise ValueError(f"IMAGE_RESIZE_MODE 'pad64' molds images to multiples of 64 of at least IMAGE_MIN_DIM = "
+                         f"{config.IMAGE_MIN_DIM}: no image molds to the canvas {sides}")
+    return int(sides[0]), int(sides[1])
 
 
 def export_saved_model(model: Any, path: str | Path, canvas: Sequence[int] | None = None,
@@ -101,7 +97,8 @@ def export_saved_model(model: Any, path: str | Path, canvas: Sequence[int] | Non
         canvas: molded (H, W) the signature takes; default: the config's square canvas.
         class_names: optional names of the class ids (``dataset.class_names``), stored for clients.
         frozen: export the frozen, BatchNorm-folded graph instead of the graph over variables.
-        overwrite: replace what a non-empty `path` holds (refused otherwise).
+        overwrite: replace the export a non-empty `path` holds (refused otherwise). The new export
+            is written next to it and moved in at the end: a failed export leaves the old one.
 
     Returns:
         `path` as a Path.
@@ -109,8 +106,8 @@ def export_saved_model(model: Any, path: str | Path, canvas: Sequence[int] | Non
     Raises:
         ValueError: for a training-mode model, a bad canvas (`export_canvas`), or class_names that
             are not a list of NUM_CLASSES names.
-        FileExistsError: `path` is a file, or a non-empty folder without `overwrite`.
-        TypeError: a config field json cannot hold (checked before anything is written).
+        FileExistsError: `path` is a file, a non-empty folder without `overwrite`, or a non-empty
+            folder that holds no SavedModel (overwrite replaces an export only).
     """
     config = model.config
     if model.mode != "inference":
@@ -123,9 +120,12 @@ def export_saved_model(model: Any, path: str | Path, canvas: Sequence[int] | Non
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} is a file; export_saved_model writes a folder")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(f"{path} is not empty: pass overwrite=True to replace the export there (for TF "
-                              "Serving, a new version folder, e.g. .../2, serves the new one)")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{path} is not empty: pass overwrite=True to replace the export there (for TF "
+                                  "Serving, a new version folder, e.g. .../2, serves the new one)")
+        if not (path / "saved_model.pb").is_file():
+            raise FileExistsError(f"{path} is not empty and holds no SavedModel: overwrite replaces an export only")
     info = {
         "format_version": FORMAT_VERSION,
         "canvas": [height, width],
@@ -137,8 +137,24 @@ def export_saved_model(model: Any, path: str | Path, canvas: Sequence[int] | Non
     model.ensure_built()
     signature = [tf.TensorSpec([None, height, width, config.IMAGE_CHANNEL_COUNT], tf.float32, name="input_image"),
                  tf.TensorSpec([None, config.IMAGE_META_SIZE], tf.float32, name="input_image_meta")]
-    if path.is_dir():
-        shutil.rmtree(path)
+    # Written next to `path` and moved into place at the end: a failed export leaves the old one.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        info["roi_align_op"] = _write_savedmodel(model, staging / "export", signature, frozen)
+        (staging / "export" / INFO_PATH).parent.mkdir(parents=True, exist_ok=True)
+        (staging / "export" / INFO_PATH).write_text(json.dumps(info, indent=2))
+        if path.is_dir():
+            path.rename(staging / "previous")  # removed with the staging folder
+        (staging / "export").rename(path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def _write_savedmodel(model: Any, path: Path, signature: list[tf.TensorSpec], frozen: bool) -> bool:
+    """Writes the SavedModel of `model._infer_outputs` at `path`; whether its graph holds the compiled
+    RoIAlign op (only with POOLING_MODE "roi_align" and the op in use, not MRCNN_ROI_ALIGN=tf)."""
     # The graph `detect` runs: each detection's own class channel only (mrcnn_mask [B, D, h, w, 1]).
     if frozen:
         graph = freeze(model._infer_outputs, signature, model.variables, model.batchnorm_folds())
@@ -153,12 +169,7 @@ def export_saved_model(model: Any, path: str | Path, canvas: Sequence[int] | Non
         endpoint = archive.add_endpoint("serve", model._infer_outputs, input_signature=signature)
         archive.write_out(str(path), verbose=False)
         concrete = endpoint.get_concrete_function(*signature)
-    # What the loader must register: the graph holds the op only with POOLING_MODE "roi_align"
-    # and the compiled op in use (not MRCNN_ROI_ALIGN=tf).
-    info["roi_align_op"] = ROI_ALIGN_OP in op_types(concrete)
-    (path / INFO_PATH).parent.mkdir(parents=True, exist_ok=True)
-    (path / INFO_PATH).write_text(json.dumps(info, indent=2))
-    return path
+    return ROI_ALIGN_OP in op_types(concrete)
 
 
 def op_types(function: Any) -> set[str]:
@@ -231,8 +242,6 @@ def _base_config(stored: dict[str, Any]) -> Config:
     callable BACKBONE (stored by name only) and COMPUTE_BACKBONE_SHAPE, which cannot come back."""
     fields = {name: value for name, value in stored.items() if name in Config.field_names()}
     if not (isinstance(fields.get("BACKBONE"), dict) or fields.get("BACKBONE") in BACKBONES):
-        fields.pop("BACKBONE", None)
-        if fields.get("BACKBONE_TYPE") == "c4":  # C4 needs a named backbone; molding does not read it
-            fields["BACKBONE"] = BACKBONES[0]
+        fields.pop("BACKBONE", None)  # a callable's name (C4 takes named backbones only)
     fields.pop("COMPUTE_BACKBONE_SHAPE", None)
     return Config.from_dict(fields)

@@ -918,6 +918,9 @@ class MaskRCNN(keras.Model):
                     scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Resizes and normalizes images as in training (`mrcnn.molding.mold_images`).
 
+        `detect` molds through `mrcnn.molding` itself (each image on its own canvas), not through
+        this method: a subclass that changes molding overrides `detect` too.
+
         Args:
             images: list of [H,W,C] arrays (uint8 or float in [0,255]; grayscale or RGBA accepted),
                 all molding to one canvas.
@@ -925,7 +928,7 @@ class MaskRCNN(keras.Model):
                 resize mode decides.
             scale: multiplies the config's resize scale (test-time augmentation, mrcnn.tta).
         Returns:
-            molded [N,h,w,3] float32, metas [N,META] float32, windows [N,4] int32 pixel windows.
+            molded [N,h,w,C] float32, metas [N,META] float32, windows [N,4] int32 pixel windows.
         """
         return molding.mold_images(images, self.config, target_shape=target_shape, scale=scale)
 
@@ -1041,8 +1044,6 @@ class MaskRCNN(keras.Model):
             MASK_HEAD = False); with KEYPOINT_HEAD also keypoints [N,NUM_KEYPOINTS,3] float32
             (x, y in continuous pixels of the original image, heatmap score in [0, 1]).
         """
-        if isinstance(images, np.ndarray) and images.ndim in (2, 3):  # also before tta
-            raise TypeError("detect() takes a list of images; wrap a single image as [image]")
         if tta is not None:
             if scale != 1.0:
                 raise ValueError(f"detect: give the scales in tta, not scale={scale!r} as well")
@@ -1094,7 +1095,8 @@ class MaskRCNN(keras.Model):
                           original_image_shape: Sequence[int], image_shape: Sequence[int], window: np.ndarray,
                           keypoints: np.ndarray | None = None, soft_masks: bool = False) -> dict[str, np.ndarray]:
         """Maps one image's detections from the molded image back to the original
-        (`mrcnn.molding.unmold_detections`: arguments and result described there)."""
+        (`mrcnn.molding.unmold_detections`: arguments and result described there; `detect` calls
+        that function directly, `detect_molded` this method)."""
         return molding.unmold_detections(detections, mrcnn_mask, original_image_shape, image_shape, window,
                                          keypoints=keypoints, soft_masks=soft_masks)
 
@@ -1111,7 +1113,9 @@ class MaskRCNN(keras.Model):
 
         Args:
             images: training images ([H,W,3]); a few hundred are plenty. Images of several
-                canvases ("pad64"/"none" modes) run in batches of one canvas, canvases in turn.
+                canvases ("pad64"/"none" modes) run in batches of one canvas, canvases in turn
+                ("none" makes a canvas per image size: resize them to a few sizes for batches
+                of at least 2).
             batch_size: images per forward pass (default BATCH_SIZE; at least 2 is best).
             passes: times to go over `images`.
             verbose: 1 shows a progress bar.
@@ -1119,11 +1123,14 @@ class MaskRCNN(keras.Model):
             The number of forward passes run.
         """
         batch = int(batch_size or self.config.BATCH_SIZE)
+        images = molding.image_list(images, "recalibrate_batchnorm")
+        if not images:
+            raise ValueError("recalibrate_batchnorm got no images")
         # Images of several canvases ("pad64"/"none") run as batches of one canvas each, taken in
         # turn from each canvas, so that the moving averages (an exponential average) do not lean
         # towards whichever canvas would come last.
         per_canvas = [[(group.molded[k:k + batch], group.metas[k:k + batch]) for k in range(0, len(group.indices), batch)]
-                      for group in molding.mold_by_canvas(list(images), self.config)]
+                      for group in molding.mold_by_canvas(images, self.config, where="recalibrate_batchnorm")]
         in_turn = [b for turn in itertools.zip_longest(*per_canvas) for b in turn if b is not None]
         batches = in_turn * passes
         for molded, metas in utils.progress(batches, verbose, "recalibrate BN", "batch"):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -26,6 +26,22 @@ from mrcnn.data.dataset import conform_channels
 
 # What the inference graph returns: name -> array with the batch first.
 GraphOutputs = dict[str, np.ndarray]
+
+
+def image_list(images: Sequence[np.ndarray] | Any, where: str = "detect") -> list[np.ndarray]:
+    """`images` (a list, tuple, generator or [N,H,W,C] array) as a list.
+
+    Raises:
+        TypeError: for one bare [H,W] / [H,W,C] image, which would be read as rows of pixels.
+    """
+    if isinstance(images, np.ndarray) and images.ndim in (2, 3):
+        raise TypeError(f"{where}() takes a list of images; wrap a single image as [image]")
+    return list(images)
+
+
+def _check_scale(scale: Any, where: str) -> None:
+    if not is_scalar_of(scale, float) or not scale > 0:
+        raise ValueError(f"{where}: scale must be a number > 0, got {scale!r}")
 
 
 def mold_images(images: Sequence[np.ndarray], config: Config, target_shape: tuple[int, int] | None = None,
@@ -48,13 +64,14 @@ def mold_images(images: Sequence[np.ndarray], config: Config, target_shape: tupl
         (y1, x1, y2, x2) of each image inside its canvas.
 
     Raises:
-        ValueError / TypeError: naming the image for empty, non-finite or non-pixel inputs, and
-            for images that mold to different canvases (IMAGE_RESIZE_MODE "pad64" / "none").
+        ValueError / TypeError: naming the image for empty, non-finite or non-pixel inputs; for
+            no images, one bare image array, and images that mold to different canvases
+            (IMAGE_RESIZE_MODE "pad64" / "none"; the error lists the canvases).
     """
-    if not is_scalar_of(scale, float) or not scale > 0:
-        raise ValueError(f"mold_inputs: scale must be a number > 0, got {scale!r}")
-    if len(images) == 0:
-        raise ValueError("mold_inputs got no images")
+    _check_scale(scale, where)
+    images = image_list(images, where)
+    if not images:
+        raise ValueError(f"{where} got no images")
     molded, metas, windows = zip(*[_mold_one(image, i, config, target_shape, scale) for i, image in enumerate(images)])
     canvases = sorted({m.shape for m in molded})
     if len(canvases) > 1:  # pad64 / "none" modes keep sizes apart
@@ -73,19 +90,27 @@ class CanvasGroup(NamedTuple):
     windows: np.ndarray  # [n, 4] int32
 
 
-def mold_by_canvas(images: Sequence[np.ndarray], config: Config, scale: float = 1.0) -> list[CanvasGroup]:
+def mold_by_canvas(images: Sequence[np.ndarray], config: Config, scale: float = 1.0,
+                   where: str = "detect") -> list[CanvasGroup]:
     """Molds each image on its own canvas and groups them by canvas (H, W), in first-seen order.
 
     "square"/"crop" modes give one group; "pad64"/"none" one per canvas size.
+
+    Args:
+        images: a list of images of any size (see `mold_images`).
+        config: the model's config.
+        scale: multiplies the config's resize scale (see `mold_images`).
+        where: the caller named in errors.
+
+    Returns:
+        One `CanvasGroup` per canvas: the images' positions in `images`, molded [n,h,w,C]
+        float32, metas [n,META] float32, windows [n,4] int32. No groups for no images.
 
     Raises:
         TypeError: for a bare image array instead of a list of images.
         ValueError / TypeError: naming the image for bad pixels (`mold_images`), or a bad scale.
     """
-    if isinstance(images, np.ndarray) and images.ndim in (2, 3):
-        raise TypeError("detect() takes a list of images; wrap a single image as [image]")
-    if not is_scalar_of(scale, float) or not scale > 0:
-        raise ValueError(f"detect: scale must be a number > 0, got {scale!r}")
+    _check_scale(scale, where)
     members: dict[tuple[int, ...], list[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]]] = {}
     for i, image in enumerate(images):
         one = _mold_one(image, i, config, None, scale)
@@ -200,6 +225,7 @@ def detect_images(images: Sequence[np.ndarray], config: Config, graph: Callable[
         ValueError: naming the image for bad pixels (`mold_images`), or one that molds to
             another canvas than `canvas`, before the graph runs on any image.
     """
+    images = image_list(images)
     groups = mold_by_canvas(images, config, scale=scale)
     if canvas is not None:
         for group in groups:
@@ -207,7 +233,6 @@ def detect_images(images: Sequence[np.ndarray], config: Config, graph: Callable[
                 raise ValueError(f"image {group.indices[0]} molds to a {tuple(group.molded.shape[1:3])} canvas; this "
                                  f"graph takes {tuple(canvas)} (an export holds one canvas: "
                                  "export_saved_model(canvas=...))")
-    images = list(images)
     results: list[dict[str, np.ndarray]] = [None] * len(images)  # type: ignore[list-item]
     batch = config.BATCH_SIZE
     batches = [(group, k) for group in groups for k in range(0, len(group.indices), batch)]

@@ -4,7 +4,7 @@
     results = model.detect(images, tta=TTA.paper())   # shorter side 400..1200 step 100 at base 800, + flips
 
 Views: every entry of `scales` is a multiple of the model's own resize scale (1.0 is plain
-detection; the canvas grows or shrinks with it, see `MaskRCNN.mold_inputs`), and with `hflip`
+detection; the canvas grows or shrinks with it, see `mrcnn.molding.mold_images`), and with `hflip`
 each scale is also run on the horizontally mirrored image. Each view is detected with soft
 (probability) masks and mapped back to the original image (a mirrored view's boxes and masks are
 mirrored back). The views' detections of an image are then merged:
@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from mrcnn import utils
+from mrcnn.molding import image_list
 
 MERGE_MODES = ("vote", "nms")
 
@@ -250,12 +251,10 @@ def detect_tta(model: Any, images: Sequence[np.ndarray], tta: TTA | dict[str, An
         ValueError: for a bad `tta`, or a model with a keypoint head (keypoints are not merged).
     """
     tta = as_tta(tta)
-    if isinstance(images, np.ndarray) and images.ndim in (2, 3):
-        raise TypeError("detect() takes a list of images; wrap a single image as [image]")
+    images = image_list(images)
     if getattr(model.config, "KEYPOINT_HEAD", False):
         raise ValueError("test-time augmentation does not merge keypoints: detect without tta for a "
                          "model with KEYPOINT_HEAD = True")
-    images = list(images)
     views = tta.views()
     if len(views) == 1:
         scale, flip = views[0]

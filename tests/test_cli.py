@@ -3,7 +3,7 @@
 import pytest
 
 from mrcnn.callbacks import TrainingDivergedError
-from mrcnn.cli import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_USER_ERROR, parse_overrides, run_command
+from mrcnn.cli import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_USER_ERROR, parse_canvas, parse_overrides, run_command
 
 
 def _raise(error: BaseException):
@@ -19,6 +19,7 @@ def test_success_is_zero_and_runs_the_command():
 
 
 @pytest.mark.parametrize("error", [FileNotFoundError("no such file: data/annotations.json"),
+                                   FileExistsError("export/1 is not empty: pass overwrite=True"),
                                    ValueError("IMAGE_MIN_DIM must be an int, got 'abc' (str)")])
 def test_user_errors_print_one_line_without_traceback(error, capsys):
     assert run_command(_raise(error), prog="x.py") == EXIT_USER_ERROR == 2
@@ -59,3 +60,11 @@ def test_parse_overrides_upper_cases_names_and_reads_python_or_json_values():
     for bad in ("IMAGE_MAX_DIM", "=3"):
         with pytest.raises(ValueError, match=f"FIELD=VALUE items, got '{bad}'"):
             parse_overrides([bad])
+
+
+def test_parse_canvas_reads_h_w_and_names_bad_text():
+    assert parse_canvas(None) is None
+    assert parse_canvas("128,64") == (128, 64) and parse_canvas("128x64") == (128, 64)
+    for text in ("128", "128,64,3", "a,b", "0,64", "-64,64"):
+        with pytest.raises(ValueError, match=f"--canvas must be H,W .*got {text!r}"):
+            parse_canvas(text)

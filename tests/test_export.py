@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from mrcnn import export as export_module
 from mrcnn.config import C4Config, Config
-from mrcnn.export import INFO_PATH, ExportedMaskRCNN, _base_config, export_canvas, export_saved_model
+from mrcnn.export import INFO_PATH, ExportedMaskRCNN, _base_config, export_canvas, export_saved_model, op_types
 from mrcnn.model import MaskRCNN
 from mrcnn.ops import roi_align
 from tests.test_model import NarrowConfig, _assert_same_detections, _set_trained_like_batchnorms, _shapes
@@ -99,11 +100,6 @@ def test_exported_model_loads_and_detects_in_a_fresh_process(exported, tmp_path)
         _assert_same_detections(dict(result), model.detect(images[:1])[0])
 
 
-def _op_types(function) -> set[str]:
-    definition = function.graph.as_graph_def()
-    return {node.op for node in definition.node} | {n.op for f in definition.library.function for n in f.node_def}
-
-
 def test_frozen_export_detects_as_the_keras_model_without_variables(exported, tmp_path):
     model = _model(NarrowConfig())
     # BatchNorms far from the identity, as trained ones: folding must change nothing but rounding.
@@ -111,8 +107,8 @@ def test_frozen_export_detects_as_the_keras_model_without_variables(exported, tm
     path = export_saved_model(model, tmp_path / "frozen", frozen=True)
     served = ExportedMaskRCNN(path)
     assert json.loads((path / INFO_PATH).read_text())["frozen"] is True
-    assert not _op_types(served.serving_function) & {"ReadVariableOp", "VarHandleOp"}
-    assert "ReadVariableOp" in _op_types(ExportedMaskRCNN(exported[1]).serving_function)  # the check can fail
+    assert not op_types(served.serving_function) & {"ReadVariableOp", "VarHandleOp"}
+    assert "ReadVariableOp" in op_types(ExportedMaskRCNN(exported[1]).serving_function)  # the check can fail
     images = _images()
     for ours, theirs in zip(served.detect(images), model.detect(images), strict=True):
         _assert_same_detections(ours, theirs)
@@ -156,15 +152,19 @@ def test_export_refuses_bad_models_canvases_and_class_names(tmp_path):
     pad64 = NarrowConfig().update(IMAGE_RESIZE_MODE="pad64", IMAGE_MAX_DIM=128)
     with pytest.raises(ValueError, match="pass the canvas to export"):
         export_canvas(pad64)
-    with pytest.raises(ValueError, match=r"multiples of 64.*\(64, 100\)"):
+    # "pad64" molds to multiples of 64 of at least IMAGE_MIN_DIM (64 here), C4 or not.
+    with pytest.raises(ValueError, match=r"no image molds to the canvas \(64, 100\)"):
         export_canvas(pad64, (64, 100))
     assert export_canvas(pad64, [128, 64]) == (128, 64)
-    assert export_canvas(NarrowConfig().update(IMAGE_RESIZE_MODE="crop", IMAGE_MIN_DIM=128)) == (128, 128)
-    # C4 needs multiples of 16 only (stride 16, no P6), as Config.validate says.
+    with pytest.raises(ValueError, match=r"at least IMAGE_MIN_DIM = 128: no image molds to the canvas \(64, 128\)"):
+        export_canvas(pad64.update(IMAGE_MIN_DIM=128), (64, 128))
+    with pytest.raises(ValueError, match="two positive ints"):
+        export_canvas(pad64, (128.7, 128))
     c4 = type("SmallC4", (C4Config,), {"NUM_CLASSES": 4, "IMAGE_MIN_DIM": 80, "IMAGE_MAX_DIM": 80})()
-    assert export_canvas(c4) == (80, 80)
-    with pytest.raises(ValueError, match="multiples of 16"):
-        export_canvas(c4.update(IMAGE_RESIZE_MODE="pad64"), (80, 72))
+    assert export_canvas(c4) == (80, 80)  # C4's square canvas: multiples of 16 (Config.validate)
+    with pytest.raises(ValueError, match="no image molds to the canvas"):
+        export_canvas(c4.update(IMAGE_RESIZE_MODE="pad64"), (80, 80))  # an 80 px image pads to 128
+    assert export_canvas(NarrowConfig().update(IMAGE_RESIZE_MODE="crop", IMAGE_MIN_DIM=128)) == (128, 128)
     # "none" keeps image sizes: detect takes a 100x64 image as it is, so may an export.
     assert export_canvas(pad64.update(IMAGE_RESIZE_MODE="none"), (100, 64)) == (100, 64)
     assert not (tmp_path / "t").exists() and not (tmp_path / "c").exists()
@@ -182,7 +182,7 @@ def test_exported_pad64_model_names_the_canvas_it_takes(tmp_path):
         served.detect(tall)
 
 
-def test_export_refuses_a_non_empty_folder_unless_told_to_overwrite(exported, tmp_path):
+def test_export_refuses_a_non_empty_folder_unless_told_to_overwrite(exported, tmp_path, monkeypatch):
     model, _ = exported
     path = export_saved_model(model, tmp_path / "v1")
     with pytest.raises(FileExistsError, match="is not empty: pass overwrite=True"):
@@ -190,6 +190,22 @@ def test_export_refuses_a_non_empty_folder_unless_told_to_overwrite(exported, tm
     (path / "stale.txt").write_text("from the previous export")
     export_saved_model(model, path, overwrite=True, frozen=True)
     assert not (path / "stale.txt").exists() and json.loads((path / INFO_PATH).read_text())["frozen"] is True
+    # overwrite replaces an export, never another folder.
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "precious.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="holds no SavedModel"):
+        export_saved_model(model, tmp_path / "notes", overwrite=True)
+    assert (tmp_path / "notes" / "precious.txt").read_text() == "mine"
+    # A failed export leaves the one before it, and no staging folder.
+    monkeypatch.setattr(export_module, "_write_savedmodel", _fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_saved_model(model, path, overwrite=True)
+    assert json.loads((path / INFO_PATH).read_text())["frozen"] is True and ExportedMaskRCNN(path).canvas == (64, 64)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "v1"]
+
+
+def _fail(*args, **kwargs):
+    raise RuntimeError("disk full")
 
 
 def test_exported_config_comes_back_for_c4_and_custom_backbones():
@@ -227,5 +243,8 @@ def test_exported_bfloat16_model_computes_in_bfloat16_and_agrees_with_the_keras_
         ours = served.serving_function(input_image=tf.constant(molded), input_image_meta=tf.constant(metas))
         theirs = model._infer(tf.constant(molded), tf.constant(metas))
         ours, theirs = ours["detections"].numpy()[0], theirs["detections"].numpy()[0]
-        assert np.count_nonzero(ours[:, 4]) == np.count_nonzero(theirs[:, 4]) > 0
-        np.testing.assert_allclose(np.sort(ours[:, 5]), np.sort(theirs[:, 5]), atol=0.02)
+        ours, theirs = ours[ours[:, 4] > 0], theirs[theirs[:, 4] > 0]
+        # A near-tie may add or drop one detection; every other score has a partner within 0.02.
+        assert len(theirs) > 0 and abs(len(ours) - len(theirs)) <= 1
+        partnered = np.abs(ours[:, 5][:, None] - theirs[:, 5][None, :]).min(axis=1) <= 0.02
+        assert partnered.sum() >= min(len(ours), len(theirs)), (ours[:, 5], theirs[:, 5])

@@ -822,9 +822,13 @@ def test_recalibrate_batchnorm_takes_images_of_several_canvas_sizes():
 def test_recalibrate_batchnorm_takes_images_of_several_canvases_in_one_call(monkeypatch):
     # "pad64": 64x64 and 100x64 images mold to 64x64 and 128x64 canvases. The call molded them all
     # at once and raised "different canvases"; now each canvas runs in its own batches, in turn.
-    config = TinyConfig().update(TRAIN_BN=True, IMAGE_RESIZE_MODE="pad64", IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=128)
+    config = NarrowConfig().update(TRAIN_BN=True, IMAGE_RESIZE_MODE="pad64", IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=128)
     model = MaskRCNN(mode="inference", config=config)
     model.ensure_built()
+    with pytest.raises(ValueError, match="recalibrate_batchnorm got no images"):
+        model.recalibrate_batchnorm([])
+    with pytest.raises(TypeError, match=r"recalibrate_batchnorm\(\) takes a list of images"):
+        model.recalibrate_batchnorm(np.zeros((64, 64, 3), np.uint8))  # one image: its rows are no images
     seen = []
     per_canvas = model._per_canvas
     monkeypatch.setattr(model, "_per_canvas", lambda function, images, metas: seen.append(tuple(images.shape)) or

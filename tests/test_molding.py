@@ -65,3 +65,24 @@ def test_mold_images_refuses_mixed_canvases_and_no_images():
         molding.mold_images([np.zeros((64, 64, 3), np.uint8), np.zeros((100, 64, 3), np.uint8)], config)
     with pytest.raises(ValueError, match="no images"):
         molding.mold_images([], config)
+
+
+def test_detect_images_takes_a_generator_and_refuses_a_bare_image():
+    config = Pad64Config()
+    images = [np.full((64, 64, 3), 100, np.uint8), np.full((100, 64, 3), 100, np.uint8)]
+    results = molding.detect_images((image for image in images), config, _window_graph([]))
+    assert [r["masks"].shape[:2] for r in results] == [(64, 64), (100, 64)]
+    with pytest.raises(TypeError, match="wrap a single image as"):
+        molding.detect_images(images[0], config, _window_graph([]))
+
+
+def test_detect_images_checks_every_canvas_before_running_the_graph():
+    # An export takes one canvas: image 2 molds to another, and nothing may run before that is said
+    # (the first batch, images 0 and 1, would otherwise be detected first).
+    config = Pad64Config()
+    images = [np.zeros((64, 64, 3), np.uint8)] * 2 + [np.zeros((100, 64, 3), np.uint8)]
+    calls: list[tuple[int, ...]] = []
+    with pytest.raises(ValueError, match=r"image 2 molds to a \(128, 64\) canvas; this graph takes \(64, 64\)"):
+        molding.detect_images(images, config, _window_graph(calls), canvas=(64, 64))
+    assert calls == []
+    assert len(molding.detect_images(images[:2], config, _window_graph(calls), canvas=(64, 64))) == 2

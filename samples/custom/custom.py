@@ -17,8 +17,8 @@ Training runs two stages, as matterport's balloon sample: the heads (FPN, RPN, b
 heads) up to --epochs-heads, then all layers up to --epochs-all at a tenth of the learning rate.
 `--set FIELD=VALUE` overrides any Config field (the value is read as JSON when it parses).
 Nothing is downloaded unless --download is given; offline, the error names the URL and where to
-put the file. Each run's log dir holds config.json and class_names.json, which evaluate, detect
-and splash read back from beside the weights.
+put the file. Each run's log dir holds config.json and class_names.json, which evaluate, detect,
+splash and export read back from beside the weights.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from mrcnn.cli import parse_overrides  # noqa: E402
+from mrcnn.cli import parse_canvas, parse_overrides  # noqa: E402
 from mrcnn.config import Config  # noqa: E402
 from samples.custom.polygon_dataset import PolygonDataset  # noqa: E402
 
@@ -206,7 +206,7 @@ def inference_model(args: argparse.Namespace) -> tuple[Any, list[str]]:
 
     path = own_weights_file(args)
     if path is None:
-        raise ValueError(f"--weights {args.weights}: evaluate, detect and splash take last or a weights file")
+        raise ValueError(f"--weights {args.weights}: evaluate, detect, splash and export take last or a weights file")
     base = saved_config(path)
     names_file = path.parent / CLASS_NAMES_FILE
     class_names = _split(args.classes) or (json.loads(names_file.read_text()) if names_file.is_file() else None)
@@ -277,8 +277,8 @@ def export(args: argparse.Namespace) -> str:
     from mrcnn.export import export_saved_model
 
     model, class_names = inference_model(args)
-    path = export_saved_model(model, args.out, class_names=class_names, frozen=args.frozen,
-                              overwrite=args.overwrite)
+    path = export_saved_model(model, args.out, canvas=parse_canvas(args.canvas), class_names=class_names,
+                              frozen=args.frozen, overwrite=args.overwrite)
     print(f"Wrote the SavedModel {path} (load it with mrcnn.export.ExportedMaskRCNN, or serve it)")
     return str(path)
 
@@ -350,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frozen", action="store_true",
                    help="weights as graph constants, BatchNorms folded: faster on CPU (optimize_for_inference's graph)")
     p.add_argument("--overwrite", action="store_true", help="replace an export already in --out")
+    p.add_argument("--canvas", default=None, metavar="H,W",
+                   help="the molded size the export takes (IMAGE_RESIZE_MODE pad64/none only)")
     return parser
 
 

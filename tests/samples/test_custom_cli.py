@@ -93,3 +93,6 @@ def test_train_then_detect_and_splash(tmp_path: Path) -> None:
     ours, theirs = served.detect([pixels])[0], model.detect([pixels])[0]
     for key in ("rois", "class_ids", "masks"):
         np.testing.assert_array_equal(ours[key], theirs[key])
+    # A square-mode run molds to its own canvas: --canvas may only repeat it.
+    assert custom.main(["export", "--logs", logs, "--out", str(tmp_path / "e2"), "--canvas", "128,128",
+                        "--verbose", "0"]) == 2
