@@ -36,7 +36,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -46,6 +46,9 @@ from mrcnn import molding
 from mrcnn.config import BACKBONES, Config
 from mrcnn.freezing import freeze
 from mrcnn.ops import roi_align
+
+if TYPE_CHECKING:  # mrcnn.model imports the whole graph; loading an export does not need it
+    from mrcnn.model import MaskRCNN
 
 INFO_PATH = Path("assets.extra") / "mrcnn.json"
 ROI_ALIGN_OP = "RoiAlign"  # the compiled op's type name
@@ -81,7 +84,7 @@ def export_canvas(config: Config, canvas: Sequence[int] | None = None) -> tuple[
     return int(sides[0]), int(sides[1])
 
 
-def export_saved_model(model: Any, path: str | Path, canvas: Sequence[int] | None = None,
+def export_saved_model(model: MaskRCNN, path: str | Path, canvas: Sequence[int] | None = None,
                        class_names: Sequence[str] | None = None, frozen: bool = False,
                        overwrite: bool = False) -> Path:
     """Writes `model`'s inference graph and weights as a SavedModel at `path`.
@@ -152,7 +155,7 @@ def export_saved_model(model: Any, path: str | Path, canvas: Sequence[int] | Non
     return path
 
 
-def _write_savedmodel(model: Any, path: Path, signature: list[tf.TensorSpec], frozen: bool) -> bool:
+def _write_savedmodel(model: MaskRCNN, path: Path, signature: list[tf.TensorSpec], frozen: bool) -> bool:
     """Writes the SavedModel of `model._infer_outputs` at `path`; whether its graph holds the compiled
     RoIAlign op (only with POOLING_MODE "roi_align" and the op in use, not MRCNN_ROI_ALIGN=tf)."""
     # The graph `detect` runs: each detection's own class channel only (mrcnn_mask [B, D, h, w, 1]).
