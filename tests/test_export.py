@@ -15,9 +15,11 @@ import tensorflow as tf
 
 from mrcnn import export as export_module
 from mrcnn.config import C4Config, Config
+from mrcnn.evaluation.evaluate import evaluate_dataset
 from mrcnn.export import INFO_PATH, ExportedMaskRCNN, _base_config, export_canvas, export_saved_model, op_types
 from mrcnn.model import MaskRCNN
 from mrcnn.ops import roi_align
+from mrcnn.tiling import detect_tiled
 from tests.test_model import NarrowConfig, _assert_same_detections, _set_trained_like_batchnorms, _shapes
 from tests.test_model_keypoints import TinyKeypointConfig
 from tests.test_tta import _with_foreground_bias
@@ -56,6 +58,18 @@ def test_exported_model_detects_as_the_keras_model(exported):
         _assert_same_detections(ours, theirs)
     assert served.canvas == (64, 64) and served.class_names == CLASS_NAMES
     assert served.config.NUM_CLASSES == 4 and served.config.BATCH_SIZE == model.config.BATCH_SIZE
+
+
+def test_exported_model_runs_tiled_inference_and_evaluation(exported):
+    # detect_tiled and evaluate_dataset call .detect and read .config: an export serves them too.
+    model, path = exported
+    served = ExportedMaskRCNN(path)
+    field = np.random.default_rng(4).integers(0, 255, (100, 150, 3), dtype=np.uint8)
+    ours, theirs = detect_tiled(served, field, 64, 16), detect_tiled(model, field, 64, 16)
+    assert len(theirs["class_ids"]) > 0
+    _assert_same_detections(ours, theirs)
+    dataset = _shapes(2, seed=5)
+    assert evaluate_dataset(served, dataset)["mask_mAP50"] == evaluate_dataset(model, dataset)["mask_mAP50"]
 
 
 def test_serving_signature_takes_molded_images_of_any_batch_size(exported):
