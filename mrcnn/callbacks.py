@@ -6,9 +6,12 @@
 * `StopOnNaN` stops training at the first non-finite batch loss with a message naming the epoch
   and batch; `MaskRCNN.train` then puts the last good checkpoint back and raises
   `TrainingDivergedError`.
-* TensorBoard logs go to the run's log dir.
+* TensorBoard logs go to the run's log dir; it comes after `train`'s custom callbacks, so the
+  values they add to an epoch's logs are written too.
 * `TrainingBudget` (not one of train's defaults: pass it in `custom_callbacks`) trains for a
   wall-clock or CPU-time budget with the paper's step schedule scaled to it.
+* `MeanAveragePrecision` (also passed in `custom_callbacks`) adds a validation set's mask and box
+  mAP to the epoch's logs every few epochs.
 
 A checkpoint is a Keras 3 ``.weights.h5`` file: the model's weights and, once the optimizer has
 taken a step, its variables (Keras writes them by position under ``optimizer/vars``). We add two
@@ -27,6 +30,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import h5py
@@ -437,12 +441,82 @@ def _read_budget_record(run_dir: str) -> dict[str, dict[str, Any]]:
         return json.load(f)
 
 
-def training_callbacks(model: keras.Model, log_dir: str, checkpoint_path: str, keep_checkpoints: int = 0
-                       ) -> list[keras.callbacks.Callback]:
-    """The callbacks `MaskRCNN.train` always uses: NaN guard, atomic checkpoints (the last
-    `keep_checkpoints`, 0: all), TensorBoard."""
+def training_callbacks(model: keras.Model, log_dir: str, checkpoint_path: str, keep_checkpoints: int = 0,
+                       custom: Sequence[keras.callbacks.Callback] = ()) -> list[keras.callbacks.Callback]:
+    """The callbacks `MaskRCNN.train` runs: NaN guard, atomic checkpoints (the last
+    `keep_checkpoints`, 0: all), the `custom` ones, TensorBoard last (Keras hands one logs dict
+    down the list: what a custom callback adds to it, e.g. `MeanAveragePrecision`, is written)."""
     return [
         StopOnNaN(),
         AtomicCheckpoint(checkpoint_path, verbose=0, keep=keep_checkpoints),
+        *custom,
         keras.callbacks.TensorBoard(log_dir=log_dir, histogram_freq=0, write_graph=False),
     ]
+
+
+class MeanAveragePrecision(keras.callbacks.Callback):
+    """Mask and box mAP on a validation dataset every `every` epochs, added to the epoch's logs.
+
+    The keys are ``val_mask_mAP50``, ``val_mask_mAP``, ``val_box_mAP50`` and ``val_box_mAP``
+    (`mrcnn.evaluation.evaluate.evaluate_dataset`: VOC-style AP per image at IoU 0.5 and averaged
+    over 0.5:0.95; box keys only for a model without mask head). Callbacks after this one see
+    them: `MaskRCNN.train` runs its TensorBoard callback last, which writes them as the
+    validation run's ``epoch_mask_mAP50`` etc.; `History` and `CSVLogger` keep them.
+
+    Detection uses the thresholds of the config it runs with: the training model's own config
+    (DETECTION_MIN_CONFIDENCE 0.7 by default, while COCO-style mAP counts detections from 0.05)
+    unless `inference_config` is given; then an inference-mode model of that config is built
+    once and gets the training model's current weights before each evaluation (it holds a copy
+    of the weights).
+
+    Args:
+        dataset: a prepared `Dataset` with ground truth (`load_mask`).
+        inference_config: optional `Config` to detect with (e.g. the training config with
+            IMAGES_PER_GPU 1 and DETECTION_MIN_CONFIDENCE 0.05); its classes must be the model's.
+        every: evaluate after epochs every, 2 * every, ... (1-based epoch counts).
+        image_ids: evaluate these images only (default all): a few hundred keep it quick.
+        verbose: 1 shows `evaluate_dataset`'s progress bar.
+
+    Attributes:
+        history: [(epoch, {key: value})] of every evaluation (0-based Keras epoch indices).
+    """
+
+    KEYS = ("mask_mAP50", "mask_mAP", "box_mAP50", "box_mAP")
+
+    def __init__(self, dataset: Any, inference_config: Any = None, every: int = 1,
+                 image_ids: Sequence[int] | None = None, verbose: int = 0) -> None:
+        super().__init__()
+        if not isinstance(every, (int, np.integer)) or isinstance(every, bool) or every < 1:
+            raise ValueError(f"MeanAveragePrecision: every must be an int >= 1, got {every!r}")
+        if not len(dataset.image_ids if image_ids is None else image_ids):
+            raise ValueError("MeanAveragePrecision needs a dataset with at least one image")
+        self.dataset = dataset
+        self.inference_config = inference_config
+        self.every = int(every)
+        self.image_ids = None if image_ids is None else list(image_ids)
+        self.verbose = verbose
+        self.history: list[tuple[int, dict[str, float]]] = []
+        self._inference: Any = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if (epoch + 1) % self.every:
+            return
+        from mrcnn.evaluation.evaluate import evaluate_dataset
+
+        metrics = evaluate_dataset(self._detector(), self.dataset, image_ids=self.image_ids, verbose=self.verbose)
+        values = {f"val_{key}": float(metrics[key]) for key in self.KEYS if key in metrics}
+        self.history.append((epoch, values))
+        if logs is not None:
+            logs.update(values)
+
+    def _detector(self) -> Any:
+        """The model `evaluate_dataset` runs: the training model, or the inference model with its weights."""
+        if self.inference_config is None:
+            return self.model
+        if self._inference is None:
+            from mrcnn.model import MaskRCNN
+
+            self._inference = MaskRCNN(mode="inference", config=self.inference_config)
+            self._inference.ensure_built()
+        self._inference.set_weights(self.model.get_weights())
+        return self._inference

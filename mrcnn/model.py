@@ -732,7 +732,9 @@ class MaskRCNN(keras.Model):
             layers: "heads", "3+", "4+", "5+", "all", or a regex over layer names (`layer_regex`; in the
                 C4 model "heads" includes res5, its box head).
             augmentation: an augmenter from mrcnn.data.augment applied to training images.
-            custom_callbacks: extra Keras callbacks.
+            custom_callbacks: extra Keras callbacks (e.g. `mrcnn.callbacks.MeanAveragePrecision`,
+                `TrainingBudget`); they run before train's TensorBoard callback, which writes
+                what they add to an epoch's logs.
             no_augmentation_sources: dataset sources never augmented.
         Returns:
             The Keras History of this stage.
@@ -801,8 +803,8 @@ class MaskRCNN(keras.Model):
         self._resume_checkpoint = None
         # Callbacks with state of their own (TrainingBudget) continue from the run's record of it.
         self.resumed_from = carried if isinstance(carried, str) else None
-        callbacks = (training_callbacks(self, self.log_dir, self.checkpoint_path, self.config.KEEP_CHECKPOINTS)
-                     + list(custom_callbacks or []))
+        callbacks = training_callbacks(self, self.log_dir, self.checkpoint_path, self.config.KEEP_CHECKPOINTS,
+                                       custom=list(custom_callbacks or []))
         checkpoint = next(cb for cb in callbacks if isinstance(cb, AtomicCheckpoint))
         checkpoint.saved_iterations = int(self.optimizer.iterations.numpy())  # this call starts at an epoch's end
         # Until this call saves an epoch, the last good checkpoint is the one it resumed from.

@@ -470,3 +470,54 @@ def test_a_checkpoint_write_cut_short_leaves_no_temporary_file(tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         write_checkpoint(model, str(tmp_path / "m_interrupted.weights.h5"), epoch=1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_mean_average_precision_adds_val_map_every_n_epochs():
+    from mrcnn.callbacks import MeanAveragePrecision
+    from mrcnn.data.shapes import ShapesDataset
+    from tests.evaluation.test_evaluate import OracleModel
+
+    dataset = ShapesDataset()
+    dataset.load_shapes(3, 64, 64, seed=11)
+    dataset.prepare()
+    callback = MeanAveragePrecision(dataset, every=2)
+    callback.set_model(OracleModel(dataset))  # returns the ground truth: mAP 1
+    logs = {"loss": 1.0}
+    callback.on_epoch_end(0, logs)
+    assert logs == {"loss": 1.0} and callback.history == []
+    callback.on_epoch_end(1, logs)
+    assert logs == {"loss": 1.0, "val_mask_mAP50": 1.0, "val_mask_mAP": 1.0, "val_box_mAP50": 1.0, "val_box_mAP": 1.0}
+    callback.set_model(OracleModel(dataset, shift=6))  # masks moved 6 px: lower
+    callback.on_epoch_end(3, logs)
+    assert [epoch for epoch, _ in callback.history] == [1, 3]
+    assert 0 < logs["val_mask_mAP"] < 1 and logs["val_mask_mAP"] == callback.history[-1][1]["val_mask_mAP"]
+    with pytest.raises(ValueError, match="every must be an int >= 1, got 0"):
+        MeanAveragePrecision(dataset, every=0)
+    with pytest.raises(ValueError, match="at least one image"):
+        MeanAveragePrecision(dataset, image_ids=[])
+
+
+def test_mean_average_precision_reaches_tensorboard_and_history_through_train(tmp_path):
+    # train's TensorBoard runs after the custom callbacks: the values are written, as the
+    # validation run's epoch_mask_mAP50 (Keras moves val_ keys there), and kept in History.
+    import tensorflow as tf
+
+    from mrcnn.callbacks import MeanAveragePrecision
+    from mrcnn.model import MaskRCNN
+
+    config, dataset = _tiny_run(1)
+    keras.utils.set_random_seed(0)
+    model = MaskRCNN("training", config, model_dir=str(tmp_path))
+    inference_config, _ = _tiny_run(1, DETECTION_MIN_CONFIDENCE=0.0)
+    evaluation = MeanAveragePrecision(dataset, inference_config=inference_config)
+    history = model.train(dataset, None, learning_rate=0.01, epochs=1, layers="heads", verbose=0,
+                          custom_callbacks=[evaluation])
+    assert set(history.history) >= {"val_mask_mAP50", "val_mask_mAP", "val_box_mAP50", "val_box_mAP"}
+    # The inference model evaluated the trained weights.
+    for ours, theirs in zip(evaluation._inference.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    tags = set()
+    for event_file in (Path(model.log_dir) / "validation").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            tags.update(value.tag for value in event.summary.value)
+    assert {"epoch_mask_mAP50", "epoch_box_mAP"} <= tags
