@@ -30,6 +30,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -459,9 +460,14 @@ class MeanAveragePrecision(keras.callbacks.Callback):
 
     The keys are ``val_mask_mAP50``, ``val_mask_mAP``, ``val_box_mAP50`` and ``val_box_mAP``
     (`mrcnn.evaluation.evaluate.evaluate_dataset`: VOC-style AP per image at IoU 0.5 and averaged
-    over 0.5:0.95; box keys only for a model without mask head). Callbacks after this one see
-    them: `MaskRCNN.train` runs its TensorBoard callback last, which writes them as the
-    validation run's ``epoch_mask_mAP50`` etc.; `History` and `CSVLogger` keep them.
+    over 0.5:0.95; box keys only for a model without mask head), in the logs of evaluated epochs
+    only. Callbacks after this one see them: `MaskRCNN.train` runs its TensorBoard callback last,
+    which writes them as the validation run's ``epoch_mask_mAP50`` etc., and `History` keeps them
+    (one entry per evaluation: `history` pairs them with their epochs). A callback that reads them
+    (EarlyStopping, ModelCheckpoint(monitor=...)) must come after this one; Keras' CSVLogger fixes
+    its columns at the first epoch, so it records them only with ``every=1``. An epoch whose loss
+    is not finite is not evaluated. Evaluation time counts against a `TrainingBudget`.
+    The dataset's classes and the inference model's weights are checked when training begins.
 
     Detection uses the thresholds of the config it runs with: the training model's own config
     (DETECTION_MIN_CONFIDENCE 0.7 by default, while COCO-style mAP counts detections from 0.05)
@@ -498,25 +504,48 @@ class MeanAveragePrecision(keras.callbacks.Callback):
         self.history: list[tuple[int, dict[str, float]]] = []
         self._inference: Any = None
 
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        # A wrong dataset or inference_config fails here, not after `every` epochs of training.
+        from mrcnn.data.dataset import check_num_classes
+
+        if getattr(self.model.config, "NUM_CLASSES", None) is not None:  # stand-in models may not say
+            check_num_classes(self.dataset, self.model.config)
+        if self.inference_config is not None:
+            expected = [tuple(w.shape) for w in self.model.weights]
+            found = [tuple(w.shape) for w in self._inference_model().weights]
+            if expected != found:
+                raise ValueError("MeanAveragePrecision: inference_config builds a model whose weights differ from "
+                                 f"the training model's ({len(found)} against {len(expected)} tensors or other "
+                                 "shapes): give it the training config's architecture fields")
+
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if (epoch + 1) % self.every:
             return
+        if logs is not None and not math.isfinite(float(logs.get("loss", 0.0))):
+            return  # a diverged epoch: StopOnNaN stops, train restores the last good checkpoint
         from mrcnn.evaluation.evaluate import evaluate_dataset
 
         metrics = evaluate_dataset(self._detector(), self.dataset, image_ids=self.image_ids, verbose=self.verbose)
+        if not metrics["num_images"]:
+            warnings.warn("MeanAveragePrecision: none of the images has ground truth, the mAP is NaN",
+                          stacklevel=2)
         values = {f"val_{key}": float(metrics[key]) for key in self.KEYS if key in metrics}
         self.history.append((epoch, values))
         if logs is not None:
             logs.update(values)
 
-    def _detector(self) -> Any:
-        """The model `evaluate_dataset` runs: the training model, or the inference model with its weights."""
-        if self.inference_config is None:
-            return self.model
+    def _inference_model(self) -> Any:
         if self._inference is None:
             from mrcnn.model import MaskRCNN
 
             self._inference = MaskRCNN(mode="inference", config=self.inference_config)
             self._inference.ensure_built()
-        self._inference.set_weights(self.model.get_weights())
         return self._inference
+
+    def _detector(self) -> Any:
+        """The model `evaluate_dataset` runs: the training model, or the inference model with its weights."""
+        if self.inference_config is None:
+            return self.model
+        inference = self._inference_model()
+        inference.set_weights(self.model.get_weights())
+        return inference

@@ -120,7 +120,7 @@ def export_saved_model(model: MaskRCNN, path: str | Path, canvas: Sequence[int] 
     if isinstance(class_names, str) or (class_names is not None and len(class_names) != config.NUM_CLASSES):
         raise ValueError(f"class_names must be a list of NUM_CLASSES = {config.NUM_CLASSES} names (the background "
                          f"is class 0), got {class_names!r}")
-    path = Path(path).expanduser()
+    path = Path(path).expanduser().resolve()  # "." has no name and no parent of its own to stage in
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} is a file; export_saved_model writes a folder")
     if path.is_dir() and any(path.iterdir()):
@@ -147,9 +147,15 @@ def export_saved_model(model: MaskRCNN, path: str | Path, canvas: Sequence[int] 
         info["roi_align_op"] = _write_savedmodel(model, staging / "export", signature, frozen)
         (staging / "export" / INFO_PATH).parent.mkdir(parents=True, exist_ok=True)
         (staging / "export" / INFO_PATH).write_text(json.dumps(info, indent=2))
+        previous = staging / "previous"
         if path.is_dir():
-            path.rename(staging / "previous")  # removed with the staging folder
-        (staging / "export").rename(path)
+            path.rename(previous)  # removed with the staging folder once the new export is in place
+        try:
+            (staging / "export").rename(path)
+        except OSError:
+            if previous.is_dir():
+                previous.rename(path)  # the old export back
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
@@ -204,7 +210,9 @@ class ExportedMaskRCNN:
         if info.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{info_file}: format_version {info.get('format_version')!r}, this mrcnn reads "
                              f"{FORMAT_VERSION}")
-        if info["roi_align_op"] and roi_align.load_op_library() is None:
+        # Exports from before roi_align_op recorded the implementation in use ("op" / "tf").
+        needs_op = info.get("roi_align_op", info.get("roi_align") == "op")
+        if needs_op and roi_align.load_op_library() is None:
             raise RuntimeError(f"{path} was exported with the compiled RoIAlign op, which cannot be loaded here: "
                                f"{roi_align.op_load_error()}")
         self.exported_config: dict[str, Any] = info["config"]

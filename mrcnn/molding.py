@@ -115,9 +115,16 @@ def mold_by_canvas(images: Sequence[np.ndarray], config: Config, scale: float = 
     for i, image in enumerate(images):
         one = _mold_one(image, i, config, None, scale)
         members.setdefault(one[0].shape, []).append((i, one))
-    return [CanvasGroup([i for i, _ in group], np.stack([one[0] for _, one in group]),
-                        np.stack([one[1] for _, one in group]), np.stack([one[2] for _, one in group]))
-            for group in members.values()]
+    groups = []
+    for shape in list(members):
+        group = members.pop(shape)  # each image's own array is freed once stacked: one copy at a time
+        molded = np.empty((len(group),) + shape, np.float32)
+        for row, (_, one) in enumerate(group):
+            molded[row] = one[0]
+            group[row] = (group[row][0], (None, one[1], one[2]))  # type: ignore[assignment]
+        groups.append(CanvasGroup([i for i, _ in group], molded, np.stack([one[1] for _, one in group]),
+                                  np.stack([one[2] for _, one in group])))
+    return groups
 
 
 def _mold_one(image: np.ndarray, index: int, config: Config, target_shape: tuple[int, int] | None, scale: float

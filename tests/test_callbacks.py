@@ -491,10 +491,27 @@ def test_mean_average_precision_adds_val_map_every_n_epochs():
     callback.on_epoch_end(3, logs)
     assert [epoch for epoch, _ in callback.history] == [1, 3]
     assert 0 < logs["val_mask_mAP"] < 1 and logs["val_mask_mAP"] == callback.history[-1][1]["val_mask_mAP"]
+    # A diverged epoch is not evaluated; a model without masks gets box keys only.
+    callback.on_epoch_end(5, nan_logs := {"loss": float("nan")})
+    assert list(nan_logs) == ["loss"]
+    boxes_only = OracleModel(dataset)
+    detect = boxes_only.detect
+    boxes_only.detect = lambda images, verbose=0: [{k: v for k, v in r.items() if k != "masks"}
+                                                   for r in detect(images)]
+    callback.set_model(boxes_only)
+    box_logs = {}
+    callback.on_epoch_end(7, box_logs)
+    assert box_logs == {"val_box_mAP50": 1.0, "val_box_mAP": 1.0}
     with pytest.raises(ValueError, match="every must be an int >= 1, got 0"):
         MeanAveragePrecision(dataset, every=0)
     with pytest.raises(ValueError, match="at least one image"):
         MeanAveragePrecision(dataset, image_ids=[])
+    # Checked when training begins, not after `every` epochs: the classes must be the model's.
+    other = OracleModel(dataset)
+    other.config.NUM_CLASSES = 7
+    callback.set_model(other)
+    with pytest.raises(ValueError, match="NUM_CLASSES"):
+        callback.on_train_begin()
 
 
 def test_mean_average_precision_reaches_tensorboard_and_history_through_train(tmp_path):

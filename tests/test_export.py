@@ -216,6 +216,26 @@ def test_export_refuses_a_non_empty_folder_unless_told_to_overwrite(exported, tm
         export_saved_model(model, path, overwrite=True)
     assert json.loads((path / INFO_PATH).read_text())["frozen"] is True and ExportedMaskRCNN(path).canvas == (64, 64)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "v1"]
+    # ... also when moving the new one in fails, after the old one was moved aside.
+    monkeypatch.undo()
+    rename = Path.rename
+
+    def failing_rename(self, target):
+        if self.name == "export":
+            raise OSError("rename failed")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing_rename)
+    with pytest.raises(OSError, match="rename failed"):
+        export_saved_model(model, path, overwrite=True)
+    assert json.loads((path / INFO_PATH).read_text())["frozen"] is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "v1"]
+    monkeypatch.undo()
+    # "." (no name, no parent of its own) exports into the working folder.
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    export_saved_model(model, ".")
+    assert (tmp_path / "here" / INFO_PATH).is_file()
 
 
 def _fail(*args, **kwargs):

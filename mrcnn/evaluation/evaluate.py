@@ -42,7 +42,8 @@ def evaluate_dataset(model: Any, dataset: Any, image_ids: Sequence[int] | None =
         iou_thresholds: thresholds averaged for mAP@[.5:.95]; 0.5 must be among them.
         verbose: 1 shows a progress bar.
     Returns:
-        dict with box_mAP50, box_mAP, mask_mAP50, mask_mAP (means over images), num_images,
+        dict with box_mAP50, box_mAP, mask_mAP50, mask_mAP (means over images; no mask keys
+        for a model whose results have no "masks", MASK_HEAD = False), num_images,
         images_without_gt, and `DetectTimer.summary`'s seconds_per_image, first_batch_seconds
         and seconds_per_image_after_first_batch (detection only; the first call traces the graph).
 
@@ -78,9 +79,12 @@ def evaluate_dataset(model: Any, dataset: Any, image_ids: Sequence[int] | None =
                 skipped += 1
                 continue
             gt_boxes = extract_bboxes(gt_masks)
-            for kind, use_masks in (("box", False), ("mask", True)):
+            # A model without mask head (MASK_HEAD = False) returns no "masks": boxes only.
+            kinds = (("box", False), ("mask", True)) if "masks" in result else (("box", False),)
+            for kind, use_masks in kinds:
                 aps = [compute_ap(gt_boxes, gt_class_ids, gt_masks, result["rois"], result["class_ids"],
-                                  result["scores"], result["masks"], iou_threshold=float(t), use_masks=use_masks)[0]
+                                  result["scores"], result.get("masks"), iou_threshold=float(t),
+                                  use_masks=use_masks)[0]
                        for t in iou_thresholds]
                 per_image[kind].append(float(np.mean(aps)))
                 per_image_50[kind].append(float(aps[[round(float(t), 2) for t in iou_thresholds].index(0.5)]))
@@ -89,11 +93,11 @@ def evaluate_dataset(model: Any, dataset: Any, image_ids: Sequence[int] | None =
     if progress is not None:
         progress.close()
     evaluated = len(per_image["box"])
+    masks = {"mask_mAP50": _mean(per_image_50["mask"]), "mask_mAP": _mean(per_image["mask"])}
     return {
         "box_mAP50": _mean(per_image_50["box"]),
         "box_mAP": _mean(per_image["box"]),
-        "mask_mAP50": _mean(per_image_50["mask"]),
-        "mask_mAP": _mean(per_image["mask"]),
+        **(masks if per_image["mask"] or not evaluated else {}),  # no mask keys for a box-only model
         "num_images": evaluated,
         "images_without_gt": skipped,
         **timer.summary(),

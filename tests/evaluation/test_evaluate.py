@@ -116,3 +116,19 @@ def test_a_detection_on_a_crowd_region_is_ignored_not_a_false_positive():
     assert drop_crowd_detections(result, crowd_mask, overlap=0.6)["class_ids"].tolist() == [1, 2]
     boxes_only = {k: v for k, v in result.items() if k != "masks"}
     assert drop_crowd_detections(boxes_only, crowd_mask)["class_ids"].tolist() == [2]
+
+
+def test_a_model_without_masks_is_scored_on_boxes_only(dataset):
+    # MASK_HEAD = False: detect returns no "masks"; evaluate_dataset raised KeyError on them.
+    oracle = OracleModel(dataset)
+
+    class BoxesOnly:
+        config = oracle.config
+
+        @staticmethod
+        def detect(images, verbose=0):
+            return [{k: v for k, v in r.items() if k != "masks"} for r in oracle.detect(images)]
+
+    metrics = evaluate_dataset(BoxesOnly(), dataset, verbose=0)
+    assert metrics["box_mAP50"] == metrics["box_mAP"] == 1.0
+    assert "mask_mAP50" not in metrics and "mask_mAP" not in metrics

@@ -45,7 +45,7 @@ def test_coco_needs_resnet101(tmp_path: Path, capsys) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:training from scratch with TRAIN_BN False")  # one step of wiring
-def test_train_then_detect_and_splash(tmp_path: Path) -> None:
+def test_train_then_detect_and_splash(tmp_path: Path, capsys) -> None:
     """One heads step (the all-layers stage is the same call with another regex), then inference
     commands that find the run's checkpoint, config.json and class_names.json through --weights last."""
     logs = str(tmp_path / "logs")
@@ -94,5 +94,7 @@ def test_train_then_detect_and_splash(tmp_path: Path) -> None:
     for key in ("rois", "class_ids", "masks"):
         np.testing.assert_array_equal(ours[key], theirs[key])
     # A square-mode run molds to its own canvas: --canvas may only repeat it.
+    capsys.readouterr()
     assert custom.main(["export", "--logs", logs, "--out", str(tmp_path / "e2"), "--canvas", "128,128",
                         "--verbose", "0"]) == 2
+    assert "molds every image to (64, 64), not (128, 128)" in capsys.readouterr().err
