@@ -44,7 +44,7 @@ import tensorflow as tf
 
 from mrcnn import molding
 from mrcnn.config import BACKBONES, Config
-from mrcnn.freezing import freeze
+from mrcnn.freezing import freeze, graph_op_types
 from mrcnn.ops import roi_align
 
 if TYPE_CHECKING:  # mrcnn.model imports the whole graph; loading an export does not need it
@@ -178,13 +178,7 @@ def _write_savedmodel(model: MaskRCNN, path: Path, signature: list[tf.TensorSpec
         endpoint = archive.add_endpoint("serve", model._infer_outputs, input_signature=signature)
         archive.write_out(str(path), verbose=False)
         concrete = endpoint.get_concrete_function(*signature)
-    return ROI_ALIGN_OP in op_types(concrete)
-
-
-def op_types(function: Any) -> set[str]:
-    """Every op type of a concrete function's graph, its nested functions' included."""
-    definition = function.graph.as_graph_def()
-    return {node.op for node in definition.node} | {n.op for f in definition.library.function for n in f.node_def}
+    return ROI_ALIGN_OP in graph_op_types(concrete)
 
 
 class ExportedMaskRCNN:

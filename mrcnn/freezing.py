@@ -56,15 +56,20 @@ class FrozenFunction:
         return self.concrete(*args)
 
     def op_types(self) -> list[str]:
-        """The type of every op of the traced graph, its nested functions' (loops, conditions)
-        included, before Grappler's optimizations."""
-        definition = self.concrete.graph.as_graph_def()
-        nodes = list(definition.node) + [n for f in definition.library.function for n in f.node_def]
-        return [node.op for node in nodes]
+        """The type of every op of the traced graph (`graph_op_types`)."""
+        return graph_op_types(self.concrete)
 
     def reads_variables(self) -> bool:
         """Whether the graph (its nested functions included) still reads or writes a variable."""
         return any(op in _VARIABLE_OPS for op in self.op_types()) or bool(self.concrete.captured_inputs)
+
+
+def graph_op_types(function: Any) -> list[str]:
+    """The type of every op of a concrete function's graph, its nested functions' (loops,
+    conditions) included, before Grappler's optimizations; one entry per op."""
+    definition = function.graph.as_graph_def()
+    nodes = list(definition.node) + [n for f in definition.library.function for n in f.node_def]
+    return [node.op for node in nodes]
 
 
 def freeze(function: Callable[..., Any], input_signature: Sequence[tf.TensorSpec],
