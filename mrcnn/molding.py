@@ -107,23 +107,25 @@ def mold_by_canvas(images: Sequence[np.ndarray], config: Config, scale: float = 
         float32, metas [n,META] float32, windows [n,4] int32. No groups for no images.
 
     Raises:
-        TypeError: for a bare image array instead of a list of images.
         ValueError / TypeError: naming the image for bad pixels (`mold_images`), or a bad scale.
     """
     _check_scale(scale, where)
-    members: dict[tuple[int, ...], list[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]]] = {}
+    positions: dict[tuple[int, ...], list[int]] = {}  # canvas -> the images molded to it
+    molded, metas, windows = [], [], []
     for i, image in enumerate(images):
         one = _mold_one(image, i, config, None, scale)
-        members.setdefault(one[0].shape, []).append((i, one))
+        positions.setdefault(one[0].shape, []).append(i)
+        molded.append(one[0])
+        metas.append(one[1])
+        windows.append(one[2])
     groups = []
-    for shape in list(members):
-        group = members.pop(shape)  # each image's own array is freed once stacked: one copy at a time
-        molded = np.empty((len(group),) + shape, np.float32)
-        for row, (_, one) in enumerate(group):
-            molded[row] = one[0]
-            group[row] = (group[row][0], (None, one[1], one[2]))  # type: ignore[assignment]
-        groups.append(CanvasGroup([i for i, _ in group], molded, np.stack([one[1] for _, one in group]),
-                                  np.stack([one[2] for _, one in group])))
+    for shape, indices in positions.items():
+        stacked = np.empty((len(indices),) + shape, np.float32)
+        for row, i in enumerate(indices):
+            stacked[row] = molded[i]
+            molded[i] = None  # freed once copied: the pixels are held once, not per image and stacked
+        groups.append(CanvasGroup(indices, stacked, np.stack([metas[i] for i in indices]),
+                                  np.stack([windows[i] for i in indices])))
     return groups
 
 
