@@ -182,7 +182,8 @@ class CocoDataset(Dataset):
 
         Warns:
             UserWarning: for annotations whose image id no image has, and for annotations with an
-                empty segmentation or only polygons of fewer than 3 points (both are left out).
+                empty or missing segmentation or only polygons of fewer than 3 points (both are
+                left out).
         """
         json_path, image_dir = Path(json_path), Path(image_dir)
         if not json_path.is_file():
@@ -230,8 +231,8 @@ class CocoDataset(Dataset):
         degenerate = [a.get("id") for a in loaded if _has_no_polygon_area(a.get("segmentation"))]
         if degenerate:
             # load_mask skips them (no pixel); say so once here rather than never.
-            warnings.warn(f"{json_path}: {len(degenerate)} of {len(loaded)} annotations have an empty segmentation or "
-                          f"only polygons of fewer than 3 points (no mask; e.g. ids {degenerate[:5]}); they are left out",
+            warnings.warn(f"{json_path}: {len(degenerate)} of {len(loaded)} annotations have an empty or missing "
+                          f"segmentation or only polygons of fewer than 3 points (no mask; e.g. ids {degenerate[:5]}); they are left out",
                           stacklevel=utils.user_stacklevel())
         missing = [coco.imgs[i].get("file_name") for i in image_ids
                    if "file_name" in coco.imgs[i] and not (image_dir / coco.imgs[i]["file_name"]).is_file()]
@@ -381,12 +382,14 @@ def _annotation_where(info: dict[str, Any], ann: dict[str, Any]) -> str:
 
 
 def _has_no_polygon_area(segmentation: Any) -> bool:
-    """Whether a polygon segmentation is empty or has only polygons of fewer than 3 points.
+    """Whether a segmentation is missing (None) or empty, or has only polygons of fewer than 3 points.
 
     Such an annotation decodes to an empty mask (`decode_segmentation`): a box-only detection
-    file (``"segmentation": []``) has nothing to train masks on. Malformed values are not judged
-    here: `decode_segmentation` names them when the image is loaded.
+    file (``"segmentation": []``, or no "segmentation" key at all) has nothing to train masks on.
+    Malformed values are not judged here: `decode_segmentation` names them when the image is loaded.
     """
+    if segmentation is None:
+        return True
     return isinstance(segmentation, list) and all(isinstance(p, list | tuple) and len(p) < 6 for p in segmentation)
 
 
@@ -395,18 +398,21 @@ def decode_segmentation(segmentation: Any, height: int, width: int, where: str =
 
     Args:
         segmentation: list of polygons ``[[x1, y1, x2, y2, ...], ...]`` in pixel-edge
-            coordinates, or RLE ``{"counts": [int, ...] | str | bytes, "size": [H, W]}``.
+            coordinates, or RLE ``{"counts": [int, ...] | str | bytes, "size": [H, W]}``, or
+            None (an annotation without a "segmentation" key: a box-only file).
         height, width: image size; polygons are rasterized at this size.
         where: description of the annotation for error messages.
 
     Returns:
-        [height, width] bool. Empty polygon lists and polygons with fewer than 3 points give an
-        all-False mask.
+        [height, width] bool. None, empty polygon lists and polygons with fewer than 3 points give
+        an all-False mask.
 
     Raises:
         ValueError: naming `where` for a malformed segmentation or an RLE whose size is not
             (height, width).
     """
+    if segmentation is None:
+        return np.zeros((height, width), dtype=bool)
     if isinstance(segmentation, list):
         polygons = []
         for polygon in segmentation:

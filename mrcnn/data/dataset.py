@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.ndimage as ndi
 import skimage.io
 
 from mrcnn import utils
@@ -48,6 +49,9 @@ _PREPARED_ATTRIBUTES = (
 )
 
 UINT16_SCALINGS = ("range", "image_max")
+# "range" scaling of a 16-bit image whose values stay below 4096 (12-bit data) leaves at most this
+# many grey levels: `to_rgb_uint8` warns then.
+LOW_RANGE_GREY_LEVELS = 17
 
 
 class Dataset:
@@ -260,7 +264,10 @@ class Dataset:
     def load_mask(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
         """Instance masks of an image; subclasses override this.
 
-        The base class knows no annotations: it warns and returns no instances. The empty mask
+        A subclass that defines only ``load_label_mask`` (non-overlapping instances as one label
+        image) gets its label image expanded here (`labels_to_masks`), so evaluation, COCO export
+        and the visualizers, which read ``load_mask``, see the instances training sees. Otherwise
+        the base class knows no annotations: it warns and returns no instances. The empty mask
         still has the image's height and width (from ``image_info`` keys ``height``/``width`` when
         present, else by reading the image) so resizing code downstream works unchanged.
 
@@ -268,7 +275,17 @@ class Dataset:
             masks: [H, W, N] bool, one channel per instance.
             class_ids: [N] int32 internal class ids; negative for crowd regions (COCO iscrowd),
                 which training uses only to exclude anchors/RoIs, never as positives.
+
+        Raises:
+            ValueError: from the label-image expansion, naming the image (`check_label_image`).
         """
+        load_label_mask = getattr(self, "load_label_mask", None)
+        if load_label_mask is not None:
+            labels, class_ids = load_label_mask(image_id)
+            labels = np.asarray(labels)
+            class_ids = np.asarray(class_ids, dtype=np.int32).reshape(-1)
+            check_label_image(labels, len(class_ids), f"image {image_id} ({self.image_reference(image_id)})")
+            return labels_to_masks(labels, len(class_ids)), class_ids
         warnings.warn(
             f"{type(self).__name__}.load_mask is not overridden: returning no instances for image {image_id}",
             stacklevel=utils.user_stacklevel(),
@@ -328,9 +345,53 @@ def read_image_rgb(path: str | Path, uint16_scaling: str = "range") -> np.ndarra
         # ValueError naming the file is what the caller can act on.
         raise ValueError(f"cannot decode image file {path_str}: {error}") from error
     try:
-        return to_rgb_uint8(image, uint16_scaling=uint16_scaling)
+        return to_rgb_uint8(image, uint16_scaling=uint16_scaling, where=f"image file {path_str}")
     except ValueError as error:
         raise ValueError(f"image file {path_str}: {error}") from error
+
+
+def check_label_image(labels: np.ndarray, count: int, where: str) -> None:
+    """Raises ValueError, naming `where`, unless `labels` is an [H, W] integer label image whose
+    values lie in 0..count (0 background, value k instance k, `count` class ids).
+
+    A label image numbered with gaps (e.g. 125 nuclei with values up to 183, as segmentation tools
+    write them after removing objects) would otherwise lose every instance above `count` silently.
+    """
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{where}: load_label_mask gave labels {labels.shape} {labels.dtype}; expected [H, W] integer")
+    if labels.size == 0:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high > count:
+        raise ValueError(
+            f"{where}: load_label_mask gave label values {low}..{high} but {count} class ids; instance k must "
+            "have value k (1..N) and class_ids[k - 1] (renumber the labels with "
+            "skimage.segmentation.relabel_sequential, or give one class id per value up to the largest)"
+        )
+
+
+def labels_to_masks(labels: np.ndarray, count: int | None = None) -> np.ndarray:
+    """Expands a label image to instance masks, touching each instance only inside its box.
+
+    Args:
+        labels: [H, W] integer, 0 background, instances 1..N (a value with no pixel gives an
+            empty mask channel).
+        count: N, the number of channels; None: ``labels.max()``. Larger values are left out.
+
+    Returns:
+        [H, W, N] bool; channel k-1 is ``labels == k``.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be [H, W], got shape {labels.shape}")
+    if count is None:
+        count = int(labels.max()) if labels.size else 0
+    masks = np.zeros(labels.shape + (count,), dtype=bool)
+    # find_objects: one C pass giving every label's bounding slices (None for absent values).
+    for index, slices in enumerate(ndi.find_objects(labels, max_label=count) if count else []):
+        if slices is not None:
+            masks[slices + (index,)] = labels[slices] == index + 1
+    return masks
 
 
 def check_num_classes(dataset: Any, config: Any) -> None:
@@ -376,7 +437,7 @@ def conform_channels(image: np.ndarray, channels: int, where: str = "image") -> 
     return image
 
 
-def to_rgb_uint8(image: np.ndarray, uint16_scaling: str = "range") -> np.ndarray:
+def to_rgb_uint8(image: np.ndarray, uint16_scaling: str = "range", where: str = "image") -> np.ndarray:
     """Converts an image array to [H, W, 3] uint8 RGB.
 
     Args:
@@ -386,12 +447,18 @@ def to_rgb_uint8(image: np.ndarray, uint16_scaling: str = "range") -> np.ndarray
             by the image's maximum so that it becomes 255 (an all-zero image stays zero).
             Other integer types wider than 8 bits are treated the same way after clipping to
             [0, 65535], unless all their values already lie in [0, 255] (then kept as is).
+        where: how the warning names the image (`read_image_rgb` passes the file).
 
     Returns:
         [H, W, 3] uint8.
 
     Raises:
         ValueError: naming the shape or dtype that cannot be converted.
+
+    Warns:
+        UserWarning: naming `where` when "range" scaling leaves a 16-bit image at most
+            LOW_RANGE_GREY_LEVELS grey levels (values below 4096, e.g. 12-bit microscopy: nearly
+            black after dividing by 257); "image_max" is then the scaling to use.
     """
     if uint16_scaling not in UINT16_SCALINGS:
         raise ValueError(f"uint16_scaling must be one of {UINT16_SCALINGS}, got {uint16_scaling!r}")
@@ -409,10 +476,23 @@ def to_rgb_uint8(image: np.ndarray, uint16_scaling: str = "range") -> np.ndarray
         image = image[..., :1]
     elif image.shape[-1] == 4:
         image = image[..., :3]
+    if uint16_scaling == "range" and image.dtype == np.uint16 and image.size:
+        _warn_low_range(int(image.max()), where)
     image = _to_uint8(image, uint16_scaling)
     if image.shape[-1] == 1:
         image = np.repeat(image, 3, axis=-1)
     return np.ascontiguousarray(image)
+
+
+def _warn_low_range(peak: int, where: str) -> None:
+    """Warns when dividing a 16-bit image of maximum `peak` by 257 leaves few grey levels."""
+    levels = int(np.rint(peak / 257.0)) + 1
+    if peak > 0 and levels <= LOW_RANGE_GREY_LEVELS:
+        warnings.warn(f"{where}: 16-bit values only up to {peak} keep {levels} of 256 grey levels under "
+                      "UINT16_SCALING 'range' (65535 -> 255), the image comes out nearly black; set "
+                      "UINT16_SCALING = 'image_max' on the Dataset (to_rgb_uint8/read_image_rgb: "
+                      "uint16_scaling='image_max') for 12-bit and other low-range data",
+                      stacklevel=utils.user_stacklevel())
 
 
 def _to_uint8(image: np.ndarray, uint16_scaling: str) -> np.ndarray:

@@ -15,7 +15,7 @@ import scipy.ndimage as ndi
 from mrcnn import utils
 from mrcnn.data import keypoints as kp
 from mrcnn.data.augment import Augmenter, apply_with_keypoints
-from mrcnn.data.dataset import conform_channels
+from mrcnn.data.dataset import check_label_image, conform_channels
 
 # matterport's RPN labelling thresholds (Faster R-CNN paper, section 3.1.2).
 RPN_POSITIVE_IOU = 0.7
@@ -56,7 +56,9 @@ def load_image_gt(
             evaluation code compares full-size masks, ``load_image_gt(..., use_mini_mask=False)``.
 
     Returns:
-        image: [H, W, 3] uint8, the molded size (config.IMAGE_SHAPE except in "none"/"pad64" modes).
+        image: [H, W, IMAGE_CHANNEL_COUNT] in `dataset.load_image`'s dtype (uint8 from the base
+            class; a subclass's uint16/float images pass through with a warning), the molded size
+            (config.IMAGE_SHAPE except in "none"/"pad64" modes).
         image_meta: [IMAGE_META_SIZE] float32 (`utils.compose_image_meta`); its original_image_shape
             is the shape after augmentation and before resizing (the frame window/scale refer to).
         class_ids: [N] int32 internal class ids (negative for crowd instances).
@@ -189,6 +191,10 @@ def load_image_gt_from_labels(
     15 ms per image for this step (bench/data_pipeline.py).
 
     Args and returns: as `load_image_gt` (without keypoints).
+
+    Raises:
+        ValueError: naming the image, as `load_image_gt`, and for label values outside 0..N
+            (`mrcnn.data.dataset.check_label_image`).
     """
     if rng is None:
         rng = np.random.default_rng()
@@ -202,6 +208,7 @@ def load_image_gt_from_labels(
             f"{where}: load_image gave {image.shape}, load_label_mask gave labels {labels.shape} {labels.dtype}; "
             f"expected [H, W, {config.IMAGE_CHANNEL_COUNT}] and [H, W] integer"
         )
+    check_label_image(labels, len(class_ids), where)
     if augmentation is not None:
         image, stacked = augmentation(image, labels[:, :, None], rng)
         if image.ndim != 3 or stacked.ndim != 3 or stacked.shape[-1] != 1 or image.shape[:2] != stacked.shape[:2]:

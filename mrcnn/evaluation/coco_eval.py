@@ -381,6 +381,13 @@ def coco_eval_stats(coco: COCO, results: list[dict[str, Any]], eval_type: str, *
     return summarize(evaluator, eval_type, options.get("verbose", 0))
 
 
+def _sorted_coco_ids(image_ids: Sequence[int | str]) -> list[int | str]:
+    """COCO image ids as the ground truth's index holds them, sorted: numbers as plain ints (numpy
+    integers included), strings unchanged (COCO-format files with ids such as "img10" load too)."""
+    ids = [i if isinstance(i, str) else int(i) for i in image_ids]
+    return sorted(ids, key=lambda i: (isinstance(i, str), i))
+
+
 def run_coco_eval(
     coco: COCO,
     results: list[dict[str, Any]],
@@ -427,7 +434,7 @@ def run_coco_eval(
         if eval_type == "keypoints":
             evaluator.params.kpt_oks_sigmas = _oks_sigmas(coco, kpt_oks_sigmas)
         if image_ids is not None:
-            evaluator.params.imgIds = sorted(int(i) for i in image_ids)
+            evaluator.params.imgIds = _sorted_coco_ids(image_ids)
         if cat_ids is not None:
             evaluator.params.catIds = sorted(int(c) for c in cat_ids)
         if eval_type == "keypoints":

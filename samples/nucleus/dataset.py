@@ -35,10 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.ndimage as ndi
 from PIL import Image
 
-from mrcnn.data.dataset import Dataset, read_image_rgb, to_rgb_uint8
+from mrcnn.data.dataset import Dataset, labels_to_masks, read_image_rgb, to_rgb_uint8
 
 SOURCE = "nucleus"
 SUBSETS = ("train", "val", "all")
@@ -299,28 +298,6 @@ def read_label_image(path: str | Path) -> np.ndarray:
     if new_values[-1] > np.iinfo(np.uint16).max:
         raise ValueError(f"label image {path} has {values.size} instances: more than uint16 can number")
     return new_values[inverse.reshape(raw.shape)].astype(np.uint16)
-
-
-def labels_to_masks(labels: np.ndarray) -> np.ndarray:
-    """Expands a label image to instance masks, touching each instance only inside its box.
-
-    Args:
-        labels: [H, W] integer, 0 background, instances 1..N (a value with no pixel gives an
-            empty mask channel).
-
-    Returns:
-        [H, W, N] bool with N = labels.max(); channel k-1 is ``labels == k``.
-    """
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"labels must be [H, W], got shape {labels.shape}")
-    count = int(labels.max()) if labels.size else 0
-    masks = np.zeros(labels.shape + (count,), dtype=bool)
-    # find_objects: one C pass giving every label's bounding slices (None for absent values).
-    for index, slices in enumerate(ndi.find_objects(labels, max_label=count)):
-        if slices is not None:
-            masks[slices + (index,)] = labels[slices] == index + 1
-    return masks
 
 
 def masks_to_labels(masks: np.ndarray) -> np.ndarray:

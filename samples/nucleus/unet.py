@@ -29,7 +29,7 @@ import skimage.feature
 import skimage.segmentation
 
 from mrcnn.callbacks import TrainingBudget
-from samples.nucleus.dataset import labels_to_masks
+from mrcnn.data.dataset import labels_to_masks
 
 W0 = 10.0
 SIGMA = 5.0

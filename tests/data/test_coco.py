@@ -25,7 +25,7 @@ CROWD_SEED = 3  # export_coco seed that marks >= 1 instance of `_shapes()` as cr
 
 # The hand-made file's annotations 4 and 5 have no mask on purpose; the warning naming them is
 # asserted in test_compressed_rle_crowd_and_tiny_annotations (pytest.warns sees it regardless).
-pytestmark = pytest.mark.filterwarnings("ignore:.*annotations have an empty segmentation:UserWarning")
+pytestmark = pytest.mark.filterwarnings("ignore:.*annotations have an empty or missing segmentation:UserWarning")
 
 
 def _shapes(count: int = 6, seed: int = 2) -> ShapesDataset:
@@ -212,7 +212,7 @@ def test_load_coco_standard_layout(tmp_path):
 def test_compressed_rle_crowd_and_tiny_annotations(handmade):
     json_path, image_dir, expected = handmade
     # 4 (2 points) and 5 (empty) are named at load; 6 has 3 points but covers no pixel centre.
-    with pytest.warns(UserWarning, match=r"2 of 6 annotations have an empty segmentation or only polygons of "
+    with pytest.warns(UserWarning, match=r"2 of 6 annotations have an empty or missing segmentation or only polygons of "
                                          r"fewer than 3 points \(no mask; e.g. ids \[4, 5\]\)"):
         dataset = _load(json_path, image_dir)
     a = dataset.image_from_source_map["coco.11"]
@@ -284,7 +284,9 @@ def test_bad_uncompressed_rle_is_a_clear_error():
     with pytest.raises(ValueError, match="ann 9: uncompressed RLE counts sum to 7"):
         decode_segmentation({"counts": [3, 4], "size": [3, 3]}, 3, 3, where="ann 9")
     with pytest.raises(ValueError, match="ann 9: segmentation must be"):
-        decode_segmentation(None, 3, 3, where="ann 9")
+        decode_segmentation(42, 3, 3, where="ann 9")
+    # No segmentation (a box-only annotation) is no mask, as an empty polygon list.
+    assert not decode_segmentation(None, 3, 3).any() and decode_segmentation(None, 3, 4).shape == (3, 4)
     mask = decode_segmentation({"counts": [2, 3, 4], "size": [3, 3]}, 3, 3)
     np.testing.assert_array_equal(mask.flatten(order="F"), [0, 0, 1, 1, 1, 0, 0, 0, 0])
 
@@ -316,6 +318,18 @@ def _rewrite(json_path: Path, edit) -> None:
     data = json.loads(json_path.read_text())
     edit(data)
     json_path.write_text(json.dumps(data))
+
+
+def test_annotation_without_segmentation_key_is_reported_and_left_out(handmade):
+    # Found in review: a box-only file that leaves the key out passed the load-time check and then
+    # raised in load_mask, mid-epoch.
+    json_path, image_dir, masks = handmade
+    _rewrite(json_path, lambda data: data["annotations"][2].pop("segmentation"))  # id 3
+    with pytest.warns(UserWarning, match=r"3 of 6 annotations have an empty or missing segmentation .*ids \[3, 4, 5\]"):
+        dataset = _load(json_path, image_dir)
+    loaded, class_ids = dataset.load_mask(dataset.image_from_source_map["coco.11"])
+    assert loaded.shape == (40, 50, 2) and sorted(class_ids.tolist()) == sorted([1, -2])
+    np.testing.assert_array_equal(loaded[..., list(class_ids).index(1)], masks[1].astype(bool))
 
 
 def test_missing_images_orphan_annotations_and_unnamed_categories_are_reported_at_load(handmade):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import skimage.io
 
-from mrcnn.data.dataset import Dataset, to_rgb_uint8
+from mrcnn.data.dataset import Dataset, labels_to_masks, to_rgb_uint8
 
 
 def _dataset_with_files(paths, scaling=None) -> Dataset:
@@ -185,9 +185,23 @@ def test_load_uint16_image_max_scaling(tmp_path):
     path = _save(tmp_path, "12bit.png", array)
     image = _dataset_with_files([path], scaling="image_max").load_image(0)
     np.testing.assert_array_equal(image[..., 0], [[0, 64], [128, 255]])  # 63.75 -> 64, 127.5 -> 128
-    # The default keeps the absolute meaning: 4000 / 257 = 15.56 -> 16.
-    default = _dataset_with_files([path]).load_image(0)
+    # The default keeps the absolute meaning: 4000 / 257 = 15.56 -> 16, and says the image is dark.
+    with pytest.warns(UserWarning, match=r"image file .*12bit.png: 16-bit values only up to 4000 keep 17 of 256 "
+                                         r"grey levels.*UINT16_SCALING = 'image_max'") as caught:
+        default = _dataset_with_files([path]).load_image(0)
     np.testing.assert_array_equal(default[..., 0], [[0, 4], [8, 16]])
+    assert {w.filename for w in caught} == {__file__}
+
+
+def test_uint16_low_range_warning_only_where_range_scaling_loses_the_image():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        to_rgb_uint8(np.array([[0, 4400]], np.uint16))  # 18 grey levels: no warning
+        to_rgb_uint8(np.array([[0, 100]], np.uint16), uint16_scaling="image_max")
+        to_rgb_uint8(np.zeros((2, 2), np.uint16))  # all zero: nothing to lose
+        to_rgb_uint8(np.array([[0, 100]], np.int32))  # 8-bit values in a wider type are kept
+    with pytest.warns(UserWarning, match=r"frame 3: 16-bit values only up to 255 keep 2 of 256"):
+        to_rgb_uint8(np.array([[0, 255]], np.uint16), where="frame 3")
 
 
 def test_uint16_image_max_all_zero_stays_zero():
@@ -262,3 +276,51 @@ def test_no_path_is_clear():
     dataset.prepare()
     with pytest.raises(ValueError, match="load_image"):
         dataset.load_image(0)
+
+
+class _LabelOnly(Dataset):
+    """A dataset defining only load_label_mask, as the README's label-image hook allows."""
+
+    def __init__(self, labels: np.ndarray, class_ids: list[int]) -> None:
+        super().__init__()
+        self.add_class("cells", 1, "cell")
+        self.add_class("cells", 2, "dividing cell")
+        self.add_image("cells", "frame0", None, height=labels.shape[0], width=labels.shape[1])
+        self.labels, self.label_class_ids = labels, class_ids
+        self.prepare()
+
+    def load_label_mask(self, image_id: int):
+        return self.labels, self.label_class_ids
+
+
+def test_base_load_mask_expands_a_label_image():
+    # Found in review: evaluation and COCO export (which read load_mask) saw no instances at all.
+    labels = np.zeros((6, 8), np.int32)
+    labels[1:3, 1:4] = 1
+    labels[4:6, 5:8] = 3  # value 2 has no pixel: an empty channel, as load_mask's contract allows
+    dataset = _LabelOnly(labels, [1, 2, 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        masks, class_ids = dataset.load_mask(0)
+    assert masks.shape == (6, 8, 3) and masks.dtype == bool
+    for k in range(3):
+        np.testing.assert_array_equal(masks[:, :, k], labels == k + 1)
+    assert class_ids.tolist() == [1, 2, 2] and class_ids.dtype == np.int32
+
+
+@pytest.mark.parametrize("bad,message", [(7, r"label values 0\.\.7 but 2 class ids"),
+                                         (-1, r"label values -1\.\.2 but 2 class ids")])
+def test_base_load_mask_refuses_labels_outside_the_class_ids(bad, message):
+    labels = np.array([[0, 1], [2, bad]], np.int32)
+    with pytest.raises(ValueError, match=r"image 0 \(cells:frame0\): load_label_mask gave " + message):
+        _LabelOnly(labels, [1, 1]).load_mask(0)
+
+
+def test_labels_to_masks_count():
+    labels = np.array([[0, 1, 1], [3, 0, 2]], np.int32)
+    assert labels_to_masks(labels).shape == (2, 3, 3)
+    masks = labels_to_masks(labels, count=5)
+    assert masks.shape == (2, 3, 5) and not masks[..., 3:].any()
+    assert labels_to_masks(labels, count=0).shape == (2, 3, 0)
+    with pytest.raises(ValueError, match=r"labels must be \[H, W\], got shape \(2, 3, 1\)"):
+        labels_to_masks(labels[..., None])

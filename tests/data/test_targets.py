@@ -518,3 +518,24 @@ def test_nan_position_of_a_labelled_keypoint_is_refused():
     assert kp.check_keypoints(points, 2, 3).shape == (2, 3, 3)
     with pytest.raises(ValueError, match=r"Config.NUM_KEYPOINTS is 3: set it to 17"):
         kp.check_keypoints(np.zeros((2, 17, 3)), 2, 3)
+
+
+class _GappedLabels(SquaresDataset):
+    """Label values numbered with gaps (2, 5, 9, ...): one class id per instance is too few."""
+
+    def load_label_mask(self, image_id):
+        masks, class_ids = self.load_mask(image_id)
+        labels = np.zeros(masks.shape[:2], np.int32)
+        for k in range(masks.shape[-1]):
+            labels[masks[:, :, k]] = 2 + 3 * k
+        return labels, class_ids
+
+
+def test_load_image_gt_refuses_label_values_beyond_the_class_ids():
+    # Found in review: instances above len(class_ids) were dropped without a word (the StarDist
+    # image's 125 nuclei, labelled up to 183, gave 84 ground-truth instances).
+    dataset = _GappedLabels(1, 96, 128, instances=(3, 3), seed=5)
+    dataset.prepare()
+    with pytest.raises(ValueError, match=r"image 0 \(.*\): load_label_mask gave label values 0\.\.8 but 3 class "
+                                         r"ids.*relabel_sequential"):
+        targets.load_image_gt(dataset, TinyConfig(), 0, rng=np.random.default_rng(0))

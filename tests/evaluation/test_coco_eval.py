@@ -190,6 +190,29 @@ def test_shapes_ground_truth_scores_one(shapes_coco):
     assert metrics["seconds_per_image"] >= 0.0
 
 
+def test_string_image_ids_are_evaluated(tmp_path):
+    # Found in review: COCO-format files whose image ids are strings loaded, but evaluate_coco cast
+    # the ids to int and raised "invalid literal for int()".
+    shapes = ShapesDataset()
+    shapes.load_shapes(3, 64, 64, seed=4)
+    shapes.prepare()
+    json_path = export_coco(shapes, tmp_path, crowd_fraction=0.0, seed=1)
+    data = json.loads(json_path.read_text())
+    for info in data["images"]:
+        info["id"] = f"img{info['id']}"
+    for annotation in data["annotations"]:
+        annotation["image_id"] = f"img{annotation['image_id']}"
+    json_path.write_text(json.dumps(data))
+    dataset = CocoDataset()
+    coco = dataset.load_coco_json(json_path, tmp_path / "images", return_coco=True)
+    dataset.prepare()
+    assert all(isinstance(info["id"], str) for info in dataset.image_info)
+    metrics = evaluate_coco(OracleModel(dataset), dataset, coco, verbose=0)
+    assert metrics["segm"]["AP"] == pytest.approx(1.0) and metrics["bbox"]["AP"] == pytest.approx(1.0)
+    worse = evaluate_coco(OracleModel(dataset, shift=4), dataset, coco, verbose=0)
+    assert worse["segm"]["AP"] < 0.9
+
+
 def test_per_class_ap_names_the_class_a_model_misses(shapes_coco):
     dataset, coco = shapes_coco
 

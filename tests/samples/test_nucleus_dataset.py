@@ -14,10 +14,9 @@ from mrcnn import utils
 from mrcnn.config import Config
 from mrcnn.data import targets
 from mrcnn.data.augment import Compose, HorizontalFlip, Rot90
-from mrcnn.data.dataset import Dataset
+from mrcnn.data.dataset import Dataset, labels_to_masks
 from samples.nucleus.dataset import (
     NucleusDataset,
-    labels_to_masks,
     masks_to_labels,
     read_kaggle_labels,
     split_of,
