@@ -51,7 +51,9 @@ class Config:
     """Base configuration; subclass and override attributes.
 
     Every UPPERCASE class attribute is a field. The defaults are matterport's (COCO-sized); see
-    README "Configuration" for what each one does. Fields added by this package beyond matterport's:
+    README "Configuration" for what each one does. As in matterport, ``IMAGE_MIN_DIM`` may exceed
+    ``IMAGE_MAX_DIM`` in "square" mode (the cap wins: images are resized to IMAGE_MAX_DIM).
+    Fields added by this package beyond matterport's:
 
     * ``POOLING_MODE``: how RoI features are pooled: ``"roi_align"`` (the paper's, average of
       bilinear samples; default), ``"roi_align_max"``, ``"roi_pool"``, ``"roi_warp"`` or
@@ -299,8 +301,12 @@ class Config:
                     f"{dim_name}={dim} must be divisible by {multiple} in '{self.IMAGE_RESIZE_MODE}' mode "
                     f"({why}); use e.g. {max(multiple, int(round(dim / multiple)) * multiple)}"
                 )
-        if self.IMAGE_MIN_DIM > self.IMAGE_MAX_DIM and self.IMAGE_RESIZE_MODE != "crop":
-            raise ValueError(f"IMAGE_MIN_DIM ({self.IMAGE_MIN_DIM}) must not exceed IMAGE_MAX_DIM ({self.IMAGE_MAX_DIM})")
+        # "square" (matterport's rule): the longest side is capped at IMAGE_MAX_DIM after scaling up
+        # to IMAGE_MIN_DIM, so a larger IMAGE_MIN_DIM simply loses (a config that sets only
+        # IMAGE_MAX_DIM = 512 over the default 800 resizes to 512); "none" uses neither.
+        if self.IMAGE_MIN_DIM > self.IMAGE_MAX_DIM and self.IMAGE_RESIZE_MODE == "pad64":
+            raise ValueError(f"IMAGE_MIN_DIM ({self.IMAGE_MIN_DIM}) must not exceed IMAGE_MAX_DIM ({self.IMAGE_MAX_DIM}) "
+                             "in 'pad64' mode: images are scaled up to IMAGE_MIN_DIM and not capped")
         if self.BACKBONE_TYPE == "fpn" and len(self.RPN_ANCHOR_SCALES) != len(self.BACKBONE_STRIDES):
             raise ValueError(
                 f"RPN_ANCHOR_SCALES has {len(self.RPN_ANCHOR_SCALES)} scales but BACKBONE_STRIDES has "

@@ -574,8 +574,9 @@ class MaskRCNN(keras.Model):
 
         A Keras 3 `.weights.h5` file (`save_weights`, or a checkpoint of `train`, whose optimizer
         state `train` then restores) loads by structure. With `by_name=True`, `exclude` or
-        `skip_mismatch` (and for any legacy Keras-2 `.h5`, e.g. matterport's `mask_rcnn_coco.h5`),
-        weights load by layer name from either format, layers named in `exclude` are skipped and,
+        `skip_mismatch` (and for any legacy Keras-2 `.h5`, e.g. matterport's `mask_rcnn_coco.h5`
+        or an ImageNet ResNet from `get_imagenet_weights`, whose keras.applications layer names
+        are mapped onto ours), weights load by layer name from either format, layers named in `exclude` are skipped and,
         with `skip_mismatch`, layers whose shapes differ too: heads for a different class count can
         be left out (fine-tuning one's own checkpoint on new classes as well as matterport's; the
         optimizer state is then not restored). Loading a checkpoint from a run's log dir also sets
@@ -597,7 +598,10 @@ class MaskRCNN(keras.Model):
         self.ensure_built()
         report = None
         if by_name or exclude or skip_mismatch or not str(path).endswith(".weights.h5"):
-            report = weights_io.load_weights_by_name(self, str(path), exclude=exclude, skip_mismatch=skip_mismatch)
+            # keras.applications' ImageNet ResNets name their layers conv2_block1_1_conv...: mapped
+            # onto ours, so that `load_weights(get_imagenet_weights(), by_name=True)` loads them too.
+            report = weights_io.load_weights_by_name(self, str(path), exclude=exclude, skip_mismatch=skip_mismatch,
+                                                     name_map=weights_io.keras_applications_name_map(path))
         else:
             # The optimizer state in a checkpoint is restored by name when `train` has built the
             # optimizer for its stage (Keras would match it by position, or skip it with a warning).
@@ -655,15 +659,50 @@ class MaskRCNN(keras.Model):
                              f"{self.config.BATCH_SIZE} images is split over the replicas. Set GPU_COUNT = {replicas} "
                              "(mrcnn.distribute.make_strategy(config) makes a strategy of GPU_COUNT replicas)")
 
+    def get_imagenet_weights(self, source: str | None = None, download: bool = True) -> str:
+        """matterport's helper: the local path of ImageNet weights for this config's ResNet, to
+        start training from with ``load_weights(path, by_name=True)`` (backbone layers only).
+
+        Args:
+            source: "fchollet" (matterport's file; ResNet-50 only, the default for "resnet50") or
+                "keras" (keras.applications' ResNet50/ResNet101; the default for "resnet101").
+            download: fetch the file into the cache (`mrcnn.weights.default_weights_dir`) when it
+                is not there, as matterport did; False only looks in the cache.
+
+        Returns:
+            The h5 file's path.
+
+        Raises:
+            ValueError: for a backbone without published ImageNet weights (ResNeXt, a custom
+                `Architecture`) or fchollet's file with ResNet-101.
+            mrcnn.weights.WeightsNotAvailableError (a FileNotFoundError): not cached with
+                `download=False`, or the download failed (offline); the message names the URL and
+                where to put the file.
+        """
+        from mrcnn import weights as weights_io
+
+        architecture = self.config.BACKBONE
+        if not isinstance(architecture, str):
+            raise ValueError(f"no published ImageNet weights for the custom backbone {architecture!r}: "
+                             "ImageNet ResNets exist for BACKBONE 'resnet50' and 'resnet101'")
+        if source is None:
+            source = "fchollet" if architecture == "resnet50" else "keras"
+        key = weights_io.imagenet_weights_key(architecture, source)
+        return str(weights_io.weights_file_path(key, download=download))
+
     def set_log_dir(self, model_path: str | None = None) -> None:
-        """Sets the log dir and epoch counter; from a checkpoint path of ours, continues its run."""
+        """Sets the log dir and epoch counter; from a checkpoint path of a run (ours,
+        ``<run>/mask_rcnn_<name>_<NNNN>.weights.h5`` or ``..._interrupted.weights.h5``, or
+        matterport's ``<run>/mask_rcnn_<name>_<NNNN>.h5``), continues that run: the epoch counter
+        continues after epoch NNNN and new checkpoints go to the same folder."""
         self.epoch = 0
         self._new_run = True  # a new run's folder is claimed when `train` first writes to it
         now = datetime.datetime.now()
         name = _run_name(self.config)
         if model_path:
-            match = re.search(r"[/\\]([\w-]+)(\d{8}T\d{4,6})[/\\]mask_rcnn_[\w-]+_(\d{4}|interrupted)\.weights\.h5$",
-                              str(model_path))
+            run = r"[/\\]([\w-]+)(\d{8}T\d{4,6})[/\\]mask_rcnn_[\w-]+_"
+            match = (re.search(run + r"(\d{4}|interrupted)\.weights\.h5$", str(model_path))
+                     or re.search(run + r"(\d{4})\.h5$", str(model_path)))  # matterport's checkpoints
             if match:
                 if match.group(3) == "interrupted":  # Ctrl-C state: its file records the epochs done
                     from mrcnn.callbacks import checkpoint_epoch

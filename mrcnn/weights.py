@@ -631,6 +631,16 @@ def imagenet_file_layout(filepath: str | os.PathLike) -> tuple[str, str]:
                      "'res2a_branch2a' (fchollet/matterport) or 'conv2_block1_1_conv' (keras.applications)")
 
 
+def keras_applications_name_map(filepath: str | os.PathLike) -> dict[str, str] | None:
+    """`keras_applications_resnet_name_map` when `filepath` is a keras.applications ResNet h5 file
+    (``conv2_block1_1_conv`` names), else None (any other file, including ones that are not h5)."""
+    try:
+        layout, architecture = imagenet_file_layout(filepath)
+    except ValueError:
+        return None
+    return keras_applications_resnet_name_map(architecture) if layout == "keras_applications" else None
+
+
 def load_imagenet_backbone(model: keras.layers.Layer, filepath: str | os.PathLike) -> LoadReport:
     """Initialises our ResNet backbone from an ImageNet ResNet h5 file of either layout.
 

@@ -26,6 +26,27 @@ def test_derived_values_are_computed_on_construction():
     assert config.IMAGE_META_SIZE == 1 + 3 + 3 + 4 + 1 + 4
 
 
+def test_min_dim_above_max_dim_follows_matterport_in_square_mode():
+    """Found in review: a matterport config setting only IMAGE_MAX_DIM = 512 (IMAGE_MIN_DIM stays 800)
+    was refused; in "square" mode the cap wins, as in matterport."""
+    from mrcnn import utils
+
+    class OnlyMaxDim(Config):
+        NAME = "only_max"
+        NUM_CLASSES = 2
+        IMAGE_MAX_DIM = 512
+
+    config = OnlyMaxDim()
+    assert config.IMAGE_MIN_DIM == 800 and config.IMAGE_SHAPE.tolist() == [512, 512, 3]
+    image = np.zeros((300, 400, 3), np.uint8)
+    resized, window, scale, _, _ = utils.resize_image(image, min_dim=config.IMAGE_MIN_DIM,
+                                                      max_dim=config.IMAGE_MAX_DIM, mode="square")
+    assert resized.shape == (512, 512, 3) and window == (64, 0, 448, 512) and scale == pytest.approx(1.28)
+    OnlyMaxDim().update(IMAGE_RESIZE_MODE="none")
+    with pytest.raises(ValueError, match=r"IMAGE_MIN_DIM \(800\) must not exceed IMAGE_MAX_DIM \(512\) in 'pad64'"):
+        OnlyMaxDim().update(IMAGE_RESIZE_MODE="pad64")
+
+
 def test_crop_mode_image_shape_uses_min_dim():
     class Crop(TinyConfig):
         IMAGE_RESIZE_MODE = "crop"

@@ -249,6 +249,19 @@ def test_runs_started_in_the_same_second_get_their_own_folders(config, tmp_path)
     assert second.make_log_dir() == claimed  # claimed once: later stages write to the same run
 
 
+def test_a_matterport_checkpoint_continues_its_run(config, tmp_path):
+    """Found in review: matterport's ``<run>/mask_rcnn_<name>_0010.h5`` started a new run at epoch 0."""
+    model = MaskRCNN(mode="training", config=config, model_dir=str(tmp_path))
+    run = tmp_path / "shapes20180101T1200"
+    model.set_log_dir(str(run / "mask_rcnn_shapes_0010.h5"))
+    assert model.epoch == 10 and model.log_dir == str(run)
+    assert model.checkpoint_path == str(run / f"mask_rcnn_{config.NAME.lower()}_{{epoch:04d}}.weights.h5")
+    model.set_log_dir(str(run / "mask_rcnn_shapes_interrupted.h5"))  # matterport never wrote these
+    assert model.epoch == 0 and model.log_dir != str(run)
+    model.set_log_dir(str(run / "mask_rcnn_shapes_0007.weights.h5"))  # ours, as before
+    assert model.epoch == 7 and model.log_dir == str(run)
+
+
 def test_describe_learning_rate_names_a_schedule_and_its_value_now():
     from mrcnn.model import describe_learning_rate
 

@@ -466,6 +466,41 @@ def test_imagenet_backbone_from_keras_applications_file(keras_resnet50: keras.Mo
         np.testing.assert_allclose(our / scale, their / scale, atol=1e-4, err_msg=name)
 
 
+def test_get_imagenet_weights_then_load_by_name_as_in_matterport(keras_resnet50_h5: Path, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """matterport's ``model.load_weights(model.get_imagenet_weights(), by_name=True)``: found in review
+    missing, and `load_weights(by_name=True)` loaded nothing from keras.applications' layer names."""
+    import shutil
+
+    from mrcnn.model import MaskRCNN
+    from mrcnn.weights import KNOWN_WEIGHTS, WeightsNotAvailableError
+
+    monkeypatch.setenv("MRCNN_WEIGHTS_DIR", str(tmp_path))
+    model = MaskRCNN(mode="inference", config=_TinyMaskRCNNConfig())
+    model.ensure_built()
+    # Nothing cached and no download asked for: the default for resnet50 is matterport's (fchollet's) file.
+    with pytest.raises(WeightsNotAvailableError, match=KNOWN_WEIGHTS["imagenet_fchollet_resnet50"].filename):
+        model.get_imagenet_weights(download=False)
+    cached = tmp_path / KNOWN_WEIGHTS["imagenet_keras_resnet50"].cache_subdir / KNOWN_WEIGHTS[
+        "imagenet_keras_resnet50"].filename
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(keras_resnet50_h5, cached)
+    path = model.get_imagenet_weights(source="keras", download=False)
+    assert Path(path) == cached
+    report = model.load_weights(path, by_name=True)
+    assert sorted(report["loaded"]) == sorted(keras_applications_resnet_name_map("resnet50").values())
+    expected = MaskRCNN(mode="inference", config=_TinyMaskRCNNConfig())
+    expected.ensure_built()
+    load_imagenet_backbone(expected, keras_resnet50_h5)
+    layers, expected_layers = find_weight_layers(model), find_weight_layers(expected)
+    for name in report["loaded"]:
+        for mine, theirs in zip(layers[name].weights, expected_layers[name].weights, strict=True):
+            np.testing.assert_array_equal(mine.numpy(), theirs.numpy(), err_msg=name)
+    custom = MaskRCNN(mode="inference", config=_TinyMaskRCNNConfig().update(BACKBONE="resnext101_32x4d"))
+    with pytest.raises(ValueError, match="no published ImageNet weights for architecture 'resnext101_32x4d'"):
+        custom.get_imagenet_weights(download=False)
+
+
 def test_imagenet_backbone_from_fchollet_file(model: TinyMaskRCNN, tmp_path: Path) -> None:
     """fchollet's layout (our names, Keras-1 weight names such as conv1_W) loads by name; FPN is left alone."""
     backbone = [(g, w) for g, w in matterport_spec() if g in set(backbone_layer_names("resnet50"))]

@@ -14,7 +14,7 @@ import scipy.ndimage as ndi
 
 from mrcnn import utils
 from mrcnn.data import keypoints as kp
-from mrcnn.data.augment import Augmenter, apply_with_keypoints
+from mrcnn.data.augment import Augmenter, Compose, HorizontalFlip, apply_with_keypoints
 from mrcnn.data.dataset import check_label_image, conform_channels
 
 # matterport's RPN labelling thresholds (Faster R-CNN paper, section 3.1.2).
@@ -36,6 +36,7 @@ def load_image_gt(
     rng: np.random.Generator | None = None,
     with_keypoints: bool = False,
     use_mini_mask: bool | None = None,
+    augment: bool = False,
 ) -> tuple[np.ndarray, ...]:
     """Loads one image with its ground truth, resized (and augmented) for training.
 
@@ -52,8 +53,11 @@ def load_image_gt(
         rng: random generator for augmentation and the "crop" resize mode; a fresh unseeded one when None.
         with_keypoints: also load `dataset.load_keypoints` and return them, moved through the same
             augmentation (mirrors swap left/right partners, see config.KEYPOINT_FLIP_MAP) and resize.
-        use_mini_mask: overrides config.USE_MINI_MASK (None: the config's). matterport's keyword:
-            evaluation code compares full-size masks, ``load_image_gt(..., use_mini_mask=False)``.
+        use_mini_mask: overrides config.USE_MINI_MASK (None: the config's; matterport's default
+            was False). matterport's keyword: evaluation code compares full-size masks,
+            ``load_image_gt(..., use_mini_mask=False)``.
+        augment: matterport's deprecated switch, kept so its calls run: True adds a random
+            left-right flip (``HorizontalFlip(0.5)``, before `augmentation`), with a FutureWarning.
 
     Returns:
         image: [H, W, IMAGE_CHANNEL_COUNT] in `dataset.load_image`'s dtype (uint8 from the base
@@ -72,6 +76,12 @@ def load_image_gt(
     """
     if rng is None:
         rng = np.random.default_rng()
+    if augment:
+        warnings.warn("load_image_gt(augment=True) is matterport's deprecated switch for a random left-right flip; "
+                      "pass augmentation=mrcnn.data.augment.HorizontalFlip(0.5)", FutureWarning,
+                      stacklevel=utils.user_stacklevel())
+        flip = HorizontalFlip(0.5)
+        augmentation = flip if augmentation is None else Compose([flip, augmentation])
     mini_mask = bool(config.USE_MINI_MASK if use_mini_mask is None else use_mini_mask)
     if getattr(dataset, "load_label_mask", None) is not None and not with_keypoints:
         # Datasets of non-overlapping instances (nuclei) hand over one label image: much faster.

@@ -539,3 +539,21 @@ def test_load_image_gt_refuses_label_values_beyond_the_class_ids():
     with pytest.raises(ValueError, match=r"image 0 \(.*\): load_label_mask gave label values 0\.\.8 but 3 class "
                                          r"ids.*relabel_sequential"):
         targets.load_image_gt(dataset, TinyConfig(), 0, rng=np.random.default_rng(0))
+
+
+def test_matterport_augment_switch_is_a_random_flip():
+    """Found in review: matterport's ``load_image_gt(..., augment=False)`` raised TypeError."""
+    dataset = SquaresDataset(1, 96, 128, instances=(2, 2), seed=3)
+    dataset.prepare()
+    config = TinyConfig()
+    plain = targets.load_image_gt(dataset, config, 0, rng=np.random.default_rng(0), augment=False)
+    outcomes = set()
+    for seed in range(8):
+        with pytest.warns(FutureWarning, match=r"augment=True.*HorizontalFlip\(0.5\)"):
+            image = targets.load_image_gt(dataset, config, 0, rng=np.random.default_rng(seed), augment=True)[0]
+        if np.array_equal(image, plain[0]):
+            outcomes.add("kept")
+        else:
+            np.testing.assert_array_equal(image, plain[0][:, ::-1])
+            outcomes.add("flipped")
+    assert outcomes == {"kept", "flipped"}
