@@ -37,6 +37,7 @@ from typing import Any
 import h5py
 import keras
 import numpy as np
+import tensorflow as tf
 
 EPOCH_ATTR = "mrcnn_epoch"
 # Ctrl-C states only: the optimizer's iteration count when the last completed epoch ended.
@@ -165,8 +166,8 @@ def optimizer_state(optimizer: keras.optimizers.Optimizer) -> dict[str, np.ndarr
     return {key: np.asarray(v.numpy()) for key, v in zip(optimizer_state_keys(optimizer), variables)}
 
 
-def restore_optimizer_state(optimizer: keras.optimizers.Optimizer, state: str | dict[str, np.ndarray]
-                            ) -> dict[str, list[str]]:
+def restore_optimizer_state(optimizer: keras.optimizers.Optimizer, state: str | dict[str, np.ndarray],
+                            reset_missing: bool = False) -> dict[str, list[str]]:
     """Assigns saved optimizer variables to `optimizer` by key: iteration count, momentum, moments.
 
     The optimizer must be built (``optimizer.build(model.trainable_variables)``), under the
@@ -175,9 +176,12 @@ def restore_optimizer_state(optimizer: keras.optimizers.Optimizer, state: str | 
     Args:
         optimizer: the built optimizer.
         state: a checkpoint path (`read_optimizer_state`) or a dict from `optimizer_state`.
+        reset_missing: set the variables `state` lacks to zero, a fresh slot's value (for an
+            optimizer that has been used: after a NaN its other slots hold NaN); False leaves them.
     Returns:
         {"restored": names, "missing": names of this optimizer that `state` lacks (they keep their
-        fresh values, e.g. slots of layers newly made trainable), "unused": names in `state` only}.
+        values, fresh ones right after `build`, e.g. slots of layers newly made trainable),
+        "unused": names in `state` only}.
     Raises:
         ValueError: when the optimizer is not built.
     """
@@ -195,6 +199,8 @@ def restore_optimizer_state(optimizer: keras.optimizers.Optimizer, state: str | 
             continue  # from a run without loss scaling: the scale starts afresh, nothing is missing
         if value is None or tuple(value.shape) != tuple(variable.shape):
             missing.append(key)
+            if reset_missing:
+                variable.assign(np.zeros(variable.shape, variable.dtype))
             continue
         variable.assign(value)
         restored.append(key)
@@ -206,14 +212,31 @@ def restore_optimizer_state(optimizer: keras.optimizers.Optimizer, state: str | 
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):
-    """Saves weights and optimizer state to `checkpoint_path.format(epoch=epoch + 1)` atomically.
+    """Saves weights and optimizer state to `checkpoint_path.format(epoch=epoch + 1)` atomically,
+    and tracks which checkpoint is known to be good.
+
+    An epoch whose loss is not finite, or whose final weights are not (the last step of an epoch
+    can blow them up after its loss was measured), is not saved; the latter also stops training.
+    A saved checkpoint is *good* once a loss computed with its weights is finite: the first
+    training batch after it (the loss is computed before that batch's update), its epoch's
+    validation loss, or the next epoch's checkpoint (an epoch with a finite mean loss had a finite
+    first batch). Until then it is pending: weights that are finite but huge (1e29 after a too
+    large learning rate) save fine and give NaN on the next batch.
 
     Args:
         checkpoint_path: a path template with ``{epoch:04d}``, ending in ``.weights.h5``.
         verbose: 1 prints each saved path.
         keep: after each save, delete this template's checkpoints of epochs before the last
-            `keep` (0: keep all). A checkpoint holds the optimizer state too (~3x the weights with
-            Adam), so short epochs fill a disk fast. Nothing is deleted for an epoch not saved (NaN).
+            `keep` (0: keep all), never the last good one. A checkpoint holds the optimizer state
+            too (~3x the weights with Adam), so short epochs fill a disk fast. Nothing is deleted
+            for an epoch not saved (NaN).
+
+    Attributes:
+        last_saved, completed_epochs, saved_iterations: the newest checkpoint (this callback's, or
+            the start point `start_from` set), the epochs completed at it and the optimizer's
+            iteration count there.
+        last_good: (path, completed epochs) of the newest good checkpoint, or None.
+        nonfinite_weights_epoch: the (1-based) epoch whose weights were not finite, or None.
     """
 
     def __init__(self, checkpoint_path: str, verbose: int = 0, keep: int = 0) -> None:
@@ -228,24 +251,90 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self.last_saved: str | None = None
         self.completed_epochs: int | None = None  # epochs completed at the last checkpoint
         self.saved_iterations: int | None = None  # the optimizer's iteration count at that checkpoint
+        self.last_good: tuple[str, int] | None = None
+        self.nonfinite_weights_epoch: int | None = None
+        self._pending = False  # last_saved is not yet known to be good
+
+    def start_from(self, path: str | None, completed_epochs: int, iterations: int | None,
+                   previous: tuple[str, int] | None = None) -> None:
+        """Sets the checkpoint training starts from (pending until its first batch).
+
+        Args:
+            path: the checkpoint the model's state came from, or None.
+            completed_epochs: the epochs done at it.
+            iterations: the optimizer's iteration count now.
+            previous: (path, completed epochs) of the run's checkpoint before `path`, if it exists:
+                training went on from it with finite losses up to `path`, so it is good.
+        """
+        self.last_saved, self.completed_epochs, self.saved_iterations = path, completed_epochs or None, iterations
+        self._pending = path is not None
+        self.last_good = previous
+
+    @property
+    def pending(self) -> bool:
+        """Whether `last_saved` is not yet known to be good (see the class docstring)."""
+        return self._pending
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._pending and _finite((logs or {}).get("loss")):
+            self._confirm()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        loss = (logs or {}).get("loss")
+        logs = logs or {}
+        loss = logs.get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            print(f"\nEpoch {epoch + 1}: loss is {loss}; not saving. Last good checkpoint: {self.last_saved}")
+            print(f"\nEpoch {epoch + 1}: loss is {loss}; not saving. Last good checkpoint: {self.good_path}")
             return
+        if not weights_finite(self.model.weights):
+            self.nonfinite_weights_epoch = epoch + 1
+            self.model.stop_training = True
+            print(f"\nEpoch {epoch + 1}: the weights are no longer finite after its last step; not saving. "
+                  f"Last good checkpoint: {self.good_path}")
+            return
+        if self._pending and self.last_saved is not None:
+            self._confirm()  # this epoch's finite loss began with the previous checkpoint's weights
         path = write_checkpoint(self.model, self.checkpoint_path.format(epoch=epoch + 1), epoch + 1)
         self.last_saved = path
         self.completed_epochs = epoch + 1
+        self._pending = True
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is not None and optimizer.built:
             self.saved_iterations = int(optimizer.iterations.numpy())
         if self.verbose:
             print(f"\nEpoch {epoch + 1}: saved {path}")
-        if self.keep:
-            for old_epoch in range(1, epoch + 2 - self.keep):
+        if _finite(logs.get("val_loss")):
+            self._confirm()  # validation ran on this epoch's final weights
+        self._prune()
+
+    @property
+    def good_path(self) -> str | None:
+        """The newest good checkpoint's path, or None."""
+        return self.last_good[0] if self.last_good else None
+
+    def _confirm(self) -> None:
+        self._pending = False
+        self.last_good = (self.last_saved, self.completed_epochs or 0)
+        self._prune()
+
+    def _prune(self) -> None:
+        """Deletes checkpoints of epochs before the last `keep`, except the last good one."""
+        if not self.keep or not self.completed_epochs:
+            return
+        for old_epoch in range(1, self.completed_epochs + 1 - self.keep):
+            old = self.checkpoint_path.format(epoch=old_epoch)
+            if old != self.good_path:
                 with contextlib.suppress(FileNotFoundError):
-                    os.remove(self.checkpoint_path.format(epoch=old_epoch))
+                    os.remove(old)
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and math.isfinite(float(value))
+
+
+def weights_finite(variables: Sequence[Any]) -> bool:
+    """Whether every floating-point variable in `variables` holds only finite values."""
+    checks = [tf.reduce_all(tf.math.is_finite(v)) for v in variables if tf.as_dtype(v.dtype).is_floating]
+    return bool(tf.reduce_all(checks).numpy()) if checks else True
 
 
 class GeneratorEpochs(keras.callbacks.Callback):
@@ -325,7 +414,8 @@ class TrainingBudget(keras.callbacks.Callback):
         wall_seconds: wall-clock limit in seconds, or None / 0 for none.
         cpu_seconds: CPU-time limit in seconds, or None / 0 for none.
         decay_at: fraction of the budget after which the learning rate is multiplied by
-            `decay_factor` once; None never changes it.
+            `decay_factor` once; None never changes it (needed with a LearningRateSchedule,
+            which sets the rate itself: `on_train_begin` raises ValueError otherwise).
         decay_factor: the multiplier applied at `decay_at`.
         verbose: 1 prints a line when the learning rate drops and when the budget stops training.
 
@@ -355,6 +445,13 @@ class TrainingBudget(keras.callbacks.Callback):
         return time.monotonic() - self.wall_start, time.process_time() - self.cpu_start
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        optimizer = getattr(self.model, "optimizer", None)
+        optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer's
+        if self.decay_at is not None and isinstance(getattr(optimizer, "_learning_rate", None),
+                                                    keras.optimizers.schedules.LearningRateSchedule):
+            raise ValueError("TrainingBudget(decay_at=...) drops a constant learning rate, but this training follows "
+                             "a LearningRateSchedule: pass decay_at=None (the schedule sets the rate) or a constant "
+                             "learning rate")
         epoch = int(getattr(self.model, "epoch", 0) or 0)
         resumed_from = getattr(self.model, "resumed_from", None)
         if resumed_from:

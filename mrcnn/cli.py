@@ -15,9 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 # What the library raises for bad input: a missing file, dataset or weights (WeightsNotAvailableError
-# is a FileNotFoundError), an output that is already there (an export folder) and a bad value
+# is a FileNotFoundError), an output that is already there (an export folder), a path that is a
+# file where a folder belongs or the reverse (--logs), one the user may not write, and a bad value
 # (Config fields, dataset contents, arguments).
-USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError)
+USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError)
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 1  # training stopped on a NaN/infinite loss
 EXIT_INTERRUPTED = 130  # the shell's status for SIGINT

@@ -597,6 +597,7 @@ class MaskRCNN(keras.Model):
             raise FileNotFoundError(f"weights file not found: {path}")
         self.ensure_built()
         report = None
+        self._resume_checkpoint = None  # a state loaded before this one no longer describes the model
         if by_name or exclude or skip_mismatch or not str(path).endswith(".weights.h5"):
             # keras.applications' ImageNet ResNets name their layers conv2_block1_1_conv...: mapped
             # onto ours, so that `load_weights(get_imagenet_weights(), by_name=True)` loads them too.
@@ -700,7 +701,8 @@ class MaskRCNN(keras.Model):
         now = datetime.datetime.now()
         name = _run_name(self.config)
         if model_path:
-            run = r"[/\\]([\w-]+)(\d{8}T\d{4,6})[/\\]mask_rcnn_[\w-]+_"
+            # Any NAME without path separators (_run_name keeps dots and spaces).
+            run = r"[/\\]([^/\\]+?)(\d{8}T\d{4,6})[/\\]mask_rcnn_[^/\\]+_"
             match = (re.search(run + r"(\d{4}|interrupted)\.weights\.h5$", str(model_path))
                      or re.search(run + r"(\d{4})\.h5$", str(model_path)))  # matterport's checkpoints
             if match:
@@ -723,9 +725,10 @@ class MaskRCNN(keras.Model):
         """Path of the newest state of the newest run of this config's NAME in model_dir.
 
         That is the run's last epoch checkpoint (``mask_rcnn_<name>_<NNNN>.weights.h5``), or its
-        Ctrl-C state (``..._interrupted.weights.h5``) when that was written after it, e.g. a run
-        stopped during its first epoch; never a leftover temporary file. Runs without either are
-        passed over.
+        Ctrl-C state (``..._interrupted.weights.h5``) when that is later: it records at least NNNN
+        completed epochs (an interrupt during epoch NNNN + 1, or a run stopped during its first
+        epoch); never a leftover temporary file. Runs without either are passed over. The recorded
+        epochs decide, not file times, which copies and syncs do not keep.
 
         Raises:
             FileNotFoundError: when there is no run or no checkpoint.
@@ -737,8 +740,7 @@ class MaskRCNN(keras.Model):
         for run in reversed(runs):
             checkpoints = sorted(p for p in run.glob(f"mask_rcnn_{name}_*.weights.h5") if numbered.fullmatch(p.name))
             interrupted = run / f"mask_rcnn_{name}_interrupted.weights.h5"
-            if interrupted.is_file() and (not checkpoints or
-                                          interrupted.stat().st_mtime_ns > checkpoints[-1].stat().st_mtime_ns):
+            if interrupted.is_file() and (not checkpoints or _interrupted_is_later(interrupted, checkpoints[-1])):
                 return str(interrupted)
             if checkpoints:
                 return str(checkpoints[-1])
@@ -799,6 +801,12 @@ class MaskRCNN(keras.Model):
         with self.distribute_strategy.scope():  # weights made under a multi-device strategy are mirrored
             self.ensure_built()
         self._check_train_arguments(layers, regex, epochs)
+        if epochs <= self.epoch:
+            # A stage already done (a rerun script after a resume): nothing is compiled, so the
+            # optimizer state a checkpoint holds for all layers waits for the stage that trains.
+            history = keras.callbacks.History()
+            history.epoch = []
+            return history
         seed = self.config.SEED
         if seed is None and isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
             # Every worker must draw the same order to read disjoint shards of each global batch;
@@ -845,11 +853,8 @@ class MaskRCNN(keras.Model):
         callbacks = training_callbacks(self, self.log_dir, self.checkpoint_path, self.config.KEEP_CHECKPOINTS,
                                        custom=list(custom_callbacks or []))
         checkpoint = next(cb for cb in callbacks if isinstance(cb, AtomicCheckpoint))
-        checkpoint.saved_iterations = int(self.optimizer.iterations.numpy())  # this call starts at an epoch's end
-        # Until this call saves an epoch, the last good checkpoint is the one it resumed from.
-        start_checkpoint = self.checkpoint_path.format(epoch=self.epoch) if self.epoch else None
-        if start_checkpoint and os.path.isfile(start_checkpoint):
-            checkpoint.last_saved = start_checkpoint
+        self._start_checkpoint(checkpoint)
+        start_epoch = self.epoch
         if verbose:
             print(f"\nStarting at epoch {self.epoch}. LR={describe_learning_rate(learning_rate, self.optimizer.iterations)}"
                   f"\nCheckpoint path: {self.checkpoint_path}")
@@ -865,25 +870,55 @@ class MaskRCNN(keras.Model):
                 name = _run_name(self.config)
                 path = write_checkpoint(self, os.path.join(self.log_dir, f"mask_rcnn_{name}_interrupted.weights.h5"),
                                         self.epoch, epoch_iterations=checkpoint.saved_iterations)
+                # A next train() in this process resumes from that state as a new process would
+                # (repeating the unfinished epoch with the iteration count of its start).
+                self._resume_checkpoint = path
                 print(f"\nInterrupted. Completed epochs: {self.epoch}; last epoch checkpoint: "
                       f"{checkpoint.last_saved or 'none yet'}; state at the interrupt: {path}")
             raise
-        except tf.errors.OpError:
-            failure = train_gen.failure or (val_gen.failure if val_gen is not None else None)
-            if failure is None:
-                raise
-            # A batch failed to load (a missing or corrupt image, a bad load_mask): its own
-            # exception, not tf.data's wrapper of it. Finished epochs keep their checkpoints.
+        except Exception as error:
+            # Finished epochs keep their checkpoints; the unfinished one is repeated by the next
+            # train(), so the iteration count (a schedule's position) goes back to its start.
             self.epoch = checkpoint.completed_epochs or self.epoch
-            raise failure from None
+            if checkpoint.saved_iterations is not None:
+                self.optimizer.iterations.assign(checkpoint.saved_iterations)
+            failure = train_gen.failure or (val_gen.failure if val_gen is not None else None)
+            if isinstance(error, tf.errors.OpError) and failure is not None:
+                # A batch failed to load (a missing or corrupt image, a bad load_mask): its own
+                # exception, not tf.data's wrapper of it.
+                raise failure from None
+            raise
         # Epochs that ended with a finite loss count as done (a NaN stop keeps the last good one).
         losses = history.history.get("loss", [])
         done = [e + 1 for e, loss in zip(history.epoch, losses) if np.isfinite(loss)]
         self.epoch = max([self.epoch] + done)
         stopped_at = next(cb for cb in callbacks if isinstance(cb, StopOnNaN)).stopped_at
         if stopped_at is not None:
-            self._diverged(stopped_at, checkpoint)
+            self._diverged(f"the loss became NaN or infinite at epoch {stopped_at[0]}, batch {stopped_at[1]}",
+                           checkpoint, start_epoch)
+        if checkpoint.nonfinite_weights_epoch is not None:
+            self._diverged(f"the weights became NaN or infinite in the last step of epoch "
+                           f"{checkpoint.nonfinite_weights_epoch}", checkpoint, start_epoch)
         return history
+
+    def _start_checkpoint(self, checkpoint: Any) -> None:
+        """Tells `checkpoint` where this call starts: the checkpoint the model's state came from
+        (the file `load_weights` read, or this run's checkpoint of the epochs done) and the run's
+        checkpoint before it, which training went on from with finite losses (see AtomicCheckpoint)."""
+        def numbered(epoch: int) -> tuple[str, int] | None:
+            path = self.checkpoint_path.format(epoch=epoch)
+            return (path, epoch) if epoch > 0 and os.path.isfile(path) else None
+
+        iterations = int(self.optimizer.iterations.numpy())  # this call starts at an epoch's end
+        resumed = self.resumed_from
+        own = numbered(self.epoch)
+        if resumed is not None and (own is None or os.path.abspath(resumed) != os.path.abspath(own[0])):
+            # A Ctrl-C state or a file from elsewhere: the run's checkpoint of its epochs, if any, came before.
+            checkpoint.start_from(resumed, self.epoch, iterations, previous=own)
+        elif own is not None:
+            checkpoint.start_from(own[0], self.epoch, iterations, previous=numbered(self.epoch - 1))
+        else:
+            checkpoint.start_from(None, self.epoch, iterations)
 
     def make_log_dir(self) -> str:
         """Creates the log dir (setting a new run's first when there is none) and returns it.
@@ -936,22 +971,38 @@ class MaskRCNN(keras.Model):
                         validation_steps=self.config.VALIDATION_STEPS if val_gen is not None else None,
                         callbacks=[GeneratorEpochs(train_gen, val_gen)] + callbacks, verbose=verbose, shuffle=False)
 
-    def _diverged(self, stopped_at: tuple[int, int], checkpoint: Any) -> None:
+    def _diverged(self, what: str, checkpoint: Any, start_epoch: int) -> None:
         """After a NaN stop: puts the last good checkpoint's weights and optimizer state back (the
-        model's own are not finite, and a next stage would carry them on), then raises."""
-        from mrcnn.callbacks import TrainingDivergedError, restore_optimizer_state
+        model's own are not finite, and a next stage would carry them on), then raises.
 
-        epoch, batch = stopped_at
-        good = checkpoint.last_saved
-        if good is not None:
-            keras.Model.load_weights(self, good, objects_to_skip=[self.optimizer])
-            restore_optimizer_state(self.optimizer, good)
-            self.epoch = checkpoint.completed_epochs or self.epoch
-            state = f"the model is back at the last good checkpoint, {good} (epoch {self.epoch})"
+        The good checkpoint is `checkpoint.last_good`; a checkpoint still pending (its own weights
+        gave the first NaN) is used only when there is no good one, and the message says so.
+        """
+        from mrcnn.callbacks import TrainingDivergedError, checkpoint_epoch_iterations, restore_optimizer_state
+
+        if checkpoint.last_good is not None:
+            path, epochs = checkpoint.last_good
+            state = f"the model is back at the last good checkpoint, {path} (epoch {epochs})"
+            if checkpoint.pending and checkpoint.last_saved is not None:
+                state += f"; the newer {checkpoint.last_saved} gave the non-finite loss itself"
+        elif checkpoint.last_saved is not None:
+            path, epochs = checkpoint.last_saved, checkpoint.completed_epochs or start_epoch
+            state = (f"the model is back at {path} (epoch {epochs}), but the first batch after it was not finite "
+                     "either: its weights, or that batch's data, are bad")
         else:
+            path = None
             state = "no epoch was saved before it, so the model's weights are not finite"
-        raise TrainingDivergedError(f"the loss became NaN or infinite at epoch {epoch}, batch {batch}; {state}. "
-                                    "Lower the learning rate or check the data")
+        if path is not None:
+            keras.Model.load_weights(self, path, objects_to_skip=[self.optimizer])
+            # Slots the file lacks (layers this stage made trainable) were updated with NaN: zero them.
+            restore_optimizer_state(self.optimizer, path, reset_missing=True)
+            rewind = checkpoint_epoch_iterations(path)
+            if rewind is not None:  # a Ctrl-C state: its unfinished epoch is repeated from its start
+                self.optimizer.iterations.assign(rewind)
+            self.epoch = epochs
+        else:
+            self.epoch = start_epoch
+        raise TrainingDivergedError(f"{what}; {state}. Lower the learning rate or check the data")
 
     # ------------------------------------------------------------------------------------------
     # Inference
@@ -1331,6 +1382,17 @@ def _as_numpy_float32(tensor: Any) -> np.ndarray:
 def _active_class_ids(meta: tf.Tensor, num_classes: int) -> tf.Tensor:
     """active_class_ids [B,K] from image metas [B,META] (the last K entries, see compose_image_meta)."""
     return meta[:, -num_classes:]
+
+
+def _interrupted_is_later(interrupted: Path, numbered: Path) -> bool:
+    """Whether a run's Ctrl-C state is later than its last epoch checkpoint: it records at least
+    that checkpoint's epochs (file times only for a state without a record)."""
+    from mrcnn.callbacks import checkpoint_epoch
+
+    epochs = checkpoint_epoch(str(interrupted))
+    if epochs is None:
+        return interrupted.stat().st_mtime_ns > numbered.stat().st_mtime_ns
+    return epochs >= int(numbered.name[-15:-11])  # mask_rcnn_<name>_NNNN.weights.h5
 
 
 def _run_name(config: Config) -> str:

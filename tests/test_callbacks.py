@@ -538,3 +538,198 @@ def test_mean_average_precision_reaches_tensorboard_and_history_through_train(tm
         for event in tf.compat.v1.train.summary_iterator(str(event_file)):
             tags.update(value.tag for value in event.summary.value)
     assert {"epoch_mask_mAP50", "epoch_box_mAP"} <= tags
+
+
+# ----------------------------------------------------------------------------------------------
+# Good checkpoints and what a stopped train() leaves (found in review)
+def test_checkpoint_is_good_once_a_loss_from_its_weights_is_finite(tmp_path):
+    template = str(tmp_path / "c_{epoch:04d}.weights.h5")
+    first = template.format(epoch=1)
+    callback = AtomicCheckpoint(template, keep=1)
+    callback.set_model(_model())
+    callback.on_epoch_end(0, {"loss": 1.0})
+    assert callback.pending and callback.last_good is None
+    callback.on_train_batch_end(0, {"loss": 2.0})  # computed with checkpoint 1's weights
+    assert not callback.pending and callback.last_good == (first, 1)
+    callback.on_epoch_end(1, {"loss": 1.0})
+    callback.on_train_batch_end(0, {"loss": float("nan")})  # checkpoint 2's weights give NaN
+    assert callback.pending and callback.good_path == first
+    # keep=1 keeps the last good checkpoint besides the newest.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c_0001.weights.h5", "c_0002.weights.h5"]
+
+    validated = AtomicCheckpoint(str(tmp_path / "v_{epoch:04d}.weights.h5"))
+    validated.set_model(_model())
+    validated.on_epoch_end(0, {"loss": 1.0, "val_loss": 3.0})  # validation ran on the final weights
+    assert not validated.pending
+    chained = AtomicCheckpoint(str(tmp_path / "n_{epoch:04d}.weights.h5"), keep=1)
+    chained.set_model(_model())
+    chained.on_epoch_end(0, {"loss": 1.0})
+    chained.on_epoch_end(1, {"loss": 1.0})  # a finite epoch began with checkpoint 1's weights
+    assert chained.last_good == (str(tmp_path / "n_0001.weights.h5"), 1) and chained.pending
+    chained.on_train_batch_end(0, {"loss": 1.0})
+    assert chained.last_good[1] == 2 and not (tmp_path / "n_0001.weights.h5").exists()
+
+
+def test_checkpoint_refuses_weights_that_are_not_finite(tmp_path):
+    model = _model()
+    callback = AtomicCheckpoint(str(tmp_path / "c_{epoch:04d}.weights.h5"))
+    callback.set_model(model)
+    model.get_layer("dense").kernel.assign(np.full((3, 1), np.inf, np.float32))
+    callback.on_epoch_end(0, {"loss": 1.0})  # the loss was measured before the last update
+    assert list(tmp_path.iterdir()) == [] and callback.nonfinite_weights_epoch == 1 and model.stop_training
+
+
+class _SetClassLogits(keras.callbacks.Callback):
+    """Sets the class logits kernel to `value` at the end of batch `batch` of `epoch` (0-based)."""
+
+    def __init__(self, epoch: int, batch: int, value: float) -> None:
+        super().__init__()
+        self.at, self.value, self.current = (epoch, batch), value, -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.current, batch) == self.at:
+            kernel = next(w for w in self.model.trainable_weights if "mrcnn_class_logits" in w.path)
+            kernel.assign(np.full(kernel.shape, self.value, kernel.dtype))
+
+
+def test_a_checkpoint_whose_weights_give_nan_is_not_the_one_rolled_back_to(tmp_path):
+    """Weights blown up (finite) in an epoch's last step save fine; the next batch is NaN: back to the one before."""
+    from mrcnn.callbacks import TrainingDivergedError
+    from mrcnn.model import MaskRCNN
+
+    config, dataset = _tiny_run(2, KEEP_CHECKPOINTS=1)
+    model = MaskRCNN("training", config, model_dir=str(tmp_path))
+    huge = float(np.finfo(np.float32).max) / 2  # finite; any sum of two such products overflows
+    with pytest.raises(TrainingDivergedError, match=r"at epoch 3, batch 0; the model is back at the last good "
+                                                    r"checkpoint, .*_0001.weights.h5 \(epoch 1\); the newer .*_0002"):
+        model.train(dataset, None, learning_rate=0.01, epochs=4, layers="heads", verbose=0,
+                    custom_callbacks=[_SetClassLogits(1, 1, huge)])
+    assert model.epoch == 1
+    run = Path(model.log_dir)
+    assert (run / "mask_rcnn_tinydist_0001.weights.h5").is_file()  # kept although KEEP_CHECKPOINTS = 1
+    assert all(np.isfinite(w.numpy()).all() and np.abs(w.numpy()).max() < 1e30 for w in model.weights)
+
+
+def test_weights_not_finite_after_an_epochs_last_step_stop_the_run(tmp_path):
+    from mrcnn.callbacks import TrainingDivergedError
+    from mrcnn.model import MaskRCNN
+
+    config, dataset = _tiny_run(2)
+    model = MaskRCNN("training", config, model_dir=str(tmp_path))
+    with pytest.raises(TrainingDivergedError, match=r"the weights became NaN or infinite in the last step of epoch "
+                                                    r"2; the model is back at the last good checkpoint, .*_0001"):
+        model.train(dataset, None, learning_rate=0.01, epochs=4, layers="heads", verbose=0,
+                    custom_callbacks=[_SetClassLogits(1, 1, float("nan"))])
+    assert model.epoch == 1 and not (Path(model.log_dir) / "mask_rcnn_tinydist_0002.weights.h5").exists()
+    assert all(np.isfinite(w.numpy()).all() for w in model.weights)
+
+
+def test_a_rollback_into_an_earlier_stage_zeroes_the_slots_its_checkpoint_lacks(tmp_path):
+    """heads, then all layers diverging: the heads checkpoint has no slots for the backbone's, which held NaN."""
+    from mrcnn.callbacks import TrainingDivergedError
+    from mrcnn.model import MaskRCNN
+
+    config, dataset = _tiny_run(2)
+    model = MaskRCNN("training", config, model_dir=str(tmp_path))
+    model.train(dataset, None, learning_rate=0.01, epochs=1, layers="heads", verbose=0)
+    with pytest.raises(TrainingDivergedError, match=r"at epoch 2, batch 1; the model is back at .*_0001"):
+        model.train(dataset, None, learning_rate=0.01, epochs=3, layers="all", verbose=0,
+                    custom_callbacks=[_SetClassLogits(1, 0, float("nan"))])
+    assert all(np.isfinite(np.asarray(v.numpy(), np.float64)).all() for v in model.optimizer.variables)
+    history = model.train(dataset, None, learning_rate=0.001, epochs=2, layers="all", verbose=0)
+    assert history.epoch == [1] and np.isfinite(history.history["loss"]).all()
+
+
+def test_a_finished_stage_leaves_the_resumed_optimizer_state_to_the_next(tmp_path):
+    """custom.py --weights last runs its finished heads stage first: it must not use up the checkpoint."""
+    from mrcnn.callbacks import read_optimizer_state
+    from mrcnn.model import MaskRCNN
+
+    config, dataset = _tiny_run(1)
+    first = MaskRCNN("training", config, model_dir=str(tmp_path))
+    first.train(dataset, None, learning_rate=0.01, epochs=2, layers="all", verbose=0)
+    last = first.find_last()
+    state = read_optimizer_state(last)
+    resumed = MaskRCNN("training", config, model_dir=str(tmp_path))
+    resumed.load_weights(last)
+    with pytest.warns(UserWarning, match="has nothing to do"):
+        nothing = resumed.train(dataset, None, learning_rate=0.01, epochs=1, layers="heads", verbose=0)
+    assert nothing.epoch == [] and nothing.history == {}
+    start = _RecordStart()
+    resumed.train(dataset, None, learning_rate=0.01, epochs=3, layers="all", verbose=0, custom_callbacks=[start])
+    assert resumed.resumed_from == last and start.iterations == 2
+    assert len(start.momenta) > 20 and all(np.array_equal(start.momenta[k], state[k]) for k in start.momenta)
+
+
+class _FailAt(_InterruptAt):
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.current == self.epoch_to_stop and batch == self.batch_to_stop:
+            raise RuntimeError("a callback of the user's failed")
+
+
+def test_an_exception_mid_epoch_leaves_the_epoch_count_and_schedule_at_the_last_checkpoint(tmp_path):
+    from mrcnn.model import MaskRCNN
+
+    config, dataset = _tiny_run(2)
+    model = MaskRCNN("training", config, model_dir=str(tmp_path))
+    with pytest.raises(RuntimeError, match="a callback of the user's failed"):
+        model.train(dataset, None, learning_rate=0.01, epochs=3, layers="heads", verbose=0,
+                    custom_callbacks=[_FailAt(epoch=1, batch=1)])
+    assert model.epoch == 1 and int(model.optimizer.iterations.numpy()) == 2
+    history = model.train(dataset, None, learning_rate=0.01, epochs=2, layers="heads", verbose=0)
+    assert history.epoch == [1] and int(model.optimizer.iterations.numpy()) == 4
+
+
+def test_after_ctrl_c_a_nan_goes_back_to_the_state_it_resumed_from(tmp_path):
+    from mrcnn.callbacks import TrainingDivergedError, checkpoint_epoch_iterations
+    from mrcnn.model import MaskRCNN
+
+    config, dataset = _tiny_run(2)
+    model = MaskRCNN("training", config, model_dir=str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):  # in epoch 1: no epoch checkpoint yet
+        model.train(dataset, None, learning_rate=0.01, epochs=2, layers="heads", verbose=0,
+                    custom_callbacks=[_InterruptAt(epoch=0, batch=1)])
+    interrupted = model.find_last()
+    assert interrupted.endswith("_interrupted.weights.h5") and checkpoint_epoch_iterations(interrupted) == 0
+    # The same process continues as a new one would: from the Ctrl-C state, the epoch from its start.
+    start = _RecordStart()
+    with pytest.raises(TrainingDivergedError, match=r"at epoch 1, batch 1; the model is back at the last good "
+                                                    r"checkpoint, .*_interrupted.weights.h5 \(epoch 0\)"):
+        model.train(dataset, None, learning_rate=0.01, epochs=2, layers="heads", verbose=0,
+                    custom_callbacks=[start, _SetClassLogits(0, 0, float("nan"))])
+    assert start.iterations == 0 and model.epoch == 0 and int(model.optimizer.iterations.numpy()) == 0
+    assert all(np.isfinite(w.numpy()).all() for w in model.weights)
+
+
+def test_find_last_trusts_recorded_epochs_over_file_times(tmp_path):
+    from mrcnn.callbacks import write_checkpoint
+    from mrcnn.model import MaskRCNN
+
+    config, _ = _tiny_run(1)
+    finder = MaskRCNN("training", config, model_dir=str(tmp_path))
+    run = tmp_path / "tinydist20260101T000000"
+    run.mkdir()
+    source = _trained_sgd_model()
+    write_checkpoint(source, str(run / "mask_rcnn_tinydist_0001.weights.h5"), epoch=1)
+    write_checkpoint(source, str(run / "mask_rcnn_tinydist_0002.weights.h5"), epoch=2)
+    stale = write_checkpoint(source, str(run / "mask_rcnn_tinydist_interrupted.weights.h5"), epoch=1,
+                             epoch_iterations=3)  # written last, as a copy that sorts it last would
+    os.utime(stale, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    assert finder.find_last() == str(run / "mask_rcnn_tinydist_0002.weights.h5")
+    write_checkpoint(source, stale, epoch=2, epoch_iterations=5)  # Ctrl-C during epoch 3
+    os.utime(run / "mask_rcnn_tinydist_0002.weights.h5", ns=(time.time_ns() + 10**10,) * 2)
+    assert finder.find_last() == stale
+
+
+def test_a_schedule_with_a_budget_that_drops_the_rate_is_refused_before_any_step():
+    model = _sgd_model()
+    model.compile(optimizer=keras.optimizers.SGD(keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5)),
+                  loss="mse")
+    x, y = np.ones((4, 4), np.float32), np.ones((4, 1), np.float32)
+    with pytest.raises(ValueError, match="LearningRateSchedule: pass decay_at=None"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[TrainingBudget(wall_seconds=100)])
+    assert int(model.optimizer.iterations.numpy()) == 0
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[TrainingBudget(wall_seconds=100, decay_at=None)])

@@ -68,3 +68,17 @@ def test_parse_canvas_reads_h_w_and_names_bad_text():
     for text in ("128", "128,64,3", "a,b", "0,64", "-64,64"):
         with pytest.raises(ValueError, match=f"--canvas must be H,W .*got {text!r}"):
             parse_canvas(text)
+
+
+def test_a_path_of_the_wrong_kind_is_a_user_error(tmp_path, capsys):
+    """Found in review: --logs naming a file raised NotADirectoryError with a traceback."""
+    from mrcnn.cli import run_command
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+
+    def make_run_folder():
+        (afile / "run").mkdir()
+
+    assert run_command(make_run_folder, prog="x.py") == 2
+    assert capsys.readouterr().err.startswith("x.py: error: [Errno 20] Not a directory")

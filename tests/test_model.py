@@ -201,14 +201,20 @@ def test_a_batch_that_fails_to_load_mid_training_raises_its_own_error(config, tm
 
 
 class _PoisonAtEpoch(keras.callbacks.Callback):
-    """Makes the loss NaN from epoch `epoch` (0-based) on: a stand-in for a diverging run."""
+    """Makes the loss NaN from batch `batch` of epoch `epoch` (0-based) on: a stand-in for a
+    diverging run. (At batch 0 the checkpoint before it gives the first NaN itself: see
+    AtomicCheckpoint's "good" checkpoints.)"""
 
-    def __init__(self, epoch: int):
+    def __init__(self, epoch: int, batch: int = 1):
         super().__init__()
-        self.epoch = epoch
+        self.epoch, self.batch = epoch, batch
+        self.current = -1
 
     def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
+        self.current = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.current == self.epoch and batch == self.batch:
             kernel = next(w for w in self.model.trainable_weights if "mrcnn_class_logits" in w.path)
             kernel.assign(np.full(kernel.shape, np.nan, kernel.dtype))
 
@@ -218,7 +224,7 @@ def test_a_nan_stop_restores_the_last_good_checkpoint_and_raises(config, tmp_pat
 
     model = MaskRCNN(mode="training", config=config, model_dir=str(tmp_path))
     dataset = _shapes(4, seed=2)
-    with pytest.raises(TrainingDivergedError, match=r"at epoch 2, batch 0; the model is back at the last good "
+    with pytest.raises(TrainingDivergedError, match=r"at epoch 2, batch 1; the model is back at the last good "
                                                     r"checkpoint, .*mask_rcnn_tiny_0001.weights.h5 \(epoch 1\)"):
         model.train(dataset, None, learning_rate=0.01, epochs=3, layers="heads", verbose=0,
                     custom_callbacks=[_PoisonAtEpoch(1)])
@@ -233,7 +239,7 @@ def test_a_nan_stop_restores_the_last_good_checkpoint_and_raises(config, tmp_pat
     fresh = MaskRCNN(mode="training", config=config, model_dir=str(tmp_path / "fresh"))
     with pytest.raises(TrainingDivergedError, match="no epoch was saved before it"):
         fresh.train(dataset, None, learning_rate=0.01, epochs=2, layers="heads", verbose=0,
-                    custom_callbacks=[_PoisonAtEpoch(0)])
+                    custom_callbacks=[_PoisonAtEpoch(0, batch=0)])
 
 
 def test_runs_started_in_the_same_second_get_their_own_folders(config, tmp_path):
@@ -260,6 +266,26 @@ def test_a_matterport_checkpoint_continues_its_run(config, tmp_path):
     assert model.epoch == 0 and model.log_dir != str(run)
     model.set_log_dir(str(run / "mask_rcnn_shapes_0007.weights.h5"))  # ours, as before
     assert model.epoch == 7 and model.log_dir == str(run)
+
+
+def test_a_name_with_dots_or_spaces_continues_its_run(tmp_path):
+    """Found in review: NAME "my.run" wrote checkpoints that load_weights then took for another run's."""
+    for name in ("my.run", "my run"):
+        model = MaskRCNN(mode="training", config=TinyConfig().update(NAME=name), model_dir=str(tmp_path))
+        run = tmp_path / f"{name}20260101T120000"
+        model.set_log_dir(str(run / f"mask_rcnn_{name}_0004.weights.h5"))
+        assert model.epoch == 4 and model.log_dir == str(run)
+
+
+def test_a_later_load_drops_the_optimizer_state_an_earlier_load_left(config, tmp_path):
+    """Found in review: load_weights(by_name=True) after a by-structure load kept the first file's state."""
+    model = _built_random_model(config, 5)
+    path = str(tmp_path / "own.weights.h5")
+    model.save_weights(path)
+    model.load_weights(path)
+    assert model._resume_checkpoint == path
+    model.load_weights(path, by_name=True)
+    assert model._resume_checkpoint is None
 
 
 def test_describe_learning_rate_names_a_schedule_and_its_value_now():

@@ -189,10 +189,11 @@ def train(args: argparse.Namespace) -> Any:
     (Path(model.make_log_dir()) / CLASS_NAMES_FILE).write_text(json.dumps(class_names))
     lr = args.lr or config.LEARNING_RATE
     augmentation = Compose([HorizontalFlip(0.5)])
-    print(f"Training the heads up to epoch {args.epochs_heads}")
-    model.train(train_set, val_set, learning_rate=lr, epochs=args.epochs_heads, layers="heads",
-                augmentation=augmentation, verbose=args.verbose)
-    if args.epochs_all > args.epochs_heads:
+    if model.epoch < args.epochs_heads:  # a resumed run may be past this stage already
+        print(f"Training the heads up to epoch {args.epochs_heads}")
+        model.train(train_set, val_set, learning_rate=lr, epochs=args.epochs_heads, layers="heads",
+                    augmentation=augmentation, verbose=args.verbose)
+    if args.epochs_all > max(args.epochs_heads, model.epoch):
         print(f"Training all layers up to epoch {args.epochs_all}")
         model.train(train_set, val_set, learning_rate=lr / 10, epochs=args.epochs_all, layers="all",
                     augmentation=augmentation, verbose=args.verbose)

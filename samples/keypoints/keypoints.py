@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 
 from mrcnn import visualize  # noqa: E402
 from mrcnn.callbacks import TrainingBudget  # noqa: E402
+from mrcnn.cli import run_command  # noqa: E402
 from mrcnn.data.augment import HorizontalFlip  # noqa: E402
 from mrcnn.data.stick_figures import OKS_SIGMAS, StickFiguresConfig, StickFiguresDataset  # noqa: E402
 from mrcnn.evaluation.coco_eval import build_coco_results, coco_eval_stats, dataset_to_coco  # noqa: E402
@@ -103,7 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mask", action="store_true", help="multi-task: mask head as well (MASK_HEAD = True)")
     parser.add_argument("--verbose", type=int, default=1)
     args = parser.parse_args(argv)
+    return run_command(lambda: _run(args), prog="keypoints.py", show_traceback=args.verbose >= 2,
+                       interrupted_hint="Interrupted: the run's state is in its folder under --logs")
 
+
+def _run(args: argparse.Namespace) -> None:
+    if args.minutes <= 0 or args.train_images < 1 or args.eval_images < 1:
+        raise ValueError(f"--minutes must be positive and --train-images / --eval-images at least 1, got "
+                         f"{args.minutes}, {args.train_images}, {args.eval_images}")
     keras.utils.set_random_seed(0)
     config = DemoConfig().update(MASK_HEAD=bool(args.mask))
     logs = Path(args.logs)
@@ -131,7 +139,6 @@ def main(argv: list[str] | None = None) -> int:
     draw(inference, test_set, logs / "keypoints.png")
     if args.verbose:
         print(json.dumps({k: metrics[k] for k in ("keypoints", "bbox", "note") if k in metrics}, indent=2))
-    return 0
 
 
 if __name__ == "__main__":

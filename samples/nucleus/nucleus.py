@@ -55,7 +55,7 @@ def train(args: argparse.Namespace) -> Path:
     (CPU time) is spent; returns the weights path. Writes `<logs>/<model>_train.json` with the
     steps, wall and CPU minutes."""
     if not args.budget_minutes and not args.budget_cpu_minutes:
-        raise SystemExit("train needs --budget-minutes or --budget-cpu-minutes")
+        raise ValueError("train needs --budget-minutes or --budget-cpu-minutes")
     if args.model == "unet" and args.crop % 2**args.unet_depth:  # each pooling halves it; skips must line up
         raise ValueError(f"--crop {args.crop} must be a multiple of {2**args.unet_depth} for a U-Net of "
                          f"--unet-depth {args.unet_depth}")

@@ -25,3 +25,10 @@ def test_nothing_detected_still_scores_zero_and_draws_as_many_panels_as_images(t
     assert metrics["keypoints"]["AP"] == 0.0 and metrics["bbox"]["AP"] == 0.0
     sample.draw(_Silent(), dataset, tmp_path / "kp.png")  # 2 images: 2 panels, not 4 with 2 empty
     assert (tmp_path / "kp.png").stat().st_size > 0
+
+
+def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys):
+    """Found in review: the script did not go through run_command, so --minutes 0 gave a traceback."""
+    assert sample.main(["--minutes", "0", "--logs", str(tmp_path)]) == 2
+    assert "keypoints.py: error: --minutes must be positive" in capsys.readouterr().err
+    assert sample.main(["--train-images", "0", "--logs", str(tmp_path)]) == 2

@@ -11,8 +11,14 @@ from samples.nucleus import nucleus
 def test_train_options_parse():
     args = nucleus._parser().parse_args(["train", "--model", "unet", "--budget-cpu-minutes", "45", "--threads", "1"])
     assert args.budget_cpu_minutes == 45 and args.budget_minutes == 0 and args.threads == 1
-    with pytest.raises(SystemExit, match="--budget-minutes or --budget-cpu-minutes"):
+    with pytest.raises(ValueError, match="--budget-minutes or --budget-cpu-minutes"):
         nucleus.train(nucleus._parser().parse_args(["train", "--model", "unet"]))
+
+
+def test_train_without_a_budget_exits_2_with_one_line(capsys):
+    """Found in review: it exited 1 with a bare message, not the scripts' 2 and `prog: error:` line."""
+    assert nucleus.main(["train", "--model", "mrcnn"]) == 2
+    assert "nucleus.py: error: train needs --budget-minutes or --budget-cpu-minutes" in capsys.readouterr().err
 
 
 def test_a_unet_crop_the_poolings_cannot_halve_is_named(tmp_path, capsys):
