@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from mrcnn.config import GROUP_NORM_GROUPS, HEAD_NORMS, MASK_LOSSES
 from mrcnn.modeling.backbone import BatchNorm
+from mrcnn.modeling.group_norm import GroupNormalization
 
 # A mask head's output activation follows Config.MASK_LOSS: per-channel sigmoid or a softmax over
 # the K channels.
@@ -36,7 +37,8 @@ def make_head_norm(kind: str, train_bn: bool | None, name: str) -> keras.layers.
             `train_bn`. Its statistics come from all sampled RoIs of the batch, zero-padded slots
             included, so they differ from the proposals seen at inference; fine for fine-tuning from
             matterport's weights, poor for short from-scratch runs. "gn": GroupNormalization with 32
-            groups, named ``mrcnn_*_gn<i>``: per-RoI statistics, identical in training and inference.
+            groups, named ``mrcnn_*_gn<i>``: per-RoI statistics, identical in training and inference
+            (`mrcnn.modeling.group_norm.GroupNormalization`: Keras' layer, computed faster on CPU).
             "none": no normalization (the paper's heads); an Identity layer keeps the call sites simple.
         train_bn: see `mrcnn.modeling.backbone.BatchNorm` (used by "bn" only).
         name: the BatchNorm name, e.g. "mrcnn_class_bn1"; "gn" and "none" replace its "_bn".
@@ -44,7 +46,7 @@ def make_head_norm(kind: str, train_bn: bool | None, name: str) -> keras.layers.
     if kind == "bn":
         return BatchNorm(train_bn, name=name)
     if kind == "gn":
-        return keras.layers.GroupNormalization(GROUP_NORM_GROUPS, epsilon=1e-5, name=name.replace("_bn", "_gn"))
+        return GroupNormalization(GROUP_NORM_GROUPS, epsilon=1e-5, name=name.replace("_bn", "_gn"))
     if kind == "none":
         return keras.layers.Identity(name=name.replace("_bn", "_norm"))
     raise ValueError(f"head norm must be one of {HEAD_NORMS}, got {kind!r}")
