@@ -170,6 +170,28 @@ def test_op_equals_fallback(dtype):
         np.testing.assert_allclose(op, fallback, rtol=tol, atol=tol)
 
 
+@requires_op
+@pytest.mark.parametrize("channels", [16, 32, 37, 70])
+def test_op_channel_blocks_match_reference(channels):
+    """The CPU forward sums channels in register blocks (32 float32/bfloat16, 16 float64) and the
+    remainder one by one: every split against the NumPy reference, and bfloat16 bit for bit as
+    the float32 result rounded once."""
+    f = features((2, 9, 11, channels), seed=21)
+    for sampling_ratio, aligned in [(2, True), (0, False)]:
+        args = (BOXES, BOX_INDICES, (3, 2), SCALE, sampling_ratio, aligned)
+        reference = roi_align_ref(f, *args)
+        np.testing.assert_allclose(ra.roi_align(f, *args, implementation="op").numpy(), reference,
+                                   rtol=1e-12, atol=1e-12)
+        single = ra.roi_align(f.astype(np.float32), *args, implementation="op").numpy()
+        np.testing.assert_allclose(single, reference, rtol=1e-5, atol=1e-5)
+        fallback = ra.roi_align(f.astype(np.float32), *args, implementation="tf").numpy()
+        np.testing.assert_allclose(single, fallback, rtol=2e-5, atol=2e-5)  # as test_op_equals_fallback
+        half = tf.cast(f.astype(np.float32), tf.bfloat16)
+        got = ra.roi_align(half, *args, implementation="op")
+        want = ra.roi_align(tf.cast(half, tf.float32), *args, implementation="op")
+        np.testing.assert_array_equal(_bfloat16_bits(got), _bfloat16_bits(tf.cast(want, tf.bfloat16)))
+
+
 def _bfloat16_bits(tensor: tf.Tensor) -> np.ndarray:
     return tf.bitcast(tensor, tf.uint16).numpy()
 
