@@ -23,6 +23,7 @@ import json
 import math
 import types
 import typing
+import warnings
 from collections.abc import Callable
 from pathlib import Path, PurePath
 from typing import Any
@@ -502,7 +503,14 @@ class Config:
             elif isinstance(default, PurePath) and isinstance(value, str):
                 value = type(default)(value)
             elif isinstance(value, str) and not _json_holds(default):
-                value = _copy_value(default)  # stored by repr (`_to_jsonable`): the class's own value
+                # Stored by repr (`_to_jsonable`): the class's own value, said when it differs.
+                if value != repr(default):
+                    from mrcnn import utils
+
+                    warnings.warn(f"config field {name} was saved as {value!r:.120}, which JSON cannot hold; "
+                                  f"{cls.__name__}'s own value {default!r:.120} is used instead",
+                                  stacklevel=utils.user_stacklevel())
+                value = _copy_value(default)
             setattr(config, name, value)
         config.validate()
         return config

@@ -1,6 +1,7 @@
 """Tests for mrcnn/config.py."""
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -197,9 +198,16 @@ def test_json_holds_numpy_bools_paths_and_other_extra_fields(tmp_path):
     stored = json.loads((tmp_path / "config.json").read_text())
     assert stored["USE_MINI_MASK"] is True and stored["DATA_DIR"] == "/data/other"
     assert stored["CALLBACK_ARGS"] == "frozenset({1})"
-    loaded = WithExtras.load(tmp_path / "config.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the stored repr is the class's value: nothing to say
+        loaded = WithExtras.load(tmp_path / "config.json")
     assert loaded.DATA_DIR == Path("/data/other") and loaded.USE_MINI_MASK is True
     assert loaded.CALLBACK_ARGS == frozenset({1})  # the class's own value, not the repr string
+    # A changed value JSON cannot hold comes back as the class's: said, not silent.
+    WithExtras().update(CALLBACK_ARGS=frozenset({2})).save(tmp_path / "changed.json")
+    with pytest.warns(UserWarning, match=r"config field CALLBACK_ARGS was saved as 'frozenset\(\{2\}\)'.*"
+                                         r"WithExtras's own value frozenset\(\{1\}\) is used"):
+        assert WithExtras.load(tmp_path / "changed.json").CALLBACK_ARGS == frozenset({1})
 
 
 def test_architecture_backbone_validates_and_round_trips(tmp_path):
