@@ -1213,7 +1213,19 @@ class MaskRCNN(keras.Model):
             verbose: 1 shows a progress bar.
         Returns:
             The number of forward passes run.
+
+        Raises:
+            ValueError: for no images, a batch_size or passes that is not a positive int, or a
+                config with TRAIN_BN False (its BatchNorms keep their statistics frozen).
         """
+        if self.config.TRAIN_BN is False:
+            raise ValueError("recalibrate_batchnorm: config.TRAIN_BN is False, which keeps every BatchNorm's moving "
+                             "statistics frozen (matterport's setting; weights trained so expect them), so nothing "
+                             "would change. Build the model with the TRAIN_BN the weights were trained with (True "
+                             "or None) to re-estimate them")
+        for name, value in (("batch_size", batch_size), ("passes", passes)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+                raise ValueError(f"recalibrate_batchnorm: {name} must be a positive int, got {value!r}")
         batch = int(batch_size or self.config.BATCH_SIZE)
         images = molding.image_list(images, "recalibrate_batchnorm")
         if not images:

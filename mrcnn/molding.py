@@ -234,7 +234,9 @@ def detect_images(images: Sequence[np.ndarray], config: Config, graph: Callable[
         ValueError: naming the image for bad pixels (`mold_images`), or one that molds to
             another canvas than `canvas`, before the graph runs on any image.
     """
-    images = image_list(images)
+    # Arrays from here on (a PIL image or nested lists would pass molding, run the graph and
+    # then fail in unmolding for want of .shape).
+    images = [np.asarray(image) for image in image_list(images)]
     groups = mold_by_canvas(images, config, scale=scale)
     if canvas is not None:
         for group in groups:

@@ -85,7 +85,8 @@ def detect_tiled(
         overlap: pixels shared by neighbouring tiles; 0 <= overlap < tile size. Make it larger
             than the largest instance to be sure no instance comes back cut.
         duplicate_threshold: intersection over the smaller mask above which two same-class
-            candidates are one instance.
+            candidates of different tiles are one instance (those of one tile are the model's
+            own separate detections and all kept).
         class_agnostic: candidates of any classes are duplicates by the same rule (an object
             that two tiles classify differently is kept once, from the better-placed tile).
         batch_size: tiles per `detect` call (default ``model.config.BATCH_SIZE`` when there is
@@ -102,8 +103,8 @@ def detect_tiled(
         0 background and k + 1 on instance k's pixels.
 
     Raises:
-        ValueError: naming the bad argument (image shape, tile size, overlap, a model result of
-            the wrong shape).
+        ValueError: naming the bad argument (image shape, tile size, overlap, batch size, a model
+            result of the wrong shape or without masks).
     """
     image = np.asarray(image)
     if image.ndim not in (2, 3) or min(image.shape[:2]) < 1:
@@ -120,6 +121,8 @@ def detect_tiled(
         raise ValueError(f"duplicate_threshold must be in (0, 1], got {duplicate_threshold}")
     if batch_size is None:
         batch_size = int(getattr(getattr(model, "config", None), "BATCH_SIZE", 1) or 1)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     height, width = image.shape[:2]
     tiles = [(y, x, min(tile_h, height), min(tile_w, width))
              for y in tile_starts(height, tile_h, overlap) for x in tile_starts(width, tile_w, overlap)]
@@ -136,6 +139,7 @@ def detect_tiled(
             raise ValueError(f"model.detect returned {len(results)} results for {len(batch)} tiles")
         for (y, x, h, w), result in zip(batch, results):
             candidates.add_tile(result, y, x, h, w, height, width)
+            candidates.next_tile()
     return candidates.merge((height, width), duplicate_threshold, labels=output == "labels",
                             class_agnostic=class_agnostic)
 
@@ -150,8 +154,17 @@ class _Candidates:
         self.masks: list[np.ndarray] = []
         self.cut: list[bool] = []
         self.margin: list[float] = []
+        self.tile: list[int] = []  # the tile each candidate came from
+        self._tile = 0
+
+    def next_tile(self) -> None:
+        """Candidates added from now on come from another tile."""
+        self._tile += 1
 
     def add_tile(self, result: dict[str, np.ndarray], y: int, x: int, h: int, w: int, height: int, width: int) -> None:
+        if "masks" not in result:
+            raise ValueError("detect_tiled merges instances by their masks, but model.detect returned no 'masks' "
+                             "(a model with MASK_HEAD = False?)")
         masks = np.asarray(result["masks"])
         count = len(result["scores"])
         if masks.ndim != 3 or masks.shape[:2] != (h, w) or masks.shape[-1] != count:
@@ -178,6 +191,7 @@ class _Candidates:
             self.masks.append(np.ascontiguousarray(mask[y1:y2, x1:x2]))
             self.class_ids.append(int(np.asarray(result["class_ids"])[k]))
             self.scores.append(float(np.asarray(result["scores"])[k]))
+            self.tile.append(self._tile)
 
     def merge(self, shape: tuple[int, int], threshold: float, labels: bool = False,
               class_agnostic: bool = False) -> dict[str, np.ndarray]:
@@ -191,7 +205,10 @@ class _Candidates:
             near = np.flatnonzero(
                 (kept_boxes[:, 0] < box[2]) & (kept_boxes[:, 2] > box[0])
                 & (kept_boxes[:, 1] < box[3]) & (kept_boxes[:, 3] > box[1]))
-            if any((class_agnostic or self.class_ids[kept[j]] == self.class_ids[i])
+            # Candidates of one tile are never duplicates of each other: the model already
+            # decided between them (a small nucleus on a large one stays two instances).
+            if any(self.tile[kept[j]] != self.tile[i]
+                   and (class_agnostic or self.class_ids[kept[j]] == self.class_ids[i])
                    and _overlap_of_smaller(self.boxes[kept[j]], self.masks[kept[j]], box, self.masks[i]) > threshold
                    for j in near):
                 continue

@@ -259,7 +259,12 @@ def detect_tta(model: Any, images: Sequence[np.ndarray], tta: TTA | dict[str, An
     if len(views) == 1:
         scale, flip = views[0]
         if not flip:  # nothing to merge or map back: detect's own result (the identity case)
-            return model.detect(images, verbose=verbose, scale=scale, soft_masks=soft_masks)
+            results = model.detect(images, verbose=verbose, scale=scale, soft_masks=soft_masks)
+            if tta.max_instances is not None:  # detect sorts by score: keep the best
+                k = int(tta.max_instances)
+                results = [{key: (value[..., :k] if key == "masks" else value[:k]) for key, value in r.items()}
+                           for r in results]
+            return results
     per_view = []
     for scale, flip in utils.progress(views, verbose, "tta views", "view"):
         per_view.append(detect_view(model, images, scale=scale, flip=flip))

@@ -843,6 +843,20 @@ def test_recalibrate_batchnorm_updates_statistics_not_weights():
         np.testing.assert_array_equal(before, variable.numpy())
 
 
+def test_recalibrate_batchnorm_refuses_what_it_cannot_do():
+    """Found in review: with TRAIN_BN False (the default) it ran its passes and changed nothing; a
+    negative batch_size ran none."""
+    images = [np.zeros((64, 64, 3), np.uint8)] * 2
+    frozen = MaskRCNN(mode="inference", config=TinyConfig())
+    assert frozen.config.TRAIN_BN is False
+    with pytest.raises(ValueError, match=r"config.TRAIN_BN is False.*\(True or None\)"):
+        frozen.recalibrate_batchnorm(images)
+    model = MaskRCNN(mode="inference", config=TinyConfig().update(TRAIN_BN=None))
+    for name, bad in (("batch_size", -1), ("batch_size", 0), ("passes", 0), ("batch_size", 2.0)):
+        with pytest.raises(ValueError, match=rf"{name} must be a positive int, got {bad!r}"):
+            model.recalibrate_batchnorm(images, **{name: bad})
+
+
 def test_recalibrate_batchnorm_takes_images_of_several_canvas_sizes():
     # "pad64": each call's images share a canvas, calls differ (64 and 128 px, then 64 again).
     # The anchors need a static canvas size, so each size must get its own traced graph.

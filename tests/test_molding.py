@@ -86,3 +86,16 @@ def test_detect_images_checks_every_canvas_before_running_the_graph():
         molding.detect_images(images, config, _window_graph(calls), canvas=(64, 64))
     assert calls == []
     assert len(molding.detect_images(images[:2], config, _window_graph(calls), canvas=(64, 64))) == 2
+
+
+def test_detect_images_takes_array_likes():
+    """Found in review: nested lists (or a PIL image) passed molding, ran the graph, then failed in
+    unmolding for want of .shape."""
+    config = Pad64Config()
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3)).astype(np.uint8)
+    as_array = molding.detect_images([image], config, _window_graph([]))[0]
+    as_lists = molding.detect_images([image.tolist()], config, _window_graph([]))[0]
+    for key in as_array:
+        np.testing.assert_array_equal(as_lists[key], as_array[key])
+    with pytest.raises(TypeError, match=r"image 0 is 'a.png', not pixels"):
+        molding.detect_images(["a.png"], config, _window_graph([]))

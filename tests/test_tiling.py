@@ -181,3 +181,53 @@ def test_empty_and_bad_arguments():
 
     with pytest.raises(ValueError, match=r"\[32, 32, 1\]"):
         detect_tiled(Broken(), np.zeros((80, 80, 3), np.uint8), tile_size=32, overlap=8)
+
+
+class _NestedModel(BlobModel):
+    """Reports each bright disc and, inside it, a smaller bright core as a second instance of the
+    same class (the model's own decision, e.g. a small nucleus on a large one)."""
+
+    def detect(self, images):
+        results = []
+        for image in images:
+            outer = image[..., 0] > 0
+            inner = image[..., 0] > 150
+            masks = [m for m in (outer, inner) if m.any()]
+            stack = np.stack(masks, -1) if masks else np.zeros(image.shape[:2] + (0,), bool)
+            results.append({"rois": np.zeros((len(masks), 4), np.int32), "class_ids": np.ones(len(masks), np.int32),
+                            "scores": np.array([0.9, 0.8][:len(masks)], np.float32), "masks": stack})
+        return results
+
+
+def test_nested_instances_of_one_tile_are_both_kept():
+    """Found in review: the duplicate rule compared candidates of one tile, so an image that fits one
+    tile lost a detection `detect` keeps (the core lies > 50% inside the disc)."""
+    image = np.zeros((40, 40, 3), np.uint8)
+    rr, cc = skimage.draw.disk((20, 20), 12, shape=(40, 40))
+    image[rr, cc] = 100
+    rr, cc = skimage.draw.disk((20, 20), 4, shape=(40, 40))
+    image[rr, cc] = 200
+    plain = _NestedModel().detect([image])[0]
+    tiled = detect_tiled(_NestedModel(), image, tile_size=64, overlap=8)
+    assert len(tiled["scores"]) == len(plain["scores"]) == 2
+    np.testing.assert_array_equal(tiled["masks"], plain["masks"])
+    # Across tiles the same pair is still merged: each tile reports the disc and its core once.
+    wide = np.zeros((40, 90, 3), np.uint8)
+    wide[:, 25:65] = image[:, :40]
+    merged = detect_tiled(_NestedModel(), wide, tile_size=(40, 70), overlap=30)  # tiles at x 0 and 20
+    assert len(merged["scores"]) == 2
+
+
+def test_batch_size_and_a_model_without_masks_are_named():
+    image = np.zeros((80, 80, 3), np.uint8)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match=r"batch_size must be a positive int, got"):
+            detect_tiled(BlobModel(), image, tile_size=32, overlap=8, batch_size=bad)
+
+    class BoxesOnly:
+        def detect(self, images):
+            return [{"rois": np.zeros((0, 4), np.int32), "class_ids": np.zeros(0, np.int32),
+                     "scores": np.zeros(0, np.float32)} for _ in images]
+
+    with pytest.raises(ValueError, match=r"returned no 'masks' \(a model with MASK_HEAD = False\?\)"):
+        detect_tiled(BoxesOnly(), image, tile_size=32, overlap=8)

@@ -67,6 +67,16 @@ def test_single_view_at_the_models_own_scale_is_plain_detect(model, images):
         _assert_same(merge_views([view], image.shape, 0.3, 100), b)
 
 
+def test_max_instances_applies_to_a_single_view(model, images):
+    """Found in review: with one unflipped view detect's own result came back uncut."""
+    plain = model.detect(images)
+    assert max(len(r["scores"]) for r in plain) > 1, "the fixture must detect more than one instance"
+    for a, b in zip(model.detect(images, tta={"scales": (1.0,), "max_instances": 1}), plain):
+        assert len(a["scores"]) == min(1, len(b["scores"])) and a["masks"].shape[-1] == len(a["scores"])
+        np.testing.assert_array_equal(a["rois"], b["rois"][:1])
+        np.testing.assert_array_equal(a["masks"], b["masks"][..., :1])
+
+
 def test_soft_masks_threshold_to_detects_masks(model, images):
     soft = model.detect(images, soft_masks=True)
     for s, b in zip(soft, model.detect(images)):
