@@ -230,6 +230,9 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             `keep` (0: keep all), never the last good one. A checkpoint holds the optimizer state
             too (~3x the weights with Adam), so short epochs fill a disk fast. Nothing is deleted
             for an epoch not saved (NaN).
+        write: False: track the checkpoints as if written, write and delete nothing (workers other
+            than the chief under a multi-worker strategy: the chief writes them, all workers must
+            agree on the epochs done and the last good checkpoint).
 
     Attributes:
         last_saved, completed_epochs, saved_iterations: the newest checkpoint (this callback's, or
@@ -239,8 +242,9 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         nonfinite_weights_epoch: the (1-based) epoch whose weights were not finite, or None.
     """
 
-    def __init__(self, checkpoint_path: str, verbose: int = 0, keep: int = 0) -> None:
+    def __init__(self, checkpoint_path: str, verbose: int = 0, keep: int = 0, write: bool = True) -> None:
         super().__init__()
+        self.write = bool(write)
         if not checkpoint_path.endswith(".weights.h5"):
             raise ValueError(f"checkpoint_path must end in '.weights.h5' (Keras 3), got {checkpoint_path!r}")
         if int(keep) < 0:
@@ -293,7 +297,9 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             return
         if self._pending and self.last_saved is not None:
             self._confirm()  # this epoch's finite loss began with the previous checkpoint's weights
-        path = write_checkpoint(self.model, self.checkpoint_path.format(epoch=epoch + 1), epoch + 1)
+        path = self.checkpoint_path.format(epoch=epoch + 1)
+        if self.write:
+            path = write_checkpoint(self.model, path, epoch + 1)
         self.last_saved = path
         self.completed_epochs = epoch + 1
         self._pending = True
@@ -318,7 +324,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
 
     def _prune(self) -> None:
         """Deletes checkpoints of epochs before the last `keep`, except the last good one."""
-        if not self.keep or not self.completed_epochs:
+        if not self.keep or not self.completed_epochs or not self.write:
             return
         for old_epoch in range(1, self.completed_epochs + 1 - self.keep):
             old = self.checkpoint_path.format(epoch=old_epoch)
@@ -540,13 +546,16 @@ def _read_budget_record(run_dir: str) -> dict[str, dict[str, Any]]:
 
 
 def training_callbacks(model: keras.Model, log_dir: str, checkpoint_path: str, keep_checkpoints: int = 0,
-                       custom: Sequence[keras.callbacks.Callback] = ()) -> list[keras.callbacks.Callback]:
+                       custom: Sequence[keras.callbacks.Callback] = (), write_checkpoints: bool = True
+                       ) -> list[keras.callbacks.Callback]:
     """The callbacks `MaskRCNN.train` runs: NaN guard, atomic checkpoints (the last
-    `keep_checkpoints`, 0: all), the `custom` ones, TensorBoard last (Keras hands one logs dict
-    down the list: what a custom callback adds to it, e.g. `MeanAveragePrecision`, is written)."""
+    `keep_checkpoints`, 0: all; `write_checkpoints` False keeps their bookkeeping without
+    writing, for workers other than the chief), the `custom` ones, TensorBoard last (Keras hands
+    one logs dict down the list: what a custom callback adds to it, e.g. `MeanAveragePrecision`,
+    is written)."""
     return [
         StopOnNaN(),
-        AtomicCheckpoint(checkpoint_path, verbose=0, keep=keep_checkpoints),
+        AtomicCheckpoint(checkpoint_path, verbose=0, keep=keep_checkpoints, write=write_checkpoints),
         *custom,
         keras.callbacks.TensorBoard(log_dir=log_dir, histogram_freq=0, write_graph=False),
     ]

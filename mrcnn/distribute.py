@@ -167,24 +167,29 @@ def aggregate_gradients(grads_and_vars: Sequence[tuple[Any, Any]], optimizer: ke
     variable) pairs: the optimizer's own clipping (which runs per replica before its SUM all-reduce)
     leaves them unchanged, since their norm is at most clip / replicas, and its SUM restores the
     clipped global gradient. A `LossScaleOptimizer`'s scale is divided out before clipping and put
-    back after. Outside a multi-replica step, or when the optimizer does not clip, the pairs are
-    returned unchanged.
+    back after; it gets the all-reduced gradients also without clipping, so every replica sees
+    the same overflow and all skip the same steps. Outside a multi-replica step, or when the
+    optimizer neither clips nor scales the loss, the pairs are returned unchanged.
     """
     pairs = list(grads_and_vars)
     context = _multi_replica_context()
     inner = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer wraps the clipping one
     clips = bool(inner.clipnorm or inner.global_clipnorm or inner.clipvalue)
-    if context is None or not clips or not pairs:
+    # A LossScaleOptimizer decides "all finite: apply, else skip and lower the scale" from the
+    # gradients it is given, on each replica for itself: they must be the all-reduced ones, or a
+    # step where one replica overflowed is applied by the others (and its NaN summed in).
+    scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    if context is None or not (clips or scaled) or not pairs:
         return pairs
     replicas = context.num_replicas_in_sync
     grads = context.all_reduce(tf.distribute.ReduceOp.SUM, [g for g, _ in pairs])
-    loss_scale = None
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        loss_scale = tf.convert_to_tensor(optimizer.dynamic_scale)
-        grads = [g / tf.cast(loss_scale, g.dtype) for g in grads]
-    grads = _clip_like(inner, grads)
-    if loss_scale is not None:
-        grads = [g * tf.cast(loss_scale, g.dtype) for g in grads]
+    if clips:
+        loss_scale = tf.convert_to_tensor(optimizer.dynamic_scale) if scaled else None
+        if loss_scale is not None:
+            grads = [g / tf.cast(loss_scale, g.dtype) for g in grads]
+        grads = _clip_like(inner, grads)
+        if loss_scale is not None:
+            grads = [g * tf.cast(loss_scale, g.dtype) for g in grads]
     grads = [g * tf.cast(1.0 / replicas, g.dtype) for g in grads]
     return [(g, v) for g, (_, v) in zip(grads, pairs)]
 
@@ -265,7 +270,9 @@ def distributed_batches(strategy: tf.distribute.Strategy, make_generator: Any, s
 
     Args:
         strategy: the strategy the model was built under.
-        make_generator: () -> DataGenerator with BATCH_SIZE = IMAGES_PER_GPU.
+        make_generator: () -> DataGenerator with BATCH_SIZE = IMAGES_PER_GPU and at least
+            steps_per_epoch x R batches (``steps=``; past the images' end it continues into a fresh
+            order, as `fit`'s generator does), else ValueError.
         steps_per_epoch: global steps per epoch.
         initial_epoch: the first epoch (resume).
         same_every_epoch: read the generator's `initial_epoch` every epoch (validation: the same
@@ -275,6 +282,11 @@ def distributed_batches(strategy: tf.distribute.Strategy, make_generator: Any, s
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
         generator = make_generator()
+        if len(generator) < steps_per_epoch * replicas:
+            # Wrapping around would read batches of this epoch again (same images, same draws).
+            raise ValueError(f"the generator holds {len(generator)} batches, but an epoch of {steps_per_epoch} steps "
+                             f"on {replicas} replicas reads {steps_per_epoch * replicas}: make it with steps="
+                             f"{steps_per_epoch * replicas} (DataGenerator continues into a fresh order)")
         sample = generator[0]
         signature = {k: tf.TensorSpec(v.shape, tf.as_dtype(v.dtype), name=k) for k, v in sample.items()}
         local = replicas // context.num_input_pipelines
@@ -286,7 +298,7 @@ def distributed_batches(strategy: tf.distribute.Strategy, make_generator: Any, s
                 generator.epoch = epoch
                 for step in range(steps_per_epoch):
                     for replica in range(first, first + local):
-                        yield generator[(step * replicas + replica) % len(generator)]
+                        yield generator[step * replicas + replica]
                 epoch += 0 if same_every_epoch else 1
 
         return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(2)
@@ -397,7 +409,9 @@ def fit_custom_loop(model: keras.Model, make_generator: Any, epochs: int, steps_
 def _writes_files(callback: keras.callbacks.Callback) -> bool:
     from mrcnn.callbacks import AtomicCheckpoint
 
-    return isinstance(callback, (AtomicCheckpoint, keras.callbacks.TensorBoard, keras.callbacks.ModelCheckpoint,
+    if isinstance(callback, AtomicCheckpoint):
+        return callback.write  # one made with write=False keeps the workers' bookkeeping
+    return isinstance(callback, (keras.callbacks.TensorBoard, keras.callbacks.ModelCheckpoint,
                                  keras.callbacks.BackupAndRestore, keras.callbacks.CSVLogger))
 
 

@@ -543,7 +543,10 @@ class MaskRCNN(keras.Model):
         size = 64 * max(1, int(np.ceil(max(self.config.BACKBONE_STRIDES) / 64)))
         images, metas, _ = self.mold_inputs([np.zeros((size, size, self.config.IMAGE_CHANNEL_COUNT), np.uint8)],
                                             target_shape=(size, size))
-        self({"input_image": tf.constant(images), "input_image_meta": tf.constant(metas)}, training=False)
+        # Under the model's strategy: a model made in a strategy's scope and first built outside it
+        # (load_weights after the `with` block) would get plain variables the optimizer refuses.
+        with self.distribute_strategy.scope():
+            self({"input_image": tf.constant(images), "input_image_meta": tf.constant(metas)}, training=False)
 
     def all_layers(self) -> list[keras.layers.Layer]:
         """Every layer of the model, nested ones included (the model itself excluded)."""
@@ -850,7 +853,10 @@ class MaskRCNN(keras.Model):
         self._resume_checkpoint = None
         # Callbacks with state of their own (TrainingBudget) continue from the run's record of it.
         self.resumed_from = carried if isinstance(carried, str) else None
+        # Every worker keeps the checkpoint bookkeeping (epochs done, the last good checkpoint):
+        # only the chief writes the files, but after a NaN or an interrupt all must agree.
         callbacks = training_callbacks(self, self.log_dir, self.checkpoint_path, self.config.KEEP_CHECKPOINTS,
+                                       write_checkpoints=distribute.is_chief(self.distribute_strategy),
                                        custom=list(custom_callbacks or []))
         checkpoint = next(cb for cb in callbacks if isinstance(cb, AtomicCheckpoint))
         self._start_checkpoint(checkpoint)
@@ -955,14 +961,19 @@ class MaskRCNN(keras.Model):
 
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             # Keras 3's fit fails under this strategy (toolchain.md): same steps, explicit loop.
+            # Each replica's generator covers the epoch's steps x replicas batches, wrapping into a
+            # fresh order past the images' end as fit's does (not back to batches already read).
+            replicas = strategy.num_replicas_in_sync
             return distribute.fit_custom_loop(
                 self, lambda: DataGenerator(train_dataset, distribute.replica_config(self.config), shuffle=True,
                                             augmentation=augmentation, seed=train_gen.seed,
+                                            steps=self.config.STEPS_PER_EPOCH * replicas,
                                             no_augmentation_sources=no_augmentation_sources),
                 epochs=epochs, steps_per_epoch=self.config.STEPS_PER_EPOCH, initial_epoch=self.epoch,
                 callbacks=callbacks, verbose=verbose,
                 make_val_generator=None if val_gen is None else lambda: DataGenerator(
-                    val_dataset, distribute.replica_config(self.config), shuffle=False, seed=val_gen.seed),
+                    val_dataset, distribute.replica_config(self.config), shuffle=False, seed=val_gen.seed,
+                    steps=self.config.VALIDATION_STEPS * replicas),
                 validation_steps=self.config.VALIDATION_STEPS)
         # The generator orders and augments by (seed, epoch) itself: Keras must neither shuffle its
         # batches (with Python's global RNG) nor choose its epoch.
@@ -992,6 +1003,11 @@ class MaskRCNN(keras.Model):
         else:
             path = None
             state = "no epoch was saved before it, so the model's weights are not finite"
+        if path is not None and not os.path.isfile(path):
+            # A worker other than the chief, whose log dir is not the chief's (not shared).
+            raise TrainingDivergedError(f"{what}; this worker cannot read {path}, which the chief wrote (give all "
+                                        "workers one shared log dir), so its weights are not finite. Lower the "
+                                        "learning rate or check the data")
         if path is not None:
             keras.Model.load_weights(self, path, objects_to_skip=[self.optimizer])
             # Slots the file lacks (layers this stage made trainable) were updated with NaN: zero them.

@@ -197,6 +197,38 @@ def _scenario_mirrored(out_dir: Path) -> None:
     (out_dir / "result.json").write_text(json.dumps(result, indent=2))
 
 
+def _scenario_loss_scale(out_dir: Path) -> None:
+    """MirroredStrategy over 2 logical CPUs: one replica's gradient overflows, the other's does not."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+
+    from mrcnn import distribute
+
+    strategy = distribute.make_strategy(2)
+    result = {}
+    for clip in (None, 1e30):
+        with strategy.scope():
+            weight = tf.Variable([1.0])
+            optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(1e-40, global_clipnorm=clip))
+            optimizer.build([weight])
+
+        def step(x, weight=weight, optimizer=optimizer):  # MaskRCNN.train_step's gradient path
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(weight * x)
+                scaled = optimizer.scale_loss(distribute.scale_loss_for_replicas(loss))
+            grads = tape.gradient(scaled, [weight])
+            optimizer.apply_gradients(distribute.aggregate_gradients(list(zip(grads, [weight])), optimizer))
+            return loss
+
+        data = tf.data.Dataset.from_tensor_slices(np.array([[1.0], [1e35]], np.float32)).batch(2)
+        strategy.run(tf.function(step), args=(next(iter(strategy.experimental_distribute_dataset(data))),))
+        result[str(clip)] = {"w": weight.numpy().tolist(), "scale": float(optimizer.dynamic_scale.numpy())}
+    print(json.dumps(result))
+
+
 def _scenario_worker(out_dir: Path) -> None:
     """One worker of a 2-worker MultiWorkerMirroredStrategy (TF_CONFIG set by the test)."""
     from mrcnn import distribute
@@ -207,8 +239,10 @@ def _scenario_worker(out_dir: Path) -> None:
     from mrcnn.data.generator import DataGenerator
     from mrcnn.model import MaskRCNN
 
-    # SEED None (CocoConfig's default): the workers must still draw one data order.
-    config = _tiny_config(IMAGES_PER_GPU=1, GPU_COUNT=1, STEPS_PER_EPOCH=2, SEED=None)
+    # SEED None (CocoConfig's default): the workers must still draw one data order. 3 steps on 2
+    # replicas read 6 batches of 4 images: the replicas' generators must go on into a fresh order
+    # (they wrapped back to batches already read).
+    config = _tiny_config(IMAGES_PER_GPU=1, GPU_COUNT=1, STEPS_PER_EPOCH=3, SEED=None)
     data_seeds = []
     original_init = DataGenerator.__init__
 
@@ -231,6 +265,26 @@ def _scenario_worker(out_dir: Path) -> None:
         "chief": distribute.is_chief(strategy), "data_seeds": data_seeds,
         "checkpoints": sorted(p.name for p in (out_dir / "logs").rglob("*.weights.h5")),
     }))
+
+    # A NaN in epoch 2 on both workers: every worker must go back to the same checkpoint (the
+    # others used to drop the checkpoint bookkeeping with the writing, and kept NaN weights).
+    from mrcnn.callbacks import TrainingDivergedError
+
+    class Poison(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 1:
+                kernel = next(w for w in self.model.trainable_weights if "mrcnn_class_logits" in w.path)
+                kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+
+    try:
+        model.train(_shapes(4, seed=1), None, learning_rate=config.LEARNING_RATE, epochs=2, layers="all", verbose=0,
+                    custom_callbacks=[Poison()])
+        diverged = ""
+    except TrainingDivergedError as error:
+        diverged = str(error)
+    np.savez(out_dir / f"worker{task}_nan.npz", **{k.replace("/", "|"): v for k, v in _weights(model).items()})
+    (out_dir / f"worker{task}_nan.json").write_text(json.dumps({
+        "diverged": diverged, "epoch": model.epoch, "iterations": int(model.optimizer.iterations.numpy())}))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -308,7 +362,7 @@ def test_multi_worker_custom_loop_two_processes(tmp_path):
         # MultiWorkerMirroredStrategy instances are CollectiveAllReduceStrategy objects.
         assert info["strategy"] in ("MultiWorkerMirroredStrategy", "CollectiveAllReduceStrategy")
         assert info["replicas"] == 2
-        assert info["iterations"] == 2 and info["epoch"] == 1
+        assert info["iterations"] == 3 and info["epoch"] == 1
         assert all(np.isfinite(info["loss"]))
     assert [info["chief"] for info in infos] == [True, False]
     assert infos[0]["data_seeds"] == infos[1]["data_seeds"] != []  # one order, split between the workers
@@ -323,6 +377,15 @@ def test_multi_worker_custom_loop_two_processes(tmp_path):
     first, second = (np.load(tmp_path / f"worker{i}.npz") for i in range(2))
     assert sorted(first.files) == sorted(second.files)
     for name in first.files:
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+    # After a NaN in epoch 2 both workers are back at epoch 1's checkpoint, with the same weights.
+    after = [json.loads((tmp_path / f"worker{i}_nan.json").read_text()) for i in range(2)]
+    for info in after:
+        assert "at epoch 2, batch 1; the model is back at the last good checkpoint" in info["diverged"], info
+        assert info["epoch"] == 1 and info["iterations"] == 3
+    first, second = (np.load(tmp_path / f"worker{i}_nan.npz") for i in range(2))
+    for name in first.files:
+        assert np.isfinite(first[name]).all(), name
         np.testing.assert_array_equal(first[name], second[name], err_msg=name)
 
 
@@ -428,6 +491,21 @@ def test_distributed_batches_follow_the_epoch_or_repeat_it():
         for _ in range(4):  # two epochs of two steps
             next(iterator)
         assert generator.reads[:4] == expected, same
+    # An epoch reading more batches than the generator holds would read some twice: refused.
+    with pytest.raises(ValueError, match=r"the generator holds 2 batches, but an epoch of 3 steps on 1 replicas "
+                                         r"reads 3: make it with steps=3"):
+        iter(distribute.distributed_batches(strategy, Recording, steps_per_epoch=3))
+
+
+def test_a_loss_scale_optimizer_gets_the_all_reduced_gradients():
+    """Found in review: without clipping, each replica's LossScaleOptimizer judged its own gradients,
+    so a step where one replica overflowed was applied by the other (weights NaN)."""
+    proc = _run(["loss_scale", "/tmp"])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for clip in ("None", "1e+30"):
+        assert result[clip]["w"] == [1.0], clip  # the overflowing step skipped on both replicas
+        assert result[clip]["scale"] == 16384.0, clip  # and the scale halved
 
 
 def test_global_batch_size_counts_every_replica():
@@ -503,4 +581,4 @@ def test_replica_config_has_one_replica_batch():
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
     scenario, out = sys.argv[1], Path(sys.argv[2])
-    {"mirrored": _scenario_mirrored, "worker": _scenario_worker}[scenario](out)
+    {"mirrored": _scenario_mirrored, "worker": _scenario_worker, "loss_scale": _scenario_loss_scale}[scenario](out)
