@@ -33,11 +33,13 @@ mask in that tile. Instances larger than the overlap may come back cut.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from mrcnn import utils
 from mrcnn.utils import binary_masks, extract_bboxes
 
 __all__ = ["detect_tiled", "tile_starts"]
@@ -137,6 +139,10 @@ def detect_tiled(
         results = model.detect([image[y:y + h, x:x + w] for y, x, h, w in batch])
         if len(results) != len(batch):
             raise ValueError(f"model.detect returned {len(results)} results for {len(batch)} tiles")
+        if any("keypoints" in result for result in results) and not candidates.warned_keypoints:
+            candidates.warned_keypoints = True
+            warnings.warn("detect_tiled merges masks only: the model's keypoints are left out of its result "
+                          "(detect each instance's crop for keypoints)", stacklevel=utils.user_stacklevel())
         for (y, x, h, w), result in zip(batch, results):
             candidates.add_tile(result, y, x, h, w, height, width)
             candidates.next_tile()
@@ -156,6 +162,7 @@ class _Candidates:
         self.margin: list[float] = []
         self.tile: list[int] = []  # the tile each candidate came from
         self._tile = 0
+        self.warned_keypoints = False
 
     def next_tile(self) -> None:
         """Candidates added from now on come from another tile."""

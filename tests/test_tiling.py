@@ -231,3 +231,20 @@ def test_batch_size_and_a_model_without_masks_are_named():
 
     with pytest.raises(ValueError, match=r"returned no 'masks' \(a model with MASK_HEAD = False\?\)"):
         detect_tiled(BoxesOnly(), image, tile_size=32, overlap=8)
+
+
+def test_keypoints_are_left_out_with_a_warning():
+    """Found in review: a keypoint model's keypoints vanished from detect_tiled's result without a word."""
+
+    class WithKeypoints(BlobModel):
+        def detect(self, images):
+            results = super().detect(images)
+            for result in results:
+                result["keypoints"] = np.zeros((len(result["scores"]), 2, 3), np.float32)
+            return results
+
+    image, _ = _disc_image((80, 80), [(20, 20), (60, 60)], 6)
+    with pytest.warns(UserWarning, match="detect_tiled merges masks only") as caught:
+        merged = detect_tiled(WithKeypoints(), image, tile_size=48, overlap=16)
+    assert len(caught) == 1 and caught[0].filename == __file__
+    assert "keypoints" not in merged and len(merged["scores"]) == 2
