@@ -315,7 +315,8 @@ def fit_custom_loop(model: keras.Model, make_generator: Any, epochs: int, steps_
 
     Runs `model.train_step` through `strategy.run` in a `tf.function` (so the losses, gradient
     aggregation and BatchNorm handling are the model's own), drives Keras callbacks like fit does
-    (epoch/batch hooks, `stop_training`, History), and validates with `model.test_step`.
+    (epoch/batch hooks, `stop_training`, History), and validates with `model.test_step`. Under
+    several workers a `stop_training` set on any of them stops all of them at the same step.
     Only the chief keeps callbacks that write files (checkpoints, TensorBoard): every worker holds
     the same weights.
 
@@ -352,6 +353,20 @@ def fit_custom_loop(model: keras.Model, make_generator: Any, epochs: int, steps_
         logs = strategy.run(model.test_step, args=(next(iterator),))
         return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in logs.items()}
 
+    several_workers = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+    @tf.function
+    def replicas_flagged(flag: tf.Tensor) -> tf.Tensor:  # ReduceOp has SUM and MEAN, no MAX
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(flag)), axis=None)
+
+    def stop_agreed() -> bool:
+        """`model.stop_training`, made the same on every worker: a stop one worker decides alone
+        (its own TrainingBudget clock, a callback of its own) would leave its peers waiting in the
+        next step's collectives. One tiny all-reduce per step."""
+        if several_workers:
+            model.stop_training = bool(replicas_flagged(tf.constant(float(bool(model.stop_training)))).numpy() > 0)
+        return bool(model.stop_training)
+
     iterator = iter(distributed_batches(strategy, make_generator, steps_per_epoch, initial_epoch))
     val_iterator = None
     if make_val_generator is not None and validation_steps:
@@ -378,7 +393,7 @@ def fit_custom_loop(model: keras.Model, make_generator: Any, epochs: int, steps_
             steps_done = step + 1
             if progress is not None:
                 progress.update(steps_done, list(logs.items()), finalize=False)
-            if model.stop_training:
+            if stop_agreed():
                 break
         epoch_logs = dict(logs)
         if val_iterator is not None and not model.stop_training:
@@ -400,7 +415,7 @@ def fit_custom_loop(model: keras.Model, make_generator: Any, epochs: int, steps_
         elif verbose:
             values = " - ".join(f"{k}: {v:.4f}" for k, v in epoch_logs.items())
             print(f"Epoch {epoch + 1}/{epochs} - {time.monotonic() - tic:.1f}s - {values}", flush=True)
-        if model.stop_training or (logs and not math.isfinite(logs.get("loss", 0.0))):
+        if stop_agreed() or (logs and not math.isfinite(logs.get("loss", 0.0))):
             break
     callback_list.on_train_end(logs)
     return history
