@@ -239,6 +239,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             the start point `start_from` set), the epochs completed at it and the optimizer's
             iteration count there.
         last_good: (path, completed epochs) of the newest good checkpoint, or None.
+        pending: whether `last_saved` is not yet known to be good.
         nonfinite_weights_epoch: the (1-based) epoch whose weights were not finite, or None.
     """
 
@@ -257,7 +258,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self.saved_iterations: int | None = None  # the optimizer's iteration count at that checkpoint
         self.last_good: tuple[str, int] | None = None
         self.nonfinite_weights_epoch: int | None = None
-        self._pending = False  # last_saved is not yet known to be good
+        self.pending = False  # last_saved is not yet known to be good
 
     def start_from(self, path: str | None, completed_epochs: int, iterations: int | None,
                    previous: tuple[str, int] | None = None) -> None:
@@ -271,17 +272,13 @@ class AtomicCheckpoint(keras.callbacks.Callback):
                 training went on from it with finite losses up to `path`, so it is good.
         """
         self.last_saved, self.completed_epochs, self.saved_iterations = path, completed_epochs or None, iterations
-        self._pending = path is not None
+        self.pending = path is not None
         self.last_good = previous
 
-    @property
-    def pending(self) -> bool:
-        """Whether `last_saved` is not yet known to be good (see the class docstring)."""
-        return self._pending
-
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if self._pending and _finite((logs or {}).get("loss")):
+        if self.pending and _finite((logs or {}).get("loss")):
             self._confirm()
+            self._prune()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
@@ -295,14 +292,14 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             print(f"\nEpoch {epoch + 1}: the weights are no longer finite after its last step; not saving. "
                   f"Last good checkpoint: {self.good_path}")
             return
-        if self._pending and self.last_saved is not None:
+        if self.pending and self.last_saved is not None:
             self._confirm()  # this epoch's finite loss began with the previous checkpoint's weights
         path = self.checkpoint_path.format(epoch=epoch + 1)
         if self.write:
             path = write_checkpoint(self.model, path, epoch + 1)
         self.last_saved = path
         self.completed_epochs = epoch + 1
-        self._pending = True
+        self.pending = True
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is not None and optimizer.built:
             self.saved_iterations = int(optimizer.iterations.numpy())
@@ -318,9 +315,9 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         return self.last_good[0] if self.last_good else None
 
     def _confirm(self) -> None:
-        self._pending = False
+        """`last_saved` is good."""
+        self.pending = False
         self.last_good = (self.last_saved, self.completed_epochs or 0)
-        self._prune()
 
     def _prune(self) -> None:
         """Deletes checkpoints of epochs before the last `keep`, except the last good one."""

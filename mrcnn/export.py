@@ -43,7 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 from mrcnn import molding
-from mrcnn.config import BACKBONES, Config
+from mrcnn.config import BACKBONES, Config, is_scalar_of
 from mrcnn.freezing import freeze, graph_op_types
 from mrcnn.ops import roi_align
 
@@ -76,7 +76,7 @@ def export_canvas(config: Config, canvas: Sequence[int] | None = None) -> tuple[
         raise ValueError(f"IMAGE_RESIZE_MODE {mode!r} molds each image size to its own canvas: pass the canvas to "
                          "export, canvas=(H, W); the export detects images of that canvas only")
     sides = tuple(canvas)
-    if len(sides) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in sides):
+    if len(sides) != 2 or not all(is_scalar_of(v, int) and v > 0 for v in sides):
         raise ValueError(f"canvas must be (H, W), two positive ints, got {canvas!r}")
     if mode == "pad64" and (any(v % 64 for v in sides) or min(sides) < config.IMAGE_MIN_DIM):
         raise ValueError(f"IMAGE_RESIZE_MODE 'pad64' molds images to multiples of 64 of at least IMAGE_MIN_DIM = "

@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from mrcnn import distribute, molding, utils
-from mrcnn.config import Config
+from mrcnn.config import Config, is_scalar_of
 from mrcnn.freezing import FrozenFunction, batchnorm_fold, freeze
 from mrcnn.layers import DetectionLayer, DetectionTargetLayer, ProposalLayer, PyramidROIAlign, SingleLevelROIAlign
 from mrcnn.layers.keypoint_target import KeypointTargetLayer
@@ -801,8 +801,7 @@ class MaskRCNN(keras.Model):
         from mrcnn.data.generator import DataGenerator
 
         regex = layer_regex(layers, self.config)
-        with self.distribute_strategy.scope():  # weights made under a multi-device strategy are mirrored
-            self.ensure_built()
+        self.ensure_built()  # under the model's strategy: weights of a multi-device one are mirrored
         self._check_train_arguments(layers, regex, epochs)
         if epochs <= self.epoch:
             # A stage already done (a rerun script after a resume): nothing is compiled, so the
@@ -1240,7 +1239,7 @@ class MaskRCNN(keras.Model):
                              "would change. Build the model with the TRAIN_BN the weights were trained with (True "
                              "or None) to re-estimate them")
         for name, value in (("batch_size", batch_size), ("passes", passes)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+            if value is not None and (not is_scalar_of(value, int) or value < 1):
                 raise ValueError(f"recalibrate_batchnorm: {name} must be a positive int, got {value!r}")
         batch = int(batch_size or self.config.BATCH_SIZE)
         images = molding.image_list(images, "recalibrate_batchnorm")

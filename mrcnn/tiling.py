@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from mrcnn import utils
+from mrcnn.config import is_scalar_of
 from mrcnn.utils import binary_masks, extract_bboxes
 
 __all__ = ["detect_tiled", "tile_starts"]
@@ -123,12 +124,13 @@ def detect_tiled(
         raise ValueError(f"duplicate_threshold must be in (0, 1], got {duplicate_threshold}")
     if batch_size is None:
         batch_size = int(getattr(getattr(model, "config", None), "BATCH_SIZE", 1) or 1)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    if not is_scalar_of(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     height, width = image.shape[:2]
     tiles = [(y, x, min(tile_h, height), min(tile_w, width))
              for y in tile_starts(height, tile_h, overlap) for x in tile_starts(width, tile_w, overlap)]
 
+    warned_keypoints = False
     candidates = _Candidates()
     batches = [tiles[k:k + batch_size] for k in range(0, len(tiles), batch_size)]
     if verbose:
@@ -139,13 +141,12 @@ def detect_tiled(
         results = model.detect([image[y:y + h, x:x + w] for y, x, h, w in batch])
         if len(results) != len(batch):
             raise ValueError(f"model.detect returned {len(results)} results for {len(batch)} tiles")
-        if any("keypoints" in result for result in results) and not candidates.warned_keypoints:
-            candidates.warned_keypoints = True
+        if any("keypoints" in result for result in results) and not warned_keypoints:
+            warned_keypoints = True
             warnings.warn("detect_tiled merges masks only: the model's keypoints are left out of its result "
                           "(detect each instance's crop for keypoints)", stacklevel=utils.user_stacklevel())
         for (y, x, h, w), result in zip(batch, results):
             candidates.add_tile(result, y, x, h, w, height, width)
-            candidates.next_tile()
     return candidates.merge((height, width), duplicate_threshold, labels=output == "labels",
                             class_agnostic=class_agnostic)
 
@@ -160,13 +161,7 @@ class _Candidates:
         self.masks: list[np.ndarray] = []
         self.cut: list[bool] = []
         self.margin: list[float] = []
-        self.tile: list[int] = []  # the tile each candidate came from
-        self._tile = 0
-        self.warned_keypoints = False
-
-    def next_tile(self) -> None:
-        """Candidates added from now on come from another tile."""
-        self._tile += 1
+        self.tile: list[tuple[int, int]] = []  # the (y, x) origin of the tile each candidate came from
 
     def add_tile(self, result: dict[str, np.ndarray], y: int, x: int, h: int, w: int, height: int, width: int) -> None:
         if "masks" not in result:
@@ -198,7 +193,7 @@ class _Candidates:
             self.masks.append(np.ascontiguousarray(mask[y1:y2, x1:x2]))
             self.class_ids.append(int(np.asarray(result["class_ids"])[k]))
             self.scores.append(float(np.asarray(result["scores"])[k]))
-            self.tile.append(self._tile)
+            self.tile.append((y, x))
 
     def merge(self, shape: tuple[int, int], threshold: float, labels: bool = False,
               class_agnostic: bool = False) -> dict[str, np.ndarray]:
